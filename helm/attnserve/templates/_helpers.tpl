@@ -1,0 +1,193 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "attnserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name, truncated at 63 characters because
+some Kubernetes name fields are limited to this (by the DNS naming spec). If
+the release name contains the chart name it is used as the full name.
+*/}}
+{{- define "attnserve.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version as used by the chart label.
+*/}}
+{{- define "attnserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "attnserve.labels" -}}
+helm.sh/chart: {{ include "attnserve.chart" . }}
+{{ include "attnserve.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/*
+Selector labels.
+*/}}
+{{- define "attnserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "attnserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The name of the service account to use.
+*/}}
+{{- define "attnserve.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "attnserve.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The container image: repository@digest, else repository:tag with the tag
+defaulting to "<appVersion>-gpu".
+*/}}
+{{- define "attnserve.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default (printf "%s-gpu" .Chart.AppVersion)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the API keys.
+*/}}
+{{- define "attnserve.secretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else }}
+{{- include "attnserve.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The API keys file for the chart's Secret: the given keys, one per line; else
+the key already stored in the release's Secret (kept across upgrades); else a
+new random key.
+*/}}
+{{- define "attnserve.apiKeysFile" -}}
+{{- if .Values.auth.apiKeys }}
+{{- join "\n" .Values.auth.apiKeys }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "attnserve.fullname" .) }}
+{{- $stored := "" }}
+{{- if $existing }}
+{{- if $existing.data }}
+{{- if hasKey $existing.data .Values.auth.secretKey }}
+{{- $stored = index $existing.data .Values.auth.secretKey | b64dec }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $stored | default (randAlphaNum 40) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the job store PersistentVolumeClaim.
+*/}}
+{{- define "attnserve.jobsClaimName" -}}
+{{- if .Values.persistence.existingClaim }}
+{{- .Values.persistence.existingClaim }}
+{{- else }}
+{{- printf "%s-jobs" (include "attnserve.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Access mode of the job store: as set, else ReadWriteMany when more than one
+pod may share it, else ReadWriteOnce.
+*/}}
+{{- define "attnserve.jobsAccessMode" -}}
+{{- if .Values.persistence.accessMode }}
+{{- .Values.persistence.accessMode }}
+{{- else if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
+{{- print "ReadWriteMany" }}
+{{- else }}
+{{- print "ReadWriteOnce" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Deployment strategy: as set, else Recreate while the job store is a
+ReadWriteOnce claim, else a surge-first rolling update.
+*/}}
+{{- define "attnserve.strategy" -}}
+{{- if .Values.strategy }}
+{{- toYaml .Values.strategy }}
+{{- else if and .Values.persistence.enabled (eq (include "attnserve.jobsAccessMode" .) "ReadWriteOnce") }}
+type: Recreate
+{{- else }}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- end }}
+{{- end }}
+
+{{/*
+Whether CUDA is required for readiness: only when GPUs are requested.
+*/}}
+{{- define "attnserve.requireCuda" -}}
+{{- if and .Values.gpu.enabled .Values.config.requireCuda }}true{{ else }}false{{ end }}
+{{- end }}
+
+{{/*
+Container resources, with the GPU limit added when GPUs are requested.
+*/}}
+{{- define "attnserve.resources" -}}
+{{- $res := deepCopy (.Values.resources | default dict) }}
+{{- if and .Values.gpu.enabled (gt (int .Values.gpu.count) 0) }}
+{{- $limits := get $res "limits" | default dict }}
+{{- $_ := set $limits .Values.gpu.resourceName (int .Values.gpu.count) }}
+{{- $_ := set $res "limits" $limits }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/*
+The longest in-flight request, in seconds: what drains after SIGTERM.
+*/}}
+{{- define "attnserve.drainSeconds" -}}
+{{- max (int .Values.config.shutdownGraceS) (int .Values.config.requestTimeoutS) }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: longer than the preStop pause plus the longest
+request, so a draining pod is never killed mid-request.
+*/}}
+{{- define "attnserve.terminationGracePeriodSeconds" -}}
+{{- $preStop := int .Values.shutdown.preStopSleepSeconds }}
+{{- $set := .Values.shutdown.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $set }}
+{{- add $preStop (include "attnserve.drainSeconds" . | int) 15 }}
+{{- else if le (int $set) (add $preStop (int .Values.config.requestTimeoutS)) }}
+{{- fail (printf "shutdown.terminationGracePeriodSeconds (%d) must exceed shutdown.preStopSleepSeconds + config.requestTimeoutS (%d)" (int $set) (add $preStop (int .Values.config.requestTimeoutS))) }}
+{{- else }}
+{{- int $set }}
+{{- end }}
+{{- end }}
