@@ -195,7 +195,10 @@ class Manifest:
             raise ManifestError("normalization mean/std must have one value per band")
         if any(s <= 0 for s in norm.std):
             raise ManifestError("normalization std must be positive")
-        if len(self.input.value_range) != 2 or self.input.value_range[0] >= self.input.value_range[1]:
+        if (
+            len(self.input.value_range) != 2
+            or self.input.value_range[0] >= self.input.value_range[1]
+        ):
             raise ManifestError("input value_range must be [low, high] with low < high")
         if self.task == "temporal_classification" and not self.classes:
             raise ManifestError("a classification model must list its classes")

@@ -1,0 +1,120 @@
+"""One table from domain exceptions to HTTP statuses, and one error body shape.
+
+Every error answer is ``{"error": {"code", "message", "status", "detail"?}}``;
+none carries a path, a stack trace or file contents.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[e.AttnserveError], int] = {
+    e.InvalidInput: 422,
+    e.InvalidRaster: 422,
+    e.UnsupportedRaster: 422,
+    e.PayloadTooLarge: 413,
+    e.UnsupportedMediaType: 415,
+    e.NotFound: 404,
+    e.Unauthorized: 401,
+    e.Conflict: 409,
+    e.Overloaded: 503,
+    e.NotReady: 503,
+    e.InferenceFailed: 503,
+    e.DeadlineExceeded: 504,
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def status_of(exc: e.AttnserveError) -> int:
+    """The HTTP status for a domain exception (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    detail: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A JSON error answer in the one shape every error has."""
+    body: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if detail:
+        body["detail"] = detail
+    return Response(
+        orjson.dumps({"error": body}, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+async def _domain(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, e.AttnserveError)
+    status = status_of(exc)
+    headers = {}
+    if isinstance(exc, e.Overloaded):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    elif isinstance(exc, e.NotReady | e.InferenceFailed):
+        headers["Retry-After"] = "5"
+    elif isinstance(exc, e.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(status, exc.code, exc.message, exc.detail or None, headers)
+
+
+async def _validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": ".".join(str(p) for p in err.get("loc", ())), "message": str(err.get("msg"))}
+        for err in exc.errors()[:10]
+    ]
+    first = errors[0] if errors else {"field": "request", "message": "invalid"}
+    return error_response(
+        422, "invalid_input", f"{first['field']}: {first['message']}", {"errors": errors}
+    )
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(e.AttnserveError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,50 @@
+"""Attention maps of stored jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query
+from starlette.responses import Response
+
+from service.api.deps import Job, State
+from service.api.responses import geotiff_response, result_json, wants_geotiff
+from service.errors import NotFound
+from service.pipeline import views
+
+router = APIRouter(prefix="/attention", tags=["attention"])
+
+
+@router.get("/{job_id}", summary="A job's attention layers")
+async def list_attention(
+    job: Job,
+    state: State,
+    format: str | None = Query(None, description="json or geotiff"),
+    head: int | None = Query(None, ge=0, le=1024, description="one head of temporal attention"),
+    accept: str | None = Header(None),
+) -> Response:
+    """The layers with their URLs, or every spatial layer as one multiband GeoTIFF."""
+    if wants_geotiff(format, accept):
+        names = views.spatial_attention_names(job)
+        if not names:
+            raise NotFound("this job has no spatial attention layers; ask for JSON")
+        data = views.geotiff(job, state.store, names, head=head)
+        return geotiff_response(data, f"{job.id}-attention.tif")
+    return result_json(views.attention_listing(job))
+
+
+@router.get("/{job_id}/{layer}", summary="One attention layer")
+async def get_layer(
+    job: Job,
+    layer: str,
+    state: State,
+    format: str | None = Query(None, description="json or geotiff"),
+    head: int | None = Query(None, ge=0, le=1024, description="one head of temporal attention"),
+    accept: str | None = Header(None),
+) -> Response:
+    """One layer's weights as JSON, or as a GeoTIFF for raster layers."""
+    entry = job.layer(layer)
+    if entry["role"] != "attention":
+        raise NotFound(f"{layer!r} is not an attention layer")
+    if wants_geotiff(format, accept):
+        data = views.geotiff(job, state.store, [layer], head=head)
+        return geotiff_response(data, f"{job.id}-{layer}.tif")
+    return result_json(views.layer_json(job, state.store, layer))

@@ -1,0 +1,24 @@
+"""What the lifespan builds and hands to every handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.config import Settings
+from service.jobs.store import JobStore
+from service.metrics import Metrics
+from service.pipeline.runner import PredictionRunner
+from service.runtime.repository import ModelRepository
+
+
+@dataclass
+class AppState:
+    """The server's shared resources, owned by the lifespan."""
+
+    settings: Settings
+    metrics: Metrics
+    repository: ModelRepository
+    store: JobStore
+    runner: PredictionRunner
+    draining: bool = False
+    notes: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,127 @@
+"""The FastAPI application: ``create_app(settings)`` is the one way to build it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import errors
+from service.api.middleware import BodyLimit, Observe
+from service.api.routes import attention, health, jobs, metrics, models, predict
+from service.api.state import AppState
+from service.config import Settings
+from service.jobs.store import JobStore
+from service.metrics import Metrics
+from service.pipeline.runner import PredictionRunner
+from service.runtime.manifest import Manifest
+from service.runtime.repository import BatchLimits, ModelRepository
+from service.runtime.session import SessionOptions
+
+log = logging.getLogger("attnserve")
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    """ONNX Runtime options from settings."""
+    cuda = settings.cuda
+    return SessionOptions(
+        providers=tuple(settings.providers),
+        cuda={
+            "device_id": cuda.device_id,
+            "gpu_mem_limit_mb": cuda.gpu_mem_limit_mb,
+            "cudnn_conv_algo_search": cuda.cudnn_conv_algo_search,
+            "arena_extend_strategy": cuda.arena_extend_strategy,
+        },
+        intra_op_threads=settings.intra_op_threads,
+        io_binding=cuda.io_binding,
+    )
+
+
+def build_state(settings: Settings, metrics: Metrics) -> AppState:
+    """Everything the handlers share, not yet loaded."""
+
+    def limits(manifest: Manifest) -> BatchLimits:
+        b = (
+            settings.series_batching
+            if manifest.task == "temporal_classification"
+            else settings.batching
+        )
+        return BatchLimits(b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size)
+
+    repository = ModelRepository(
+        settings.model_dir,
+        session_options(settings),
+        limits,
+        observer=lambda m: metrics.observer(m.name),
+        warmup=settings.warmup,
+    )
+    store = JobStore(settings.job_dir, settings.job_ttl_s)
+    runner = PredictionRunner(store, settings.request_timeout_s)
+    return AppState(settings, metrics, repository, store, runner)
+
+
+async def _load_models(state: AppState) -> None:
+    await state.repository.load()
+    for served in state.repository.all():
+        state.metrics.model_loaded.labels(served.manifest.name, served.manifest.version).set(1)
+    if state.repository.state != "ready":
+        log.error("no model could be loaded from %s", state.settings.model_dir)
+
+
+async def _clean_jobs(state: AppState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.job_cleanup_interval_s)
+        try:
+            removed = await asyncio.to_thread(state.store.cleanup)
+        except OSError as exc:
+            log.warning("job cleanup failed: %s", exc)
+            continue
+        if removed:
+            log.info("removed %d expired jobs", removed)
+        state.metrics.jobs_stored.set(state.store.count)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the lifespan loads models and starts batchers."""
+    settings = settings or Settings()
+    # One registry per app, shared by the middleware and the handlers, so that
+    # several apps (tests) never collide in prometheus-client's global registry.
+    app_metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = build_state(settings, app_metrics)
+        app.state.attnserve = state
+        # Models load in the background so liveness and readiness answer (503)
+        # while they load.
+        loader = asyncio.create_task(_load_models(state), name="load-models")
+        cleaner = asyncio.create_task(_clean_jobs(state), name="clean-jobs")
+        try:
+            yield
+        finally:
+            state.draining = True
+            cleaner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await state.repository.stop(settings.shutdown_grace_s)
+
+    app = FastAPI(
+        title="attnserve",
+        version=__version__,
+        summary="Geospatial attention models: predictions and the attention behind them",
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
+    )
+    errors.install(app)
+    for router in (health.router, models.router, predict.router, jobs.router, attention.router):
+        app.include_router(router)
+    app.include_router(metrics.router)
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(Observe, metrics=app_metrics)
+    return app

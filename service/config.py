@@ -1,0 +1,102 @@
+"""Settings: one class, env prefix ``ATTNSERVE_``, nested fields joined with ``__``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models" / "shipped"
+KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class CudaSettings(BaseModel):
+    """Options handed to ONNX Runtime's CUDA execution provider."""
+
+    device_id: int = Field(0, ge=0)
+    gpu_mem_limit_mb: int | None = Field(None, gt=0, description="arena limit; none = no limit")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
+    io_binding: bool = True
+
+
+class BatchingSettings(BaseModel):
+    """One model's dynamic batcher.
+
+    ``max_batch_size`` counts batch rows: image tiles for segmentation models,
+    series (parcels or pixels) for temporal models.
+    """
+
+    max_batch_size: int = Field(8, ge=1, le=65536)
+    max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
+    max_queue_size: int = Field(64, ge=1, le=100_000)
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; each has an env var ``ATTNSERVE_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATTNSERVE_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    model_dir: Path = SHIPPED_MODELS
+    providers: list[str] = Field(
+        default_factory=lambda: list(KNOWN_PROVIDERS),
+        description="ONNX Runtime execution providers, in order of preference",
+    )
+    require_cuda: bool = Field(False, description="not ready unless CUDA is active")
+    cuda: CudaSettings = Field(default_factory=CudaSettings)
+    intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    warmup: bool = True
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    series_batching: BatchingSettings = Field(
+        default_factory=lambda: BatchingSettings(
+            max_batch_size=8192, max_queue_delay_ms=5.0, max_queue_size=256
+        )
+    )
+    request_timeout_s: float = Field(60.0, gt=0, le=3600)
+
+    job_dir: Path = Path("var/jobs")
+    job_ttl_s: float = Field(24 * 3600.0, gt=0)
+    job_cleanup_interval_s: float = Field(300.0, gt=0)
+
+    max_upload_mb: float = Field(256.0, gt=0)
+    max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64, description="largest synchronous image")
+    max_sync_series_pixels: int = Field(
+        512 * 512, ge=1, description="largest synchronous dated raster stack, in pixels"
+    )
+    max_json_mb: float = Field(16.0, gt=0)
+    max_bands: int = Field(512, ge=1)
+    max_dates: int = Field(366, ge=1)
+    max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
+
+    docs_enabled: bool = True
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is needed")
+        unknown = [p for p in value if p not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown providers {unknown}; known: {list(KNOWN_PROVIDERS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("providers must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.require_cuda and "CUDAExecutionProvider" not in self.providers:
+            raise ValueError("require_cuda is set but CUDAExecutionProvider is not in providers")
+        return self

@@ -1,0 +1,252 @@
+"""Turning request content into model inputs, checked against the manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import InvalidInput, UnsupportedRaster
+from service.raster.decode import (
+    DecodedRaster,
+    Georeference,
+    RasterInfo,
+    RasterLimits,
+    read_geotiff,
+)
+from service.runtime.manifest import Manifest
+from service.runtime.temporal import days_from_dates
+from service.runtime.validation import check_layout, check_values
+
+
+@dataclass
+class RasterInput:
+    """One image for a segmentation model: ``(C, H, W)`` values and where data is."""
+
+    data: np.ndarray
+    valid: np.ndarray | None
+    georef: Georeference | None
+
+
+@dataclass
+class SeriesInput:
+    """Series for a temporal model.
+
+    Attributes:
+        series: ``(N, T, C)`` float32 raw values.
+        valid: ``(N, T)`` bool.
+        days: ``(T,)`` float32 day of year.
+        dates: ISO dates, one per T, when given as dates.
+        ids: one id per series (parcels) or empty (pixels).
+        pixels: for rasters, ``(H, W)`` bool of pixels that became series.
+        georef: for rasters, the georeference.
+    """
+
+    series: np.ndarray
+    valid: np.ndarray
+    days: np.ndarray
+    dates: list[str]
+    ids: list[str]
+    pixels: np.ndarray | None = None
+    georef: Georeference | None = None
+
+
+def parse_dates(text: str | list[str]) -> list[date]:
+    """Dates from a JSON list or a comma-separated string of ISO dates."""
+    items: list[str]
+    if isinstance(text, list):
+        items = text
+    else:
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                loaded = json.loads(stripped)
+            except ValueError:
+                raise InvalidInput("dates: not a valid JSON list") from None
+            if not isinstance(loaded, list):
+                raise InvalidInput("dates: expected a list of ISO dates")
+            items = [str(v) for v in loaded]
+        else:
+            items = [p.strip() for p in stripped.split(",") if p.strip()]
+    try:
+        return [date.fromisoformat(s) for s in items]
+    except ValueError as exc:
+        raise InvalidInput(f"dates: {exc}; use ISO dates like 2024-05-01") from None
+
+
+def read_image(data: bytes, manifest: Manifest, limits: RasterLimits) -> RasterInput:
+    """Decode one uploaded GeoTIFF for a segmentation model, checked against it."""
+
+    def check(info: RasterInfo) -> None:
+        check_layout(manifest, info.count, info.dtype)
+
+    raster = read_geotiff(data, limits, check)
+    values = raster.data if raster.valid is None else raster.data[:, raster.valid]
+    check_values(manifest, values)
+    return RasterInput(raster.data, raster.valid, raster.info.georef)
+
+
+def read_series_rasters(
+    parts: list[bytes], dates_text: str | None, manifest: Manifest, limits: RasterLimits
+) -> SeriesInput:
+    """Decode dated rasters for a temporal model: one GeoTIFF per date, or one stack.
+
+    A stack holds ``T x C`` bands, date-major (all bands of the first date, then
+    the next); its dates come from ``dates_text`` or from its band tags.
+    """
+    bands = len(manifest.input.bands)
+    dates = parse_dates(dates_text) if dates_text else []
+    rasters: list[DecodedRaster] = []
+    for data in parts:
+
+        def check(info: RasterInfo) -> None:
+            if info.count % bands:
+                check_layout(manifest, info.count, info.dtype)
+            check_layout(manifest, bands, info.dtype, dates=max(1, info.count // bands))
+
+        rasters.append(read_geotiff(data, limits, check))
+    first = rasters[0].info
+    for other in rasters[1:]:
+        if (other.info.georef.width, other.info.georef.height) != (first.width, first.height):
+            raise UnsupportedRaster("all dated images must have the same size")
+        if other.info.georef != first.georef:
+            raise UnsupportedRaster("all dated images must share one CRS and transform")
+    stack = np.concatenate([r.data for r in rasters]).astype(np.float32)
+    t = stack.shape[0] // bands
+    if not dates:
+        tagged = [d for r in rasters for d in r.info.dates[::bands]]
+        if len(tagged) != t:
+            raise InvalidInput(
+                "dates are missing: give a dates field (one ISO date per image or per "
+                "stacked date) or DATE band tags"
+            )
+        dates = parse_dates(tagged)
+    if len(dates) != t:
+        raise InvalidInput(f"{len(dates)} dates given for {t} dated images of {bands} bands")
+    check_layout(manifest, bands, first.dtype, dates=t)
+    h, w = first.height, first.width
+    cube = stack.reshape(t, bands, h, w)
+    # A date is valid at a pixel when that date's image has data there.
+    valid_tw = np.ones((t, h, w), dtype=bool)
+    offset = 0
+    for r in rasters:
+        n_dates = r.data.shape[0] // bands
+        if r.valid is not None:
+            valid_tw[offset : offset + n_dates] &= r.valid
+        offset += n_dates
+    valid_tw &= np.isfinite(cube).all(axis=1)
+    pixels = np.asarray(valid_tw.any(axis=0))
+    series = cube[:, :, pixels].transpose(2, 0, 1)  # (N, T, C)
+    valid = valid_tw[:, pixels].T
+    check_values(manifest, series[valid])
+    iso = [d.isoformat() for d in dates]
+    return SeriesInput(
+        series=np.ascontiguousarray(series),
+        valid=np.ascontiguousarray(valid),
+        days=days_from_dates(dates),
+        dates=iso,
+        ids=[],
+        pixels=pixels,
+        georef=first.georef,
+    )
+
+
+class Parcel(BaseModel):
+    """One parcel's series: ``series[t][c]`` per date and band."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, max_length=200)
+    series: list[list[float]] = Field(..., min_length=1)
+    valid: list[bool] | None = None
+
+
+class PredictJSON(BaseModel):
+    """A JSON prediction request (small inputs)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(..., min_length=1, max_length=200)
+    format: str = "json"
+    dates: list[date] | None = Field(None, max_length=4096)
+    days: list[float] | None = Field(None, max_length=4096)
+    parcels: list[Parcel] | None = Field(None, min_length=1)
+    image: list[list[list[float]]] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PredictJSON:
+        if (self.parcels is None) == (self.image is None):
+            raise ValueError("give exactly one of parcels (temporal models) or image")
+        if self.parcels is not None and (self.dates is None) == (self.days is None):
+            raise ValueError("parcels need exactly one of dates or days")
+        return self
+
+
+def validate_json(payload: object) -> PredictJSON:
+    """Validate a decoded JSON body, with errors that name the field."""
+    try:
+        return PredictJSON.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"{where}: {first['msg']}", errors=_brief(exc)) from None
+
+
+def _brief(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+        for e in exc.errors()[:10]
+    ]
+
+
+def series_from_json(req: PredictJSON, manifest: Manifest, max_items: int) -> SeriesInput:
+    """Parcels of a JSON request as model inputs."""
+    parcels = req.parcels or []
+    if len(parcels) > max_items:
+        raise InvalidInput(f"{len(parcels)} parcels; at most {max_items} per request")
+    bands = len(manifest.input.bands)
+    if req.dates is not None:
+        days = days_from_dates(req.dates)
+        iso = [d.isoformat() for d in req.dates]
+    else:
+        days = np.asarray(req.days, dtype=np.float32)
+        iso = []
+    t = len(days)
+    check_layout(manifest, bands, "float32", dates=t)
+    series = np.empty((len(parcels), t, bands), dtype=np.float32)
+    valid = np.ones((len(parcels), t), dtype=bool)
+    for i, parcel in enumerate(parcels):
+        if len(parcel.series) != t or any(len(row) != bands for row in parcel.series):
+            raise InvalidInput(
+                f"parcels.{i}.series must be {t} dates x {bands} bands "
+                f"({', '.join(manifest.input.bands)})"
+            )
+        series[i] = parcel.series
+        if parcel.valid is not None:
+            if len(parcel.valid) != t:
+                raise InvalidInput(f"parcels.{i}.valid must have {t} entries, one per date")
+            valid[i] = parcel.valid
+        if not valid[i].any():
+            raise InvalidInput(f"parcels.{i} has no valid date")
+    check_values(manifest, series[valid])
+    ids = [p.id if p.id is not None else str(i) for i, p in enumerate(parcels)]
+    return SeriesInput(series=series, valid=valid, days=days, dates=iso, ids=ids)
+
+
+def image_from_json(req: PredictJSON, manifest: Manifest, max_pixels: int) -> RasterInput:
+    """A small ``(C, H, W)`` image given as nested JSON lists."""
+    image = req.image or []
+    try:
+        data = np.asarray(image, dtype=np.float32)
+    except ValueError:
+        raise InvalidInput("image must be a (bands, height, width) array of numbers") from None
+    if data.ndim != 3 or 0 in data.shape:
+        raise InvalidInput("image must be a (bands, height, width) array of numbers")
+    if data.shape[1] * data.shape[2] > max_pixels:
+        raise InvalidInput(f"image has more than {max_pixels} pixels; upload a GeoTIFF instead")
+    check_layout(manifest, data.shape[0], manifest.input.accepted_dtypes[0])
+    check_values(manifest, data)
+    return RasterInput(data, None, None)

@@ -1,0 +1,341 @@
+"""A dynamic batcher: groups concurrent requests into one session run.
+
+Requests wait at most ``max_queue_delay_ms`` for company; a batch holds at most
+``max_batch_size`` rows; the queue holds at most ``max_queue_size`` requests and
+refuses more with :class:`Overloaded`. Inference runs on a worker thread, off the
+event loop, and each request gets back exactly its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import AttnserveError, DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+Feed = dict[str, np.ndarray]
+RunFn = Callable[[Feed], Feed]
+
+
+class BatchObserver(Protocol):
+    """Receives the batcher's measurements (the server forwards them to Prometheus)."""
+
+    def queue_depth(self, depth: int) -> None:
+        """The number of requests waiting changed."""
+
+    def batch_done(self, rows: int, waits_s: Sequence[float], run_s: float) -> None:
+        """A batch of ``rows`` rows ran in ``run_s``; each request waited ``waits_s``."""
+
+    def batch_failed(self, rows: int) -> None:
+        """A batch failed in the session."""
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Lets requests whose inputs differ in length along one axis share a batch.
+
+    Attributes:
+        inputs: input name -> (axis, fill value) to pad to the batch's longest.
+        outputs: output name -> axis to trim back to each request's own length.
+    """
+
+    inputs: dict[str, tuple[int, float | bool]] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    feed: Feed
+    rows: int
+    key: tuple[object, ...]
+    lengths: dict[str, int]
+    future: asyncio.Future[Feed]
+    deadline: float
+    enqueued: float
+
+
+class DynamicBatcher:
+    """Batches requests for one model session.
+
+    Args:
+        name: the model reference, for logs.
+        run: runs one batch (a session's ``run``), called on a worker thread.
+        max_batch_size: most rows in one batch.
+        max_queue_delay_ms: longest a request waits for others to join it.
+        max_queue_size: most requests waiting; more are refused.
+        padding: how to pad inputs of different lengths (temporal models).
+        observer: receives measurements.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float,
+        max_queue_size: int,
+        padding: Padding | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.padding = padding or Padding()
+        self.observer = observer
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closing = False
+        self._busy = False
+        # Mean seconds per row, for Retry-After when the queue is full.
+        self._row_seconds = 0.01
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting to be batched."""
+        return len(self._queue)
+
+    @property
+    def running(self) -> bool:
+        """Whether the batcher accepts work."""
+        return self._task is not None and not self._closing
+
+    async def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        self._closing = False
+        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting work, finish what is queued within ``grace_s``, then stop."""
+        self._closing = True
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+            except TimeoutError:
+                self._task.cancel()
+            self._task = None
+        for pending in self._queue:
+            if not pending.future.done():
+                pending.future.set_exception(NotReady("server is shutting down"))
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def submit(self, feed: Feed, timeout_s: float) -> Feed:
+        """Run ``feed`` (batch-first arrays) through the model, batched with others.
+
+        Requests with more rows than ``max_batch_size`` are split into chunks,
+        two in flight at a time so the queue is never flooded by one caller.
+
+        Raises:
+            Overloaded: the queue is full.
+            DeadlineExceeded: no result within ``timeout_s``.
+            InferenceFailed: the session failed on the batch.
+        """
+        rows = _rows(feed)
+        deadline = time.monotonic() + timeout_s
+        if rows <= self.max_batch_size:
+            return await self._submit_one(feed, rows, deadline)
+        starts = range(0, rows, self.max_batch_size)
+        gate = asyncio.Semaphore(2)
+
+        async def chunk(start: int) -> Feed:
+            async with gate:
+                part = {k: v[start : start + self.max_batch_size] for k, v in feed.items()}
+                return await self._submit_one(part, _rows(part), deadline)
+
+        tasks = [asyncio.ensure_future(chunk(s)) for s in starts]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    async def _submit_one(self, feed: Feed, rows: int, deadline: float) -> Feed:
+        if not self.running or self._arrived is None:
+            raise NotReady(f"model {self.name} is not accepting requests")
+        if len(self._queue) >= self.max_queue_size:
+            raise Overloaded(
+                f"model {self.name} queue is full ({self.max_queue_size} requests waiting)",
+                retry_after_s=self._retry_after(),
+            )
+        lengths = {name: feed[name].shape[axis] for name, (axis, _) in self.padding.inputs.items()}
+        # Requests share a batch when all dimensions but the batch (and padded) axes agree.
+        key = tuple(
+            (name, str(a.dtype), tuple(d for i, d in enumerate(a.shape) if i not in (0, pad)))
+            for name, a in sorted(feed.items())
+            for pad in [self._pad_axis(name)]
+        )
+        future: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
+        now = time.monotonic()
+        self._queue.append(_Pending(feed, rows, key, lengths, future, deadline, now))
+        self._notify_depth()
+        self._arrived.set()
+        try:
+            # On timeout or cancellation wait_for cancels the future, so the loop
+            # skips the request if it has not been batched yet.
+            return await asyncio.wait_for(future, max(0.0, deadline - now))
+        except TimeoutError:
+            raise DeadlineExceeded(f"model {self.name} did not answer in time") from None
+
+    def _pad_axis(self, name: str) -> int | None:
+        spec = self.padding.inputs.get(name)
+        return spec[0] if spec else None
+
+    def _retry_after(self) -> float:
+        waiting_rows = sum(p.rows for p in self._queue)
+        return max(1.0, math.ceil(waiting_rows * self._row_seconds))
+
+    def _notify_depth(self) -> None:
+        if self.observer is not None:
+            self.observer.queue_depth(len(self._queue))
+
+    async def _loop(self) -> None:
+        assert self._arrived is not None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._wait_for_company()
+            batch = self._take_batch()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _wait_for_company(self) -> None:
+        assert self._arrived is not None
+        oldest = self._queue[0].enqueued
+        while not self._closing:
+            if sum(p.rows for p in self._queue) >= self.max_batch_size:
+                return
+            remaining = oldest + self.max_queue_delay_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Pending]:
+        now = time.monotonic()
+        first_key = None
+        batch: list[_Pending] = []
+        kept: collections.deque[_Pending] = collections.deque()
+        rows = 0
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.future.done():
+                continue  # the caller gave up (deadline or disconnect)
+            if pending.deadline <= now:
+                pending.future.set_exception(
+                    DeadlineExceeded(f"model {self.name} did not answer in time")
+                )
+                continue
+            if first_key is None:
+                first_key = pending.key
+            if pending.key == first_key and rows + pending.rows <= self.max_batch_size:
+                batch.append(pending)
+                rows += pending.rows
+            else:
+                kept.append(pending)
+        self._queue = kept
+        self._notify_depth()
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        rows = sum(p.rows for p in batch)
+        feed = self._merge(batch)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run, feed)
+        except AttnserveError as exc:
+            self._fail(batch, exc, rows)
+            return
+        except Exception as exc:
+            log.exception("batch of %d rows failed for %s", rows, self.name)
+            self._fail(batch, InferenceFailed(f"inference failed for model {self.name}"), rows)
+            del exc
+            return
+        run_s = time.monotonic() - started
+        self._row_seconds = 0.8 * self._row_seconds + 0.2 * (run_s / max(rows, 1))
+        self._split(batch, outputs)
+        if self.observer is not None:
+            self.observer.batch_done(rows, [started - p.enqueued for p in batch], run_s)
+
+    def _fail(self, batch: list[_Pending], exc: Exception, rows: int) -> None:
+        if self.observer is not None:
+            self.observer.batch_failed(rows)
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    def _merge(self, batch: list[_Pending]) -> Feed:
+        if len(batch) == 1 and not self.padding.inputs:
+            return batch[0].feed
+        merged: Feed = {}
+        for name in batch[0].feed:
+            arrays = [p.feed[name] for p in batch]
+            pad = self.padding.inputs.get(name)
+            if pad is not None:
+                axis, fill = pad
+                longest = max(a.shape[axis] for a in arrays)
+                arrays = [_pad_to(a, axis, longest, fill) for a in arrays]
+            merged[name] = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        return merged
+
+    def _split(self, batch: list[_Pending], outputs: Feed) -> None:
+        start = 0
+        for pending in batch:
+            own: Feed = {}
+            for name, array in outputs.items():
+                part = array[start : start + pending.rows]
+                axis = self.padding.outputs.get(name)
+                if axis is not None:
+                    length = next(iter(pending.lengths.values()))
+                    part = np.take(part, np.arange(length), axis=axis)
+                own[name] = part
+            start += pending.rows
+            if not pending.future.done():
+                pending.future.set_result(own)
+
+
+def _rows(feed: Feed) -> int:
+    rows = {a.shape[0] for a in feed.values()}
+    if len(rows) != 1:
+        raise ValueError(f"inputs disagree on batch size: {sorted(rows)}")
+    return rows.pop()
+
+
+def _pad_to(array: np.ndarray, axis: int, length: int, fill: float | bool) -> np.ndarray:
+    missing = length - array.shape[axis]
+    if missing == 0:
+        return array
+    shape = list(array.shape)
+    shape[axis] = missing
+    return np.concatenate([array, np.full(shape, fill, dtype=array.dtype)], axis=axis)

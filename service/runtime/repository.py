@@ -1,0 +1,174 @@
+"""The model repository: every ``.onnx`` file in a directory, served by name and version."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.errors import NotFound
+from service.runtime.batcher import BatchObserver, DynamicBatcher, Padding
+from service.runtime.manifest import Manifest
+from service.runtime.segmentation import SegmentationTask
+from service.runtime.session import ModelSession, SessionOptions
+from service.runtime.temporal import TemporalTask, temporal_padding
+
+log = logging.getLogger(__name__)
+
+State = Literal["empty", "loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """A batcher's limits (see :class:`DynamicBatcher`)."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+
+
+@dataclass
+class ServedModel:
+    """A loaded model: its manifest, session, batcher and task runner."""
+
+    manifest: Manifest
+    path: Path
+    session: ModelSession
+    batcher: DynamicBatcher
+    task: SegmentationTask | TemporalTask
+    load_s: float
+    warmup_s: float
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders ``1.10.0`` after ``1.9.0`` and numbers before words."""
+    parts = re.split(r"[.\-+]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+class ModelRepository:
+    """Loads the models of one directory and resolves ``name`` / ``name:version``.
+
+    Args:
+        directory: where the ``.onnx`` files are.
+        options: how sessions are built.
+        limits: batch limits for a manifest (they differ by task).
+        observer: makes a batch observer for a model reference.
+        warmup: run each model once before it is served.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        options: SessionOptions,
+        limits: Callable[[Manifest], BatchLimits],
+        observer: Callable[[Manifest], BatchObserver | None] = lambda _m: None,
+        warmup: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.options = options
+        self._limits = limits
+        self._observer = observer
+        self._warmup = warmup
+        self._models: dict[str, dict[str, ServedModel]] = {}
+        self.failures: dict[str, str] = {}
+        self.state: State = "empty"
+
+    def files(self) -> list[Path]:
+        """The model files in the repository directory."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("*.onnx") if p.is_file())
+
+    async def load(self) -> None:
+        """Load, warm up and start every model; a broken file is logged and skipped."""
+        self.state = "loading"
+        for path in self.files():
+            try:
+                served = await asyncio.to_thread(self._load_one, path)
+            except Exception as exc:
+                log.error("cannot load model file %s: %s", path.name, exc)
+                self.failures[path.name] = str(exc)
+                continue
+            versions = self._models.setdefault(served.manifest.name, {})
+            if served.manifest.version in versions:
+                msg = f"duplicate model {served.manifest.ref}; kept the first file"
+                log.error("%s: %s", path.name, msg)
+                self.failures[path.name] = msg
+                continue
+            await served.batcher.start()
+            versions[served.manifest.version] = served
+            log.info(
+                "loaded %s from %s on %s (load %.2fs, warm-up %.2fs)",
+                served.manifest.ref,
+                path.name,
+                served.session.providers[0],
+                served.load_s,
+                served.warmup_s,
+            )
+        self.state = "ready" if self._models else "failed"
+
+    def _load_one(self, path: Path) -> ServedModel:
+        start = time.perf_counter()
+        session = ModelSession(path, self.options)
+        load_s = time.perf_counter() - start
+        warmup_s = session.warmup() if self._warmup else 0.0
+        manifest = session.manifest
+        limits = self._limits(manifest)
+        padding = temporal_padding(manifest) if manifest.task == "temporal_classification" else None
+        batcher = DynamicBatcher(
+            manifest.ref,
+            session.run,
+            max_batch_size=limits.max_batch_size,
+            max_queue_delay_ms=limits.max_queue_delay_ms,
+            max_queue_size=limits.max_queue_size,
+            padding=padding or Padding(),
+            observer=self._observer(manifest),
+        )
+        task: SegmentationTask | TemporalTask
+        if manifest.task == "segmentation":
+            task = SegmentationTask(manifest, batcher)
+        else:
+            task = TemporalTask(manifest, batcher)
+        return ServedModel(manifest, path, session, batcher, task, load_s, warmup_s)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop every batcher, letting queued work finish within ``grace_s``."""
+        await asyncio.gather(*(m.batcher.stop(grace_s) for m in self.all()))
+
+    def all(self) -> list[ServedModel]:
+        """Every loaded model version, by name then version."""
+        return [
+            versions[v]
+            for name in sorted(self._models)
+            for versions in [self._models[name]]
+            for v in sorted(versions, key=version_key)
+        ]
+
+    def names(self) -> list[str]:
+        """Names of the loaded models."""
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every version of ``name``, oldest first."""
+        if name not in self._models:
+            raise NotFound(f"no model named {name!r}; served: {', '.join(self.names()) or 'none'}")
+        versions = self._models[name]
+        return [versions[v] for v in sorted(versions, key=version_key)]
+
+    def get(self, ref: str) -> ServedModel:
+        """The model for ``name`` (latest version) or ``name:version``."""
+        name, _, version = ref.partition(":")
+        versions = self.versions(name)
+        if not version:
+            return versions[-1]
+        for served in versions:
+            if served.manifest.version == version:
+                return served
+        known = ", ".join(s.manifest.version for s in versions)
+        raise NotFound(f"model {name!r} has no version {version!r}; versions: {known}")

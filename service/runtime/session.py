@@ -1,0 +1,178 @@
+"""ONNX Runtime sessions built from a model's manifest.
+
+Imports nothing but onnxruntime, numpy and the standard library, so that the
+runtime can be benchmarked on a machine without the web stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import InferenceFailed, InvalidInput
+from service.runtime.manifest import MANIFEST_KEY, Manifest, ManifestError
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+# Error classes ONNX Runtime raises when the feed itself is wrong (shape, type);
+# anything else (allocation failures, kernel errors) is the server's problem.
+_INPUT_ERRORS = ("InvalidArgument", "INVALID_ARGUMENT")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How to build an ONNX Runtime session.
+
+    Attributes:
+        providers: execution providers in order of preference.
+        cuda: CUDA provider options (``device_id``, ``gpu_mem_limit_mb``,
+            ``cudnn_conv_algo_search``, ``arena_extend_strategy``).
+        intra_op_threads: threads per operator; 0 keeps ONNX Runtime's default.
+        io_binding: bind inputs and outputs explicitly when CUDA is active.
+    """
+
+    providers: tuple[str, ...] = (CUDA, CPU)
+    cuda: dict[str, Any] = field(default_factory=dict)
+    intra_op_threads: int = 0
+    io_binding: bool = True
+
+
+def read_manifest(session: ort.InferenceSession) -> Manifest:
+    """The manifest stored in a session's model metadata."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if MANIFEST_KEY not in meta:
+        raise ManifestError("model carries no attnserve manifest in its metadata")
+    return Manifest.from_json(meta[MANIFEST_KEY])
+
+
+def _provider_list(options: SessionOptions) -> list[str | tuple[str, dict[str, Any]]]:
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict[str, Any]]] = []
+    for name in options.providers:
+        if name not in available:
+            log.warning("execution provider %s is not available in this onnxruntime build", name)
+            continue
+        if name == CUDA:
+            cuda = {k: str(v) for k, v in options.cuda.items() if v is not None}
+            if "gpu_mem_limit_mb" in cuda:
+                cuda["gpu_mem_limit"] = str(int(cuda.pop("gpu_mem_limit_mb")) * 1024 * 1024)
+            chosen.append((name, cuda))
+        else:
+            chosen.append(name)
+    if not chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+class ModelSession:
+    """One ONNX model loaded into an ONNX Runtime session.
+
+    Args:
+        path: the ``.onnx`` file.
+        options: providers and their options.
+    """
+
+    def __init__(self, path: Path, options: SessionOptions) -> None:
+        self.path = path
+        self.options = options
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.intra_op_threads:
+            so.intra_op_num_threads = options.intra_op_threads
+        so.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(path), sess_options=so, providers=_provider_list(options)
+        )
+        self.manifest = read_manifest(self._session)
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        missing = {o.name for o in self.manifest.outputs} - set(self.output_names)
+        if missing:
+            raise ManifestError(f"manifest names outputs the graph lacks: {sorted(missing)}")
+        self.providers: list[str] = list(self._session.get_providers())
+        self._bind = options.io_binding and self.providers[0] == CUDA
+
+    @property
+    def cuda_active(self) -> bool:
+        """Whether CUDA is the session's first provider."""
+        return self.providers[0] == CUDA
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on one batch.
+
+        Args:
+            feed: input arrays by graph input name (batch first).
+
+        Returns:
+            Output arrays by graph output name, on the host.
+
+        Raises:
+            InvalidInput: ONNX Runtime refused the feed (shape or type).
+            InferenceFailed: anything else went wrong (e.g. out of memory).
+        """
+        try:
+            if self._bind:
+                return self._run_bound(feed)
+            outputs = self._session.run(self.output_names, feed)
+        except Exception as exc:
+            raise _classify(exc) from exc
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def _run_bound(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Inputs are copied to the device once and outputs stay there until the
+        # whole graph is done, avoiding ONNX Runtime's per-call staging copies.
+        binding = self._session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        device_id = int(self.options.cuda.get("device_id", 0) or 0)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", device_id)
+        self._session.run_with_iobinding(binding)
+        outputs = binding.copy_outputs_to_cpu()
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def example_feed(
+        self, batch: int = 1, size: int | None = None, dates: int = 4
+    ) -> dict[str, Any]:
+        """A feed of the right shapes and dtypes built from the manifest (for warm-up)."""
+        spec = self.manifest.input
+        side = size or spec.size_multiple or 32
+        dims = {"batch": batch, "height": side, "width": side, "dates": dates}
+        feed: dict[str, Any] = {}
+        for tensor in self.manifest.tensors:
+            shape = [d if isinstance(d, int) else dims.get(d, 1) for d in tensor.shape]
+            if tensor.dtype == "bool":
+                feed[tensor.name] = np.ones(shape, dtype=bool)
+            elif tensor.name == "days":
+                feed[tensor.name] = np.tile(np.arange(shape[-1], dtype=np.float32) * 10, (batch, 1))
+            else:
+                lo, hi = spec.value_range
+                feed[tensor.name] = np.full(shape, (lo + hi) / 2, dtype=np.dtype(tensor.dtype))
+        return feed
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
+        """Run the graph once per batch size so the first request is not slow.
+
+        Returns:
+            Seconds spent.
+        """
+        start = time.perf_counter()
+        for batch in batch_sizes:
+            self.run(self.example_feed(batch=batch, size=self.manifest.input.tile_size))
+        return time.perf_counter() - start
+
+
+def _classify(exc: Exception) -> Exception:
+    name = type(exc).__name__
+    text = str(exc)
+    if name in _INPUT_ERRORS or "INVALID_ARGUMENT" in text:
+        return InvalidInput("the model refused the input's shape or type")
+    return InferenceFailed(f"inference failed ({name}); the request may be retried")
