@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from tests.deploy._deploy import (
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "attnserve.json"
 READY_TIMEOUT_S = 120.0
 SHUTDOWN_GRACE_S = 10
+# The image serves COPY models/shipped/ /models/; a checkout without shipped
+# models yet can point the live test at another model repository.
+MODEL_DIR = Path(os.environ.get("DEPLOY_TEST_MODEL_DIR", ROOT / "models" / "shipped"))
 
 
 def _yaml(path: Path) -> Any:
@@ -166,7 +170,7 @@ def _local_env(tmp_path: Path) -> dict[str, str]:
     env.update({k: v for k, v in image_env.items() if k.startswith("ATTNSERVE_")})
     # COPY models/shipped/ /models/ in the image.
     assert env["ATTNSERVE_MODEL_DIR"] == "/models"
-    env["ATTNSERVE_MODEL_DIR"] = str(ROOT / "models" / "shipped")
+    env["ATTNSERVE_MODEL_DIR"] = str(MODEL_DIR)
     env["ATTNSERVE_JOB_DIR"] = str(tmp_path / "jobs")
     env["ATTNSERVE_SHUTDOWN_GRACE_S"] = str(SHUTDOWN_GRACE_S)
     env["TMPDIR"] = str(tmp_path / "tmp")
@@ -177,12 +181,20 @@ def _local_env(tmp_path: Path) -> dict[str, str]:
 
 def _write_geotiff(path: Path) -> None:
     import numpy as np
-    import rasterio
     from rasterio.crs import CRS
     from rasterio.transform import from_origin
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, size=(3, 256, 256), dtype=np.uint8)
+    # rasterio multiplies affine transforms with `*`, which affine>=3.1 flags.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
+        _write(path, data, CRS.from_epsg(32633), from_origin(500000.0, 4000000.0, 0.5, 0.5))
+
+
+def _write(path: Path, data: Any, crs: Any, transform: Any) -> None:
+    import rasterio
+
     with rasterio.open(
         path,
         "w",
@@ -191,8 +203,8 @@ def _write_geotiff(path: Path) -> None:
         height=256,
         count=3,
         dtype="uint8",
-        crs=CRS.from_epsg(32633),
-        transform=from_origin(500000.0, 4000000.0, 0.5, 0.5),
+        crs=crs,
+        transform=transform,
         photometric="RGB",
     ) as dst:
         dst.write(data)
@@ -202,8 +214,8 @@ def _write_geotiff(path: Path) -> None:
 def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     pytest.importorskip("service.app")
     pytest.importorskip("onnxruntime")
-    if not any((ROOT / "models" / "shipped").glob("*.onnx")):
-        pytest.skip("no shipped models in models/shipped")
+    if not any(MODEL_DIR.glob("*.onnx")):
+        pytest.skip(f"no models in {MODEL_DIR}")
     port = _free_port()
     log = tmp_path / "server.log"
     with log.open("wb") as out:
