@@ -8,6 +8,7 @@ opened with the GTiff driver, under a defensive GDAL configuration.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
 from service.errors import InvalidRaster, PayloadTooLarge, UnsupportedRaster
@@ -121,7 +122,9 @@ def open_geotiff(data: bytes) -> Iterator[DatasetReader]:
         InvalidRaster: not a TIFF, or GDAL cannot open it.
     """
     _require_tiff(data)
-    with rasterio.Env(**HARDENED_GDAL), MemoryFile(data) as memfile:
+    # An image without georeference is still an image; the answer says crs null.
+    with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL), MemoryFile(data) as memfile:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             dataset = memfile.open(driver="GTiff")
         except RasterioError:

@@ -21,6 +21,15 @@ def check_layout(manifest: Manifest, bands: int, dtype: str, *, dates: int = 1) 
     """
     spec = manifest.input
     expected = len(spec.bands)
+    # A dtype that is no imagery at all (complex SAR, say) is the first thing to
+    # name: its band count is beside the point.
+    if not _known_dtype(dtype) or np.dtype(dtype).kind not in "uif":
+        raise UnsupportedRaster(
+            f"dtype {dtype} is not supported by model {manifest.name} (complex or non-numeric "
+            f"values are not imagery it takes); it takes {', '.join(spec.accepted_dtypes)}",
+            accepted_dtypes=spec.accepted_dtypes,
+            got_dtype=dtype,
+        )
     if bands != expected:
         per = " per date" if manifest.task == "temporal_classification" else ""
         raise UnsupportedRaster(
@@ -30,10 +39,8 @@ def check_layout(manifest: Manifest, bands: int, dtype: str, *, dates: int = 1) 
             got_bands=bands,
         )
     if dtype not in spec.accepted_dtypes:
-        kind = np.dtype(dtype).kind if _known_dtype(dtype) else "?"
-        why = " (complex values are not imagery this model takes)" if kind == "c" else ""
         raise UnsupportedRaster(
-            f"dtype {dtype} is not supported by model {manifest.name}{why}; "
+            f"dtype {dtype} is not supported by model {manifest.name}; "
             f"it takes {', '.join(spec.accepted_dtypes)} with values in "
             f"{_fmt_range(spec.value_range)} ({spec.units})",
             accepted_dtypes=spec.accepted_dtypes,

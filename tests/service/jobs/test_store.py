@@ -1,0 +1,91 @@
+"""The job store: atomic writes, TTL, owners, restarts and hostile ids."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import NotFound
+from service.jobs.store import JobStore, owner_of
+
+MODEL = {"name": "m", "version": "1", "task": "segmentation"}
+
+
+def _save(store: JobStore, owner: str | None = None) -> str:
+    record = store.new_record(MODEL, "raster", owner)
+    record.layers.append(
+        {"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2, 2]}
+    )
+    store.save(record, {"gate_1": np.eye(2, dtype=np.float32)})
+    return record.id
+
+
+def test_saved_job_survives_a_new_store_on_the_same_directory(tmp_path: Path) -> None:
+    job_id = _save(JobStore(tmp_path, ttl_s=60))
+    reopened = JobStore(tmp_path, ttl_s=60)
+    record = reopened.load(job_id)
+    np.testing.assert_array_equal(reopened.array(record, "gate_1"), np.eye(2))
+    assert reopened.count == 1
+
+
+def test_expired_job_is_not_found_and_cleaned(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=0.2)
+    job_id = _save(store)
+    other = _save(store)
+    time.sleep(0.3)
+    with pytest.raises(NotFound):
+        store.load(job_id)
+    assert store.cleanup() == 1
+    with pytest.raises(NotFound):
+        store.load(other)
+    assert store.count == 0
+
+
+def test_ids_are_unguessable_and_distinct(tmp_path: Path) -> None:
+    ids = {JobStore.new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 24 for i in ids)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../../etc/passwd", "..%2f..%2fetc", "a" * 23, "a" * 25, "aaaa\x00aaaaaaaaaaaaaaaaaaa", ""],
+)
+def test_hostile_ids_are_not_found(tmp_path: Path, bad: str) -> None:
+    store = JobStore(tmp_path, ttl_s=60)
+    with pytest.raises(NotFound):
+        store.load(bad)
+
+
+def test_another_owner_gets_not_found(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=60)
+    job_id = _save(store, owner_of("key-a"))
+    assert store.load(job_id, owner_of("key-a")).id == job_id
+    with pytest.raises(NotFound):
+        store.load(job_id, owner_of("key-b"))
+    with pytest.raises(NotFound):
+        store.load(job_id, None)
+
+
+def test_failed_write_leaves_no_visible_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JobStore(tmp_path, ttl_s=60)
+    record = store.new_record(MODEL, "raster", None)
+    real_rename = os.rename
+
+    def broken(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "rename", broken)
+    with pytest.raises(OSError, match="disk full"):
+        store.save(record, {"gate_1": np.zeros((2, 2), np.float32)})
+    monkeypatch.setattr(os, "rename", real_rename)
+    with pytest.raises(NotFound):
+        store.load(record.id)
+    assert list((tmp_path / ".tmp").iterdir()) == []
+    assert store.count == 0
