@@ -47,7 +47,8 @@ def test_cog_prediction_and_attention_keep_the_input_georeference(
     spatial = [a["name"] for a in body["attention"] if a["kind"] == "spatial"]
     assert len(spatial) >= 3
     channel = [a for a in body["attention"] if a["kind"] == "channel"]
-    assert channel and channel[0]["shape"] == [3]
+    assert channel
+    assert channel[0]["shape"] == [3]
 
     att = httpx.get(f"{live.url}/attention/{job_id}", params={"format": "geotiff"}, timeout=60)
     assert att.status_code == 200, att.text
