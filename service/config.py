@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models" / "shipped"
@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     max_dates: int = Field(366, ge=1)
     max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
 
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="accepted Bearer API keys; empty = no auth"
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file with one API key per line (e.g. a mounted secret)"
+    )
+
     docs_enabled: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)
 
@@ -99,4 +106,21 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.require_cuda and "CUDAExecutionProvider" not in self.providers:
             raise ValueError("require_cuda is set but CUDAExecutionProvider is not in providers")
+        for key in self.all_api_keys():
+            if len(key) < 16:
+                raise ValueError("API keys must be at least 16 characters long")
         return self
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from settings and from the keys file (blank lines and # comments skipped)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"api_keys_file cannot be read: {exc.strerror}") from None
+            for line in text.splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    keys.append(line)
+        return keys
