@@ -1,0 +1,129 @@
+"""Footprint metrics: pixel IoU and SpaceNet-style building-level F1.
+
+Building-level scores follow the SpaceNet challenge: each connected component
+of a mask is one building; a predicted building matches a true one when their
+IoU is at least 0.5; each true and each predicted building is matched at most
+once, greedily from the highest IoU down. Precision is matches / predicted
+buildings, recall matches / true buildings, F1 their harmonic mean.
+
+Components are found with ``scipy.ndimage.label`` (4-connectivity); the pairwise
+overlaps come from one ``numpy.bincount`` over the joint labels rather than a
+loop over pairs, so whole validation sets score in milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class BuildingCounts:
+    """Building-level tallies, which add up across tiles."""
+
+    true_positives: int = 0
+    predicted: int = 0
+    actual: int = 0
+
+    def __add__(self, other: BuildingCounts) -> BuildingCounts:
+        return BuildingCounts(
+            self.true_positives + other.true_positives,
+            self.predicted + other.predicted,
+            self.actual + other.actual,
+        )
+
+    @property
+    def precision(self) -> float:
+        """Matched / predicted buildings (1.0 when nothing was predicted)."""
+        return self.true_positives / self.predicted if self.predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Matched / true buildings (1.0 when there were none)."""
+        return self.true_positives / self.actual if self.actual else 1.0
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall."""
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def pixel_iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Intersection over union of two binary masks of the same shape (any dims).
+
+    Returns 1.0 when both masks are empty: nothing to find, nothing found.
+    """
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"mask shapes differ: {p.shape} vs {t.shape}")
+    union = int(np.count_nonzero(p | t))
+    return int(np.count_nonzero(p & t)) / union if union else 1.0
+
+
+def building_counts(
+    pred: np.ndarray, truth: np.ndarray, *, min_iou: float = MATCH_IOU
+) -> BuildingCounts:
+    """Match the buildings of one predicted and one true ``(H, W)`` binary mask."""
+    p, t = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if p.shape != t.shape or p.ndim != 2:
+        raise ValueError(f"expected two (H, W) masks of one shape, got {p.shape} and {t.shape}")
+    p_lab, n_p = ndimage.label(p)
+    t_lab, n_t = ndimage.label(t)
+    if n_p == 0 or n_t == 0:
+        return BuildingCounts(0, n_p, n_t)
+    # Joint histogram of (pred label, true label): the intersection of every pair.
+    joint = np.bincount(
+        (p_lab.ravel() * (n_t + 1) + t_lab.ravel()), minlength=(n_p + 1) * (n_t + 1)
+    ).reshape(n_p + 1, n_t + 1)
+    inter = joint[1:, 1:].astype(np.float64)
+    area_p = joint[1:, :].sum(axis=1).astype(np.float64)
+    area_t = joint[:, 1:].sum(axis=0).astype(np.float64)
+    iou = inter / (area_p[:, None] + area_t[None, :] - inter)
+    pi, ti = np.nonzero(iou >= min_iou)
+    order = np.argsort(-iou[pi, ti], kind="stable")
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    for k in order:
+        a, b = int(pi[k]), int(ti[k])
+        if a not in used_p and b not in used_t:
+            used_p.add(a)
+            used_t.add(b)
+    return BuildingCounts(len(used_p), n_p, n_t)
+
+
+def footprint_scores(
+    preds: Iterable[np.ndarray], truths: Iterable[np.ndarray], *, min_iou: float = MATCH_IOU
+) -> dict[str, float]:
+    """Scores over many tiles: pixel IoU pooled over all pixels, F1 over all buildings.
+
+    Args:
+        preds: binary predicted masks, each ``(H, W)``.
+        truths: the true masks, in the same order and shapes.
+
+    Returns:
+        ``pixel_iou``, ``building_f1``, ``precision``, ``recall`` and the counts
+        ``buildings`` (true) and ``predicted_buildings``.
+    """
+    inter = union = 0
+    counts = BuildingCounts()
+    for p, t in zip(preds, truths, strict=True):
+        pb, tb = np.asarray(p, dtype=bool), np.asarray(t, dtype=bool)
+        if pb.shape != tb.shape:
+            raise ValueError(f"mask shapes differ: {pb.shape} vs {tb.shape}")
+        inter += int(np.count_nonzero(pb & tb))
+        union += int(np.count_nonzero(pb | tb))
+        counts = counts + building_counts(pb, tb, min_iou=min_iou)
+    return {
+        "pixel_iou": inter / union if union else 1.0,
+        "building_f1": counts.f1,
+        "precision": counts.precision,
+        "recall": counts.recall,
+        "buildings": float(counts.actual),
+        "predicted_buildings": float(counts.predicted),
+    }
