@@ -1,0 +1,376 @@
+"""Attention U-Net for building footprints (Oktay et al., 2018, arXiv:1804.03999).
+
+A U-Net whose every skip connection passes through an additive attention gate,
+plus a squeeze-and-excitation weighting of the input bands. The model returns
+its prediction together with the attention behind it:
+
+* ``probability`` ``(B, 1, H, W)``: building probability per pixel.
+* ``gate_1`` .. ``gate_N`` ``(B, 1, H, W)``: the gate coefficients alpha of
+  each skip connection, bilinearly upsampled to the input size. ``gate_1`` is
+  the finest level (full resolution skip), ``gate_N`` the coarsest (``1/2**(N-1)``
+  resolution); ``N`` is the model's depth.
+* ``band_weights`` ``(B, C)``: the channel attention weight of each input band.
+
+Inputs are raw values, ``(B, C, H, W)`` float32 in 0..255; normalisation is part
+of the graph. ``H`` and ``W`` must be multiples of ``2**depth`` (the server pads
+tiles to such sizes); the model refuses other sizes with a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import ModelFamily
+from service.runtime.manifest import (
+    InputSpec,
+    Manifest,
+    Normalization,
+    OutputSpec,
+    TensorSpec,
+)
+
+# Per-band mean and standard deviation of 8-bit RGB imagery, in digital numbers.
+DEFAULT_MEAN = (123.7, 116.3, 103.5)
+DEFAULT_STD = (58.4, 57.1, 57.4)
+DEFAULT_BANDS = ("red", "green", "blue")
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 conv + batch norm + ReLU layers."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BandAttention(nn.Module):
+    """Squeeze-and-excitation over the input bands.
+
+    With only a handful of bands a reduction would leave a one-unit bottleneck,
+    so the hidden layer is at least ``min_hidden`` wide.
+    """
+
+    def __init__(self, channels: int, min_hidden: int = 8) -> None:
+        super().__init__()
+        hidden = max(channels, min_hidden)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight the bands of ``x``.
+
+        Args:
+            x: ``(B, C, H, W)`` float32, normalised.
+
+        Returns:
+            ``(x * w, w)``: the weighted input ``(B, C, H, W)`` and the band
+            weights ``w`` ``(B, C)`` in ``[0, 1]``.
+        """
+        squeezed = x.mean(dim=(2, 3))
+        w = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
+        return x * w[:, :, None, None], w
+
+
+class AttentionGate(nn.Module):
+    """Additive attention gate: ``alpha = sigmoid(psi^T ReLU(W_x x + W_g g + b))``.
+
+    The gating signal ``g`` is the decoder feature already upsampled to the skip
+    connection's resolution, so no resampling happens inside the gate.
+    """
+
+    def __init__(self, x_channels: int, g_channels: int, inter_channels: int) -> None:
+        super().__init__()
+        self.w_x = nn.Conv2d(x_channels, inter_channels, 1, bias=False)
+        self.w_g = nn.Conv2d(g_channels, inter_channels, 1, bias=True)
+        self.psi = nn.Conv2d(inter_channels, 1, 1, bias=True)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate the skip features ``x`` by the decoder signal ``g``.
+
+        Args:
+            x: skip features ``(B, Cx, h, w)``.
+            g: gating signal ``(B, Cg, h, w)``.
+
+        Returns:
+            ``(x * alpha, alpha)`` with ``alpha`` ``(B, 1, h, w)`` in ``[0, 1]``.
+        """
+        alpha = torch.sigmoid(self.psi(F.relu(self.w_x(x) + self.w_g(g))))
+        return x * alpha, alpha
+
+
+class AttentionUNet(nn.Module):
+    """Attention U-Net with gated skips and band attention.
+
+    Args:
+        in_channels: number of input bands ``C``.
+        width: channels of the finest level; each coarser level doubles it.
+        depth: number of downsamplings; also the number of gated skips.
+        mean: per-band mean of raw input values, applied in the graph.
+        std: per-band standard deviation of raw input values.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 16,
+        depth: int = 4,
+        mean: tuple[float, ...] = DEFAULT_MEAN,
+        std: tuple[float, ...] = DEFAULT_STD,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError("mean and std need one value per input band")
+        self.in_channels = in_channels
+        self.depth = depth
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.band_attention = BandAttention(in_channels)
+        widths = [width * 2**i for i in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        cin = in_channels
+        for w in widths[:-1]:
+            self.encoders.append(_conv_block(cin, w))
+            cin = w
+        self.bottleneck = _conv_block(widths[-2], widths[-1])
+        # Decoder modules are listed from the coarsest level to the finest.
+        self.ups = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(depth)):
+            w = widths[level]
+            self.ups.append(nn.ConvTranspose2d(widths[level + 1], w, 2, stride=2))
+            self.gates.append(AttentionGate(w, w, max(w // 2, 4)))
+            self.decoders.append(_conv_block(2 * w, w))
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (``2**depth``)."""
+        return int(2**self.depth)
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        h, w = int(x.shape[2]), int(x.shape[3])
+        m = self.size_multiple
+        if h % m or w % m:
+            raise ValueError(
+                f"input height and width must be multiples of {m} (2**depth), got {h}x{w}; "
+                "pad the tile first"
+            )
+
+    def forward_logits(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The forward pass before the output sigmoid (training uses the logits).
+
+        Args:
+            x: raw values ``(B, C, H, W)`` float32 in 0..255.
+
+        Returns:
+            ``(logits, gates, band_weights)``: logits ``(B, 1, H, W)``; gates
+            finest first, each ``(B, 1, H, W)`` in ``[0, 1]``; band weights ``(B, C)``.
+
+        Raises:
+            ValueError: the input is not ``(B, C, H, W)`` with ``H`` and ``W``
+                multiples of ``2**depth``.
+        """
+        # Shapes are symbolic while exporting; the server checks sizes itself.
+        if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+            self._check_size(x)
+        h = (x - self.mean) / self.std
+        h, band_weights = self.band_attention(h)
+        skips = []
+        for enc in self.encoders:
+            h = enc(h)
+            skips.append(h)
+            h = F.max_pool2d(h, 2)
+        h = self.bottleneck(h)
+        gates: list[torch.Tensor] = []
+        for up, gate, dec, skip in zip(
+            self.ups, self.gates, self.decoders, reversed(skips), strict=True
+        ):
+            h = up(h)
+            gated, alpha = gate(skip, h)
+            h = dec(torch.cat([gated, h], dim=1))
+            gates.append(alpha)
+        gates.reverse()  # finest first
+        # Bilinear interpolation is a convex combination, so gates stay in [0, 1].
+        full = [gates[0]] + [
+            F.interpolate(g, scale_factor=float(2**i), mode="bilinear", align_corners=False)
+            for i, g in enumerate(gates[1:], start=1)
+        ]
+        return self.head(h), full, band_weights
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Predict building probability with the attention behind it.
+
+        Args:
+            x: raw values ``(B, C, H, W)`` float32 in 0..255, ``H`` and ``W``
+                multiples of ``2**depth``.
+
+        Returns:
+            ``(probability, gate_1, ..., gate_N, band_weights)``: probability and
+            each gate ``(B, 1, H, W)`` float32 in ``[0, 1]`` (``gate_1`` finest);
+            band weights ``(B, C)`` float32 in ``[0, 1]``.
+        """
+        logits, gates, band_weights = self.forward_logits(x)
+        return (torch.sigmoid(logits), *gates, band_weights)
+
+
+def _bands(config: dict[str, Any]) -> list[str]:
+    return [str(b) for b in config.get("bands", DEFAULT_BANDS)]
+
+
+def build(config: dict[str, Any]) -> AttentionUNet:
+    """The model described by a checkpoint config (``bands``, ``width``, ``depth``...)."""
+    bands = _bands(config)
+    return AttentionUNet(
+        in_channels=len(bands),
+        width=int(config.get("width", 16)),
+        depth=int(config.get("depth", 4)),
+        mean=tuple(float(m) for m in config.get("mean", DEFAULT_MEAN)),
+        std=tuple(float(s) for s in config.get("std", DEFAULT_STD)),
+    )
+
+
+def example_inputs(config: dict[str, Any], batch: int) -> tuple[torch.Tensor, ...]:
+    """A raw-value input ``(batch, C, S, S)`` float32 for tracing; ``S = 4 * 2**depth``."""
+    side = 4 * 2 ** int(config.get("depth", 4))
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(batch, len(_bands(config)), side, side, generator=gen) * 255.0
+    return (image,)
+
+
+def output_names(depth: int) -> tuple[str, ...]:
+    """ONNX output names: ``probability``, ``gate_1`` .. ``gate_depth``, ``band_weights``."""
+    return ("probability", *(f"gate_{i}" for i in range(1, depth + 1)), "band_weights")
+
+
+def manifest(ckpt: dict[str, Any]) -> Manifest:
+    """The manifest of a footprints checkpoint (``config``, ``training``, ``metrics``)."""
+    config: dict[str, Any] = ckpt["config"]
+    bands = _bands(config)
+    depth = int(config.get("depth", 4))
+    c = len(bands)
+    spatial: list[int | str] = ["batch", 1, "height", "width"]
+    outputs = [
+        OutputSpec(
+            name="probability",
+            role="prediction",
+            kind="probability",
+            shape=list(spatial),
+            description="building probability per pixel",
+        )
+    ]
+    for level in range(1, depth + 1):
+        outputs.append(
+            OutputSpec(
+                name=f"gate_{level}",
+                role="attention",
+                kind="spatial",
+                shape=list(spatial),
+                level=level,
+                description=(
+                    f"attention gate on skip connection {level} (1 = finest, at "
+                    f"1/{2 ** (level - 1)} resolution), bilinearly upsampled to the input"
+                ),
+            )
+        )
+    outputs.append(
+        OutputSpec(
+            name="band_weights",
+            role="attention",
+            kind="channel",
+            shape=["batch", c],
+            description="squeeze-and-excitation weight of each input band",
+        )
+    )
+    return Manifest(
+        name=str(config.get("name", "footprints")),
+        version=str(config.get("version", "1.0.0")),
+        task="segmentation",
+        description=(
+            "Building footprint segmentation of 8-bit RGB aerial imagery with an "
+            "Attention U-Net: building probability per pixel plus the attention gate "
+            "of every skip connection and the weight of each input band."
+        ),
+        input=InputSpec(
+            bands=bands,
+            accepted_dtypes=["uint8"],
+            value_range=[0.0, 255.0],
+            units="8-bit digital numbers",
+            normalization=Normalization(
+                mean=[float(m) for m in config.get("mean", DEFAULT_MEAN)],
+                std=[float(s) for s in config.get("std", DEFAULT_STD)],
+                applied="in_graph",
+            ),
+            tile_size=512,
+            tile_overlap=128,
+            size_multiple=2**depth,
+        ),
+        tensors=[
+            TensorSpec(
+                name="image",
+                dtype="float32",
+                shape=["batch", c, "height", "width"],
+                description="raw band values 0..255 as float32; height and width "
+                f"multiples of {2**depth}",
+            )
+        ],
+        outputs=outputs,
+        classes=["building"],
+        training=dict(ckpt.get("training", {})),
+        metrics={str(k): float(v) for k, v in ckpt.get("metrics", {}).items()},
+    )
+
+
+_SPATIAL_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+def dynamic_axes(depth: int) -> dict[str, dict[int, str]]:
+    """ONNX dynamic axes: batch, height and width everywhere, batch only on band weights."""
+    axes: dict[str, dict[int, str]] = {"image": dict(_SPATIAL_AXES)}
+    for name in output_names(depth)[:-1]:
+        axes[name] = dict(_SPATIAL_AXES)
+    axes["band_weights"] = {0: "batch"}
+    return axes
+
+
+# The registry names a family's ONNX outputs once, so the exported family is the
+# depth-4 model; other depths train and run in torch but do not export.
+EXPORT_DEPTH = 4
+
+
+def build_for_export(config: dict[str, Any]) -> AttentionUNet:
+    """:func:`build`, refusing depths whose outputs the registered names do not cover."""
+    depth = int(config.get("depth", EXPORT_DEPTH))
+    if depth != EXPORT_DEPTH:
+        raise ValueError(
+            f"the footprints family exports depth-{EXPORT_DEPTH} models (outputs "
+            f"{', '.join(output_names(EXPORT_DEPTH))}); this checkpoint has depth {depth}"
+        )
+    return build(config)
+
+
+FAMILY = ModelFamily(
+    name="footprints",
+    build=build_for_export,
+    example_inputs=example_inputs,
+    input_names=("image",),
+    output_names=output_names(EXPORT_DEPTH),
+    dynamic_axes=dynamic_axes(EXPORT_DEPTH),
+    manifest=manifest,
+)

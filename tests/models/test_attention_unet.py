@@ -1,0 +1,96 @@
+"""Shapes, ranges and size checks of the Attention U-Net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.attention_unet import FAMILY, AttentionUNet, build, output_names
+
+
+@pytest.fixture(scope="module")
+def model() -> AttentionUNet:
+    torch.manual_seed(0)
+    return build({"width": 4, "depth": 4}).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (64, 48)])
+def test_outputs_have_documented_shapes_and_ranges(
+    model: AttentionUNet, batch: int, height: int, width: int
+) -> None:
+    x = torch.rand(batch, 3, height, width) * 255
+    with torch.no_grad():
+        outs = model(x)
+    assert len(outs) == len(output_names(4)) == 6
+    probability, *gates, band_weights = outs
+    assert probability.shape == (batch, 1, height, width)
+    assert ((probability >= 0) & (probability <= 1)).all()
+    assert len(gates) == 4
+    for gate in gates:
+        assert gate.shape == (batch, 1, height, width)
+        assert gate.min() >= 0
+        assert gate.max() <= 1
+    assert band_weights.shape == (batch, 3)
+    assert ((band_weights >= 0) & (band_weights <= 1)).all()
+
+
+def test_coarse_gates_are_smooth_upsamplings(model: AttentionUNet) -> None:
+    # gate_1 is the finest level; the coarsest gate varies only at 1/8 resolution,
+    # so neighbouring pixels differ far less than in the finest gate.
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        _, g1, _, _, g4, _ = model(x)
+    rough = lambda g: (g[..., 1:] - g[..., :-1]).abs().mean()  # noqa: E731
+    assert rough(g4) < rough(g1)
+
+
+def test_channel_count_and_depth_are_configurable() -> None:
+    model = build(
+        {
+            "bands": ["nir", "red", "green", "blue"],
+            "width": 4,
+            "depth": 3,
+            "mean": [100.0] * 4,
+            "std": [50.0] * 4,
+        }
+    ).eval()
+    with torch.no_grad():
+        outs = model(torch.rand(2, 4, 16, 24) * 255)
+    assert len(outs) == 1 + 3 + 1
+    assert outs[-1].shape == (2, 4)
+
+
+def test_normalisation_lives_in_the_graph() -> None:
+    model = build({"width": 4})
+    assert torch.allclose(model.mean.flatten(), torch.tensor([123.7, 116.3, 103.5]))
+    assert "mean" in model.state_dict()
+    assert "std" in model.state_dict()
+
+
+@pytest.mark.parametrize(("height", "width"), [(30, 32), (32, 40), (100, 100)])
+def test_refuses_sizes_not_multiple_of_two_to_depth(
+    model: AttentionUNet, height: int, width: int
+) -> None:
+    with pytest.raises(ValueError, match=r"multiples of 16 \(2\*\*depth\)"):
+        model(torch.rand(1, 3, height, width))
+
+
+def test_refuses_wrong_band_count(model: AttentionUNet) -> None:
+    with pytest.raises(ValueError, match=r"expected input \(B, 3, H, W\)"):
+        model(torch.rand(1, 4, 32, 32))
+
+
+def test_family_names_every_output_with_dynamic_axes() -> None:
+    assert FAMILY.name == "footprints"
+    assert FAMILY.input_names == ("image",)
+    assert FAMILY.output_names[0] == "probability"
+    assert FAMILY.output_names[-1] == "band_weights"
+    for name in (*FAMILY.input_names, *FAMILY.output_names[:-1]):
+        assert FAMILY.dynamic_axes[name] == {0: "batch", 2: "height", 3: "width"}
+    assert FAMILY.dynamic_axes["band_weights"] == {0: "batch"}
+
+
+def test_export_build_refuses_depths_the_family_cannot_name() -> None:
+    with pytest.raises(ValueError, match="depth-4"):
+        FAMILY.build({"depth": 3})
