@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import errors
 from service.api.middleware import ApiKeyAuth, BodyLimit, Observe
-from service.api.routes import attention, health, jobs, metrics, models, predict
+from service.api.routes import attention, health, jobs, metrics, models, predict, v2
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import JobStore
@@ -122,9 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, predict.router, jobs.router, attention.router):
         app.include_router(router)
     app.include_router(metrics.router)
+    app.include_router(v2.router)
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys)
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
     app.add_middleware(Observe, metrics=app_metrics)
+    app.add_middleware(v2.OipErrorShape)
     return app
