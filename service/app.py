@@ -11,13 +11,15 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import errors
-from service.api.middleware import ApiKeyAuth, BodyLimit, Observe
+from service.api.middleware import Admission, ApiKeyAuth, BodyLimit, Observe
 from service.api.routes import attention, health, jobs, metrics, models, predict, v2
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import JobStore
 from service.metrics import Metrics
+from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
+from service.pipeline.scene import SceneRunner
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
@@ -61,11 +63,18 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     )
     store = JobStore(settings.job_dir, settings.job_ttl_s)
     runner = PredictionRunner(store, settings.request_timeout_s)
-    return AppState(settings, metrics, repository, store, runner)
+    # Tiles of a scene have no per-request deadline of their own: the job may run
+    # for hours, but one tile must still not wait forever.
+    scenes = SceneRunner(store, settings.request_timeout_s, settings.scene_tiles_in_flight)
+    jobs = JobManager(
+        store, scenes, repository.get, settings.scene_workers, settings.max_queued_jobs
+    )
+    return AppState(settings, metrics, repository, store, runner, jobs)
 
 
 async def _load_models(state: AppState) -> None:
     await state.repository.load()
+    await state.jobs.start()
     for served in state.repository.all():
         state.metrics.model_loaded.labels(served.manifest.name, served.manifest.version).set(1)
     if state.repository.state != "ready":
@@ -107,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cleaner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            await state.jobs.stop(settings.shutdown_grace_s)
             await state.repository.stop(settings.shutdown_grace_s)
 
     app = FastAPI(
@@ -120,13 +130,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     for router in (health.router, models.router, predict.router, jobs.router, attention.router):
-        app.include_router(router)
+        app.include_router(router, responses=errors.ERROR_RESPONSES)
     app.include_router(metrics.router)
     app.include_router(v2.router)
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys)
-    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=int(settings.max_upload_mb * 2**20),
+        max_json_bytes=int(settings.max_json_mb * 2**20),
+        read_timeout_s=settings.body_read_timeout_s,
+    )
+    # Outside the body limit: refused work never has its body read.
+    app.add_middleware(Admission, max_in_flight=settings.max_concurrent_requests)
     app.add_middleware(Observe, metrics=app_metrics)
     app.add_middleware(v2.OipErrorShape)
     return app

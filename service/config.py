@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         512 * 512, ge=1, description="largest synchronous dated raster stack, in pixels"
     )
     max_json_mb: float = Field(16.0, gt=0)
+    max_scene_pixels: int = Field(
+        30_000 * 30_000, ge=64 * 64, description="largest scene processed as a tiled job"
+    )
+    scene_workers: int = Field(1, ge=1, le=16, description="scene jobs run at the same time")
+    max_queued_jobs: int = Field(100, ge=1)
+    scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
     max_bands: int = Field(512, ge=1)
     max_dates: int = Field(366, ge=1)
     max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
@@ -89,6 +95,20 @@ class Settings(BaseSettings):
 
     docs_enabled: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=300,
+        description="after SIGTERM, seconds to keep answering (readyz 503, new work 503) "
+        "before refusing connections, so load balancers notice first",
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=0, description="in-flight requests (probes and metrics aside); 0 = no limit"
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest wait for the next chunk of a request body (408)"
+    )
+    keep_alive_s: int = Field(5, ge=1, le=300, description="idle keep-alive connection timeout")
 
     @field_validator("providers")
     @classmethod

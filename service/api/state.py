@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from service.config import Settings
 from service.jobs.store import JobStore
 from service.metrics import Metrics
+from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.runtime.repository import ModelRepository
 
@@ -20,5 +21,6 @@ class AppState:
     repository: ModelRepository
     store: JobStore
     runner: PredictionRunner
+    jobs: JobManager
     draining: bool = False
     notes: dict[str, str] = field(default_factory=dict)

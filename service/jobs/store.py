@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from service.errors import NotFound
 
 log = logging.getLogger(__name__)
 
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 _ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
 _LAYER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -63,6 +66,16 @@ class JobRecord:
     georef: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
+    state: str = "done"
+    progress: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    updated: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a final state."""
+        return self.state in FINAL_STATES
 
     def layer(self, name: str) -> dict[str, Any]:
         """The layer called ``name``."""
@@ -131,8 +144,22 @@ class JobStore:
             if _ID.match(p.name)
         ]
 
-    def save(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
-        """Write a job whole, then make it visible in one rename."""
+    def save(
+        self,
+        record: JobRecord,
+        arrays: dict[str, np.ndarray],
+        files: dict[str, bytes] | None = None,
+        check: Callable[[list[Path]], None] | None = None,
+    ) -> None:
+        """Write a job whole, then make it visible in one rename.
+
+        Args:
+            record: the job's metadata.
+            arrays: layers stored as ``.npy``.
+            files: other files to keep with the job (e.g. a scene's input).
+            check: called with the staged files' paths before the job becomes
+                visible; an exception leaves no trace of the job.
+        """
         final = self._dir(record.id)
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
@@ -141,6 +168,12 @@ class JobStore:
                 if not _LAYER.match(name):
                     raise ValueError(f"bad layer name {name!r}")
                 self._write(staging / f"{name}.npy", lambda f, a=array: np.save(f, a))
+            for name, data in (files or {}).items():
+                if not _LAYER.match(name):
+                    raise ValueError(f"bad file name {name!r}")
+                self._write(staging / name, lambda f, d=data: f.write(d))
+            if check is not None:
+                check([staging / name for name in files or {}])
             meta = json.dumps(asdict(record), separators=(",", ":")).encode()
             self._write(staging / "meta.json", lambda f: f.write(meta))
             final.parent.mkdir(exist_ok=True)
@@ -150,6 +183,39 @@ class JobStore:
             raise
         self._count += 1
 
+    def update(self, record: JobRecord) -> None:
+        """Replace a job's record atomically (state, progress, layers)."""
+        record.updated = time.time()
+        directory = self._dir(record.id)
+        if not directory.is_dir():
+            raise NotFound("no such job (it may have been deleted)")
+        tmp = directory / f".meta.{secrets.token_hex(4)}.tmp"
+        meta = json.dumps(asdict(record), separators=(",", ":")).encode()
+        try:
+            self._write(tmp, lambda f: f.write(meta))
+            os.replace(tmp, directory / "meta.json")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def file(self, record: JobRecord, name: str) -> Path:
+        """Path of a file kept in a job's directory (outputs, the scene input)."""
+        if not _LAYER.match(name) or name.startswith("."):
+            raise NotFound(f"job has no file {name!r}")
+        return self._dir(record.id) / name
+
+    def unfinished(self) -> list[JobRecord]:
+        """Jobs left queued or running (e.g. by a stopped server), oldest first."""
+        found = []
+        for path in self._job_dirs():
+            try:
+                record = JobRecord(**json.loads((path / "meta.json").read_bytes()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if not record.finished:
+                found.append(record)
+        return sorted(found, key=lambda r: r.created)
+
     def _write(self, path: Path, write: Any) -> None:
         with open(path, "wb") as f:
             write(f)
@@ -157,7 +223,7 @@ class JobStore:
                 f.flush()
                 os.fsync(f.fileno())
 
-    def load(self, job_id: str, owner: str | None = None) -> JobRecord:
+    def load(self, job_id: str, owner: str | None = None, any_owner: bool = False) -> JobRecord:
         """The job's record.
 
         Raises:
@@ -169,10 +235,10 @@ class JobStore:
         except (OSError, ValueError):
             raise NotFound("no such job (it may have expired)") from None
         record = JobRecord(**data)
-        if record.expires <= time.time():
+        if record.expires <= time.time() and record.finished:
             self.delete(job_id)
             raise NotFound("no such job (it may have expired)")
-        if record.owner is not None and record.owner != owner:
+        if record.owner is not None and record.owner != owner and not any_owner:
             raise NotFound("no such job (it may have expired)")
         return record
 
@@ -202,10 +268,12 @@ class JobStore:
         removed = 0
         for path in self._job_dirs():
             try:
-                expires = json.loads((path / "meta.json").read_bytes())["expires"]
+                meta = json.loads((path / "meta.json").read_bytes())
+                expires, state = meta["expires"], meta.get("state", "done")
             except (OSError, ValueError, KeyError):
                 continue
-            if expires <= now and self.delete(path.name):
+            # Unfinished jobs belong to a job runner; they expire once finished.
+            if state in FINAL_STATES and expires <= now and self.delete(path.name):
                 removed += 1
         for stale in self._tmp.iterdir():
             # Staging directories left by a crash; an hour is far beyond any write.

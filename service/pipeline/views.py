@@ -7,10 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidInput, NotFound
+from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from service.jobs.store import JobRecord, JobStore
+from service.pipeline.layers import LayerReader
 from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff
+
+# Larger layers are only served as GeoTIFF.
+MAX_JSON_PIXELS = 4096 * 4096
+
+
+def require_done(record: JobRecord) -> None:
+    """Refuse result requests on a job that has no results (yet)."""
+    if record.state != "done":
+        raise Conflict(f"job is {record.state}; results exist once it is done")
 
 
 def _iso(ts: float) -> str:
@@ -27,11 +37,18 @@ def links(record: JobRecord) -> dict[str, str]:
     if record.kind == "raster":
         base["prediction_geotiff"] = f"/jobs/{record.id}/prediction?format=geotiff"
         base["attention_geotiff"] = f"/attention/{record.id}?format=geotiff"
+    if record.model.get("task") == "segmentation":
+        base["footprints"] = f"/jobs/{record.id}/footprints"
+    for file in output_files(record):
+        base[f"file:{file}"] = f"/jobs/{record.id}/files/{file}"
     return base
 
 
+INTERNAL_KEYS = frozenset({"days", "storage", "file", "band"})
+
+
 def _public(layer: dict[str, Any], record: JobRecord) -> dict[str, Any]:
-    entry = {k: v for k, v in layer.items() if k not in ("days",)}
+    entry = {k: v for k, v in layer.items() if k not in INTERNAL_KEYS}
     if layer["role"] == "attention":
         entry["url"] = f"/attention/{record.id}/{layer['name']}"
     return entry
@@ -43,11 +60,23 @@ def job_json(record: JobRecord, store: JobStore) -> dict[str, Any]:
     attention = [layer for layer in record.layers if layer["role"] == "attention"]
     body: dict[str, Any] = {
         "job_id": record.id,
-        "state": "done",
+        "state": record.state,
         "model": record.model,
         "created": _iso(record.created),
         "expires": _iso(record.expires),
     }
+    if record.params:
+        progress = {"done": 0, "total": 0, "fraction": 0.0, **record.progress}
+        body["progress"] = progress
+        body["eta_s"] = record.extra.get("eta_s")
+        body["error"] = record.error
+        if "tiling" in record.extra:
+            body["tiling"] = record.extra["tiling"]
+    if record.state != "done":
+        body["links"] = {"self": f"/jobs/{record.id}"}
+        if record.georef:
+            body["georeference"] = record.georef
+        return body
     if record.kind == "series":
         body["dates"] = record.extra.get("dates", [])
         body["days"] = record.extra.get("days", [])
@@ -126,6 +155,26 @@ def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
         body["items"] = series_attention(record, store, name)
     elif record.kind == "series":
         body.update(series_prediction(record, store))
+    elif layer.get("storage") == "inline":
+        body["values"] = layer["values"]
+    elif layer.get("storage") == "cog":
+        pixels = int(np.prod(layer["shape"]))
+        if pixels > MAX_JSON_PIXELS:
+            raise PayloadTooLarge(
+                f"layer {name!r} has {pixels} values, too many for JSON; ask for format=geotiff"
+            )
+        with LayerReader(record, store) as reader:
+            h, w = reader.size
+            if len(layer["shape"]) == 2:
+                body["values"] = reader.read(name, slice(0, h), slice(0, w))
+            else:
+                body["values"] = np.stack(
+                    [
+                        reader.read(name, slice(0, h), slice(0, w), band=b)
+                        for b in range(layer["shape"][0])
+                    ]
+                )
+        body["georeference"] = record.georef
     else:
         body["values"] = np.asarray(store.array(record, name))
         if record.georef:
@@ -169,9 +218,18 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
     bands: list[np.ndarray] = []
     descriptions: list[str] = []
     tags: list[dict[str, str]] = []
+    reader = LayerReader(record, store)
     for name in names:
         layer = record.layer(name)
         if len(layer["shape"]) < 2:
+            continue
+        if layer.get("storage") == "cog":
+            h, w = reader.size
+            count = layer["shape"][0] if len(layer["shape"]) == 3 else None
+            for i in range(count or 1):
+                bands.append(reader.read(name, slice(0, h), slice(0, w), band=i if count else None))
+                descriptions.append(name if count is None else f"{name} {i}")
+                tags.append({})
             continue
         if layer["kind"] == "class":
             cls = np.asarray(store.array(record, name)).astype(np.float32)
@@ -180,10 +238,11 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
             descriptions.append(f"{name} (index into {', '.join(layer.get('classes', []))})")
             tags.append({})
             continue
-        b, d, t = _spatial_bands(record, store, layer, head)
-        bands += b
-        descriptions += d
-        tags += t
+        more_bands, more_desc, more_tags = _spatial_bands(record, store, layer, head)
+        bands += more_bands
+        descriptions += more_desc
+        tags += more_tags
+    reader.__exit__(None, None, None)
     if not bands:
         raise NotFound("no raster layers to write")
     stack = np.stack(bands).astype(np.float32, copy=False)
@@ -200,8 +259,14 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
 
 
 def prediction_names(record: JobRecord) -> list[str]:
-    """The GeoTIFF prediction bands: prediction layers, then spatial attention."""
+    """The GeoTIFF prediction bands: prediction layers, then spatial attention.
+
+    Scene jobs keep prediction and attention in separate COGs; their prediction
+    GeoTIFF is the first prediction COG (probabilities, or the class map).
+    """
     pred = [la["name"] for la in record.layers if la["role"] == "prediction"]
+    if any(la.get("storage") == "cog" for la in record.layers):
+        return pred[:1]
     return pred + spatial_attention_names(record)
 
 
@@ -212,3 +277,18 @@ def spatial_attention_names(record: JobRecord) -> list[str]:
         for la in record.layers
         if la["role"] == "attention" and len(la["shape"]) >= 2 and record.kind == "raster"
     ]
+
+
+def stored_file(record: JobRecord, names: list[str]) -> str | None:
+    """The stored COG holding exactly these layers, in order, if there is one."""
+    files = {layer.get("file") for layer in record.layers if layer["name"] in names}
+    if len(files) != 1 or None in files:
+        return None
+    file = files.pop()
+    in_file = [la["name"] for la in record.layers if la.get("file") == file]
+    return str(file) if in_file == names else None
+
+
+def output_files(record: JobRecord) -> list[str]:
+    """Names of the stored output COGs of a scene job."""
+    return sorted({str(la["file"]) for la in record.layers if la.get("storage") == "cog"})

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Header, Query
 from starlette.responses import Response
 
 from service.api.deps import Job, State
 from service.api.responses import geotiff_response, result_json, wants_geotiff
+from service.api.routes.jobs import file_response
 from service.errors import NotFound
 from service.pipeline import views
 
@@ -23,11 +26,16 @@ async def list_attention(
 ) -> Response:
     """The layers with their URLs, or every spatial layer as one multiband GeoTIFF."""
     if wants_geotiff(format, accept):
+        views.require_done(job)
         names = views.spatial_attention_names(job)
         if not names:
             raise NotFound("this job has no spatial attention layers; ask for JSON")
-        data = views.geotiff(job, state.store, names, head=head)
+        file = views.stored_file(job, names) if head is None else None
+        if file is not None:
+            return file_response(state.store, job, file)
+        data = await asyncio.to_thread(views.geotiff, job, state.store, names, head)
         return geotiff_response(data, f"{job.id}-attention.tif")
+    views.require_done(job)
     return result_json(views.attention_listing(job))
 
 
@@ -41,10 +49,11 @@ async def get_layer(
     accept: str | None = Header(None),
 ) -> Response:
     """One layer's weights as JSON, or as a GeoTIFF for raster layers."""
+    views.require_done(job)
     entry = job.layer(layer)
     if entry["role"] != "attention":
         raise NotFound(f"{layer!r} is not an attention layer")
     if wants_geotiff(format, accept):
-        data = views.geotiff(job, state.store, [layer], head=head)
+        data = await asyncio.to_thread(views.geotiff, job, state.store, [layer], head)
         return geotiff_response(data, f"{job.id}-{layer}.tif")
-    return result_json(views.layer_json(job, state.store, layer))
+    return result_json(await asyncio.to_thread(views.layer_json, job, state.store, layer))

@@ -1,21 +1,51 @@
-"""Stored jobs and their predictions."""
+"""Stored jobs: state and progress, results, footprints, cancellation."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import rasterio.crs
 from fastapi import APIRouter, Header, Query
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 from service.api.deps import Job, State
-from service.api.responses import geotiff_response, result_json, wants_geotiff
+from service.api.responses import GEOTIFF, geotiff_response, result_json, wants_geotiff
+from service.errors import NotFound
+from service.jobs.store import JobRecord, JobStore
 from service.pipeline import views
+from service.pipeline.layers import LayerReader
+from service.raster.footprints import FootprintOptions, extract_footprints
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}", summary="A job's state and results")
+def file_response(store: JobStore, job: JobRecord, file: str) -> FileResponse:
+    """A stored output COG of a job, streamed from disk."""
+    return FileResponse(
+        store.file(job, file),
+        media_type=GEOTIFF,
+        filename=f"{job.id}-{file}",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/{job_id}", summary="A job's state, progress and results")
 async def get_job(job: Job, state: State) -> Response:
-    """The same JSON ``/predict`` answered, for as long as the job is kept."""
+    """State (queued, running, done, failed, cancelled), progress, ETA, error, results."""
     return result_json(views.job_json(job, state.store))
+
+
+@router.delete("/{job_id}", summary="Cancel a job, or delete a finished one")
+async def delete_job(job: Job, state: State) -> Response:
+    """A queued or running job is cancelled; a finished job and its files are deleted."""
+    if job.finished:
+        await asyncio.to_thread(state.store.delete, job.id)
+        return result_json({"job_id": job.id, "state": "deleted"})
+    record = state.jobs.cancel(job)
+    return result_json(
+        {"job_id": record.id, "state": "cancelling" if record.state == "running" else record.state}
+    )
 
 
 @router.get("/{job_id}/prediction", summary="A job's prediction")
@@ -25,9 +55,81 @@ async def get_prediction(
     format: str | None = Query(None, description="json or geotiff"),
     accept: str | None = Header(None),
 ) -> Response:
-    """The prediction as JSON, or as a GeoTIFF with prediction and attention bands."""
+    """The prediction as JSON, or as a GeoTIFF (with attention bands for single images)."""
+    views.require_done(job)
+    names = views.prediction_names(job)
     if wants_geotiff(format, accept):
-        data = views.geotiff(job, state.store, views.prediction_names(job))
+        file = views.stored_file(job, names)
+        if file is not None:
+            return file_response(state.store, job, file)
+        data = await asyncio.to_thread(views.geotiff, job, state.store, names)
         return geotiff_response(data, f"{job.id}-prediction.tif")
     name = next(la["name"] for la in job.layers if la["role"] == "prediction")
-    return result_json(views.layer_json(job, state.store, name))
+    return result_json(await asyncio.to_thread(views.layer_json, job, state.store, name))
+
+
+@router.get("/{job_id}/files/{name}", summary="One stored output file of a scene job")
+async def get_file(job: Job, name: str, state: State) -> Response:
+    """A Cloud-Optimized GeoTIFF written by a scene job (listed in the job's links)."""
+    views.require_done(job)
+    if name not in views.output_files(job):
+        raise NotFound(f"job has no output file {name!r}")
+    return file_response(state.store, job, name)
+
+
+@router.get("/{job_id}/footprints", summary="Building footprints as GeoJSON")
+async def get_footprints(
+    job: Job,
+    state: State,
+    threshold: float = Query(0.5, gt=0, lt=1, description="probability of a building pixel"),
+    min_area_px: float = Query(16, ge=0, le=1e9, description="smallest polygon, in pixels"),
+    simplify_px: float = Query(1.0, ge=0, le=1000, description="simplification, in pixels"),
+    crs: str = Query(
+        "EPSG:4326", pattern="^(EPSG:4326|native)$", description="EPSG:4326 or native"
+    ),
+) -> Response:
+    """Polygons of the stitched probability raster, each with mean probability and attention.
+
+    RFC 7946 GeoJSON in EPSG:4326 by default; ``crs=native`` keeps the input's CRS.
+    """
+    views.require_done(job)
+    if job.model.get("task") != "segmentation" or job.kind != "raster":
+        raise NotFound("footprints exist for segmentation jobs only")
+    options = FootprintOptions(threshold, min_area_px, simplify_px, native_crs=crs == "native")
+    cache = state.store.file(job, f"footprints-{options.key()}.geojson")
+    if not cache.exists():
+        collection = await asyncio.to_thread(_footprints, job, state.store, options)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(collection, separators=(",", ":")))
+        tmp.replace(cache)
+    return FileResponse(
+        cache,
+        media_type="application/geo+json",
+        filename=f"{job.id}-footprints.geojson",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _footprints(job: JobRecord, store: JobStore, options: FootprintOptions) -> dict[str, object]:
+    prediction = next(la["name"] for la in job.layers if la["role"] == "prediction")
+    attention = views.spatial_attention_names(job)
+    georef = job.georef or {}
+    with LayerReader(job, store) as reader:
+        height, width = reader.size
+        return extract_footprints(
+            reader.blocks(prediction),
+            height,
+            width,
+            tuple(georef["transform"]),
+            _wkt(georef.get("crs")),
+            reader.read,
+            prediction,
+            attention,
+            options,
+        )
+
+
+def _wkt(crs: str | None) -> str | None:
+    if not crs:
+        return None
+    return str(rasterio.crs.CRS.from_user_input(crs).to_wkt())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,7 +16,8 @@ from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.jobs.store import JobRecord
 from service.pipeline import inputs, views
-from service.raster.decode import RasterLimits
+from service.pipeline.scene import SceneOptions, check_scene
+from service.raster.decode import RasterInfo, RasterLimits, check_limits, describe, open_geotiff
 from service.runtime.repository import ServedModel
 
 router = APIRouter(tags=["predict"])
@@ -23,6 +25,9 @@ router = APIRouter(tags=["predict"])
 JSON_IMAGE_MAX_PIXELS = 512 * 512
 MAX_FORM_FILES = 400
 MAX_FORM_FIELDS = 32
+FORM_FIELDS = frozenset(
+    {"model", "image", "dates", "format", "async", "tile_size", "overlap", "uint8", "compress"}
+)
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -39,6 +44,14 @@ _MULTIPART_SCHEMA = {
             "description": "ISO dates, comma-separated or a JSON list (temporal models)",
         },
         "format": {"type": "string", "enum": ["json", "geotiff"]},
+        "async": {
+            "type": "boolean",
+            "description": "run as a job (202); images over the synchronous limit always are",
+        },
+        "tile_size": {"type": "integer", "minimum": 64, "maximum": 4096},
+        "overlap": {"type": "integer", "minimum": 0, "maximum": 2048},
+        "uint8": {"type": "boolean", "description": "store scene outputs as uint8 (0-255 = 0-1)"},
+        "compress": {"type": "string", "enum": ["deflate", "zstd"]},
     },
 }
 _JSON_SCHEMA = {
@@ -109,7 +122,7 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
     try:
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         uploads = [v for k, v in form.multi_items() if k == "image" and isinstance(v, UploadFile)]
-        unknown = {k for k, _ in form.multi_items()} - {"model", "image", "dates", "format"}
+        unknown = {k for k, _ in form.multi_items()} - FORM_FIELDS
         if unknown:
             raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}")
         if "model" not in fields:
@@ -121,19 +134,123 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
     finally:
         await form.close()
     manifest = served.manifest
+    want_async = _flag(fields.get("async") or request.query_params.get("async"), "async")
+    if manifest.task == "segmentation" and len(parts) != 1:
+        raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
+    sync_limit = (
+        state.settings.max_sync_pixels
+        if manifest.task == "segmentation"
+        else state.settings.max_sync_series_pixels
+    )
+    scene_limits = RasterLimits(
+        max_pixels=state.settings.max_scene_pixels,
+        max_bands=state.settings.max_bands,
+        max_bytes=2**62,  # scenes are read window by window, never decoded whole
+    )
+    headers = await asyncio.to_thread(_headers, parts, scene_limits)
+    if want_async or any(i.width * i.height > sync_limit for i in headers):
+        return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
+    limits = _limits(state, sync_limit)
     if manifest.task == "segmentation":
-        if len(parts) != 1:
-            raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
-        limits = _limits(state, state.settings.max_sync_pixels)
         raster = await asyncio.to_thread(inputs.read_image, parts[0], manifest, limits)
         record = await state.runner.raster(served, raster, owner)
     else:
-        limits = _limits(state, state.settings.max_sync_series_pixels)
         series = await asyncio.to_thread(
             inputs.read_series_rasters, parts, fields.get("dates"), manifest, limits
         )
         record = await state.runner.series(served, series, owner)
     return await _answer(record, state, fields.get("format"), request)
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidInput(f"{name} must be true or false, not {value!r}")
+
+
+def _int_field(fields: dict[str, str], name: str, low: int, high: int) -> int | None:
+    if name not in fields:
+        return None
+    try:
+        value = int(fields[name])
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _headers(parts: list[bytes], limits: RasterLimits) -> list[RasterInfo]:
+    infos = []
+    for data in parts:
+        with open_geotiff(data) as dataset:
+            info = describe(dataset)
+        check_limits(info, limits)
+        infos.append(info)
+    return infos
+
+
+async def _submit_scene(
+    request: Request,
+    state: State,
+    owner: str | None,
+    served: ServedModel,
+    parts: list[bytes],
+    fields: dict[str, str],
+    limits: RasterLimits,
+) -> Response:
+    manifest = served.manifest
+    dates: list[str] = []
+    if manifest.task == "temporal_classification":
+        raw = fields.get("dates")
+        if raw:
+            dates = [d.isoformat() for d in inputs.parse_dates(raw)]
+        else:
+            with open_geotiff(parts[0]) as dataset:
+                tagged = describe(dataset).dates
+            dates = tagged[:: len(manifest.input.bands)] if len(parts) == 1 else []
+            if not dates:
+                raise InvalidInput("dates are missing: give a dates field (one ISO date per date)")
+    options = SceneOptions(
+        tile_size=_int_field(fields, "tile_size", 64, 4096),
+        overlap=_int_field(fields, "overlap", 0, 2048),
+        uint8=_flag(fields.get("uint8"), "uint8"),
+        compress=fields.get("compress", "deflate"),
+        dates=dates,
+    )
+    if options.compress not in ("deflate", "zstd"):
+        raise InvalidInput("compress must be deflate or zstd")
+    if options.tile_size and options.overlap and 2 * options.overlap > options.tile_size:
+        raise InvalidInput("overlap may be at most half of tile_size")
+    model = {"name": manifest.name, "version": manifest.version, "task": manifest.task}
+    record = state.store.new_record(model, "raster", owner)
+    record.state = "queued"
+    names = [f"input_{i}.tif" for i in range(len(parts))]
+    record.params = {"model": manifest.ref, "inputs": names, "options": options.to_json()}
+    record.progress = {"done": 0, "total": 0, "fraction": 0.0}
+
+    def check(paths: list[Path]) -> None:
+        infos = check_scene(paths, manifest, limits, dates)
+        record.georef = infos[0].georef.to_json()
+
+    await asyncio.to_thread(
+        state.store.save, record, {}, dict(zip(names, parts, strict=True)), check
+    )
+    try:
+        state.jobs.submit(record)
+    except Exception:
+        state.store.delete(record.id)
+        raise
+    body = views.job_json(record, state.store)
+    body["status_url"] = f"/jobs/{record.id}"
+    response = result_json(body, status_code=202)
+    response.headers["Location"] = f"/jobs/{record.id}"
+    return response
 
 
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:

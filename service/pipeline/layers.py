@@ -1,0 +1,69 @@
+"""Reading a stored job's raster layers, whether kept as ``.npy`` or as COG bands."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from service.jobs.store import JobRecord, JobStore
+
+
+class LayerReader:
+    """Windows of a job's 2-D layers (NaN where there is no data).
+
+    Use as a context manager: COG files are opened once and closed at exit.
+    """
+
+    def __init__(self, record: JobRecord, store: JobStore) -> None:
+        self.record = record
+        self.store = store
+        self._stack = contextlib.ExitStack()
+        self._open: dict[str, DatasetReader] = {}
+
+    def __enter__(self) -> LayerReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _dataset(self, file: str) -> DatasetReader:
+        if file not in self._open:
+            path = self.store.file(self.record, file)
+            self._open[file] = self._stack.enter_context(rasterio.open(path, driver="GTiff"))
+        return self._open[file]
+
+    def read(self, name: str, rows: slice, cols: slice, band: int | None = None) -> np.ndarray:
+        """``(h, w)`` float32 of a layer's window (one band of 3-D layers)."""
+        layer = self.record.layer(name)
+        if layer.get("storage") == "cog":
+            ds = self._dataset(layer["file"])
+            index = band + 1 if band is not None else int(layer.get("band") or 1)
+            window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+            values = ds.read(index, window=window, masked=True)
+            out = values.astype(np.float32).filled(np.nan)
+            if ds.dtypes[index - 1] == "uint8" and layer["kind"] != "class":
+                out /= 255.0
+            return out
+        array = self.store.array(self.record, name)
+        if band is not None:
+            array = array[band]
+        return np.asarray(array[rows, cols], dtype=np.float32)
+
+    def blocks(self, name: str, rows: int = 512) -> Iterator[tuple[int, np.ndarray]]:
+        """The whole layer, ``rows`` at a time: ``(first row, (rows, width))``."""
+        height, width = self.size
+        for first in range(0, height, rows):
+            stop = min(height, first + rows)
+            yield first, self.read(name, slice(first, stop), slice(0, width))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)`` of the job's rasters."""
+        georef: dict[str, Any] = self.record.georef or {}
+        return int(georef["height"]), int(georef["width"])

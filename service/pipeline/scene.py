@@ -1,0 +1,538 @@
+"""Whole scenes: tiled inference with blended outputs, written as Cloud-Optimized GeoTIFFs.
+
+A scene is read window by window with rasterio and never decoded whole. Tiles
+go through the model's batcher; overlapping outputs (predictions and attention
+alike) are blended with a 2-D Hann weight, block of rows by block of rows, and
+each finished block is written to tiled GeoTIFFs that become COGs at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from service.errors import InvalidInput, InvalidRaster, UnsupportedRaster
+from service.jobs.store import JobRecord, JobStore
+from service.raster.cog import RasterSink
+from service.raster.decode import HARDENED_GDAL, RasterInfo, RasterLimits, check_limits, describe
+from service.runtime.manifest import Manifest
+from service.runtime.repository import ServedModel
+from service.runtime.segmentation import SegmentationTask
+from service.runtime.temporal import TemporalTask, days_from_dates
+from service.runtime.tiling import StripBlender, Tile, TileGrid, read_bounds, reflect_pad
+from service.runtime.validation import check_layout, check_values
+
+log = logging.getLogger(__name__)
+
+CLASS_NODATA = 255
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while running."""
+
+
+@dataclass
+class SceneOptions:
+    """Per-job tiling and output options (stored with the job, so it can resume)."""
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    uint8: bool = False
+    compress: str = "deflate"
+    dates: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for the job record."""
+        return dict(self.__dict__)
+
+
+@contextlib.contextmanager
+def open_scene(path: Path) -> Iterator[DatasetReader]:
+    """Open a scene file we wrote ourselves, GTiff driver only, hardened GDAL."""
+    with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            dataset = rasterio.open(path, driver="GTiff")
+        except RasterioError:
+            raise InvalidRaster("the uploaded file could not be opened as a GeoTIFF") from None
+        with dataset:
+            yield dataset
+
+
+def _all_valid(dataset: DatasetReader) -> bool:
+    return all(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums)
+
+
+def check_scene(
+    paths: list[Path], manifest: Manifest, limits: RasterLimits, dates: list[str]
+) -> list[RasterInfo]:
+    """Check scene files before accepting the job: layout, size, georeference, scale.
+
+    Only headers and a small decimated read per file are used.
+    """
+    bands = len(manifest.input.bands)
+    infos: list[RasterInfo] = []
+    for path in paths:
+        with open_scene(path) as ds:
+            info = describe(ds)
+            check_limits(info, limits)
+            if manifest.task == "temporal_classification":
+                if info.count % bands:
+                    check_layout(manifest, info.count, info.dtype)
+            else:
+                check_layout(manifest, info.count, info.dtype)
+            # A decimated read checks the value scale without decoding the scene.
+            side = 256
+            scale = max(1, max(info.width, info.height) // side)
+            shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
+            try:
+                sample = ds.read(out_shape=shape)
+                valid = ds.dataset_mask(out_shape=shape[1:]) > 0 if not _all_valid(ds) else None
+            except RasterioError:
+                raise InvalidRaster(
+                    "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
+                ) from None
+            values = sample if valid is None else sample[:, valid]
+            values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+            check_values(manifest, values.reshape(-1))
+            infos.append(info)
+    first = infos[0]
+    for other in infos[1:]:
+        if other.georef != first.georef:
+            raise UnsupportedRaster("all dated images must share one size, CRS and transform")
+    if manifest.task == "temporal_classification":
+        t = sum(i.count for i in infos) // bands
+        check_layout(manifest, bands, first.dtype, dates=t)
+        if len(dates) != t:
+            raise InvalidInput(f"{len(dates)} dates given for {t} dated images of {bands} bands")
+    return infos
+
+
+class SceneRunner:
+    """Runs one scene job through a served model, tile by tile."""
+
+    def __init__(self, store: JobStore, timeout_s: float, in_flight_tiles: int = 16) -> None:
+        self.store = store
+        self.timeout_s = timeout_s
+        self.in_flight_tiles = in_flight_tiles
+
+    async def run(
+        self,
+        record: JobRecord,
+        served: ServedModel,
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        """Process the job's scene and fill ``record.layers``; raises on failure."""
+        options = SceneOptions(**record.params.get("options", {}))
+        paths = [self.store.file(record, name) for name in record.params["inputs"]]
+        if served.manifest.task == "segmentation":
+            await self._segmentation(record, served, paths[0], options, progress, cancelled)
+        else:
+            await self._temporal(record, served, paths, options, progress, cancelled)
+
+    async def _segmentation(
+        self,
+        record: JobRecord,
+        served: ServedModel,
+        path: Path,
+        options: SceneOptions,
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        manifest = served.manifest
+        task = served.task
+        assert isinstance(task, SegmentationTask)
+        spatial = [o for o in manifest.outputs if len(o.shape) == 4]
+        channel = [o for o in manifest.outputs if o.kind == "channel"]
+        multiple = manifest.input.size_multiple or 1
+        size = _round_up(options.tile_size or manifest.input.tile_size or 512, multiple)
+        overlap = (
+            options.overlap if options.overlap is not None else (manifest.input.tile_overlap or 0)
+        )
+        fill = np.float32(manifest.input.normalization.mean[0])
+        with open_scene(path) as ds:
+            info = describe(ds)
+            grid = TileGrid(info.height, info.width, size, min(overlap, size // 2))
+            # Layers blended: every spatial output, then the input's validity.
+            blender = StripBlender(grid, len(spatial) + 1)
+            channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
+            channel_weight = 0.0
+            sinks = self._sinks_segmentation(record, info, spatial, options)
+            all_valid = _all_valid(ds)
+
+            def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+                return _read_tile(ds, tile, info, all_valid)
+
+            async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+                x = np.where(valid[None], data.astype(np.float32), fill)
+                out = await task.batcher.submit({task.input_name: x[None]}, self.timeout_s)
+                nonlocal channel_weight
+                weight = float(valid.mean())
+                for o in channel:
+                    channel_sum[o.name] += out[o.name][0] * weight
+                channel_weight += weight
+                stack = [out[o.name][0, 0] for o in spatial]
+                stack.append(valid.astype(np.float32))
+                return np.stack(stack)
+
+            def flush(first: int, block: np.ndarray) -> None:
+                valid = block[-1] > 0.5
+                values = block[:-1]
+                values[:, ~valid] = np.nan
+                sinks["prediction"].write(first, values[:1])
+                if len(spatial) > 1:
+                    sinks["attention"].write(first, values[1:])
+
+            try:
+                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled)
+                record.layers = await asyncio.to_thread(self._finish, sinks, record, spatial)
+            except BaseException:
+                for sink in sinks.values():
+                    sink.abort()
+                raise
+        for o in channel:
+            weights = channel_sum[o.name] / max(channel_weight, 1e-9)
+            record.layers.append(
+                {
+                    "name": o.name,
+                    "role": o.role,
+                    "kind": o.kind,
+                    "shape": [len(weights)],
+                    "dtype": "float32",
+                    "storage": "inline",
+                    "values": [float(v) for v in weights],
+                    "bands": list(manifest.input.bands),
+                    "description": "per-band weights, averaged over tiles by valid pixels",
+                }
+            )
+        record.extra["tiling"] = {"tile_size": size, "overlap": grid.overlap, "tiles": len(grid)}
+
+    def _sink(
+        self,
+        record: JobRecord,
+        info: RasterInfo,
+        file: str,
+        descriptions: list[str],
+        options: SceneOptions,
+        **kwargs: Any,
+    ) -> RasterSink:
+        kwargs.setdefault("dtype", "uint8" if options.uint8 else "float32")
+        kwargs.setdefault("scaled", options.uint8)
+        return RasterSink(
+            self.store.file(record, file),
+            info.georef,
+            descriptions,
+            compress="zstd" if options.compress == "zstd" else "deflate",
+            **kwargs,
+        )
+
+    def _sinks_segmentation(
+        self, record: JobRecord, info: RasterInfo, spatial: list[Any], options: SceneOptions
+    ) -> dict[str, RasterSink]:
+        first = spatial[0]
+        sinks = {
+            "prediction": self._sink(
+                record, info, "prediction.tif", [f"{first.name} ({first.kind})"], options
+            )
+        }
+        if len(spatial) > 1:
+            descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
+            sinks["attention"] = self._sink(record, info, "attention.tif", descriptions, options)
+        return sinks
+
+    def _finish(
+        self, sinks: dict[str, RasterSink], record: JobRecord, spatial: list[Any]
+    ) -> list[dict[str, Any]]:
+        for sink in sinks.values():
+            sink.finish()
+        layers: list[dict[str, Any]] = []
+        for i, o in enumerate(spatial):
+            file = "prediction.tif" if i == 0 else "attention.tif"
+            band = 1 if i == 0 else i
+            layers.append(
+                {
+                    "name": o.name,
+                    "role": o.role,
+                    "kind": o.kind,
+                    "shape": [record.georef["height"], record.georef["width"]]
+                    if record.georef
+                    else [],
+                    "dtype": sinks["prediction"].dtype,
+                    "storage": "cog",
+                    "file": file,
+                    "band": band,
+                    **({"level": o.level} if o.level is not None else {}),
+                    **({"description": o.description} if o.description else {}),
+                }
+            )
+        return layers
+
+    async def _temporal(
+        self,
+        record: JobRecord,
+        served: ServedModel,
+        paths: list[Path],
+        options: SceneOptions,
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        manifest = served.manifest
+        task = served.task
+        assert isinstance(task, TemporalTask)
+        bands = len(manifest.input.bands)
+        classes = manifest.classes
+        days = days_from_dates([date.fromisoformat(d) for d in options.dates])
+        t = len(days)
+        size = options.tile_size or 256
+        with contextlib.ExitStack() as stack:
+            datasets = [stack.enter_context(open_scene(p)) for p in paths]
+            info = describe(datasets[0])
+            grid = TileGrid(info.height, info.width, size, 0)
+            k = len(classes)
+            blender = StripBlender(grid, k + t + 1)
+            valid_flags = [_all_valid(ds) for ds in datasets]
+            sinks = self._sinks_temporal(record, info, classes, options)
+
+            def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+                parts, masks = [], []
+                for ds, all_valid in zip(datasets, valid_flags, strict=True):
+                    got = _read_tile(ds, tile, info, all_valid, pad=False)
+                    if got is None:
+                        got = (np.zeros((ds.count, 1, 1), np.float32), np.zeros((1, 1), bool))
+                    parts.append(got)
+                h = max(p[0].shape[1] for p in parts)
+                w = max(p[0].shape[2] for p in parts)
+                for data, valid in parts:
+                    n_dates = data.shape[0] // bands
+                    if data.shape[1:] != (h, w):
+                        data = np.zeros((data.shape[0], h, w), np.float32)
+                        valid = np.zeros((h, w), bool)
+                    cube = data.reshape(n_dates, bands, h, w)
+                    date_valid = valid[None] & np.isfinite(cube).all(axis=1)
+                    masks.append(date_valid)
+                valid_tw = np.concatenate(masks)  # (T, h, w)
+                if not valid_tw.any():
+                    return None
+                cube = np.concatenate([p[0] for p in parts]).reshape(t, bands, h, w)
+                return cube.reshape(t * bands, h, w), valid_tw.reshape(t, h, w)
+
+            async def infer(tile: Tile, data: np.ndarray, valid_tw: np.ndarray) -> np.ndarray:
+                h, w = valid_tw.shape[1:]
+                cube = data.reshape(t, bands, h, w)
+                pixels = valid_tw.any(axis=0)
+                series = cube[:, :, pixels].transpose(2, 0, 1)
+                valid = valid_tw[:, pixels].T
+                out = await task.predict(series, days, valid, self.timeout_s)
+                result = np.full((k + t + 1, tile.size, tile.size), np.nan, np.float32)
+                view = result[:, :h, :w]
+                view[:k, pixels] = out.probabilities.T
+                att = next(iter(out.attention.values()))  # (N, heads, T)
+                view[k : k + t, pixels] = att.mean(axis=1).T
+                view[-1] = pixels
+                return result
+
+            def flush(first: int, block: np.ndarray) -> None:
+                valid = block[-1] > 0.5
+                probs = block[:k]
+                cls = np.where(valid, np.nan_to_num(probs, nan=-1).argmax(axis=0), CLASS_NODATA)
+                sinks["class"].write(first, cls[None].astype(np.float32))
+                probs[:, ~valid] = np.nan
+                sinks["probabilities"].write(first, probs)
+                att = block[k : k + t]
+                att[:, ~valid] = np.nan
+                sinks["attention"].write(first, att)
+
+            try:
+                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled)
+                await asyncio.to_thread(lambda: [s.finish() for s in sinks.values()])
+            except BaseException:
+                for sink in sinks.values():
+                    sink.abort()
+                raise
+        shape = [info.height, info.width]
+        record.layers = [
+            {
+                "name": "class",
+                "role": "prediction",
+                "kind": "class",
+                "shape": shape,
+                "dtype": "uint8",
+                "nodata": CLASS_NODATA,
+                "classes": classes,
+                "storage": "cog",
+                "file": "class.tif",
+                "band": 1,
+            },
+            {
+                "name": manifest.prediction.name,
+                "role": "prediction",
+                "kind": "class_probabilities",
+                "shape": [k, *shape],
+                "dtype": sinks["probabilities"].dtype,
+                "classes": classes,
+                "storage": "cog",
+                "file": "probabilities.tif",
+                "band": None,
+            },
+        ]
+        for spec in manifest.attention:
+            record.layers.append(
+                {
+                    "name": spec.name,
+                    "role": "attention",
+                    "kind": spec.kind,
+                    "shape": [t, *shape],
+                    "dtype": sinks["attention"].dtype,
+                    "dates": options.dates,
+                    "storage": "cog",
+                    "file": "attention.tif",
+                    "band": None,
+                    "description": "attention per date, mean over heads",
+                }
+            )
+        record.extra.update({"dates": options.dates, "days": days.tolist(), "classes": classes})
+        record.extra["tiling"] = {"tile_size": size, "overlap": 0, "tiles": len(grid)}
+
+    def _sinks_temporal(
+        self, record: JobRecord, info: RasterInfo, classes: list[str], options: SceneOptions
+    ) -> dict[str, RasterSink]:
+        dates = options.dates
+        return {
+            "class": self._sink(
+                record,
+                info,
+                "class.tif",
+                [f"class (index into: {', '.join(classes)})"],
+                options,
+                dtype="uint8",
+                scaled=False,
+                nodata=CLASS_NODATA,
+                resampling="mode",
+            ),
+            "probabilities": self._sink(
+                record,
+                info,
+                "probabilities.tif",
+                [f"probability of {c}" for c in classes],
+                options,
+                band_tags=[{"CLASS": c} for c in classes],
+            ),
+            "attention": self._sink(
+                record,
+                info,
+                "attention.tif",
+                [f"attention {d} (mean over heads)" for d in dates],
+                options,
+                band_tags=[{"DATE": d} for d in dates],
+            ),
+        }
+
+    async def _run_grid(
+        self,
+        grid: TileGrid,
+        blender: StripBlender,
+        read: Callable[[Tile], tuple[np.ndarray, np.ndarray] | None],
+        infer: Callable[[Tile, np.ndarray, np.ndarray], Any],
+        flush: Callable[[int, np.ndarray], None],
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        total = len(grid)
+        done = 0
+        gate = asyncio.Semaphore(self.in_flight_tiles)
+        # One reader thread keeps GDAL's dataset handle single-threaded while the
+        # batcher's thread runs inference: reading and inference overlap.
+        read_lock = asyncio.Lock()
+
+        async def one(tile: Tile) -> tuple[Tile, np.ndarray | None]:
+            async with gate:
+                if cancelled():
+                    raise JobCancelled
+                async with read_lock:
+                    got = await asyncio.to_thread(read, tile)
+                if got is None:
+                    return tile, None
+                return tile, await infer(tile, *got)
+
+        pending: dict[int, list[asyncio.Task[tuple[Tile, np.ndarray | None]]]] = {}
+        # Rows are started one ahead, so the next row's reads overlap this row's
+        # inference; blending stays in order, on this task.
+        next_row = 0
+
+        def start_row(row: int) -> None:
+            pending[row] = [asyncio.ensure_future(one(t)) for t in grid.row_tiles(row)]
+
+        try:
+            for row in range(grid.rows):
+                while next_row <= min(row + 1, grid.rows - 1):
+                    start_row(next_row)
+                    next_row += 1
+                for task in pending.pop(row):
+                    tile, out = await task
+                    blender.add(tile, out)
+                    done += 1
+                    progress(done, total)
+                blender.row_done(row)
+                for first, block in blender.pop_final():
+                    await asyncio.to_thread(flush, first, block)
+        finally:
+            for tasks in pending.values():
+                for task in tasks:
+                    task.cancel()
+            for tasks in pending.values():
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def _read_tile(
+    ds: DatasetReader, tile: Tile, info: RasterInfo, all_valid: bool, pad: bool = True
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A tile's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
+
+    Returns None when the tile has no valid pixel (it is skipped).
+    """
+    y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
+    window = Window(x0, y0, x1 - x0, y1 - y0)
+    try:
+        data = ds.read(window=window)
+        valid = np.ones(data.shape[1:], bool) if all_valid else ds.dataset_mask(window=window) > 0
+    except RasterioError:
+        raise InvalidRaster(
+            "a part of the GeoTIFF could not be read: the file is damaged or truncated"
+        ) from None
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    if not valid.any():
+        return None
+    if not pad:
+        return data.astype(np.float32), valid
+    data = reflect_pad(data.astype(np.float32), tile, info.height, info.width)
+    padded_valid = reflect_pad(valid[None].astype(np.uint8), tile, info.height, info.width)[0] > 0
+    return data, padded_valid
+
+
+def elapsed_eta(started: float, done: int, total: int) -> float | None:
+    """Seconds left, from the pace so far."""
+    if done <= 0:
+        return None
+    pace = (time.time() - started) / done
+    return round(pace * (total - done), 1)

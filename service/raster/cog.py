@@ -1,0 +1,136 @@
+"""Scene outputs: tiled GeoTIFFs written block by block, then made Cloud-Optimized."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.windows import Window
+
+from service.raster.decode import Georeference
+
+Resampling = Literal["average", "nearest", "mode"]
+
+
+class RasterSink:
+    """A band stack written in row blocks to a tiled GeoTIFF, finished as a COG.
+
+    Float outputs in ``[0, 1]`` can be stored as uint8 (0-255 = 0-1) with an
+    internal mask for nodata; otherwise float32 with NaN nodata. Class rasters
+    are uint8 with a nodata value.
+
+    Args:
+        path: where the final COG goes (a ``.partial.tif`` sibling is used meanwhile).
+        georef: the input's georeference, copied exactly.
+        descriptions: one per band.
+        dtype: ``float32`` or ``uint8``.
+        scaled: uint8 holds ``round(value * 255)`` of values in [0, 1].
+        nodata: nodata value for unscaled uint8 (class rasters).
+        band_tags: per-band metadata (e.g. ``DATE``).
+        resampling: overview resampling (``average`` for continuous values,
+            ``nearest``/``mode`` for classes).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        georef: Georeference,
+        descriptions: Sequence[str],
+        *,
+        dtype: str = "float32",
+        scaled: bool = False,
+        nodata: float | None = None,
+        band_tags: Sequence[dict[str, str]] | None = None,
+        resampling: Resampling = "average",
+        compress: str = "deflate",
+    ) -> None:
+        if dtype not in ("float32", "uint8") or compress not in ("deflate", "zstd"):
+            raise ValueError("dtype must be float32 or uint8, compress deflate or zstd")
+        self.path = path
+        self.partial = path.with_suffix(".partial.tif")
+        self.dtype = dtype
+        self.scaled = scaled
+        self.resampling = resampling
+        self.compress = compress
+        self.count = len(descriptions)
+        use_mask = dtype == "uint8" and scaled
+        if dtype == "float32":
+            nodata = float("nan")
+        profile = {
+            "driver": "GTiff",
+            "width": georef.width,
+            "height": georef.height,
+            "count": self.count,
+            "dtype": dtype,
+            "crs": rasterio.crs.CRS.from_wkt(georef.crs) if georef.crs else None,
+            "transform": Affine(*georef.transform),
+            "nodata": None if use_mask else nodata,
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+            "compress": "deflate",
+            "zlevel": 1,
+            "BIGTIFF": "IF_SAFER",
+        }
+        self._use_mask = use_mask
+        self._nodata = nodata
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            self._dst = rasterio.open(self.partial, "w", **profile)
+        for i, desc in enumerate(descriptions, start=1):
+            self._dst.set_band_description(i, desc)
+        for i, tags in enumerate(band_tags or [], start=1):
+            self._dst.update_tags(i, **tags)
+        if scaled:
+            self._dst.update_tags(SCALE="1/255", VALUES="uint8 0-255 stands for 0-1")
+
+    def write(self, first_row: int, block: np.ndarray) -> None:
+        """Write ``(count, rows, width)`` values (NaN = nodata) starting at ``first_row``."""
+        rows = block.shape[1]
+        window = Window(0, first_row, block.shape[2], rows)
+        valid = np.isfinite(block).all(axis=0)
+        if self.dtype == "uint8" and self.scaled:
+            out = np.clip(np.nan_to_num(block) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            self._dst.write(out, window=window)
+            self._dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+        elif self.dtype == "uint8":
+            fill = 255 if self._nodata is None else self._nodata
+            out = np.where(np.isfinite(block), block, fill).astype(np.uint8)
+            self._dst.write(out, window=window)
+        else:
+            self._dst.write(block.astype(np.float32, copy=False), window=window)
+
+    def update_tags(self, **tags: str) -> None:
+        """Dataset-level metadata."""
+        self._dst.update_tags(**tags)
+
+    def finish(self) -> Path:
+        """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path."""
+        self._dst.close()
+        options = {
+            "BLOCKSIZE": 512,
+            "COMPRESS": self.compress.upper(),
+            "OVERVIEWS": "AUTO",
+            "RESAMPLING": self.resampling.upper(),
+            "OVERVIEW_RESAMPLING": self.resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+            "NUM_THREADS": "ALL_CPUS",
+        }
+        if self.dtype == "float32":
+            options["PREDICTOR"] = "FLOATING_POINT"
+        tmp = self.path.with_suffix(".cog.tmp")
+        with rasterio.Env(GDAL_CACHEMAX=256):
+            rasterio.shutil.copy(self.partial, tmp, driver="COG", **options)
+        tmp.replace(self.path)
+        self.partial.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written."""
+        if not self._dst.closed:
+            self._dst.close()
+        self.partial.unlink(missing_ok=True)

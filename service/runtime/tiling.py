@@ -1,0 +1,212 @@
+"""Tiling a large scene and blending overlapping tile outputs with a 2-D Hann weight.
+
+Numpy only: the scene pipeline reads windows with rasterio and feeds them here,
+and benchmarks can drive it without any raster I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# The Hann window is zero at its ends; a floor keeps every covered pixel's
+# weight positive so that a pixel seen by one tile only is still defined.
+WEIGHT_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its row and column in the grid and its window in scene pixels.
+
+    ``y`` and ``x`` may be negative and ``y + size`` may pass the scene's
+    height: the tile then reaches into the reflect-padded margin.
+    """
+
+    row: int
+    col: int
+    y: int
+    x: int
+    size: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of ``size`` overlapping by ``overlap`` over a ``height x width`` scene.
+
+    The grid starts ``overlap // 2`` pixels before the scene so that scene edges
+    lie inside tiles, where the blending weight is not near zero.
+    """
+
+    height: int
+    width: int
+    size: int
+    overlap: int
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or not 0 <= self.overlap < self.size:
+            raise ValueError("need size > 0 and 0 <= overlap < size")
+        if 2 * self.overlap > self.size:
+            raise ValueError("overlap may be at most half the tile size")
+
+    @property
+    def stride(self) -> int:
+        """Distance between tile origins."""
+        return self.size - self.overlap
+
+    @property
+    def margin(self) -> int:
+        """How far the first tile starts before the scene."""
+        return self.overlap // 2
+
+    def _count(self, extent: int) -> int:
+        # The last tile reaches a margin past the far edge, as the first does before.
+        covered = extent + 2 * self.margin
+        return max(1, math.ceil(max(0, covered - self.size) / self.stride) + 1)
+
+    @property
+    def rows(self) -> int:
+        """Tile rows."""
+        return self._count(self.height)
+
+    @property
+    def cols(self) -> int:
+        """Tile columns."""
+        return self._count(self.width)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def row_tiles(self, row: int) -> list[Tile]:
+        """The tiles of one grid row, left to right."""
+        y = row * self.stride - self.margin
+        return [
+            Tile(row, col, y, col * self.stride - self.margin, self.size)
+            for col in range(self.cols)
+        ]
+
+    def __iter__(self) -> Iterator[Tile]:
+        for row in range(self.rows):
+            yield from self.row_tiles(row)
+
+    def block_rows(self, row: int) -> tuple[int, int]:
+        """Scene rows final once grid rows up to ``row`` are blended: ``[start, stop)``."""
+        start = 0 if row == 0 else row * self.stride - self.margin
+        stop = self.height if row == self.rows - 1 else (row + 1) * self.stride - self.margin
+        return max(0, start), min(self.height, stop)
+
+
+def hann_weight(size: int) -> np.ndarray:
+    """``(size, size)`` float32 2-D Hann (raised cosine) weight, floored above zero."""
+    if size == 1:
+        return np.ones((1, 1), dtype=np.float32)
+    ramp = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(size) + 0.5) / size)
+    w = np.outer(ramp, ramp).astype(np.float32)
+    return np.maximum(w, WEIGHT_FLOOR)
+
+
+def read_bounds(tile: Tile, height: int, width: int) -> tuple[int, int, int, int]:
+    """The part of a tile inside the scene: ``(y0, y1, x0, x1)`` in scene pixels."""
+    return (
+        max(0, tile.y),
+        min(height, tile.y + tile.size),
+        max(0, tile.x),
+        min(width, tile.x + tile.size),
+    )
+
+
+def reflect_pad(data: np.ndarray, tile: Tile, height: int, width: int) -> np.ndarray:
+    """Pad ``(C, h, w)`` read from inside the scene to the tile's full size by reflection."""
+    y0, y1, x0, x1 = read_bounds(tile, height, width)
+    top, left = y0 - tile.y, x0 - tile.x
+    bottom, right = tile.size - top - (y1 - y0), tile.size - left - (x1 - x0)
+    if top == bottom == left == right == 0:
+        return data
+    pads = ((0, 0), (top, bottom), (left, right))
+    # Reflection cannot reach further than the data is long; tiny scenes repeat
+    # edges instead.
+    if max(top, bottom) < data.shape[1] and max(left, right) < data.shape[2]:
+        return np.pad(data, pads, mode="reflect")
+    return np.pad(data, pads, mode="symmetric" if min(data.shape[1:]) > 0 else "edge")
+
+
+class StripBlender:
+    """Blends tile outputs row block by row block, so a scene is never held whole.
+
+    Each grid row's tiles add ``weight * output`` into row blocks; once a grid
+    row and all rows above are added, the block of scene rows no later tile can
+    touch is final and handed out by :meth:`pop_final`.
+
+    Args:
+        grid: the tile grid.
+        layers: number of output bands blended (predictions and attention).
+    """
+
+    def __init__(self, grid: TileGrid, layers: int) -> None:
+        self.grid = grid
+        self.layers = layers
+        self.weight = hann_weight(grid.size)
+        # Buffers cover scene rows [self._top, self._top + len) and all columns.
+        self._top = 0
+        self._acc = np.zeros((layers, 0, grid.width), dtype=np.float32)
+        self._wsum = np.zeros((0, grid.width), dtype=np.float32)
+        self._done_rows: set[int] = set()
+        self._next_row = 0
+
+    def _ensure(self, stop: int) -> None:
+        have = self._top + self._wsum.shape[0]
+        if stop <= have:
+            return
+        extra = stop - have
+        self._acc = np.concatenate(
+            [self._acc, np.zeros((self.layers, extra, self.grid.width), np.float32)], axis=1
+        )
+        self._wsum = np.concatenate([self._wsum, np.zeros((extra, self.grid.width), np.float32)])
+
+    def add(self, tile: Tile, outputs: np.ndarray | None) -> None:
+        """Add one tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
+        if outputs is None:
+            return
+        g = self.grid
+        y0, y1, x0, x1 = read_bounds(tile, g.height, g.width)
+        if y0 < self._top:
+            raise RuntimeError("tile added after its rows were finalised")
+        self._ensure(y1)
+        ty, tx = y0 - tile.y, x0 - tile.x
+        h, w = y1 - y0, x1 - x0
+        weight = self.weight[ty : ty + h, tx : tx + w]
+        rows = slice(y0 - self._top, y1 - self._top)
+        self._acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * weight
+        self._wsum[rows, x0:x1] += weight
+
+    def row_done(self, row: int) -> None:
+        """Mark a grid row's tiles as all added."""
+        self._done_rows.add(row)
+
+    def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Blocks of final rows: ``(first scene row, (layers, rows, width) float32)``.
+
+        Pixels no tile covered (all skipped) are NaN.
+        """
+        while self._next_row in self._done_rows:
+            start, stop = self.grid.block_rows(self._next_row)
+            self._next_row += 1
+            if stop <= start:
+                continue
+            self._ensure(stop)
+            n = stop - self._top
+            acc, wsum = self._acc[:, :n], self._wsum[:n]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                block = np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1), np.nan)
+            self._acc = self._acc[:, n:].copy()
+            self._wsum = self._wsum[n:].copy()
+            first = self._top
+            self._top = stop
+            yield first, block.astype(np.float32, copy=False)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every grid row has been handed out."""
+        return self._next_row >= self.grid.rows
