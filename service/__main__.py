@@ -4,15 +4,59 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
+from service.raster.decode import disable_risky_drivers
+
+# h11's default is 16 KiB; request heads over it are refused before the app sees them.
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with SIGTERM marking the app as draining at once.
+
+    On the first SIGTERM (or SIGINT) ``/readyz`` turns 503 and new requests get
+    503, while requests in flight go on. After ``drain_delay_s`` uvicorn's own
+    graceful shutdown starts: it stops listening, waits for open requests up to
+    its grace timeout, then runs the lifespan's shutdown. A second signal skips
+    the delay.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_delay_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_delay_s = drain_delay_s
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Start draining on the first signal; shut down after the delay or a second one."""
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.drain_delay_s
+            state = getattr(self.app.state, "attnserve", None)
+            if state is not None:
+                state.draining = True
+            if self.drain_delay_s > 0:
+                # Re-raised by uvicorn after shutdown, as when it handles the signal itself.
+                self._captured_signals.append(sig)
+                return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s), ending the drain delay when it is over."""
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
 
 def serve(host: str | None = None, port: int | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; settings come from ``ATTNSERVE_*``."""
+    disable_risky_drivers()
     settings = Settings()
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
@@ -22,15 +66,18 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        timeout_keep_alive=5,
+        # uvicorn reads a grace of 0 as "wait forever"; a second is the shortest it takes.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         access_log=False,
     )
+    DrainingServer(config, app, settings.drain_delay_s).run()
     return 0
 
 

@@ -40,11 +40,50 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_input",
     429: "too_many_requests",
+    500: "internal_error",
     503: "unavailable",
+    504: "deadline_exceeded",
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "status"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "object"},
+            },
+        }
+    },
+}
+_ERROR_CONTENT = {"application/json": {"schema": ERROR_SCHEMA}}
+# Documented on every route (``include_router(..., responses=ERROR_RESPONSES)``), so
+# the OpenAPI spec names every answer a client can get; 422 replaces FastAPI's own
+# validation schema, which this server never answers with.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid API key (when keys are configured)", "content": _ERROR_CONTENT},
+    404: {"description": "no such model, job or layer", "content": _ERROR_CONTENT},
+    408: {"description": "the request body stalled", "content": _ERROR_CONTENT},
+    413: {"description": "body, part or raster over a limit", "content": _ERROR_CONTENT},
+    415: {"description": "Content-Type not accepted", "content": _ERROR_CONTENT},
+    422: {"description": "invalid input", "content": _ERROR_CONTENT},
+    "4XX": {"description": "other client errors", "content": _ERROR_CONTENT},
+    503: {
+        "description": "overloaded, draining, not ready or inference failed; see Retry-After",
+        "content": _ERROR_CONTENT,
+    },
+    504: {"description": "the request's deadline passed", "content": _ERROR_CONTENT},
+    "5XX": {"description": "server errors", "content": _ERROR_CONTENT},
 }
 
 

@@ -1,10 +1,12 @@
-"""ASGI middleware: request metrics, body size limits and security headers."""
+"""ASGI middleware: request metrics, admission, body limits and security headers."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
@@ -12,26 +14,47 @@ from service.jobs.store import owner_of
 from service.metrics import Metrics
 
 
-class BodyTooLarge(Exception):
-    """Raised inside ``receive`` when a body passes the limit while streaming."""
+class BodyRefused(Exception):
+    """Raised inside ``receive`` when a body passes its limit or stalls while streaming."""
+
+
+_JSON_TYPES = (b"application/json",)
 
 
 class BodyLimit:
-    """Refuses bodies over ``max_bytes`` with 413, before they are read whole.
+    """Refuses bodies over their limit (413) and bodies that stall (408).
 
     Content-Length is checked up front; chunked bodies are counted as they
-    stream in, so a lying or missing Content-Length gains nothing.
+    stream in, so a lying or missing Content-Length gains nothing. JSON bodies
+    have their own, smaller limit. Each wait for the next chunk is bounded by
+    ``read_timeout_s``, so a client trickling its body cannot hold a worker.
+    Once a body is refused, whatever the app answers (its parser may have
+    turned the error into a 422) is replaced by the refusal.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        max_json_bytes: int | None = None,
+        read_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_json_bytes = max_json_bytes or max_bytes
+        self.read_timeout_s = read_timeout_s
+
+    def _limit_for(self, scope: Scope) -> int:
+        for name, value in scope["headers"]:
+            if name == b"content-type" and value.split(b";")[0].strip().lower() in _JSON_TYPES:
+                return min(self.max_bytes, self.max_json_bytes)
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        limit = self._limit_for(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -39,41 +62,113 @@ class BodyLimit:
                 except ValueError:
                     declared = -1
                 if declared < 0 or declared > limit:
-                    await self._refuse(scope, receive, send)
+                    await self._too_large(limit)(scope, receive, send)
                     return
         seen = 0
-        started = False
+        body_done = False
+        refusal: Response | None = None
+        started = replaced = False
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done, refusal
+            if refusal is not None:
+                raise BodyRefused
+            if body_done or self.read_timeout_s is None:
+                # After the body only http.disconnect is left to wait for.
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                except TimeoutError:
+                    refusal = self._too_slow()
+                    raise BodyRefused from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
-                    raise BodyTooLarge
+                    refusal = self._too_large(limit)
+                    raise BodyRefused
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replaced
+            if message["type"] == "http.response.start" and not started:
                 started = True
-            await send(message)
+                if refusal is not None:
+                    # The app answered a body it could not read whole (its parser
+                    # may have called it a 422): the client gets the refusal.
+                    replaced = True
+                    await refusal(scope, receive, send)
+                    return
+            if not replaced:
+                await send(message)
 
         try:
-            await self.app(scope, counted, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send)
+            await self.app(scope, counted, guarded_send)
+        except BodyRefused:
+            if not started and refusal is not None:
+                await refusal(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        mb = self.max_bytes / 2**20
-        response = error_response(
+    def _too_large(self, limit: int) -> Response:
+        return error_response(
             413,
             "payload_too_large",
-            f"request body is over the {mb:g} MB limit",
+            f"request body is over the {limit / 2**20:g} MB limit",
             headers={"Connection": "close"},
         )
-        await response(scope, receive, send)
+
+    def _too_slow(self) -> Response:
+        return error_response(
+            408,
+            "request_timeout",
+            f"the request body stalled: no data for {self.read_timeout_s:g} s",
+            headers={"Connection": "close"},
+        )
+
+
+class Admission:
+    """Refuses new work with 503 while draining or when too many requests are in flight.
+
+    Probes and metrics are always let through, so a busy or draining server
+    still says how it is. The draining flag is read from the app's state (set
+    by the lifespan, and by the signal handler on SIGTERM).
+    """
+
+    EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        state = getattr(scope.get("app"), "state", None)
+        if getattr(getattr(state, "attnserve", None), "draining", False):
+            response = error_response(
+                503,
+                "not_ready",
+                "the server is shutting down; retry on another replica",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            response = error_response(
+                503,
+                "overloaded",
+                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class Observe:

@@ -7,6 +7,7 @@ opened with the GTiff driver, under a defensive GDAL configuration.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,7 +33,24 @@ HARDENED_GDAL: dict[str, Any] = {
     "GDAL_CACHEMAX": 256,
     "GTIFF_REPORT_COMPD_CS": "NO",
     "CPL_DEBUG": "OFF",
+    # Belt and braces should a VRT ever be opened: no Python pixel functions,
+    # no raw bands reading arbitrary local files.
+    "GDAL_VRT_ENABLE_PYTHON": "NO",
+    "VRT_ENABLE_RAWRASTERBAND": "NO",
 }
+
+
+def disable_risky_drivers() -> None:
+    """Keep GDAL from ever registering drivers that read other files or URLs.
+
+    GDAL reads ``GDAL_SKIP`` once, when it first registers its drivers; setting
+    it later (as ``HARDENED_GDAL`` does around each open) has no effect on a
+    process that already opened anything. The server entry point calls this
+    before any raster is touched, so the skip holds process-wide.
+    """
+    os.environ.setdefault("GDAL_SKIP", HARDENED_GDAL["GDAL_SKIP"])
+
+
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
