@@ -1,16 +1,20 @@
-"""The ``attnserve`` command: serve, train and export models.
+"""The ``attnserve`` command: serve, train and export models, and use a server.
 
 Training and export import torch lazily, so ``attnserve serve`` works on an
-install without the ``train`` extra.
+install without the ``train`` extra; the client commands (``predict``,
+``predict-series``, ``models``) import only httpx and the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 TRAINERS = {"footprints": "models.train.footprints", "crops": "models.train.crops"}
 
@@ -55,6 +59,134 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        default=os.environ.get("ATTNSERVE_URL", "http://127.0.0.1:8000"),
+        help="server URL (default: $ATTNSERVE_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument("--api-key", default=None, help="API key (default: $ATTNSERVE_API_KEY when set)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request")
+
+
+def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("predict", help="predict a GeoTIFF scene on a server, download results")
+    p.add_argument("scene", type=Path, help="GeoTIFF to upload")
+    p.add_argument("--model", required=True, help="model name or name:version")
+    p.add_argument("--out", type=Path, required=True, help="directory for the results")
+    p.add_argument(
+        "--async",
+        dest="async_",
+        action="store_true",
+        help="ask for an asynchronous job (the server also decides so for large scenes)",
+    )
+    p.add_argument("--plain-progress", action="store_true", help="no tqdm, a plain text bar")
+    _client_options(p)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("predict-series", help="classify parcels' series from CSV or JSON")
+    p.add_argument(
+        "series",
+        type=Path,
+        help="CSV (columns id,date and one per band, e.g. B2..B12; optional valid) "
+        "or JSON (the /predict body)",
+    )
+    p.add_argument("--model", required=True, help="model name or name:version")
+    p.add_argument("--out", type=Path, default=None, help="write the full JSON answer here")
+    _client_options(p)
+    p.set_defaults(func=_predict_series)
+
+    p = sub.add_parser("models", help="list the models a server serves")
+    _client_options(p)
+    p.set_defaults(func=_models)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import Client
+
+    return Client(args.server, api_key=args.api_key, timeout_s=args.timeout)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"attnserve: {message}", file=sys.stderr)
+    return code
+
+
+def _run_client(action: Callable[[], int]) -> int:
+    """Run a client action; server and connection errors become one line and an exit code."""
+    import httpx
+
+    from service.client import JobFailed, ServerError
+
+    try:
+        return action()
+    except ServerError as exc:
+        return _fail(f"server answered {exc}", 1)
+    except JobFailed as exc:
+        return _fail(str(exc), 1)
+    except httpx.TransportError as exc:
+        return _fail(f"cannot reach the server: {exc}", 3)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), 2)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from service.client import progress_bar
+
+    def action() -> int:
+        with _client(args) as client:
+            job = client.predict_image(args.scene, args.model, async_=args.async_)
+            if job.get("state", "done") != "done":
+                print(f"job {job['job_id']} {job['state']}", file=sys.stderr)
+                bar = progress_bar(args.scene.name, plain=args.plain_progress)
+                try:
+                    job = client.wait(job, on_progress=bar)
+                except KeyboardInterrupt:
+                    client.cancel(job["job_id"])
+                    bar.close()
+                    return _fail(f"cancelled job {job['job_id']}", 130)
+                bar.close()
+            files = client.save_artefacts(job, args.out, args.scene.stem)
+        for name, path in files.items():
+            print(f"{name}\t{path}")
+        return 0
+
+    return _run_client(action)
+
+
+def _predict_series(args: argparse.Namespace) -> int:
+    from service.client import read_series_csv, series_table
+
+    def action() -> int:
+        with _client(args) as client:
+            if args.series.suffix.lower() == ".csv":
+                bands = client.model(args.model)["input"]["bands"]
+                request = read_series_csv(args.series, args.model, bands)
+            else:
+                request = json.loads(args.series.read_text())
+                request["model"] = args.model
+            answer = client.predict_series(request)
+        for line in series_table(answer):
+            print(line)
+        if args.out is not None:
+            args.out.write_text(json.dumps(answer, indent=2))
+        return 0
+
+    return _run_client(action)
+
+
+def _models(args: argparse.Namespace) -> int:
+    def action() -> int:
+        with _client(args) as client:
+            models = client.models()
+        for m in models:
+            layers = ", ".join(m.get("attention_layers", []))
+            print(f"{m['name']}\t{m['latest']}\t{m['task']}\tattention: {layers}")
+        return 0
+
+    return _run_client(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level argument parser."""
     parser = argparse.ArgumentParser(prog="attnserve", description=__doc__.splitlines()[0])
@@ -62,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_client(sub)
     return parser
 
 
