@@ -74,6 +74,8 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         # uvicorn reads a grace of 0 as "wait forever"; a second is the shortest it takes.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=settings.keep_alive_s,
+        # h11, not httptools: httptools puts no bound on the size of a request's head.
+        http="h11",
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         access_log=False,
     )
