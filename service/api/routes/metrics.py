@@ -11,7 +11,11 @@ from service.api.deps import State
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics(state: State) -> Response:
     """Every metric in Prometheus' text format."""
     state.metrics.jobs_stored.set(state.store.count)
