@@ -94,7 +94,7 @@ class JobManager:
         return record
 
     async def stop(self, grace_s: float) -> None:
-        """Stop taking jobs; running ones get ``grace_s`` then are left for resumption."""
+        """Stop taking jobs; running ones stop after their tiles in flight, to resume later."""
         self._stopping = True
         running = list(self._running.values())
         if running:
@@ -152,11 +152,18 @@ class JobManager:
                 self.store.update(record)
 
         try:
-            await self.runner.run(record, served, progress, lambda: job_id in self._cancel)
+            await self.runner.run(
+                record, served, progress, lambda: self._stopping or job_id in self._cancel
+            )
         except JobCancelled:
-            self._cancel.discard(job_id)
-            record.state = "cancelled"
-            record.error = {"code": "cancelled", "message": "cancelled by the client"}
+            if job_id in self._cancel:
+                self._cancel.discard(job_id)
+                record.state = "cancelled"
+                record.error = {"code": "cancelled", "message": "cancelled by the client"}
+            else:
+                # The server is stopping: the job goes back to the queue, and the
+                # next start runs it again from its stored input.
+                record.state = "queued"
             self.store.update(record)
             return
         except asyncio.CancelledError:

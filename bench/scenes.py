@@ -1,0 +1,71 @@
+"""Large test scenes made from real imagery, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+
+def tile_scene(source: Path, repeat: int, out: Path, compress: str = "jpeg") -> Path:
+    """Write ``source`` repeated ``repeat x repeat`` times as one tiled GeoTIFF.
+
+    The result keeps the source's CRS and origin and pixel size, so its
+    georeference is consistent: it simply extends right and down.
+    """
+    with rasterio.open(source) as src:
+        data = src.read()
+        profile = src.profile.copy()
+    h, w = data.shape[1:]
+    profile.update(
+        driver="GTiff",
+        width=w * repeat,
+        height=h * repeat,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress=compress,
+        BIGTIFF="IF_SAFER",
+    )
+    if compress == "jpeg" and data.shape[0] == 3:
+        profile["photometric"] = "ycbcr"
+    profile.pop("nodata", None)
+    with rasterio.open(out, "w", **profile) as dst:
+        for i in range(repeat):
+            for j in range(repeat):
+                dst.write(data, window=Window(j * w, i * h, w, h))
+    return out
+
+
+def dated_stack(out_dir: Path, size: int, dates: list[str], seed: int = 0) -> list[Path]:
+    """One 10-band Sentinel-2-like uint16 GeoTIFF per date (reflectance x 10000)."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    transform = rasterio.transform.from_origin(600000, 5000000, 10, 10)
+    base = rng.uniform(300, 3000, (10, size, size)).astype(np.float32)
+    for i, day in enumerate(dates):
+        data = (base * (0.8 + 0.1 * i) + rng.normal(0, 50, base.shape)).clip(0, 10000)
+        path = out_dir / f"s2_{day}.tif"
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=10,
+            dtype="uint16",
+            crs="EPSG:32631",
+            transform=transform,
+            nodata=0,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+            compress="deflate",
+        ) as dst:
+            dst.write(data.astype(np.uint16))
+            for b in range(1, 11):
+                dst.update_tags(b, DATE=day)
+        paths.append(path)
+    return paths
