@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def test_grid_covers_every_pixel_and_blocks_partition_rows(
     rows = [grid.block_rows(r) for r in range(grid.rows)]
     assert rows[0][0] == 0
     assert rows[-1][1] == h
-    for (_, stop), (start, _) in zip(rows, rows[1:], strict=False):
+    for (_, stop), (start, _) in itertools.pairwise(rows):
         assert stop == start
 
 
