@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import time
 from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.app import create_app
 from service.config import Settings
@@ -16,6 +18,57 @@ from service.raster.decode import disable_risky_drivers
 
 # h11's default is 16 KiB; request heads over it are refused before the app sees them.
 MAX_REQUEST_HEAD_BYTES = 64 * 1024
+
+
+class HeadTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's head.
+
+    uvicorn times out idle keep-alive connections, but not a client that opens
+    a connection and sends its headers a byte at a time (or never): such a
+    connection is closed ``head_timeout_s`` after it opened or after its last
+    answer, unless a complete request head has arrived by then.
+    """
+
+    head_timeout_s = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the head deadline with the connection."""
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop the deadline with the connection."""
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        """Parse what arrived; a new request (a new cycle) means its head is complete."""
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:
+            self._disarm_head_timer()
+
+    def on_response_complete(self) -> None:
+        """After an answer the next request's head has its own deadline."""
+        super().on_response_complete()
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
+            self.transport.close()
 
 
 class DrainingServer(uvicorn.Server):
@@ -75,7 +128,7 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=settings.keep_alive_s,
         # h11, not httptools: httptools puts no bound on the size of a request's head.
-        http="h11",
+        http=type("H11", (HeadTimeoutH11,), {"head_timeout_s": settings.request_head_timeout_s}),
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         access_log=False,
     )

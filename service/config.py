@@ -109,6 +109,9 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description="longest wait for the next chunk of a request body (408)"
     )
     keep_alive_s: int = Field(5, ge=1, le=300, description="idle keep-alive connection timeout")
+    request_head_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="longest a client may take to send a request's headers"
+    )
 
     @field_validator("providers")
     @classmethod
