@@ -23,6 +23,7 @@ from service.pipeline.scene import SceneRunner
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
+from service.viewer import routes as viewer
 
 log = logging.getLogger("attnserve")
 
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, responses=errors.ERROR_RESPONSES)
     app.include_router(metrics.router)
     app.include_router(v2.router)
+    app.include_router(viewer.router)
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyAuth, keys=keys)

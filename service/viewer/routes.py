@@ -1,0 +1,138 @@
+"""The viewer's pages, static assets and PNG previews.
+
+Pages are static shells: the data comes from the JSON API through ``fetch``,
+with the API key (when one is needed) kept in the tab's session storage. Every
+viewer answer carries a strict Content-Security-Policy: scripts, styles and
+connections from this origin only, no inline code, no framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from service.api.deps import Job, State
+from service.errors import NotFound
+from service.pipeline import views
+from service.viewer import render
+
+STATIC = Path(__file__).parent / "static"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+# Served by name only: nothing else under static/ is reachable, and each file has
+# its exact type (the server sends X-Content-Type-Options: nosniff).
+ASSETS = {
+    "viewer.js": "text/javascript; charset=utf-8",
+    "viewer.css": "text/css; charset=utf-8",
+}
+HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
+
+
+def _error(status: int, code: str, message: str) -> dict[str, Any]:
+    example = {"error": {"code": code, "status": status, "message": message}}
+    return {"description": message, "content": {"application/json": {"example": example}}}
+
+
+_PNG: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "a PNG preview"}
+}
+_JOB_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: _error(404, "not_found", "no such job (it may have expired)"),
+    409: _error(409, "conflict", "job is running; results exist once it is done"),
+}
+
+router = APIRouter(prefix="/viewer", tags=["viewer"])
+
+
+def _page(name: str) -> Response:
+    return Response((STATIC / name).read_bytes(), media_type="text/html", headers=HEADERS)
+
+
+@router.get("", summary="Viewer: upload form", response_class=Response)
+async def upload_page() -> Response:
+    """A form to pick a model and a GeoTIFF; the job view follows."""
+    return _page("index.html")
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def asset(name: str) -> Response:
+    """The viewer's script and stylesheet."""
+    if name not in ASSETS:
+        raise NotFound(f"no viewer asset {name!r}")
+    return Response((STATIC / name).read_bytes(), media_type=ASSETS[name], headers=HEADERS)
+
+
+@router.get(
+    "/{job_id}",
+    summary="Viewer: one job",
+    response_class=Response,
+    responses={200: {"content": {"text/html": {}}, "description": "the job page"}},
+)
+async def job_page(job_id: str) -> Response:
+    """The job's layers as overlays, footprint outlines and attention charts.
+
+    The page itself holds no data (the job is fetched by its script with the
+    caller's key), so an unknown id still gets the page, which then says so.
+    """
+    return _page("job.html")
+
+
+@router.get(
+    "/{job_id}/layers/{name}.png",
+    summary="Viewer: a raster layer as a grey PNG",
+    response_class=Response,
+    responses={
+        **_PNG,
+        **_JOB_ERRORS,
+        422: _error(422, "invalid_input", "band: Input should be greater than or equal to 0"),
+    },
+)
+async def layer_png(
+    job: Job,
+    name: str,
+    state: State,
+    band: int | None = Query(
+        None, ge=0, le=100_000, description="class of K-band layers, date of temporal ones"
+    ),
+) -> Response:
+    """Values scaled to 0-255 (probabilities 0-1, attention min-max; see the headers).
+
+    At most 1024 pixels on a side; transparent where there is no data.
+    ``X-Value-Range`` gives the values that 0 and 255 stand for.
+    """
+    views.require_done(job)
+    layer = job.layer(name)
+
+    def draw() -> tuple[bytes, float, float]:
+        values = render.layer_values(job, state.store, name, band)
+        lo, hi = render.scale_of(layer, values)
+        return render.grey_png(values, lo, hi), lo, hi
+
+    data, lo, hi = await asyncio.to_thread(draw)
+    headers = {"Cache-Control": "no-store", "X-Value-Range": f"{lo:.6g},{hi:.6g}"}
+    return Response(data, media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/{job_id}/input.png",
+    summary="Viewer: the job's input image",
+    response_class=Response,
+    responses={
+        **_PNG,
+        404: _error(404, "not_found", "this job kept no input image to preview"),
+    },
+)
+async def input_preview(job: Job, state: State) -> Response:
+    """An RGB preview of the uploaded image (for jobs that keep their input)."""
+    inputs = (job.params or {}).get("inputs") or []
+    path = state.store.file(job, inputs[0]) if inputs else None
+    if path is None or not path.exists():
+        raise NotFound("this job kept no input image to preview")
+    data = await asyncio.to_thread(render.input_png, path)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
