@@ -9,6 +9,8 @@ same input.
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -27,6 +29,7 @@ httpclient = pytest.importorskip(
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 ATOL = 1e-5
+KEY = "v2-protocol-test-key-0123456789"
 MODES = [pytest.param(False, id="json"), pytest.param(True, id="binary")]
 
 
@@ -195,7 +198,9 @@ def test_all_outputs_come_back_binary_when_none_are_named(triton: object) -> Non
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
     result = triton.infer("crops", inputs)
-    assert result.as_numpy("probabilities").shape == (3, 5)
+    probs = result.as_numpy("probabilities")
+    assert probs.shape[0] == 3
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert result.as_numpy("attention").shape[::2] == (3, 4)
 
 
@@ -305,3 +310,20 @@ def _batch_rows(metrics: str) -> float:
         if line.startswith("attnserve_batch_size_sum") and 'model="footprints' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_api_keys_apply_and_refusals_keep_the_protocol_shape(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    server = start_server(api_keys=json.dumps([KEY]))
+    host = server.url.removeprefix("http://")
+    anonymous = httpclient.InferenceServerClient(url=host)
+    with pytest.raises(InferenceServerException) as info:
+        anonymous.get_model_metadata("crops")
+    assert info.value.status() == "401"
+    assert "API key" in info.value.message()
+    anonymous.close()
+    keyed = httpclient.InferenceServerClient(url=host)
+    meta = keyed.get_model_metadata("crops", headers={"Authorization": f"Bearer {KEY}"})
+    assert meta["name"] == "crops"
+    keyed.close()
