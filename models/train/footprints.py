@@ -174,6 +174,10 @@ def _data(
     from models.data.footprint_labels import read_footprints
 
     image, mask = read_footprints(args.image, args.labels, bands=len(DEFAULT_BANDS))
+    # The manifest promises 8-bit input (0..255); other value scales would train
+    # a model whose in-graph normalisation does not fit what it is served.
+    if image.dtype != np.uint8:
+        raise SystemExit(f"{args.image.name} is {image.dtype}; the footprints model takes uint8")
     split = int(image.shape[1] * (1.0 - HOLDOUT_FRACTION))
     train_im, train_m = image[:, :split], mask[:split]
     if split < size or train_im.shape[2] < size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 import torch
@@ -78,3 +79,19 @@ def test_tiny_run_on_a_real_geotiff_with_footprints(tmp_path: Path) -> None:
 def test_image_without_labels_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="go together"):
         main(["train", "footprints", "--tiny", "--image", str(IMAGE), "--out", str(tmp_path)])
+
+
+def test_non_8bit_image_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "uint16.tif"
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 3, "dtype": "uint16"}
+    transform_ = rasterio.transform.from_origin(500000.0, 4000000.0, 1.0, 1.0)
+    with rasterio.open(image, "w", crs="EPSG:32618", transform=transform_, **profile) as dst:
+        dst.write(np.full((3, 64, 64), 1000, dtype=np.uint16))
+    ring = [[500010.0, 3999990.0], [500030.0, 3999990.0], [500030.0, 3999970.0]]
+    crs = {"type": "name", "properties": {"name": "EPSG:32618"}}
+    geometry = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+    labels = tmp_path / "labels.geojson"
+    labels.write_text(json.dumps({"type": "Feature", "geometry": geometry, "crs": crs}))
+    argv = ["train", "footprints", "--tiny", "--image", str(image), "--labels", str(labels)]
+    with pytest.raises(SystemExit, match="uint16; the footprints model takes uint8"):
+        main([*argv, "--out", str(tmp_path / "out")])
