@@ -114,9 +114,12 @@ def _fail(message: str, code: int = 1) -> int:
 
 def _run_client(action: Callable[[], int]) -> int:
     """Run a client action; server and connection errors become one line and an exit code."""
-    import httpx
+    try:
+        import httpx
 
-    from service.client import JobFailed, ServerError
+        from service.client import JobFailed, ServerError
+    except ImportError as exc:
+        return _fail(f"the client commands need httpx ({exc}): pip install httpx", 2)
 
     try:
         return action()
