@@ -134,9 +134,9 @@ def _run_client(action: Callable[[], int]) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from service.client import progress_bar
-
     def action() -> int:
+        from service.client import progress_bar
+
         with _client(args) as client:
             job = client.predict_image(args.scene, args.model, async_=args.async_)
             if job.get("state", "done") != "done":
@@ -158,9 +158,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _predict_series(args: argparse.Namespace) -> int:
-    from service.client import read_series_csv, series_table
-
     def action() -> int:
+        from service.client import read_series_csv, series_table
+
         with _client(args) as client:
             if args.series.suffix.lower() == ".csv":
                 bands = client.model(args.model)["input"]["bands"]
