@@ -58,7 +58,7 @@ def _inputs(batch: int, dates: int, seed: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("dates", [5, 37])
+@pytest.mark.parametrize("dates", [1, 5, 37, 64])
 def test_onnx_runtime_matches_torch(
     exported: tuple[Path, Path, Manifest], batch: int, dates: int
 ) -> None:
