@@ -126,6 +126,9 @@ class LTAEClassifier(nn.Module):
         B, T = series.shape[0], series.shape[1]
         x = (series - self.band_mean) / self.band_std
         encoded = self.encoder(x) + day_encoding(days, self.d_model)  # (B, T, D)
+        # Invalid dates may hold anything (NaN nodata included); zeroing them here
+        # keeps 0 attention x NaN from turning the pooled features into NaN.
+        encoded = torch.where(valid.unsqueeze(-1), encoded, torch.zeros_like(encoded))
         keys = self.keys(encoded).view(B, T, self.heads, self.d_k)
         scores = torch.einsum("bthk,hk->bht", keys, self.query) / math.sqrt(self.d_k)
         mask = valid.unsqueeze(1)  # (B, 1, T)
@@ -145,7 +148,8 @@ class LTAEClassifier(nn.Module):
         Args:
             series: ``(B, T, C) float32`` raw reflectance x 10000.
             days: ``(B, T) float32`` acquisition day of year.
-            valid: ``(B, T) bool``, False for dates to ignore (padding, clouds).
+            valid: ``(B, T) bool``, False for dates to ignore (padding, clouds);
+                their series and days values, even NaN, do not affect the outputs.
 
         Returns:
             ``probabilities`` ``(B, K) float32`` summing to 1, and ``attention``

@@ -3,6 +3,7 @@
 The file holds ``series (N, T, C)`` reflectance x 10000, ``days (N, T)`` integer
 days of year, ``labels (N,)`` class indices, and optionally ``valid (N, T)``
 bool (all True if absent), ``class_names (K,)`` and ``band_names (C,)``.
+Invalid dates may hold NaN (nodata); valid ones must be finite.
 Anything wrong is reported by name, so a user converting their own data knows
 what to fix.
 """

@@ -75,15 +75,20 @@ def test_onnx_runtime_matches_torch(
     assert np.all(attention[np.broadcast_to(~feeds["valid"][:, None], attention.shape)] == 0)
 
 
-def test_onnx_series_without_valid_dates_stays_finite(
+def test_onnx_output_stays_finite_without_valid_dates_or_with_nan_on_invalid_ones(
     exported: tuple[Path, Path, Manifest],
 ) -> None:
     _, onnx_path, _ = exported
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = _inputs(2, 6, seed=7)
     feeds["valid"][1] = False
+    # NaN nodata on dates marked invalid must not leak into the answer.
+    feeds["valid"][0, 3] = False
+    feeds["series"][:, 3] = np.nan
+    feeds["days"][1, 2] = np.nan
     probabilities, attention = session.run(None, feeds)
     assert np.isfinite(probabilities).all()
+    assert np.isfinite(attention).all()
     assert np.all(attention[1] == 0)
     np.testing.assert_allclose(attention[0].sum(-1), 1.0, atol=1e-5)
 

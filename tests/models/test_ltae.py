@@ -86,11 +86,12 @@ def test_invalid_dates_do_not_change_the_answer_whatever_they_hold(
     series, days, valid = _inputs(1, 10)
     valid[:] = True
     base_p, base_a = model(series, days, valid)
-    # Append five masked dates holding garbage (a bright cloud, odd days).
+    # Append five masked dates holding garbage (a bright cloud, NaN nodata).
     junk = torch.full((1, 5, len(BANDS)), 9000.0)
+    junk[0, 1:3] = torch.nan
     padded_p, padded_a = model(
         torch.cat([series, junk], 1),
-        torch.cat([days, torch.full((1, 5), 17.0)], 1),
+        torch.cat([days, torch.tensor([[17.0, torch.nan, 3.0, 500.0, 0.0]])], 1),
         torch.cat([valid, torch.zeros(1, 5, dtype=torch.bool)], 1),
     )
     torch.testing.assert_close(padded_p, base_p)
