@@ -350,8 +350,15 @@ def soak(url: str, pid: int, duration_s: float, workers: int, sample_s: float, s
     steady = [s for s in samples if s[0] >= elapsed * 0.1]
     lat = np.array(latencies) if latencies else np.zeros(1)
     total = sum(sum(c.values()) for c in statuses.values())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = "unknown"
     return {
         "machine": machine(),
+        "commit": commit or "unknown",
         "duration_s": round(elapsed, 1),
         "workers": workers,
         "models": sorted(models),
@@ -389,7 +396,8 @@ def markdown(r: dict) -> str:
         "cores shared with model training while it ran.",
         "",
         f"- duration: {r['duration_s']} s, {r['workers']} concurrent clients, models "
-        f"{', '.join(r['models'])}",
+        f"{', '.join(r['models'])}" + (f" ({r['model_note']})" if r.get("model_note") else ""),
+        f"- code: commit {r.get('commit', 'unknown')}",
         f"- requests: {r['requests']} ({r['requests_per_s']}/s)",
         f"- **unexpected statuses: {r['unexpected']}**",
         f"- latency: p50 {r['latency_s']['p50']} s, p99 {r['latency_s']['p99']} s, "
