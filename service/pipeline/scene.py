@@ -32,7 +32,7 @@ from service.raster.cog import RasterSink
 from service.raster.decode import HARDENED_GDAL, RasterInfo, RasterLimits, check_limits, describe
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import SegmentationTask
+from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.temporal import TemporalTask, days_from_dates
 from service.runtime.tiling import StripBlender, Tile, TileGrid, read_bounds, reflect_pad
 from service.runtime.validation import check_layout, check_values
@@ -166,9 +166,10 @@ class SceneRunner:
             options.overlap if options.overlap is not None else (manifest.input.tile_overlap or 0)
         )
         fill = np.float32(manifest.input.normalization.mean[0])
+        halo = context_px(manifest)
         with open_scene(path) as ds:
             info = describe(ds)
-            grid = TileGrid(info.height, info.width, size, min(overlap, size // 2))
+            grid = TileGrid(info.height, info.width, size, min(overlap, size // 2), halo)
             # Layers blended: every spatial output, then the input's validity.
             blender = StripBlender(grid, len(spatial) + 1)
             channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
@@ -177,18 +178,21 @@ class SceneRunner:
             all_valid = _all_valid(ds)
 
             def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
-                return _read_tile(ds, tile, info, all_valid)
+                # The model reads the tile with its halo of context; only the
+                # tile itself decides whether there is anything to predict.
+                return _read_tile(ds, tile.input, info, all_valid, core=halo)
 
             async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
                 x = np.where(valid[None], data.astype(np.float32), fill)
                 out = await task.batcher.submit({task.input_name: x[None]}, self.timeout_s)
                 nonlocal channel_weight
-                weight = float(valid.mean())
+                core = (slice(halo, halo + tile.size), slice(halo, halo + tile.size))
+                weight = float(valid[core].mean())
                 for o in channel:
                     channel_sum[o.name] += out[o.name][0] * weight
                 channel_weight += weight
-                stack = [out[o.name][0, 0] for o in spatial]
-                stack.append(valid.astype(np.float32))
+                stack = [out[o.name][0, 0][core] for o in spatial]
+                stack.append(valid[core].astype(np.float32))
                 return np.stack(stack)
 
             def flush(first: int, block: np.ndarray) -> None:
@@ -504,11 +508,17 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _read_tile(
-    ds: DatasetReader, tile: Tile, info: RasterInfo, all_valid: bool, pad: bool = True
+    ds: DatasetReader,
+    tile: Tile,
+    info: RasterInfo,
+    all_valid: bool,
+    pad: bool = True,
+    core: int = 0,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """A tile's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
+    """A window's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
 
-    Returns None when the tile has no valid pixel (it is skipped).
+    Returns None when the window, less ``core`` pixels of halo on each side, has
+    no valid pixel (the tile is skipped).
     """
     y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
     window = Window(x0, y0, x1 - x0, y1 - y0)
@@ -521,7 +531,10 @@ def _read_tile(
         ) from None
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
-    if not valid.any():
+    cy0, cx0 = max(0, tile.y + core) - y0, max(0, tile.x + core) - x0
+    cy1 = min(info.height, tile.y + tile.size - core) - y0
+    cx1 = min(info.width, tile.x + tile.size - core) - x0
+    if not valid[cy0:cy1, cx0:cx1].any():
         return None
     if not pad:
         return data.astype(np.float32), valid

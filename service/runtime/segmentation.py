@@ -24,6 +24,18 @@ class RasterOutputs:
     valid: np.ndarray | None
 
 
+def context_px(manifest: Manifest) -> int:
+    """Pixels of reflected context around an image or tile, from the manifest.
+
+    Whole images and scene tiles get the same context at scene edges, so a
+    scene gives the same answer whether sent whole or tiled.
+    """
+    multiple = manifest.input.size_multiple or 1
+    half = max(1, multiple // 2)
+    want = (manifest.input.tile_overlap or 0) // 2
+    return -(-want // half) * half
+
+
 def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Reflect-pad ``(C, H, W)`` so H and W are multiples of ``multiple``.
 
@@ -48,6 +60,7 @@ class SegmentationTask:
         self.manifest = manifest
         self.batcher = batcher
         self.input_name = manifest.tensors[0].name
+        self.context = context_px(manifest)
 
     async def predict(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
@@ -66,13 +79,23 @@ class SegmentationTask:
             x = np.where(valid[None], x, np.float32(self.manifest.input.normalization.mean[0]))
             x = np.nan_to_num(x, copy=False)
         multiple = self.manifest.input.size_multiple or 1
-        padded, (h, w) = pad_to_multiple(x, multiple)
+        c = self.context
+        h, w = x.shape[1:]
+        if c:
+            pads = ((0, 0), (c, c), (c, c))
+            # Reflection needs the image to be longer than the pad.
+            x = (
+                np.pad(x, pads, mode="reflect")
+                if c < min(h, w)
+                else np.pad(x, pads, mode="symmetric")
+            )
+        padded, _ = pad_to_multiple(x, multiple)
         outputs = await self.batcher.submit({self.input_name: padded[None]}, timeout_s)
         layers: dict[str, np.ndarray] = {}
         for spec in self.manifest.outputs:
             out = outputs[spec.name][0]
             if out.ndim == 3:
-                out = np.array(out[:, :h, :w], dtype=np.float32)
+                out = np.array(out[:, c : c + h, c : c + w], dtype=np.float32)
                 if valid is not None:
                     out[:, ~valid] = np.nan
             layers[spec.name] = out

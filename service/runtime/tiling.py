@@ -19,10 +19,11 @@ WEIGHT_FLOOR = 1e-3
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile: its row and column in the grid and its window in scene pixels.
+    """One tile: its row and column in the grid and its output window in scene pixels.
 
-    ``y`` and ``x`` may be negative and ``y + size`` may pass the scene's
-    height: the tile then reaches into the reflect-padded margin.
+    A tile lies inside the scene unless the scene is smaller than a tile; the
+    model sees ``halo`` more pixels of context on every side (reflected beyond
+    the scene), which are cropped away.
     """
 
     row: int
@@ -30,20 +31,31 @@ class Tile:
     y: int
     x: int
     size: int
+    halo: int = 0
+
+    @property
+    def input(self) -> Tile:
+        """The window the model reads: the tile grown by its halo."""
+        h = self.halo
+        return Tile(self.row, self.col, self.y - h, self.x - h, self.size + 2 * h)
 
 
 @dataclass(frozen=True)
 class TileGrid:
     """Tiles of ``size`` overlapping by ``overlap`` over a ``height x width`` scene.
 
-    The grid starts ``overlap // 2`` pixels before the scene so that scene edges
-    lie inside tiles, where the blending weight is not near zero.
+    The first tile starts at the scene's edge and the last is snapped to end at
+    the far edge, so no output comes from beyond the scene. ``halo`` extra pixels
+    of context around each tile are read (reflected beyond the scene, exactly as
+    whole-image inference pads) and cropped away: near tile edges, convolutional
+    models then see enough context that tiled and whole-image inference agree.
     """
 
     height: int
     width: int
     size: int
     overlap: int
+    halo: int = 0
 
     def __post_init__(self) -> None:
         if self.size <= 0 or not 0 <= self.overlap < self.size:
@@ -56,15 +68,8 @@ class TileGrid:
         """Distance between tile origins."""
         return self.size - self.overlap
 
-    @property
-    def margin(self) -> int:
-        """How far the first tile starts before the scene."""
-        return self.overlap // 2
-
     def _count(self, extent: int) -> int:
-        # The last tile reaches a margin past the far edge, as the first does before.
-        covered = extent + 2 * self.margin
-        return max(1, math.ceil(max(0, covered - self.size) / self.stride) + 1)
+        return max(1, math.ceil(max(0, extent - self.size) / self.stride) + 1)
 
     @property
     def rows(self) -> int:
@@ -79,11 +84,16 @@ class TileGrid:
     def __len__(self) -> int:
         return self.rows * self.cols
 
+    def _origin(self, index: int, count: int, extent: int) -> int:
+        if index == count - 1 and count > 1:
+            return extent - self.size  # snapped to the far edge
+        return index * self.stride
+
     def row_tiles(self, row: int) -> list[Tile]:
         """The tiles of one grid row, left to right."""
-        y = row * self.stride - self.margin
+        y = self._origin(row, self.rows, self.height)
         return [
-            Tile(row, col, y, col * self.stride - self.margin, self.size)
+            Tile(row, col, y, self._origin(col, self.cols, self.width), self.size, self.halo)
             for col in range(self.cols)
         ]
 
@@ -93,18 +103,25 @@ class TileGrid:
 
     def block_rows(self, row: int) -> tuple[int, int]:
         """Scene rows final once grid rows up to ``row`` are blended: ``[start, stop)``."""
-        start = 0 if row == 0 else row * self.stride - self.margin
-        stop = self.height if row == self.rows - 1 else (row + 1) * self.stride - self.margin
+        start = 0 if row == 0 else self._origin(row, self.rows, self.height)
+        stop = (
+            self.height if row == self.rows - 1 else self._origin(row + 1, self.rows, self.height)
+        )
         return max(0, start), min(self.height, stop)
 
 
 def hann_weight(size: int) -> np.ndarray:
-    """``(size, size)`` float32 2-D Hann (raised cosine) weight, floored above zero."""
+    """``(size, size)`` float32 2-D Hann (raised cosine) weight, floored above zero.
+
+    The floor is applied to each 1-D ramp, not to their product, so that along a
+    scene edge (where every covering tile is near its own edge) the weights still
+    favour the tile whose centre is nearest.
+    """
     if size == 1:
         return np.ones((1, 1), dtype=np.float32)
     ramp = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(size) + 0.5) / size)
-    w = np.outer(ramp, ramp).astype(np.float32)
-    return np.maximum(w, WEIGHT_FLOOR)
+    ramp = np.maximum(ramp, WEIGHT_FLOOR)
+    return np.outer(ramp, ramp).astype(np.float32)
 
 
 def read_bounds(tile: Tile, height: int, width: int) -> tuple[int, int, int, int]:
