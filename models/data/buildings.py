@@ -5,6 +5,8 @@ textured ground, asphalt roads, buildings of varied size and shape (rectangles
 and L-shapes at any rotation) with gabled or flat roofs in colours that include
 ones close to the ground and road colours, shadows cast away from the sun,
 trees that overhang building edges, a slight optical blur and sensor noise.
+Snow cover, patches of closed forest and paved lots (flat, roof-coloured, with
+no shadow) can be switched on through ``SceneConfig``.
 
 The mask is the full footprint, also where a tree hides part of a roof, as in
 hand-labelled footprint data sets. Buildings keep a small gap between each other
@@ -48,6 +50,8 @@ GROUND_COLOURS = np.array(
     ],
     dtype=np.float32,
 )
+# Snow, lit and in shade: as bright as the lightest roofs.
+SNOW_COLOURS = np.array([[228, 230, 235], [196, 202, 214]], dtype=np.float32)
 ROAD_COLOUR = np.array([95, 95, 98], dtype=np.float32)
 TREE_COLOUR = np.array([45, 75, 40], dtype=np.float32)
 
@@ -63,6 +67,13 @@ class SceneConfig:
         trees: inclusive range of trees per 256x256 area.
         gap: minimum free pixels between two buildings.
         noise_sigma: inclusive range of the Gaussian sensor noise, in digital numbers.
+        snow: probability of a snow-covered tile.
+        forest: probability of a tile with a patch of closed tree canopy.
+        lots: probability of a tile with paved lots (flat, shadowless, roof-coloured).
+
+    ``snow``, ``forest`` and ``lots`` are off by default: the shipped model was
+    trained without them (see ``models/shipped/footprints.md``). When they are
+    off the generator draws no random numbers for them, so tiles are unchanged.
     """
 
     buildings: tuple[int, int] = (4, 14)
@@ -71,6 +82,9 @@ class SceneConfig:
     trees: tuple[int, int] = (4, 20)
     gap: int = 3
     noise_sigma: tuple[float, float] = (2.0, 7.0)
+    snow: float = 0.0
+    forest: float = 0.0
+    lots: float = 0.0
 
 
 def _smooth_field(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
@@ -85,13 +99,20 @@ def _smooth_field(rng: np.random.Generator, size: int, cell: int) -> np.ndarray:
     return fine[:size, :size]
 
 
-def _ground(rng: np.random.Generator, size: int) -> np.ndarray:
+def _ground(rng: np.random.Generator, size: int, snow: float = 0.0) -> np.ndarray:
     """Textured ground: two blended ground colours, patches and fine grain.
+
+    Args:
+        rng: source of randomness.
+        size: tile side in pixels.
+        snow: probability that the ground is snow instead.
 
     Returns:
         ``(3, size, size)`` float32 in digital numbers.
     """
     a, b = GROUND_COLOURS[rng.choice(len(GROUND_COLOURS), 2, replace=False)]
+    if snow and rng.random() < snow:
+        a, b = SNOW_COLOURS
     blend = np.clip(0.5 + 0.5 * _smooth_field(rng, size, 48), 0.0, 1.0)
     img = a[:, None, None] * blend + b[:, None, None] * (1.0 - blend)
     img *= 1.0 + 0.08 * _smooth_field(rng, size, 8)
@@ -147,6 +168,58 @@ def _footprint(rng: np.random.Generator, half: float) -> tuple[np.ndarray, np.nd
     return inside, u, v
 
 
+def _place(
+    rng: np.random.Generator, inside: np.ndarray, occupied: np.ndarray
+) -> tuple[slice, slice, slice, slice] | None:
+    """Find a free spot for a shape; it may run off the tile edge.
+
+    Returns:
+        ``(ys, xs, sy, sx)``: the tile window and the matching window of the
+        shape, or None when a few random tries all hit something.
+    """
+    size, w = occupied.shape[0], inside.shape[0]
+    for _try in range(6):
+        y0 = int(rng.integers(-w // 3, size - 2 * w // 3))
+        x0 = int(rng.integers(-w // 3, size - 2 * w // 3))
+        ys = slice(max(y0, 0), min(y0 + w, size))
+        xs = slice(max(x0, 0), min(x0 + w, size))
+        sy, sx = slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)
+        local = inside[sy, sx]
+        if local.any() and not (occupied[ys, xs] & local).any():
+            return ys, xs, sy, sx
+    return None
+
+
+def _draw_forest(rng: np.random.Generator, img: np.ndarray, occupied: np.ndarray) -> None:
+    """Paint a patch of closed canopy in place: dark, crown-textured, building-free."""
+    size = img.shape[-1]
+    region = _smooth_field(rng, size, 64) > rng.uniform(0.2, 0.9)
+    if not region.any():
+        return
+    crowns = _smooth_field(rng, size, 3)
+    tone = (TREE_COLOUR * rng.uniform(0.6, 1.1))[:, None, None] * (1.0 + 0.35 * crowns)[None]
+    img[:, region] = tone[:, region]
+    occupied |= ndimage.binary_dilation(region, iterations=3)
+
+
+def _draw_lots(rng: np.random.Generator, img: np.ndarray, occupied: np.ndarray) -> None:
+    """Paint one or two paved lots in place: flat, roof-coloured, without shadow."""
+    size = img.shape[-1]
+    for _ in range(int(rng.integers(1, 3))):
+        inside, _, _ = _footprint(rng, float(rng.uniform(15, 40)))
+        if inside.shape[0] >= size:
+            continue
+        spot = _place(rng, inside, occupied)
+        if spot is None:
+            continue
+        ys, xs, sy, sx = spot
+        local = inside[sy, sx]
+        colour = ROOF_COLOURS[rng.choice([2, 3, 7, 8])] * rng.uniform(0.9, 1.1)
+        window = img[:, ys, xs]
+        window[:, local] = colour[:, None]
+        occupied[ys, xs] |= ndimage.binary_dilation(local, iterations=3)
+
+
 def make_tile(
     rng: np.random.Generator, size: int = 256, config: SceneConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +236,13 @@ def make_tile(
     """
     cfg = config or SceneConfig()
     area = (size / 256.0) ** 2
-    img = _ground(rng, size)
+    img = _ground(rng, size, cfg.snow)
     occupied = np.zeros((size, size), dtype=bool)
     _draw_roads(rng, img, occupied, int(rng.integers(cfg.roads[0], cfg.roads[1] + 1)))
+    if cfg.forest and rng.random() < cfg.forest:
+        _draw_forest(rng, img, occupied)
+    if cfg.lots and rng.random() < cfg.lots:
+        _draw_lots(rng, img, occupied)
 
     mask = np.zeros((size, size), dtype=bool)
     roof = np.zeros_like(img)
@@ -178,29 +255,22 @@ def make_tile(
         w = inside.shape[0]
         if w >= size:
             continue
-        # A few placement tries; a footprint may run off the tile edge.
-        for _try in range(6):
-            y0 = int(rng.integers(-w // 3, size - 2 * w // 3))
-            x0 = int(rng.integers(-w // 3, size - 2 * w // 3))
-            ys = slice(max(y0, 0), min(y0 + w, size))
-            xs = slice(max(x0, 0), min(x0 + w, size))
-            local = inside[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-            if not local.any() or (occupied[ys, xs] & local).any():
-                continue
-            lu = u[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-            colour = ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] * rng.uniform(0.85, 1.15)
-            if rng.random() < 0.6:
-                # Gabled roof: the two slopes catch the sun differently.
-                side = np.where(lu > 0, rng.uniform(0.75, 0.9), rng.uniform(1.0, 1.1))
-            else:
-                side = np.ones_like(lu)
-            patch = colour[:, None, None] * side[None]
-            region = roof[:, ys, xs]
-            region[:, local] = patch[:, local]
-            mask[ys, xs] |= local
-            grown = ndimage.binary_dilation(local, iterations=cfg.gap)
-            occupied[ys, xs] |= grown
-            break
+        spot = _place(rng, inside, occupied)
+        if spot is None:
+            continue
+        ys, xs, sy, sx = spot
+        local, lu = inside[sy, sx], u[sy, sx]
+        colour = ROOF_COLOURS[rng.integers(len(ROOF_COLOURS))] * rng.uniform(0.85, 1.15)
+        if rng.random() < 0.6:
+            # Gabled roof: the two slopes catch the sun differently.
+            side = np.where(lu > 0, rng.uniform(0.75, 0.9), rng.uniform(1.0, 1.1))
+        else:
+            side = np.ones_like(lu)
+        patch = colour[:, None, None] * side[None]
+        region = roof[:, ys, xs]
+        region[:, local] = patch[:, local]
+        mask[ys, xs] |= local
+        occupied[ys, xs] |= ndimage.binary_dilation(local, iterations=cfg.gap)
 
     # Roof texture and a darker outline (eaves), then the roofs onto the ground.
     roof *= 1.0 + rng.normal(0.0, 0.03, (1, size, size)).astype(np.float32)

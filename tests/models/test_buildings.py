@@ -81,3 +81,20 @@ def test_building_count_scales_with_area(size: int) -> None:
     _, mask = make_tile(np.random.default_rng(6), size, cfg)
     _, n = ndimage.label(mask)
     assert n <= round(8 * (size / 256) ** 2)
+
+
+def test_defaults_draw_no_snow_and_snow_can_be_switched_on() -> None:
+    plain, _ = make_batch(np.random.default_rng(9), 6, 64)
+    snowy, _ = make_batch(np.random.default_rng(9), 6, 64, SceneConfig(snow=1.0))
+    assert np.median(plain.mean(axis=1)) < 170
+    assert np.median(snowy.mean(axis=1)) > 180
+
+
+def test_forest_patches_hold_no_buildings() -> None:
+    images, masks = make_batch(np.random.default_rng(10), 6, 128, SceneConfig(forest=1.0))
+    r, g, b = (images[:, i].astype(int) for i in range(3))
+    canopy = (g > r + 10) & (g > b + 10) & (g < 100)
+    # Default scenes have only scattered trees (a few percent of pixels).
+    assert canopy.mean() > 0.15
+    # Only the crowns of trees overhanging a roof may lie on a footprint.
+    assert masks[canopy].mean() < 0.05
