@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint train export clean
+.PHONY: install browser serve test lint clean
 
 # torch is pinned to the CPU build this machine ships; an unpinned torch pulls
 # gigabytes of CUDA wheels and is only needed for training and export.
@@ -18,10 +18,18 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# The viewer's browser tests drive Debian's Chromium (Playwright's own browser
+# download is not used). Installed when missing and we may use apt; otherwise
+# those tests skip with a reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: browser tests will skip"; }
+
 serve: install
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install

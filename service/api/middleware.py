@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 
 from starlette.responses import Response
@@ -225,14 +226,18 @@ class ApiKeyAuth:
     private to the key that made them. Keys are never logged.
     """
 
-    OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+    OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/viewer"})
+    # The viewer's pages and assets hold no data (their script fetches the job
+    # with the key the person types in); its data endpoints stay guarded.
+    OPEN_PAGE = re.compile(r"^/viewer/(static/[A-Za-z0-9_.-]+|[A-Za-z0-9_-]{1,64})$")
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = [k.encode() for k in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.OPEN_PATHS or self.OPEN_PAGE.match(path):
             await self.app(scope, receive, send)
             return
         presented = _bearer(scope)

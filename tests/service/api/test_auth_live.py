@@ -27,6 +27,13 @@ def test_keys_guard_everything_but_probes_and_jobs_stay_private(
         assert resp.status_code == 401
         assert resp.headers["www-authenticate"] == "Bearer"
         assert resp.json()["error"]["code"] == "unauthorized"
+    # The viewer's pages carry no data; its data endpoints do and stay guarded.
+    assert httpx.get(server.url + "/viewer").status_code == 200
+    assert httpx.get(server.url + "/viewer/AAAAAAAAAAAAAAAAAAAAAAAA").status_code == 200
+    assert (
+        httpx.get(server.url + "/viewer/AAAAAAAAAAAAAAAAAAAAAAAA/layers/gate_1.png").status_code
+        == 401
+    )
     wrong = httpx.get(server.url + "/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
 
