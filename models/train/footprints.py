@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.attention_unet import DEFAULT_BANDS, AttentionUNet, build
-from models.data.buildings import make_batch
+from models.data.buildings import SceneConfig, make_batch
 from models.metrics import footprint_scores
 from models.train.common import save_checkpoint, seed_everything, set_threads, write_metrics
 
@@ -67,6 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="wall-time budget: the schedule anneals and training stops within it",
     )
+    for name, what in (
+        ("snow", "snow-covered"),
+        ("forest", "with a patch of closed forest"),
+        ("lots", "with paved lots"),
+    ):
+        parser.add_argument(
+            f"--{name}",
+            type=float,
+            default=0.0,
+            help=f"synthetic data: probability of a tile {what} (default 0)",
+        )
     parser.add_argument("--tiny", action="store_true", help="a seconds-long run, for CI")
     parser.add_argument("--name", default="footprints", help="model name in the manifest")
     parser.add_argument("--version", default="1.0.0", help="model version in the manifest")
@@ -162,14 +173,16 @@ def _data(
     """The training batch source, the held-out set and a description of both."""
     size, bs = args.tile_size, args.batch_size
     if args.image is None:
+        scenes = SceneConfig(snow=args.snow, forest=args.forest, lots=args.lots)
         val_rng = np.random.default_rng(args.seed + VALIDATION_SEED_OFFSET)
-        held_out = make_batch(val_rng, args.val_tiles, args.val_size)
+        held_out = make_batch(val_rng, args.val_tiles, args.val_size, scenes)
         info = {
-            "data": "synthetic aerial-like scenes (models.data.buildings), made on the fly",
+            "data": "synthetic aerial-like scenes (models.data.buildings), made on the fly; "
+            f"snow {args.snow:g}, forest {args.forest:g}, paved lots {args.lots:g}",
             "held_out": f"{args.val_tiles} synthetic {args.val_size}x{args.val_size} tiles, "
             f"seed {args.seed + VALIDATION_SEED_OFFSET}",
         }
-        return lambda: make_batch(rng, bs, size), held_out, info
+        return lambda: make_batch(rng, bs, size, scenes), held_out, info
 
     from models.data.footprint_labels import read_footprints
 
