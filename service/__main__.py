@@ -16,8 +16,10 @@ from service.app import create_app
 from service.config import Settings
 from service.raster.decode import disable_risky_drivers
 
-# h11's default is 16 KiB; request heads over it are refused before the app sees them.
-MAX_REQUEST_HEAD_BYTES = 64 * 1024
+# h11 refuses (400) a request head still incomplete past this many buffered bytes. Heads
+# that arrive whole in one read pass it whatever their size, so the exact limit (431 past
+# 64 KiB) is BodyLimit's; this one only bounds what is buffered before it can act.
+MAX_REQUEST_HEAD_BUFFER = 1024 * 1024
 
 
 class HeadTimeoutH11(H11Protocol):
@@ -129,7 +131,7 @@ def serve(host: str | None = None, port: int | None = None) -> int:
         timeout_keep_alive=settings.keep_alive_s,
         # h11, not httptools: httptools puts no bound on the size of a request's head.
         http=type("H11", (HeadTimeoutH11,), {"head_timeout_s": settings.request_head_timeout_s}),
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BUFFER,
         access_log=False,
     )
     DrainingServer(config, app, settings.drain_delay_s).run()

@@ -39,9 +39,11 @@ class BodyLimit:
         max_bytes: int,
         max_json_bytes: int | None = None,
         read_timeout_s: float | None = None,
+        max_head_bytes: int = 64 * 1024,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_head_bytes = max_head_bytes
         self.max_json_bytes = max_json_bytes or max_bytes
         self.read_timeout_s = read_timeout_s
 
@@ -54,6 +56,18 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+        head += sum(len(name) + len(value) for name, value in scope["headers"])
+        if head > self.max_head_bytes:
+            # The HTTP parser's own bound is looser and depends on how the bytes
+            # arrived; this one is exact.
+            await error_response(
+                431,
+                "request_header_fields_too_large",
+                f"request line and headers are over the {self.max_head_bytes // 1024} KiB limit",
+                headers={"Connection": "close"},
+            )(scope, receive, send)
             return
         limit = self._limit_for(scope)
         for name, value in scope["headers"]:

@@ -431,16 +431,19 @@ CASES: list[tuple[str, Send, int, str]] = [
     ),
     # Headers.
     (
-        "oversized_header",
+        "200_kb_header",
         lambda c: c.client.get("/models", headers={"X-Pad": "x" * 200_000}),
-        400,
-        "invalid http request",
+        431,
+        "over the 64 KiB limit",
     ),
 ]
 
 
 def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\r\n".encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
 
 
 @pytest.fixture(scope="module")
