@@ -64,17 +64,23 @@ class BandAttention(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, squeezed: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight the bands of ``x``.
 
         Args:
             x: ``(B, C, H, W)`` float32, normalised.
+            squeezed: ``(B, C)`` normalised band means to squeeze from instead
+                of ``x``'s own: the whole scene's, so that every tile of a scene
+                gets the same band weights as the scene would as one image.
 
         Returns:
             ``(x * w, w)``: the weighted input ``(B, C, H, W)`` and the band
             weights ``w`` ``(B, C)`` in ``[0, 1]``.
         """
-        squeezed = x.mean(dim=(2, 3))
+        if squeezed is None:
+            squeezed = x.mean(dim=(2, 3))
         w = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))
         return x * w[:, :, None, None], w
 
@@ -172,12 +178,14 @@ class AttentionUNet(nn.Module):
             )
 
     def forward_logits(
-        self, x: torch.Tensor
+        self, x: torch.Tensor, band_mean: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """The forward pass before the output sigmoid (training uses the logits).
 
         Args:
             x: raw values ``(B, C, H, W)`` float32 in 0..255.
+            band_mean: raw per-band means ``(B, C)`` of the whole image the
+                tile ``x`` comes from (its valid pixels); None: ``x``'s own.
 
         Returns:
             ``(logits, gates, band_weights)``: logits ``(B, 1, H, W)``; gates
@@ -191,7 +199,10 @@ class AttentionUNet(nn.Module):
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             self._check_size(x)
         h = (x - self.mean) / self.std
-        h, band_weights = self.band_attention(h)
+        squeezed = None
+        if band_mean is not None:
+            squeezed = (band_mean - self.mean[:, :, 0, 0]) / self.std[:, :, 0, 0]
+        h, band_weights = self.band_attention(h, squeezed)
         skips = []
         for enc in self.encoders:
             h = enc(h)
@@ -214,19 +225,23 @@ class AttentionUNet(nn.Module):
         ]
         return self.head(h), full, band_weights
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, band_mean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Predict building probability with the attention behind it.
 
         Args:
             x: raw values ``(B, C, H, W)`` float32 in 0..255, ``H`` and ``W``
                 multiples of ``2**depth``.
+            band_mean: raw per-band means ``(B, C)`` of the whole image (see
+                :meth:`forward_logits`); the exported graph requires it.
 
         Returns:
             ``(probability, gate_1, ..., gate_N, band_weights)``: probability and
             each gate ``(B, 1, H, W)`` float32 in ``[0, 1]`` (``gate_1`` finest);
             band weights ``(B, C)`` float32 in ``[0, 1]``.
         """
-        logits, gates, band_weights = self.forward_logits(x)
+        logits, gates, band_weights = self.forward_logits(x, band_mean)
         return (torch.sigmoid(logits), *gates, band_weights)
 
 
@@ -251,7 +266,7 @@ def example_inputs(config: dict[str, Any], batch: int) -> tuple[torch.Tensor, ..
     side = 4 * 2 ** int(config.get("depth", 4))
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(batch, len(_bands(config)), side, side, generator=gen) * 255.0
-    return (image,)
+    return image, image.mean(dim=(2, 3))
 
 
 def output_names(depth: int) -> tuple[str, ...]:
@@ -328,7 +343,15 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
                 shape=["batch", c, "height", "width"],
                 description="raw band values 0..255 as float32; height and width "
                 f"multiples of {2**depth}",
-            )
+            ),
+            TensorSpec(
+                name="band_mean",
+                dtype="float32",
+                shape=["batch", c],
+                description="raw per-band mean of the valid pixels of the whole image or "
+                "scene the tile comes from: the band attention squeezes from it, so a "
+                "scene's tiles share the band weights the whole scene would get",
+            ),
         ],
         outputs=outputs,
         classes=["building"],
@@ -342,7 +365,7 @@ _SPATIAL_AXES = {0: "batch", 2: "height", 3: "width"}
 
 def dynamic_axes(depth: int) -> dict[str, dict[int, str]]:
     """ONNX dynamic axes: batch, height and width everywhere, batch only on band weights."""
-    axes: dict[str, dict[int, str]] = {"image": dict(_SPATIAL_AXES)}
+    axes: dict[str, dict[int, str]] = {"image": dict(_SPATIAL_AXES), "band_mean": {0: "batch"}}
     for name in output_names(depth)[:-1]:
         axes[name] = dict(_SPATIAL_AXES)
     axes["band_weights"] = {0: "batch"}
@@ -369,7 +392,7 @@ FAMILY = ModelFamily(
     name="footprints",
     build=build_for_export,
     example_inputs=example_inputs,
-    input_names=("image",),
+    input_names=("image", "band_mean"),
     output_names=output_names(EXPORT_DEPTH),
     dynamic_axes=dynamic_axes(EXPORT_DEPTH),
     manifest=manifest,

@@ -32,7 +32,7 @@ from service.raster.cog import RasterSink
 from service.raster.decode import HARDENED_GDAL, RasterInfo, RasterLimits, check_limits, describe
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import SegmentationTask, context_px
+from service.runtime.segmentation import SegmentationTask, band_means, context_px
 from service.runtime.temporal import TemporalTask, days_from_dates
 from service.runtime.tiling import StripBlender, Tile, TileGrid, read_bounds, reflect_pad
 from service.runtime.validation import check_layout, check_values
@@ -176,17 +176,20 @@ class SceneRunner:
             channel_weight = 0.0
             sinks = self._sinks_segmentation(record, info, spatial, options)
             all_valid = _all_valid(ds)
+            scene_mean = await asyncio.to_thread(_scene_band_mean, ds, info, all_valid)
 
             def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
-                # The model reads the tile with its halo of context; only the
-                # tile itself decides whether there is anything to predict.
-                return _read_tile(ds, tile.input, info, all_valid, core=halo)
+                # The model reads the tile with its context; only the tile
+                # itself decides whether there is anything to predict.
+                window, dy, dx = tile.context(info.height, info.width)
+                return _read_tile(ds, window, info, all_valid, core=(dy, dx, tile.size))
 
             async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
                 x = np.where(valid[None], data.astype(np.float32), fill)
-                out = await task.batcher.submit({task.input_name: x[None]}, self.timeout_s)
+                out = await task.batcher.submit(task.feed(x, scene_mean), self.timeout_s)
                 nonlocal channel_weight
-                core = (slice(halo, halo + tile.size), slice(halo, halo + tile.size))
+                _, dy, dx = tile.context(info.height, info.width)
+                core = (slice(dy, dy + tile.size), slice(dx, dx + tile.size))
                 weight = float(valid[core].mean())
                 for o in channel:
                     channel_sum[o.name] += out[o.name][0] * weight
@@ -503,6 +506,27 @@ class SceneRunner:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _scene_band_mean(ds: DatasetReader, info: RasterInfo, all_valid: bool) -> np.ndarray:
+    """``(C,)`` mean of each band over the scene's valid pixels.
+
+    Read at most 2048 pixels a side (exact for smaller scenes), so that every
+    tile gets the band statistics the whole scene would.
+    """
+    scale = max(1, -(-max(info.width, info.height) // 2048))
+    shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
+    try:
+        data = ds.read(out_shape=shape).astype(np.float32)
+        valid = None if all_valid else ds.dataset_mask(out_shape=shape[1:]) > 0
+    except RasterioError:
+        raise InvalidRaster(
+            "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
+        ) from None
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data).all(axis=0)
+        valid = finite if valid is None else valid & finite
+    return band_means(np.nan_to_num(data), valid)
+
+
 def _round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
@@ -513,12 +537,12 @@ def _read_tile(
     info: RasterInfo,
     all_valid: bool,
     pad: bool = True,
-    core: int = 0,
+    core: tuple[int, int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """A window's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
 
-    Returns None when the window, less ``core`` pixels of halo on each side, has
-    no valid pixel (the tile is skipped).
+    Returns None when the window's ``core`` (``dy, dx, size`` inside it; all of
+    it by default) has no valid pixel: the tile is skipped.
     """
     y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
     window = Window(x0, y0, x1 - x0, y1 - y0)
@@ -531,9 +555,10 @@ def _read_tile(
         ) from None
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
-    cy0, cx0 = max(0, tile.y + core) - y0, max(0, tile.x + core) - x0
-    cy1 = min(info.height, tile.y + tile.size - core) - y0
-    cx1 = min(info.width, tile.x + tile.size - core) - x0
+    dy, dx, size = core or (0, 0, tile.size)
+    cy0, cx0 = max(0, tile.y + dy) - y0, max(0, tile.x + dx) - x0
+    cy1 = min(info.height, tile.y + dy + size) - y0
+    cx1 = min(info.width, tile.x + dx + size) - x0
     if not valid[cy0:cy1, cx0:cx1].any():
         return None
     if not pad:

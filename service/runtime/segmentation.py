@@ -25,10 +25,10 @@ class RasterOutputs:
 
 
 def context_px(manifest: Manifest) -> int:
-    """Pixels of reflected context around an image or tile, from the manifest.
+    """Pixels of context read around each scene tile (its halo), from the manifest.
 
-    Whole images and scene tiles get the same context at scene edges, so a
-    scene gives the same answer whether sent whole or tiled.
+    Half the model's tile overlap, rounded so that tile plus halo stays a
+    multiple of the model's size multiple.
     """
     multiple = manifest.input.size_multiple or 1
     half = max(1, multiple // 2)
@@ -53,6 +53,13 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
     return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="edge"), (h, w)
 
 
+def band_means(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """``(C,)`` float32 mean of each band over the valid pixels (all if none are)."""
+    if valid is not None and valid.any():
+        return image[:, valid].mean(axis=1, dtype=np.float64).astype(np.float32)
+    return image.reshape(image.shape[0], -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
 class SegmentationTask:
     """Runs a segmentation model on whole images through its batcher."""
 
@@ -60,7 +67,16 @@ class SegmentationTask:
         self.manifest = manifest
         self.batcher = batcher
         self.input_name = manifest.tensors[0].name
-        self.context = context_px(manifest)
+        # An optional second input takes the per-band mean of the whole image
+        # (see models.attention_unet): tiles of a scene then share it.
+        self.band_mean_name = manifest.tensors[1].name if len(manifest.tensors) > 1 else None
+
+    def feed(self, tile: np.ndarray, band_mean: np.ndarray) -> dict[str, np.ndarray]:
+        """The model inputs for one ``(C, H, W)`` float32 tile of an image."""
+        feed = {self.input_name: tile[None]}
+        if self.band_mean_name is not None:
+            feed[self.band_mean_name] = band_mean.astype(np.float32)[None]
+        return feed
 
     async def predict(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
@@ -79,23 +95,14 @@ class SegmentationTask:
             x = np.where(valid[None], x, np.float32(self.manifest.input.normalization.mean[0]))
             x = np.nan_to_num(x, copy=False)
         multiple = self.manifest.input.size_multiple or 1
-        c = self.context
-        h, w = x.shape[1:]
-        if c:
-            pads = ((0, 0), (c, c), (c, c))
-            # Reflection needs the image to be longer than the pad.
-            x = (
-                np.pad(x, pads, mode="reflect")
-                if c < min(h, w)
-                else np.pad(x, pads, mode="symmetric")
-            )
-        padded, _ = pad_to_multiple(x, multiple)
-        outputs = await self.batcher.submit({self.input_name: padded[None]}, timeout_s)
+        band_mean = band_means(x, valid)
+        padded, (h, w) = pad_to_multiple(x, multiple)
+        outputs = await self.batcher.submit(self.feed(padded, band_mean), timeout_s)
         layers: dict[str, np.ndarray] = {}
         for spec in self.manifest.outputs:
             out = outputs[spec.name][0]
             if out.ndim == 3:
-                out = np.array(out[:, c : c + h, c : c + w], dtype=np.float32)
+                out = np.array(out[:, :h, :w], dtype=np.float32)
                 if valid is not None:
                     out[:, ~valid] = np.nan
             layers[spec.name] = out

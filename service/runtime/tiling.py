@@ -22,8 +22,8 @@ class Tile:
     """One tile: its row and column in the grid and its output window in scene pixels.
 
     A tile lies inside the scene unless the scene is smaller than a tile; the
-    model sees ``halo`` more pixels of context on every side (reflected beyond
-    the scene), which are cropped away.
+    model sees ``halo`` more pixels of context around it (see :meth:`context`),
+    which are cropped away.
     """
 
     row: int
@@ -33,11 +33,22 @@ class Tile:
     size: int
     halo: int = 0
 
-    @property
-    def input(self) -> Tile:
-        """The window the model reads: the tile grown by its halo."""
-        h = self.halo
-        return Tile(self.row, self.col, self.y - h, self.x - h, self.size + 2 * h)
+    def context(self, height: int, width: int) -> tuple[Tile, int, int]:
+        """The window the model reads, and where this tile lies inside it.
+
+        The window is the tile grown by its halo, shifted inward where it would
+        leave the scene, so that the model sees real pixels as context and meets
+        the scene's edges exactly as whole-image inference does. Only a scene
+        smaller than the window needs padding (reflected, on the far side).
+
+        Returns:
+            ``(window, dy, dx)``: the window as a tile, and the offset of this
+            tile's output inside the window's output.
+        """
+        size = self.size + 2 * self.halo
+        y = min(max(0, self.y - self.halo), max(0, height - size))
+        x = min(max(0, self.x - self.halo), max(0, width - size))
+        return Tile(self.row, self.col, y, x, size), self.y - y, self.x - x
 
 
 @dataclass(frozen=True)
@@ -46,9 +57,9 @@ class TileGrid:
 
     The first tile starts at the scene's edge and the last is snapped to end at
     the far edge, so no output comes from beyond the scene. ``halo`` extra pixels
-    of context around each tile are read (reflected beyond the scene, exactly as
-    whole-image inference pads) and cropped away: near tile edges, convolutional
-    models then see enough context that tiled and whole-image inference agree.
+    of real context around each tile are read and cropped away: near tile
+    edges, convolutional models then see enough context that tiled and
+    whole-image inference agree.
     """
 
     height: int

@@ -87,14 +87,28 @@ def test_refuses_wrong_band_count(model: AttentionUNet) -> None:
 
 def test_family_names_every_output_with_dynamic_axes() -> None:
     assert FAMILY.name == "footprints"
-    assert FAMILY.input_names == ("image",)
+    assert FAMILY.input_names == ("image", "band_mean")
     assert FAMILY.output_names[0] == "probability"
     assert FAMILY.output_names[-1] == "band_weights"
-    for name in (*FAMILY.input_names, *FAMILY.output_names[:-1]):
+    for name in ("image", *FAMILY.output_names[:-1]):
         assert FAMILY.dynamic_axes[name] == {0: "batch", 2: "height", 3: "width"}
     assert FAMILY.dynamic_axes["band_weights"] == {0: "batch"}
+    assert FAMILY.dynamic_axes["band_mean"] == {0: "batch"}
 
 
 def test_export_build_refuses_depths_the_family_cannot_name() -> None:
     with pytest.raises(ValueError, match="depth-4"):
         FAMILY.build({"depth": 3})
+
+
+def test_tiles_given_the_scene_band_mean_get_the_scene_band_weights(model: AttentionUNet) -> None:
+    scene = torch.rand(1, 3, 64, 64) * 255
+    scene[:, :, :32] *= 0.3  # tiles with very different statistics
+    with torch.no_grad():
+        whole = model(scene)[-1]
+        mean = scene.mean(dim=(2, 3))
+        for tile in (scene[:, :, :32, :32], scene[:, :, 32:, 32:]):
+            own = model(tile)[-1]
+            shared = model(tile, mean)[-1]
+            assert torch.allclose(shared, whole, atol=1e-6)
+            assert not torch.allclose(own, whole, atol=1e-4)

@@ -56,9 +56,11 @@ def test_onnxruntime_matches_torch_on_every_output(
     assert [o.name for o in session.get_outputs()] == list(FAMILY.output_names)
     x = np.random.default_rng(batch + height).uniform(0, 255, (batch, 3, height, width))
     x = x.astype(np.float32)
-    got = session.run(None, {"image": x})
+    # A band mean other than the tile's own, as a scene's tiles get.
+    band_mean = (x.mean(axis=(2, 3)) * 0.9).astype(np.float32)
+    got = session.run(None, {"image": x, "band_mean": band_mean})
     with torch.no_grad():
-        want = [t.numpy() for t in model(torch.from_numpy(x))]
+        want = [t.numpy() for t in model(torch.from_numpy(x), torch.from_numpy(band_mean))]
     assert len(got) == len(want) == 6
     for name, g, w in zip(FAMILY.output_names, got, want, strict=True):
         assert g.shape == w.shape, name
