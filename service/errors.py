@@ -84,6 +84,12 @@ class InferenceFailed(AttnserveError):
     code = "inference_failed"
 
 
+class StorageFailed(AttnserveError):
+    """The job store could not be written (disk full, I/O error); nothing was kept."""
+
+    code = "storage_failed"
+
+
 class NotReady(AttnserveError):
     """The server is loading, draining or its models are unavailable."""
 

@@ -31,6 +31,7 @@ STATUS: dict[type[e.AttnserveError], int] = {
     e.Overloaded: 503,
     e.NotReady: 503,
     e.InferenceFailed: 503,
+    e.StorageFailed: 503,
     e.DeadlineExceeded: 504,
 }
 _HTTP_CODES = {
@@ -121,7 +122,7 @@ async def _domain(request: Request, exc: Exception) -> Response:
     headers = {}
     if isinstance(exc, e.Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    elif isinstance(exc, e.NotReady | e.InferenceFailed):
+    elif isinstance(exc, e.NotReady | e.InferenceFailed | e.StorageFailed):
         headers["Retry-After"] = "5"
     elif isinstance(exc, e.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

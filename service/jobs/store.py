@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import NotFound
+from service.errors import NotFound, StorageFailed
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,10 @@ class JobStore:
             self._write(staging / "meta.json", lambda f: f.write(meta))
             final.parent.mkdir(exist_ok=True)
             os.rename(staging, final)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            log.error("job %s could not be stored: %s", record.id[:6], exc.strerror or exc)
+            raise StorageFailed("the result could not be stored (server storage error)") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -358,7 +358,7 @@ CASES: list[tuple[str, Send, int, str]] = [
             files={"image": ("a.tif", geotiff(), "image/tiff")},
         ),
         422,
-        "model",
+        "form fields given more than once: model",
     ),
     (
         "form_too_many_files",

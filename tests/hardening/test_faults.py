@@ -22,7 +22,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
 from service.app import create_app
 from service.config import Settings
-from service.errors import NotFound
+from service.errors import NotFound, StorageFailed
 from service.jobs.store import JobStore
 from tests.hardening.test_bad_inputs import geotiff
 
@@ -101,7 +101,8 @@ def test_a_failed_job_write_leaves_no_job_behind(
 
     monkeypatch.setattr(np, "save", save_then_fail)
     arrays = {"a": np.zeros((4, 4), np.float32), "b": np.ones((4, 4), np.float32)}
-    with pytest.raises(OSError, match="No space"):
+    # Callers get a 503-mapped error that names no path.
+    with pytest.raises(StorageFailed, match="could not be stored"):
         store.save(record, arrays)
     monkeypatch.undo()
     with pytest.raises(NotFound):

@@ -122,9 +122,15 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
     try:
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
         uploads = [v for k, v in form.multi_items() if k == "image" and isinstance(v, UploadFile)]
-        unknown = {k for k, _ in form.multi_items()} - FORM_FIELDS
+        names = [k for k, _ in form.multi_items()]
+        unknown = set(names) - FORM_FIELDS
         if unknown:
             raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}")
+        repeated = sorted({k for k in names if k != "image" and names.count(k) > 1})
+        if repeated:
+            raise InvalidInput(f"form fields given more than once: {', '.join(repeated)}")
+        if any(isinstance(v, UploadFile) for k, v in form.multi_items() if k != "image"):
+            raise InvalidInput("only image parts may be files; other fields are text")
         if "model" not in fields:
             raise InvalidInput("model: the form needs a model field")
         if not uploads:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import NotFound
+from service.errors import NotFound, StorageFailed
 from service.jobs.store import JobStore, owner_of
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
@@ -82,7 +82,7 @@ def test_failed_write_leaves_no_visible_job(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "rename", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageFailed, match="could not be stored"):
         store.save(record, {"gate_1": np.zeros((2, 2), np.float32)})
     monkeypatch.setattr(os, "rename", real_rename)
     with pytest.raises(NotFound):
