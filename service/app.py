@@ -62,7 +62,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         observer=lambda m: metrics.observer(m.name),
         warmup=settings.warmup,
     )
-    store = JobStore(settings.job_dir, settings.job_ttl_s)
+    store = JobStore(settings.job_dir, settings.job_ttl_s, fsync=settings.job_fsync)
     runner = PredictionRunner(store, settings.request_timeout_s)
     # Tiles of a scene have no per-request deadline of their own: the job may run
     # for hours, but one tile must still not wait forever.

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
 
     job_dir: Path = Path("var/jobs")
     job_ttl_s: float = Field(24 * 3600.0, gt=0)
+    job_fsync: bool = Field(
+        True,
+        description="fsync each job's files before it becomes visible; off trades durability "
+        "across a power loss for less write latency per request",
+    )
     job_cleanup_interval_s: float = Field(300.0, gt=0)
 
     max_upload_mb: float = Field(256.0, gt=0)
