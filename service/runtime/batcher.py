@@ -1,9 +1,11 @@
 """A dynamic batcher: groups concurrent requests into one session run.
 
-Requests wait at most ``max_queue_delay_ms`` for company; a batch holds at most
-``max_batch_size`` rows; the queue holds at most ``max_queue_size`` requests and
-refuses more with :class:`Overloaded`. Inference runs on a worker thread, off the
-event loop, and each request gets back exactly its own rows.
+Requests wait at most ``max_queue_delay_ms`` for company, unless the last batch
+ran a single request and nothing arrived while it ran (a lone client: nobody is
+coming, so waiting only adds latency). A batch holds at most ``max_batch_size``
+rows; the queue holds at most ``max_queue_size`` requests and refuses more with
+:class:`Overloaded`. Inference runs on a worker thread, off the event loop, and
+each request gets back exactly its own rows.
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ class DynamicBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._busy = False
+        # Requests submitted so far, and whether the last batch was one request
+        # with no other arriving before it finished.
+        self._arrivals = 0
+        self._alone = False
         # Mean seconds per row, for Retry-After when the queue is full.
         self._row_seconds = 0.01
 
@@ -191,6 +197,7 @@ class DynamicBatcher:
         future: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
         now = time.monotonic()
         self._queue.append(_Pending(feed, rows, key, lengths, future, deadline, now))
+        self._arrivals += 1
         self._notify_depth()
         self._arrived.set()
         try:
@@ -229,6 +236,8 @@ class DynamicBatcher:
     async def _wait_for_company(self) -> None:
         assert self._arrived is not None
         oldest = self._queue[0].enqueued
+        if self._alone and len(self._queue) == 1:
+            return
         while not self._closing:
             if sum(p.rows for p in self._queue) >= self.max_batch_size:
                 return
@@ -271,6 +280,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         rows = sum(p.rows for p in batch)
+        arrivals = self._arrivals
         feed = self._merge(batch)
         try:
             outputs = await loop.run_in_executor(self._executor, self._run, feed)
@@ -282,6 +292,8 @@ class DynamicBatcher:
             self._fail(batch, InferenceFailed(f"inference failed for model {self.name}"), rows)
             del exc
             return
+        finally:
+            self._alone = len(batch) == 1 and self._arrivals == arrivals
         run_s = time.monotonic() - started
         self._row_seconds = 0.8 * self._row_seconds + 0.2 * (run_s / max(rows, 1))
         self._split(batch, outputs)

@@ -223,3 +223,32 @@ def test_mismatched_batch_sizes_are_a_programming_error() -> None:
 
     with pytest.raises(ValueError, match="disagree"):
         run(main())
+
+
+def test_a_lone_client_does_not_wait_for_company_but_concurrent_ones_still_batch() -> None:
+    rec = Recorder()
+    delay_ms = 200
+
+    async def main() -> tuple[list[float], int]:
+        b = DynamicBatcher(
+            "m", double, max_batch_size=8, max_queue_delay_ms=delay_ms, max_queue_size=64,
+            observer=rec,
+        )  # fmt: skip
+        await b.start()
+        x = np.ones((1, 3), np.float32)
+        await b.submit({"x": x}, 5)  # the first request waits: nothing is known yet
+        took = []
+        for _ in range(3):
+            t = time.monotonic()
+            await b.submit({"x": x}, 5)
+            took.append(time.monotonic() - t)
+        # Company again: concurrent requests batch together as before.
+        outs = await asyncio.gather(*(b.submit({"x": x}, 5) for _ in range(4)))
+        await b.stop()
+        return took, len(outs)
+
+    took, n = run(main())
+    assert max(took) < delay_ms / 1000 / 2, took
+    assert n == 4
+    assert rec.batches[:4] == [1, 1, 1, 1]
+    assert max(rec.batches[4:]) > 1
