@@ -40,6 +40,7 @@ def session_options(settings: Settings) -> SessionOptions:
             "arena_extend_strategy": cuda.arena_extend_strategy,
         },
         intra_op_threads=settings.intra_op_threads,
+        intra_op_spinning=settings.intra_op_spinning,
         io_binding=cuda.io_binding,
     )
 

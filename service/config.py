@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     require_cuda: bool = Field(False, description="not ready unless CUDA is active")
     cuda: CudaSettings = Field(default_factory=CudaSettings)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    intra_op_spinning: bool = Field(
+        False,
+        description="operator threads spin-wait for work (ONNX Runtime's default) instead of "
+        "sleeping; spinning steals whole cores from the rest of the server on small CPUs",
+    )
     warmup: bool = True
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
