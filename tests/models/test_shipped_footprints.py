@@ -56,7 +56,8 @@ def test_meets_targets_on_fresh_held_out_scenes(session: ort.InferenceSession) -
     images, masks = make_batch(np.random.default_rng(TEST_SEED), TILES, SIZE)
     preds = []
     for i in range(0, TILES, 8):
-        outs = session.run(None, {"image": images[i : i + 8].astype(np.float32)})
+        batch = images[i : i + 8].astype(np.float32)
+        outs = session.run(None, {"image": batch, "band_mean": batch.mean(axis=(2, 3))})
         probability, *gates, band_weights = outs
         assert all(g.shape == probability.shape for g in gates)
         assert band_weights.shape == (len(probability), 3)

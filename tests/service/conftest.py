@@ -62,6 +62,7 @@ class LiveServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
@@ -69,6 +70,7 @@ class LiveServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.stop()
         raise TimeoutError(f"server not ready: {self.log_path.read_text()[-2000:]}")
 
     def stop(self, timeout_s: float = 30.0) -> int:
@@ -80,7 +82,8 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return int(self.proc.returncode)
 
 
