@@ -351,6 +351,7 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
                 description="raw per-band mean of the valid pixels of the whole image or "
                 "scene the tile comes from: the band attention squeezes from it, so a "
                 "scene's tiles share the band weights the whole scene would get",
+                default="band_mean",
             ),
         ],
         outputs=outputs,

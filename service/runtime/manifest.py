@@ -31,14 +31,23 @@ class ManifestError(ValueError):
     """A manifest is missing, malformed or inconsistent with its model."""
 
 
+TENSOR_DEFAULTS = ("band_mean",)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
-    """One ONNX graph input; symbolic dimensions are strings (e.g. ``"batch"``)."""
+    """One ONNX graph input; symbolic dimensions are strings (e.g. ``"batch"``).
+
+    ``default`` names how the server fills the input when a caller leaves it
+    out: ``band_mean`` is the per-band mean over the spatial axes of the first
+    input (the image).
+    """
 
     name: str
     dtype: str
     shape: list[int | str]
     description: str = ""
+    default: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,5 +209,8 @@ class Manifest:
             or self.input.value_range[0] >= self.input.value_range[1]
         ):
             raise ManifestError("input value_range must be [low, high] with low < high")
+        for tensor in self.tensors:
+            if tensor.default is not None and tensor.default not in TENSOR_DEFAULTS:
+                raise ManifestError(f"input {tensor.name!r} has unknown default {tensor.default!r}")
         if self.task == "temporal_classification" and not self.classes:
             raise ManifestError("a classification model must list its classes")

@@ -483,6 +483,11 @@ def decode_inputs(manifest: Manifest, inputs: Any, binary: bytes) -> dict[str, n
         feed[name] = array.reshape(shape)
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data belong to no input")
+    first = manifest.tensors[0].name
+    for spec in manifest.tensors:
+        if spec.name not in feed and spec.default == "band_mean" and first in feed:
+            image = feed[first]
+            feed[spec.name] = image.reshape(*image.shape[:2], -1).mean(axis=2).astype(np.float32)
     missing = [n for n in specs if n not in feed]
     if missing:
         raise InvalidInput(f"model {manifest.name} also needs input(s) {', '.join(missing)}")

@@ -83,7 +83,11 @@ def test_server_and_model_metadata(triton: object) -> None:
     assert "binary_tensor_data" in server["extensions"]
 
     foot = triton.get_model_metadata("footprints")
-    assert foot["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]}]
+    assert foot["inputs"] == [
+        {"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]},
+        # Optional: the server fills it with the image's own band means.
+        {"name": "band_mean", "datatype": "FP32", "shape": [-1, 3]},
+    ]
     outputs = {o["name"]: o for o in foot["outputs"]}
     assert outputs["probability"]["shape"] == [-1, 1, -1, -1]
     assert {"gate_1", "band_weights"} <= set(outputs)
