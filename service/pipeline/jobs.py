@@ -156,25 +156,10 @@ class JobManager:
                 record, served, progress, lambda: self._stopping or job_id in self._cancel
             )
         except JobCancelled:
-            if job_id in self._cancel:
-                self._cancel.discard(job_id)
-                record.state = "cancelled"
-                record.error = {"code": "cancelled", "message": "cancelled by the client"}
-            else:
-                # The server is stopping: the job goes back to the queue, and the
-                # next start runs it again from its stored input.
-                record.state = "queued"
-            self.store.update(record)
+            self._interrupted(record)
             return
         except asyncio.CancelledError:
-            if job_id in self._cancel:
-                self._cancel.discard(job_id)
-                record.state = "cancelled"
-                record.error = {"code": "cancelled", "message": "cancelled by the client"}
-            else:
-                # Server stopping: leave it queued so the next start resumes it.
-                record.state = "queued"
-            self.store.update(record)
+            self._interrupted(record)
             raise
         except AttnserveError as exc:
             self._fail(record, exc.code, exc.message)
@@ -187,6 +172,17 @@ class JobManager:
         record.extra["eta_s"] = 0.0
         record.extra["seconds"] = round(time.time() - started, 2)
         record.expires = time.time() + self.store.ttl_s
+        self.store.update(record)
+
+    def _interrupted(self, record: JobRecord) -> None:
+        if record.id in self._cancel:
+            self._cancel.discard(record.id)
+            record.state = "cancelled"
+            record.error = {"code": "cancelled", "message": "cancelled by the client"}
+        else:
+            # The server is stopping: the job goes back to the queue, and the next
+            # start runs it again from its stored input.
+            record.state = "queued"
         self.store.update(record)
 
     def _fail(self, record: JobRecord, code: str, message: str) -> None:
