@@ -20,6 +20,11 @@ class CudaSettings(BaseModel):
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
     io_binding: bool = True
+    cuda_graph: bool = Field(
+        False,
+        description="capture CUDA graphs at warm-up for each warm-up batch size and replay "
+        "them; batches are padded up to the next warm-up batch size",
+    )
 
 
 class BatchingSettings(BaseModel):
@@ -62,6 +67,11 @@ class Settings(BaseSettings):
         "sleeping; spinning steals whole cores from the rest of the server on small CPUs",
     )
     warmup: bool = True
+    warmup_batch_sizes: list[int] = Field(
+        default_factory=lambda: [1],
+        description="batch sizes run at warm-up; with CUDA graphs, the buckets batches are "
+        "padded to (e.g. [1,2,4,8])",
+    )
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     series_batching: BatchingSettings = Field(
@@ -135,8 +145,20 @@ class Settings(BaseSettings):
             raise ValueError("providers must not repeat")
         return value
 
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, value: list[int]) -> list[int]:
+        if not value or any(not 1 <= b <= 65536 for b in value):
+            raise ValueError("warmup_batch_sizes must be one or more sizes from 1 to 65536")
+        return sorted(set(value))
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.cuda.cuda_graph and max(self.warmup_batch_sizes) < self.batching.max_batch_size:
+            raise ValueError(
+                "cuda.cuda_graph needs a warm-up batch size of at least batching.max_batch_size "
+                f"({self.batching.max_batch_size}), or full batches would run without a graph"
+            )
         if self.require_cuda and "CUDAExecutionProvider" not in self.providers:
             raise ValueError("require_cuda is set but CUDAExecutionProvider is not in providers")
         for key in self.all_api_keys():

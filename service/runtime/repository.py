@@ -14,7 +14,7 @@ from typing import Literal
 from service.errors import NotFound
 from service.runtime.batcher import BatchObserver, DynamicBatcher, Padding
 from service.runtime.manifest import Manifest
-from service.runtime.segmentation import SegmentationTask
+from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.session import ModelSession, SessionOptions
 from service.runtime.temporal import TemporalTask, temporal_padding
 
@@ -49,6 +49,19 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders ``1.10.0`` after ``1.9.0`` and numbers before words."""
     parts = re.split(r"[.\-+]", version)
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def warmup_sizes(session: ModelSession) -> tuple[int | None, ...]:
+    """Image sides to warm up: the tile, and on CUDA also a scene tile with its halo.
+
+    On CUDA each new shape costs a cuDNN algorithm search (and, with CUDA graphs,
+    needs a graph of its own); on CPU the extra run would only slow the start.
+    """
+    tile = session.manifest.input.tile_size
+    if session.manifest.task != "segmentation" or tile is None or not session.cuda_active:
+        return (tile,)
+    halo = context_px(session.manifest)
+    return (tile, tile + 2 * halo) if halo else (tile,)
 
 
 class ModelRepository:
@@ -117,8 +130,8 @@ class ModelRepository:
         start = time.perf_counter()
         session = ModelSession(path, self.options)
         load_s = time.perf_counter() - start
-        warmup_s = session.warmup() if self._warmup else 0.0
         manifest = session.manifest
+        warmup_s = session.warmup(sizes=warmup_sizes(session)) if self._warmup else 0.0
         limits = self._limits(manifest)
         padding = temporal_padding(manifest) if manifest.task == "temporal_classification" else None
         batcher = DynamicBatcher(

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import InferenceFailed, InvalidInput
+from service.runtime.graphs import ORT_TYPES, CudaGraphs
 from service.runtime.manifest import MANIFEST_KEY, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class SessionOptions:
             between and after runs, which on a small or shared CPU slows the
             event loop, decoding and the run itself.
         io_binding: bind inputs and outputs explicitly when CUDA is active.
+        cuda_graph: capture CUDA graphs at warm-up and replay them for inputs of
+            the warmed-up shapes (CUDA only; batches are padded up to the next
+            warm-up batch size, other shapes run uncaptured).
+        warmup_batch_sizes: batch sizes run at warm-up: the buckets of CUDA graphs.
     """
 
     providers: tuple[str, ...] = (CUDA, CPU)
@@ -48,6 +53,8 @@ class SessionOptions:
     intra_op_threads: int = 0
     intra_op_spinning: bool = False
     io_binding: bool = True
+    cuda_graph: bool = False
+    warmup_batch_sizes: tuple[int, ...] = (1,)
 
 
 def read_manifest(session: ort.InferenceSession) -> Manifest:
@@ -69,6 +76,8 @@ def _provider_list(options: SessionOptions) -> list[str | tuple[str, dict[str, A
             cuda = {k: str(v) for k, v in options.cuda.items() if v is not None}
             if "gpu_mem_limit_mb" in cuda:
                 cuda["gpu_mem_limit"] = str(int(cuda.pop("gpu_mem_limit_mb")) * 1024 * 1024)
+            if options.cuda_graph:
+                cuda["enable_cuda_graph"] = "1"
             chosen.append((name, cuda))
         else:
             chosen.append(name)
@@ -107,6 +116,19 @@ class ModelSession:
             raise ManifestError(f"manifest names outputs the graph lacks: {sorted(missing)}")
         self.providers: list[str] = list(self._session.get_providers())
         self._bind = options.io_binding and self.providers[0] == CUDA
+        # Models exported in half precision take and give float16; requests and
+        # the rest of the server stay float32.
+        self._input_types = {i.name: ORT_TYPES.get(i.type) for i in self._session.get_inputs()}
+        self._graphs: CudaGraphs | None = None
+        self._run_options: ort.RunOptions | None = None
+        if options.cuda_graph and self.cuda_active:
+            device_id = int(options.cuda.get("device_id", 0) or 0)
+            self._graphs = CudaGraphs(
+                self._session, self.output_names, device_id, options.warmup_batch_sizes
+            )
+            self._bind = True  # CUDA graphs need bound inputs and outputs
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("gpu_graph_id", "-1")
 
     @property
     def cuda_active(self) -> bool:
@@ -126,13 +148,27 @@ class ModelSession:
             InvalidInput: ONNX Runtime refused the feed (shape or type).
             InferenceFailed: anything else went wrong (e.g. out of memory).
         """
+        feed = self._cast(feed)
         try:
+            if self._graphs is not None:
+                replayed = self._graphs.run(feed)
+                if replayed is not None:
+                    return _to_float32(replayed)
             if self._bind:
-                return self._run_bound(feed)
+                return _to_float32(self._run_bound(feed))
             outputs = self._session.run(self.output_names, feed)
         except Exception as exc:
             raise _classify(exc) from exc
-        return dict(zip(self.output_names, outputs, strict=True))
+        return _to_float32(dict(zip(self.output_names, outputs, strict=True)))
+
+    def _cast(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, array in feed.items():
+            want = self._input_types.get(name)
+            if want is not None and array.dtype != want and array.dtype.kind == "f":
+                array = array.astype(want)
+            out[name] = array
+        return out
 
     def _run_bound(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # Inputs are copied to the device once and outputs stay there until the
@@ -143,7 +179,7 @@ class ModelSession:
         device_id = int(self.options.cuda.get("device_id", 0) or 0)
         for name in self.output_names:
             binding.bind_output(name, "cuda", device_id)
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, self._run_options)
         outputs = binding.copy_outputs_to_cpu()
         return dict(zip(self.output_names, outputs, strict=True))
 
@@ -166,16 +202,36 @@ class ModelSession:
                 feed[tensor.name] = np.full(shape, (lo + hi) / 2, dtype=np.dtype(tensor.dtype))
         return feed
 
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> float:
-        """Run the graph once per batch size so the first request is not slow.
+    def warmup(
+        self,
+        batch_sizes: tuple[int, ...] | None = None,
+        sizes: tuple[int | None, ...] | None = None,
+    ) -> float:
+        """Run the graph once per batch size and image size so the first request is not slow.
+
+        With CUDA graphs on, this is where they are captured: one per batch size
+        (the buckets batches are padded to) and image size.
+
+        Args:
+            batch_sizes: defaults to the options' ``warmup_batch_sizes``.
+            sizes: image sides; defaults to the manifest's tile size.
 
         Returns:
             Seconds spent.
         """
         start = time.perf_counter()
-        for batch in batch_sizes:
-            self.run(self.example_feed(batch=batch, size=self.manifest.input.tile_size))
+        for size in sizes or (self.manifest.input.tile_size,):
+            for batch in batch_sizes or self.options.warmup_batch_sizes:
+                feed = self._cast(self.example_feed(batch=batch, size=size))
+                if self._graphs is not None:
+                    self._graphs.capture(feed)
+                else:
+                    self.run(feed)
         return time.perf_counter() - start
+
+
+def _to_float32(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outputs.items()}
 
 
 def _classify(exc: Exception) -> Exception:
