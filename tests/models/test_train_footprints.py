@@ -20,7 +20,7 @@ METRICS = {"pixel_iou", "building_f1", "precision", "recall"}
 
 def test_tiny_synthetic_run_trains_and_exports(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(["train", "footprints", "--tiny", "--out", str(out)]) == 0
+    assert main(["train", "footprints", "--tiny", "--forest", "0.5", "--out", str(out)]) == 0
     ckpt = out / "footprints.pt"
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= METRICS
@@ -37,6 +37,7 @@ def test_tiny_synthetic_run_trains_and_exports(tmp_path: Path) -> None:
     manifest = read_manifest(onnx_path)
     assert manifest.ref == "footprints:0.1.0"
     assert manifest.training["seed"] == 0
+    assert "forest 0.5" in manifest.training["data"]
     assert set(manifest.metrics) >= METRICS
 
 
