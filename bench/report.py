@@ -1,0 +1,209 @@
+"""The benchmark's targets, checked, and its results as a Markdown report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _best(rows: list[dict[str, Any]], key: str = "throughput_per_s") -> dict[str, Any]:
+    return max(rows, key=lambda r: r[key])
+
+
+def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["concurrency"] == concurrency), None)
+
+
+def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of the performance issue, each with its figures and whether it is met."""
+    out: list[dict[str, Any]] = []
+    fp_raw = results["raw"]["footprints"]
+    tile, side = str(fp_raw["tile"]), str(fp_raw["server_input"])
+    # Compared against raw on the input the server actually runs for a tile upload
+    # and, where that differs, on the bare tile too.
+    compare = [(f"{side} px, the input the server runs", fp_raw["by_side"][side])]
+    if tile != side:
+        compare.append((f"{tile} px, the bare tile", fp_raw["by_side"][tile]))
+    http_fp = results["http"]["footprints"]["on"]
+    sat = max(r["throughput_rps"] for r in http_fp)
+    for label, rows in compare:
+        best = _best(rows)
+        ratio = sat / best["throughput_per_s"]
+        out.append({
+            "name": f"footprints saturation >= 85% of raw best batch, raw at {label}",
+            "ok": ratio >= 0.85,
+            "value": round(ratio, 3),
+            "detail": f"server {sat:.2f} req/s vs raw {best['throughput_per_s']:.2f} tiles/s "
+            f"(batch {best['batch']}) = {100 * ratio:.0f}%",
+        })  # fmt: skip
+    c1 = _at(http_fp, 1)
+    if c1 is not None:
+        for label, rows in compare:
+            single = next(r for r in rows if r["batch"] == 1)
+            delta = c1["p50_ms"] - single["latency_p50_ms"]
+            out.append({
+                "name": f"footprints c=1 median <= raw single run + 5 ms, raw at {label}",
+                "ok": delta <= 5.0,
+                "value": round(delta, 2),
+                "detail": f"server p50 {c1['p50_ms']:.1f} ms vs raw {single['latency_p50_ms']:.1f} "
+                f"ms: +{delta:.1f} ms",
+            })  # fmt: skip
+    crops = results["http"]["crops"]
+    c = 16 if _at(crops["on"], 16) else max(r["concurrency"] for r in crops["on"])
+    on, off = _at(crops["on"], c), _at(crops["off"], c)
+    if on and off:
+        ratio = on["throughput_rps"] / max(off["throughput_rps"], 1e-9)
+        out.append({
+            "name": f"crops batching on >= 2x off at c={c}",
+            "ok": ratio >= 2.0,
+            "value": round(ratio, 3),
+            "detail": f"on {on['throughput_rps']:.0f} req/s vs off {off['throughput_rps']:.0f} "
+            f"req/s = {ratio:.2f}x",
+        })  # fmt: skip
+        out.append({
+            "name": f"crops batching on p99 < 100 ms at c={c}",
+            "ok": on["p99_ms"] < 100,
+            "value": on["p99_ms"],
+            "detail": f"p99 {on['p99_ms']:.1f} ms",
+        })  # fmt: skip
+    scene = results["scene"]
+    job, raw_tiles = scene["job"], scene["raw"]
+    for label, key in (("whole job incl. COG finish", "tiles_per_s_job"),
+                       ("tiling phase", "tiles_per_s_tiling")):  # fmt: skip
+        ratio = job[key] / raw_tiles["tiles_per_s"]
+        out.append({
+            "name": f"scene tiles/s >= 80% of raw on the same tiles ({label})",
+            "ok": ratio >= 0.8,
+            "value": round(ratio, 3),
+            "detail": f"{job[key]:.2f} vs raw {raw_tiles['tiles_per_s']:.2f} tiles/s "
+            f"(batch {raw_tiles['batch']}, {raw_tiles['input_side']} px) = {100 * ratio:.0f}%",
+        })  # fmt: skip
+    peak = max(job["peak_rss_mib_sampled"], job["vm_hwm_mib"])
+    out.append({
+        "name": "scene job peak RSS < 2.5 GB",
+        "ok": peak < 2500 * 1e6 / 2**20,
+        "value": peak,
+        "detail": f"VmHWM {job['vm_hwm_mib']:.0f} MiB, sampled VmRSS peak "
+        f"{job['peak_rss_mib_sampled']:.0f} MiB",
+    })  # fmt: skip
+    outputs_ok = all(
+        o["cog_valid"] and o["same_crs"] and o["same_transform"] and o["same_size"]
+        for o in job["outputs"]
+    )
+    prog = job["progress"]
+    out.append({
+        "name": "scene outputs are valid COGs with the input's CRS and transform; progress "
+        "only increases and reaches total",
+        "ok": outputs_ok and prog["only_increases"] and prog["reached_total"],
+        "value": None,
+        "detail": ", ".join(
+            f"{o['file']}: cog {o['cog_valid']}, crs {o['same_crs']}, "
+            f"transform {o['same_transform']}" for o in job["outputs"]
+        ) + f"; progress increasing {prog['only_increases']}, reached {prog['last']}/"
+        f"{prog['total']}",
+    })  # fmt: skip
+    return out
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as a Markdown report."""
+    m = results["machine"]
+    lines = [
+        "# attnserve benchmark results" + (" (quick mode)" if results["quick"] else ""),
+        "",
+        "Written by `python -m bench.run` (`make bench`); the figures are in "
+        "`bench/results.json`. The limit is a bare ONNX Runtime session with the "
+        "server's own session options on the same machine.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM",
+        f"- GPU: {m['gpu']}",
+        f"- python {m['python']}, onnxruntime {m['onnxruntime']} "
+        f"({', '.join(m['onnxruntime_providers'])}), numpy {m['numpy']}",
+        f"- attnserve git {m['attnserve_git']}",
+        f"- load average (1, 5, 15 min) at start {results['load_average_start']}, "
+        f"at end {results['load_average_end']} (the machine's 2 cores are shared with "
+        "other work; figures are as noisy as that load)",
+        f"- started {results['started']}",
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += _table(
+        ["target", "met", "figures"],
+        [[c["name"], "yes" if c["ok"] else "**no**", c["detail"]] for c in results["checks"]],
+    )
+    fp = results["raw"]["footprints"]
+    lines += ["", "## Raw ONNX Runtime session (the limit)", ""]
+    lines.append(f"Session options: {results['raw']['session_options']}.")
+    for side, rows in fp["by_side"].items():
+        what = (
+            "a tile upload runs as this"
+            if side == str(fp["server_input"])
+            else "scene tiles with their halo"
+        )
+        lines += ["", f"footprints, {side} x {side} px input ({what}):", ""]
+        lines += _table(
+            ["batch", "p50 ms / batch", "min ms", "tiles/s", "runs"],
+            [[r["batch"], r["latency_p50_ms"], r["latency_min_ms"], r["throughput_per_s"],
+              r["runs"]] for r in rows],
+        )  # fmt: skip
+    cr = results["raw"]["crops"]
+    lines += ["", f"crops, requests of {cr['parcels']} parcels x {cr['dates']} dates:", ""]
+    lines += _table(
+        ["batch (requests)", "series", "p50 ms / batch", "requests/s", "runs"],
+        [[r["batch"], r["rows"], r["latency_p50_ms"], r["throughput_per_s"], r["runs"]]
+         for r in cr["batches"]],
+    )  # fmt: skip
+    lines += ["", "## Server over HTTP", ""]
+    lines.append(
+        "uvicorn subprocess on 127.0.0.1; load from a separate process (`bench.load`, "
+        "asyncio + httpx, closed loop: each client sends its next request when the last is "
+        "answered). Footprints requests: a 512 x 512 RGB deflate GeoTIFF of real imagery, "
+        "JSON answer; crops: JSON body of 10 parcels x 24 dates."
+    )
+    for mode, info in results["http"]["server"].items():
+        lines.append(
+            f"- batching {mode}: settings {info['settings']}, VmHWM {info['vm_hwm_mib']} MiB"
+        )
+    for model in ("footprints", "crops"):
+        for mode, rows in results["http"][model].items():
+            lines += ["", f"{model}, batching {mode}:", ""]
+            lines += _table(
+                ["concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
+                [[r["concurrency"], r["requests"], r["throughput_rps"], r["p50_ms"], r["p95_ms"],
+                  r["p99_ms"], r["errors"]] for r in rows],
+            )  # fmt: skip
+    scene = results["scene"]
+    job, rt = scene["job"], scene["raw"]
+    lines += ["", "## Scene path", ""]
+    lines += [
+        f"- scene: {job['scene']['width']} x {job['scene']['height']} px "
+        f"({job['scene']['bytes'] / 2**20:.1f} MiB JPEG GeoTIFF, {job['scene']['crs']}), "
+        f"{job['tiles']} tiles of 512 px with {rt['input_side']} px inputs (halo included)",
+        f"- upload and check: {job['upload_s']} s; tiling: {job['tiling_s']} s "
+        f"({job['tiles_per_s_tiling']} tiles/s); COG finishing after the last tile: "
+        f"{job['finish_s']} s; whole job (server-side): {job['server_job_s']} s "
+        f"({job['tiles_per_s_job']} tiles/s)",
+        f"- raw session on the same tiles (batch {rt['batch']}, {rt['input_side']} px, "
+        f"{rt['tiles_timed']} tiles timed): {rt['tiles_per_s']} tiles/s",
+        f"- server peak memory: VmHWM {job['vm_hwm_mib']} MiB, sampled VmRSS peak "
+        f"{job['peak_rss_mib_sampled']} MiB (fresh server, only this job)",
+        f"- progress: {job['progress']['polls']} polls, only increases: "
+        f"{job['progress']['only_increases']}, reached {job['progress']['last']} / "
+        f"{job['progress']['total']}; states seen {job['states']}",
+        f"- settings: {scene['settings']}",
+        "",
+    ]
+    lines += _table(
+        ["output", "valid COG", "same CRS", "same transform", "same size", "overviews", "MiB"],
+        [[o["file"], o["cog_valid"], o["same_crs"], o["same_transform"], o["same_size"],
+          o["overviews"], round(o["bytes"] / 2**20, 1)] for o in job["outputs"]],
+    )  # fmt: skip
+    return "\n".join(lines) + "\n"
