@@ -58,6 +58,8 @@ def get_family(name: str) -> ModelFamily:
     try:
         module_name = _FAMILY_MODULES[name]
     except KeyError:
-        raise KeyError(f"unknown model family {name!r}; known: {', '.join(list_families())}") from None
+        raise KeyError(
+            f"unknown model family {name!r}; known: {', '.join(list_families())}"
+        ) from None
     family: ModelFamily = importlib.import_module(module_name).FAMILY
     return family
