@@ -20,6 +20,7 @@ from service.metrics import Metrics
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
+from service.raster.decode import disable_risky_drivers
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
@@ -65,7 +66,12 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         observer=lambda m: metrics.observer(m.name),
         warmup=settings.warmup,
     )
-    store = JobStore(settings.job_dir, settings.job_ttl_s, fsync=settings.job_fsync)
+    store = JobStore(
+        settings.job_dir,
+        settings.job_ttl_s,
+        fsync=settings.job_fsync,
+        write_behind=settings.job_write_behind,
+    )
     runner = PredictionRunner(store, settings.request_timeout_s)
     # Tiles of a scene have no per-request deadline of their own: the job may run
     # for hours, but one tile must still not wait forever.
@@ -101,6 +107,9 @@ async def _clean_jobs(state: AppState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the lifespan loads models and starts batchers."""
     settings = settings or Settings()
+    # Effective only if no raster was opened yet in this process; the server's
+    # entry point calls it first thing as well.
+    disable_risky_drivers()
     # One registry per app, shared by the middleware and the handlers, so that
     # several apps (tests) never collide in prometheus-client's global registry.
     app_metrics = Metrics()
@@ -122,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await loader
             await state.jobs.stop(settings.shutdown_grace_s)
             await state.repository.stop(settings.shutdown_grace_s)
+            await asyncio.to_thread(state.store.flush)
 
     app = FastAPI(
         title="attnserve",

@@ -23,9 +23,11 @@ from rasterio.io import DatasetReader, MemoryFile
 
 from service.errors import InvalidRaster, PayloadTooLarge, UnsupportedRaster
 
+# Drivers that read other files or URLs; never registered (see disable_risky_drivers).
+SKIPPED_DRIVERS = "VRT MRF WMS WCS WFS HTTP DAAS EEDA PLMosaic OGCAPI STACIT STACTA"
+
 # Applied around every open and read of user data.
 HARDENED_GDAL: dict[str, Any] = {
-    "GDAL_SKIP": "VRT MRF WMS WCS WFS HTTP DAAS EEDA PLMosaic OGCAPI STACIT STACTA",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_PAM_ENABLED": "NO",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".attnserve-no-remote",
@@ -44,11 +46,12 @@ def disable_risky_drivers() -> None:
     """Keep GDAL from ever registering drivers that read other files or URLs.
 
     GDAL reads ``GDAL_SKIP`` once, when it first registers its drivers; setting
-    it later (as ``HARDENED_GDAL`` does around each open) has no effect on a
-    process that already opened anything. The server entry point calls this
-    before any raster is touched, so the skip holds process-wide.
+    it later has no effect on a process that already opened anything (and only
+    logs a warning per open for drivers this build lacks). The server entry
+    point calls this before any raster is touched, so the skip holds
+    process-wide.
     """
-    os.environ.setdefault("GDAL_SKIP", HARDENED_GDAL["GDAL_SKIP"])
+    os.environ.setdefault("GDAL_SKIP", SKIPPED_DRIVERS)
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
