@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="fsync each job's files before it becomes visible; off trades durability "
         "across a power loss for less write latency per request",
     )
+    job_write_behind: bool = Field(
+        False,
+        description="answer synchronous predictions before their job is on disk (this process "
+        "serves it from memory meanwhile); other replicas see it once written, a crash "
+        "before then loses it",
+    )
     job_cleanup_interval_s: float = Field(300.0, gt=0)
 
     max_upload_mb: float = Field(256.0, gt=0)

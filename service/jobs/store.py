@@ -4,10 +4,16 @@ A job is a directory holding ``meta.json`` and one ``.npy`` file per output
 array. It is written whole under a temporary name and renamed into place, so a
 reader sees either the complete job or none. Several replicas can share the
 directory (a shared volume).
+
+With write-behind on, a synchronous prediction's job is answered from memory in
+this process while one background thread writes it: the request no longer waits
+for the disk, but other replicas see the job only once it is written, and a
+crash before then loses it.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -15,8 +21,10 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,12 +104,20 @@ class JobStore:
         root: the store's directory (created if missing).
         ttl_s: how long a job is kept.
         fsync: flush files to disk before a job becomes visible.
+        write_behind: :meth:`save_soon` writes in the background (see the module).
     """
 
-    def __init__(self, root: Path, ttl_s: float, fsync: bool = True) -> None:
+    def __init__(
+        self, root: Path, ttl_s: float, fsync: bool = True, write_behind: bool = False
+    ) -> None:
         self.root = root
         self.ttl_s = ttl_s
         self.fsync = fsync
+        self.write_behind = write_behind
+        # Jobs accepted by save_soon and not yet on disk: record, arrays, write.
+        self._pending: dict[str, tuple[JobRecord, dict[str, np.ndarray], Future[None]]] = {}
+        self._pending_lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
         self._tmp = root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._count = sum(1 for _ in self._job_dirs())
@@ -187,8 +203,50 @@ class JobStore:
             raise
         self._count += 1
 
+    def save_soon(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
+        """Save a job: in the background with write-behind on, else now (as :meth:`save`).
+
+        A failed background write is logged; the job then disappears.
+        """
+        if not self.write_behind:
+            self.save(record, arrays)
+            return
+        snapshot = copy.deepcopy(record)
+        with self._pending_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="job-writer")
+            future: Future[None] = Future()
+            self._pending[record.id] = (snapshot, arrays, future)
+            self._writer.submit(self._write_pending, record.id)
+
+    def _write_pending(self, job_id: str) -> None:
+        record, arrays, future = self._pending[job_id]
+        try:
+            self.save(record, arrays)
+        except BaseException as exc:
+            log.error("job %s could not be written: %s", job_id[:6], exc)
+        finally:
+            # Dropped only once on disk (or failed), so readers always find it somewhere.
+            with self._pending_lock:
+                self._pending.pop(job_id, None)
+            future.set_result(None)
+
+    def _settle(self, job_id: str) -> None:
+        """Wait until a job being written behind is on disk (before touching its files)."""
+        pending = self._pending.get(job_id)
+        if pending is not None:
+            pending[2].result()
+
+    def flush(self) -> None:
+        """Wait for every job being written behind (on shutdown)."""
+        with self._pending_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+
     def update(self, record: JobRecord) -> None:
         """Replace a job's record atomically (state, progress, layers)."""
+        self._settle(record.id)
         record.updated = time.time()
         directory = self._dir(record.id)
         if not directory.is_dir():
@@ -206,6 +264,7 @@ class JobStore:
         """Path of a file kept in a job's directory (outputs, the scene input)."""
         if not _LAYER.match(name) or name.startswith("."):
             raise NotFound(f"job has no file {name!r}")
+        self._settle(record.id)
         return self._dir(record.id) / name
 
     def unfinished(self) -> list[JobRecord]:
@@ -234,11 +293,15 @@ class JobStore:
             NotFound: no such job, expired, or made with another API key.
         """
         path = self._dir(job_id) / "meta.json"
-        try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            raise NotFound("no such job (it may have expired)") from None
-        record = JobRecord(**data)
+        pending = self._pending.get(job_id)
+        if pending is not None:
+            record = copy.deepcopy(pending[0])
+        else:
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                raise NotFound("no such job (it may have expired)") from None
+            record = JobRecord(**data)
         if record.expires <= time.time() and record.finished:
             self.delete(job_id)
             raise NotFound("no such job (it may have expired)")
@@ -247,13 +310,19 @@ class JobStore:
         return record
 
     def array(self, record: JobRecord, name: str) -> np.ndarray:
-        """One stored array of a job, memory-mapped."""
+        """One stored array of a job, memory-mapped (read-only)."""
         record.layer(name)
+        pending = self._pending.get(record.id)
+        if pending is not None and name in pending[1]:
+            view = pending[1][name].view()
+            view.flags.writeable = False
+            return view
         return np.load(self._dir(record.id) / f"{name}.npy", mmap_mode="r")
 
     def delete(self, job_id: str) -> bool:
         """Remove a job; True if it existed."""
         path = self._dir(job_id)
+        self._settle(job_id)
         if not path.exists():
             return False
         # Rename first so readers never see a half-deleted job.

@@ -61,6 +61,12 @@ class PredictionRunner:
         self.store = store
         self.timeout_s = timeout_s
 
+    async def _save(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
+        if self.store.write_behind:
+            self.store.save_soon(record, arrays)  # returns at once
+        else:
+            await asyncio.to_thread(self.store.save, record, arrays)
+
     async def raster(self, served: ServedModel, inp: RasterInput, owner: str | None) -> JobRecord:
         """Segment one image and store every output as a layer."""
         task = served.task
@@ -83,7 +89,7 @@ class PredictionRunner:
         else:
             h, w = inp.data.shape[1:]
             record.georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": w, "height": h}
-        await asyncio.to_thread(self.store.save, record, arrays)
+        await self._save(record, arrays)
         return record
 
     async def series(self, served: ServedModel, inp: SeriesInput, owner: str | None) -> JobRecord:
@@ -139,5 +145,5 @@ class PredictionRunner:
                     _layer_entry(spec, cube, dates=inp.dates, days=record.extra["days"])
                 )
             record.georef = inp.georef.to_json()
-        await asyncio.to_thread(self.store.save, record, arrays)
+        await self._save(record, arrays)
         return record

@@ -89,3 +89,44 @@ def test_failed_write_leaves_no_visible_job(
         store.load(record.id)
     assert list((tmp_path / ".tmp").iterdir()) == []
     assert store.count == 0
+
+
+def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    release = threading.Event()
+    real_save = store.save
+
+    def slow_save(*args, **kwargs):  # type: ignore[no-untyped-def]
+        release.wait(5)
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save", slow_save)
+    record = store.new_record(MODEL, "raster", owner_of("key-of-sixteen-chars"))
+    record.layers.append({"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2]})
+    store.save_soon(record, {"gate_1": np.arange(2, dtype=np.float32)})
+    # Not on disk yet, but this process answers for it (owner checks included).
+    assert not JobStore(tmp_path, ttl_s=60, write_behind=True).count
+    loaded = store.load(record.id, owner_of("key-of-sixteen-chars"))
+    np.testing.assert_array_equal(store.array(loaded, "gate_1"), [0, 1])
+    with pytest.raises(NotFound):
+        store.load(record.id, owner_of("another-key-of-16-chars"))
+    release.set()
+    store.flush()
+    reopened = JobStore(tmp_path, ttl_s=60)
+    np.testing.assert_array_equal(
+        reopened.array(reopened.load(record.id, any_owner=True), "gate_1"), [0, 1]
+    )
+
+
+def test_deleting_a_job_being_written_behind_waits_for_it_and_removes_it(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    record = store.new_record(MODEL, "raster", None)
+    store.save_soon(record, {"gate_1": np.zeros(2, np.float32)})
+    assert store.delete(record.id)
+    with pytest.raises(NotFound):
+        store.load(record.id)
+    store.flush()
