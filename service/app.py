@@ -42,6 +42,7 @@ def session_options(settings: Settings) -> SessionOptions:
         },
         intra_op_threads=settings.intra_op_threads,
         intra_op_spinning=settings.intra_op_spinning,
+        memory_pattern=settings.memory_pattern,
         io_binding=cuda.io_binding,
         cuda_graph=cuda.cuda_graph,
         warmup_batch_sizes=tuple(settings.warmup_batch_sizes),

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     require_cuda: bool = Field(False, description="not ready unless CUDA is active")
     cuda: CudaSettings = Field(default_factory=CudaSettings)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    memory_pattern: bool = Field(
+        True,
+        description="ONNX Runtime plans one memory block per run (its default); off lowers "
+        "peak memory of large batches (e.g. scene tiles) at some speed",
+    )
     intra_op_spinning: bool = Field(
         False,
         description="operator threads spin-wait for work (ONNX Runtime's default) instead of "
