@@ -17,8 +17,10 @@ profiles of the request path to ``bench/profiles/`` instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,7 @@ class Plan:
     crop_duration_s: float
     rounds: int
     extra_concurrency: tuple[int, ...]
+    scene_variants: tuple[tuple[str, dict[str, str]], ...]
     scene_repeat: int
     scene_raw_tiles: int
 
@@ -74,7 +77,12 @@ FULL = Plan(
     fp_duration_s=20.0,
     crop_duration_s=10.0,
     rounds=2,
-    extra_concurrency=(1, 16),
+    extra_concurrency=(1, 4, 16),
+    scene_variants=(
+        ("defaults", {}),
+        # On CPU a batch of 8 buys no throughput and holds 2.1 GB of activations.
+        ("max batch 4", {"ATTNSERVE_BATCHING__MAX_BATCH_SIZE": "4"}),
+    ),
     scene_repeat=8,
     scene_raw_tiles=16,
 )
@@ -89,6 +97,7 @@ QUICK = Plan(
     crop_duration_s=1.0,
     rounds=1,
     extra_concurrency=(1,),
+    scene_variants=(("defaults", {}),),
     scene_repeat=1,
     scene_raw_tiles=2,
 )
@@ -190,9 +199,9 @@ def run_load(
 def bench_raw(plan: Plan) -> dict[str, Any]:
     """Raw session latency and throughput per batch size for both models."""
     options = session_options(Settings())
-    result: dict[str, Any] = {"session_options": {
-        "providers": list(options.providers), "intra_op_threads": options.intra_op_threads,
-    }}  # fmt: skip
+    result: dict[str, Any] = {
+        "session_options": {k: v for k, v in dataclasses.asdict(options).items() if k != "cuda"}
+    }
     fp = ModelSession(SHIPPED_MODELS / "footprints-1.0.0.onnx", options)
     tile = fp.manifest.input.tile_size or 512
     server_side = raw.server_input_side(fp.manifest, tile)
@@ -235,14 +244,14 @@ def bench_raw(plan: Plan) -> dict[str, Any]:
 def bench_http(plan: Plan, work: Path, specs: dict[str, Path]) -> dict[str, Any]:
     """Both models over HTTP, batching on and off, at each concurrency.
 
-    A third server, batching on with the job store's fsync off, shows what
-    durable job writes cost (at fewer concurrencies).
+    A third server, batching on with the job store writing behind (fsync still
+    on), shows what waiting for job writes costs (at fewer concurrencies).
     """
     result: dict[str, Any] = {}
     modes: list[tuple[str, dict[str, str], tuple[int, ...]]] = [
         ("on", {}, plan.concurrency),
         ("off", BATCHING_OFF, plan.concurrency),
-        ("on, fsync off", {"ATTNSERVE_JOB_FSYNC": "false"}, plan.extra_concurrency),
+        ("on, write-behind", {"ATTNSERVE_JOB_WRITE_BEHIND": "true"}, plan.extra_concurrency),
     ]
     for i, (mode, extra, levels) in enumerate(modes):
         env = {
@@ -275,35 +284,45 @@ def bench_http(plan: Plan, work: Path, specs: dict[str, Path]) -> dict[str, Any]
     return result
 
 
+def settings_with(env: dict[str, str]) -> Settings:
+    """The server's settings as a server started with ``env`` would read them."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def bench_scene(plan: Plan, work: Path) -> dict[str, Any]:
-    """A large scene as an async job, against raw on the same tiles."""
+    """A large scene as an async job, against raw on the same tiles, per settings variant."""
     from bench.scene_job import raw_on_tiles, run_scene_job
 
     scene = tile_scene(SOURCE, plan.scene_repeat, work / "scene.tif")
-    settings = Settings()
-    batch = settings.batching.max_batch_size
-    fp = ModelSession(SHIPPED_MODELS / "footprints-1.0.0.onnx", session_options(settings))
-    say(f"  raw on the scene's tiles (batch {batch})")
-    raw_tiles = raw_on_tiles(fp, scene, batch, plan.scene_raw_tiles, plan.raw_min_s)
-    del fp
-    say(f"  raw: {raw_tiles['tiles_per_s']:.2f} tiles/s on {raw_tiles['input_side']} px inputs")
-    job_dir = work / "jobs-scene"
-    env = {
-        **COMMON_ENV,
-        "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS),
-        "ATTNSERVE_JOB_DIR": str(job_dir),
-    }
-    with BenchServer(env, work / "server-scene.log") as server:
-        job = run_scene_job(server, scene, job_dir, log=say)
-    say(
-        f"  scene job: {job['tiles']} tiles in {job['server_job_s']:.1f} s "
-        f"({job['tiles_per_s_job']:.2f} tiles/s), peak RSS {job['peak_rss_mib_sampled']:.0f} MiB"
-    )
-    return {
-        "raw": raw_tiles,
-        "job": job,
-        "settings": {k: v for k, v in env.items() if "DIR" not in k},
-    }
+    result: dict[str, Any] = {}
+    for i, (variant, extra) in enumerate(plan.scene_variants):
+        env = {**COMMON_ENV, **extra, **server_dirs(work / f"jobs-scene-{i}")}
+        settings = settings_with(env)
+        batch = settings.batching.max_batch_size
+        fp = ModelSession(SHIPPED_MODELS / "footprints-1.0.0.onnx", session_options(settings))
+        say(f"  [{variant}] raw on the scene's tiles (batch {batch})")
+        raw_tiles = raw_on_tiles(fp, scene, batch, plan.scene_raw_tiles, plan.raw_min_s)
+        del fp
+        say(f"  raw: {raw_tiles['tiles_per_s']:.2f} tiles/s on {raw_tiles['input_side']} px")
+        with BenchServer(env, work / f"server-scene-{i}.log") as server:
+            job = run_scene_job(server, scene, work / f"jobs-scene-{i}", log=say)
+        say(
+            f"  [{variant}] scene job: {job['tiles']} tiles in {job['server_job_s']:.1f} s "
+            f"(tiling {job['tiles_per_s_tiling']:.2f} tiles/s, whole job "
+            f"{job['tiles_per_s_job']:.2f} tiles/s), peak RSS {job['vm_hwm_mib']:.0f} MiB"
+        )
+        result[variant] = {
+            "raw": raw_tiles,
+            "job": job,
+            "settings": {k: v for k, v in env.items() if "DIR" not in k},
+        }
+    return result
 
 
 def run(plan: Plan, quick: bool, out_dir: Path | None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def test_quick_benchmark_measures_every_stage(tmp_path: Path) -> None:
             rows = results["http"][model][mode]
             assert [r["concurrency"] for r in rows] == [1, 4]
             assert all(r["errors"] == 0 and r["ok"] > 0 for r in rows), rows
-    job = results["scene"]["job"]
+    job = results["scene"]["defaults"]["job"]
     assert job["progress"]["only_increases"]
     assert job["progress"]["reached_total"]
     assert {o["file"] for o in job["outputs"]} == {"prediction.tif", "attention.tif"}
