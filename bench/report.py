@@ -1,7 +1,14 @@
-"""The benchmark's targets, checked, and its results as a Markdown report."""
+"""The benchmark's targets, checked, and its results as a Markdown report.
+
+``python -m bench.report bench/results.json`` checks the targets again and
+rewrites ``results.md`` beside it (after the report itself changed).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -23,29 +30,54 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     compare = [(f"{side} px, the input the server runs", fp_raw["by_side"][side])]
     if tile != side:
         compare.append((f"{tile} px, the bare tile", fp_raw["by_side"][tile]))
-    http_fp = results["http"]["footprints"]["on"]
-    sat = max(r["throughput_rps"] for r in http_fp)
-    for label, rows in compare:
-        best = _best(rows)
-        ratio = sat / best["throughput_per_s"]
-        out.append({
-            "name": f"footprints saturation >= 85% of raw best batch, raw at {label}",
-            "ok": ratio >= 0.85,
-            "value": round(ratio, 3),
-            "detail": f"server {sat:.2f} req/s vs raw {best['throughput_per_s']:.2f} tiles/s "
-            f"(batch {best['batch']}) = {100 * ratio:.0f}%",
-        })  # fmt: skip
-    c1 = _at(http_fp, 1)
-    if c1 is not None:
-        for label, rows in compare:
-            single = next(r for r in rows if r["batch"] == 1)
-            delta = c1["p50_ms"] - single["latency_p50_ms"]
+    for mode, http_fp in results["http"]["footprints"].items():
+        if mode == "off":
+            continue
+        sat_row = max(http_fp, key=lambda r: r["throughput_rps"])
+        sat = sat_row["throughput_rps"]
+        now = sat_row.get("raw_now")
+        if now is not None:
+            ratio = sat / now["best_per_s"]
             out.append({
-                "name": f"footprints c=1 median <= raw single run + 5 ms, raw at {label}",
+                "name": f"footprints saturation >= 85% of raw, raw timed just before "
+                f"(batching {mode})",
+                "ok": ratio >= 0.85,
+                "value": round(ratio, 3),
+                "detail": f"server {sat:.2f} req/s at c={sat_row['concurrency']} vs raw "
+                f"{now['best_per_s']:.2f} tiles/s (best of batch 1 and 4, {side} px) = "
+                f"{100 * ratio:.0f}%",
+            })  # fmt: skip
+        for label, rows in compare:
+            best = _best(rows)
+            ratio = sat / best["throughput_per_s"]
+            out.append({
+                "name": f"footprints saturation >= 85% of raw best batch at the run's start, "
+                f"raw at {label} (batching {mode})",
+                "ok": ratio >= 0.85,
+                "value": round(ratio, 3),
+                "detail": f"server {sat:.2f} req/s vs raw {best['throughput_per_s']:.2f} "
+                f"tiles/s (batch {best['batch']}) = {100 * ratio:.0f}%",
+            })  # fmt: skip
+        c1 = _at(http_fp, 1)
+        if c1 is None:
+            continue
+        refs = []
+        if c1.get("raw_now") is not None:
+            refs.append(("raw timed just before", c1["raw_now"]["batch_1"]["latency_p50_ms"]))
+        refs += [
+            (f"raw at the run's start, {label}",
+             next(r for r in rows if r["batch"] == 1)["latency_p50_ms"])
+            for label, rows in compare
+        ]  # fmt: skip
+        for label, single in refs:
+            delta = c1["p50_ms"] - single
+            out.append({
+                "name": f"footprints c=1 median <= raw single run + 5 ms, {label} "
+                f"(batching {mode})",
                 "ok": delta <= 5.0,
                 "value": round(delta, 2),
-                "detail": f"server p50 {c1['p50_ms']:.1f} ms vs raw {single['latency_p50_ms']:.1f} "
-                f"ms: +{delta:.1f} ms",
+                "detail": f"server p50 {c1['p50_ms']:.1f} ms vs raw {single:.1f} ms: "
+                f"{delta:+.1f} ms",
             })  # fmt: skip
     crops = results["http"]["crops"]
     c = 16 if _at(crops["on"], 16) else max(r["concurrency"] for r in crops["on"])
@@ -59,12 +91,16 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             "detail": f"on {on['throughput_rps']:.0f} req/s vs off {off['throughput_rps']:.0f} "
             f"req/s = {ratio:.2f}x",
         })  # fmt: skip
-        out.append({
-            "name": f"crops batching on p99 < 100 ms at c={c}",
-            "ok": on["p99_ms"] < 100,
-            "value": on["p99_ms"],
-            "detail": f"p99 {on['p99_ms']:.1f} ms",
-        })  # fmt: skip
+        for mode, rows in crops.items():
+            row = _at(rows, c)
+            if mode == "off" or row is None:
+                continue
+            out.append({
+                "name": f"crops p99 < 100 ms at c={c} (batching {mode})",
+                "ok": row["p99_ms"] < 100,
+                "value": row["p99_ms"],
+                "detail": f"p99 {row['p99_ms']:.1f} ms, {row['throughput_rps']:.0f} req/s",
+            })  # fmt: skip
     for variant, scene in results["scene"].items():
         out += _scene_checks(variant, scene)
     return out
@@ -126,6 +162,7 @@ def _scene_md(variant: str, scene: dict[str, Any]) -> list[str]:
         f"{rt['tiles_timed']} tiles timed, just before the job): {rt['tiles_per_s']} tiles/s",
         f"- server peak memory: VmHWM {job['vm_hwm_mib']} MiB, sampled VmRSS peak "
         f"{job['peak_rss_mib_sampled']} MiB (fresh server, only this job)",
+        _busy_line(job.get("session_during_tiling") or {}),
         f"- progress: {job['progress']['polls']} polls, only increases: "
         f"{job['progress']['only_increases']}, reached {job['progress']['last']} / "
         f"{job['progress']['total']}; states seen {job['states']}",
@@ -138,6 +175,23 @@ def _scene_md(variant: str, scene: dict[str, Any]) -> list[str]:
           o["overviews"], round(o["bytes"] / 2**20, 1)] for o in job["outputs"]],
     )  # fmt: skip
     return [*lines, ""]
+
+
+def _now(row: dict[str, Any], what: str) -> Any:
+    now = row.get("raw_now")
+    if now is None:
+        return "-"
+    return now["batch_1"]["latency_p50_ms"] if what == "latency" else now["best_per_s"]
+
+
+def _busy_line(busy: dict[str, Any]) -> str:
+    if not busy:
+        return "- session busy during tiling: not measured"
+    return (
+        f"- session busy during tiling (from /metrics: session seconds / wall seconds): "
+        f"{100 * busy['session_busy_fraction']:.0f}%, {busy['batches']} batches of "
+        f"{busy['mean_batch_rows']} tiles on average"
+    )
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -211,12 +265,28 @@ def markdown(results: dict[str, Any]) -> str:
     for model in ("footprints", "crops"):
         for mode, rows in results["http"][model].items():
             lines += ["", f"{model}, batching {mode}:", ""]
+            unit = "tiles/s" if model == "footprints" else "requests/s"
             lines += _table(
-                ["concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
+                ["concurrency", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                 "raw batch 1 p50 ms, just before", f"raw best {unit}, just before"],
                 [[r["concurrency"], r["requests"], r["throughput_rps"], r["p50_ms"], r["p95_ms"],
-                  r["p99_ms"], r["errors"]] for r in rows],
+                  r["p99_ms"], r["errors"], _now(r, "latency"), _now(r, "best")] for r in rows],
             )  # fmt: skip
     lines += ["", "## Scene path", ""]
     for variant, scene in results["scene"].items():
         lines += _scene_md(variant, scene)
     return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Recheck a results file's targets and rewrite its Markdown report."""
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    results = json.loads(path.read_text())
+    results["checks"] = checks(results)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -61,6 +61,40 @@ def _model_window(tile: Tile, height: int, width: int) -> Tile:
     return grown
 
 
+def session_counters(client: httpx.Client, model: str = "footprints") -> dict[str, float]:
+    """The model's cumulative session seconds, batches and rows from ``/metrics``.
+
+    Between two readings, session seconds over wall seconds is how busy the
+    session was: a scene whose tiles never wait for I/O keeps it near 1.
+    """
+    wanted = {
+        "attnserve_inference_duration_seconds_sum": "run_s",
+        "attnserve_batch_size_sum": "rows",
+        "attnserve_batch_size_count": "batches",
+    }
+    out: dict[str, float] = {}
+    try:
+        text = client.get("/metrics").text
+    except httpx.HTTPError:
+        return out
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in wanted and f'model="{model}"' in rest:
+            out[wanted[name]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _busy(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, Any]:
+    if not before or not after or wall_s <= 0:
+        return {}
+    batches = after["batches"] - before["batches"]
+    return {
+        "session_busy_fraction": round((after["run_s"] - before["run_s"]) / wall_s, 3),
+        "batches": int(batches),
+        "mean_batch_rows": round((after["rows"] - before["rows"]) / max(batches, 1), 2),
+    }
+
+
 def run_scene_job(
     server: BenchServer,
     scene: Path,
@@ -90,6 +124,7 @@ def run_scene_job(
             raise RuntimeError(f"scene job refused: {resp.status_code} {resp.text[:300]}")
         job_id = resp.json()["job_id"]
         t_running = t_tiled = None
+        at_start = at_tiled = None
         last_print = 0.0
         total = 0
         while True:
@@ -102,8 +137,10 @@ def run_scene_job(
             now = time.perf_counter()
             if state == "running" and t_running is None:
                 t_running = now
+                at_start = session_counters(client)
             if total and done >= total and t_tiled is None:
                 t_tiled = now
+                at_tiled = session_counters(client)
             progress.append(done)
             if now - last_print > 10:
                 log(f"    scene job: {state} {done}/{total} tiles, rss {rss.peak_kib // 1024} MiB")
@@ -142,8 +179,10 @@ def run_scene_job(
                 "bytes": path.stat().st_size,
             }
         )
+    busy = _busy(at_start or {}, at_tiled or {}, (t_tiled or 0) - (t_running or 0))
     return {
         "job_id": job_id,
+        "session_during_tiling": busy,
         "scene": {"width": width, "height": height, "bytes": len(body), "crs": str(crs)},
         "tiles": tiles,
         "upload_s": round(t_accepted - t_submit, 2),
