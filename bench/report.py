@@ -36,6 +36,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
         sat_row = max(http_fp, key=lambda r: r["throughput_rps"])
         sat = sat_row["throughput_rps"]
         now = sat_row.get("raw_now")
+        start_best = _best(compare[0][1])["throughput_per_s"]
         if now is not None:
             ratio = sat / now["best_per_s"]
             out.append({
@@ -45,7 +46,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": round(ratio, 3),
                 "detail": f"server {sat:.2f} req/s at c={sat_row['concurrency']} vs raw "
                 f"{now['best_per_s']:.2f} tiles/s (best of batch 1 and 4, {side} px) = "
-                f"{100 * ratio:.0f}%",
+                f"{100 * ratio:.0f}%" + _drift(now["best_per_s"], start_best),
             })  # fmt: skip
         for label, rows in compare:
             best = _best(rows)
@@ -69,6 +70,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
              next(r for r in rows if r["batch"] == 1)["latency_p50_ms"])
             for label, rows in compare
         ]  # fmt: skip
+        start = next(r for r in compare[0][1] if r["batch"] == 1)["latency_p50_ms"]
         for label, single in refs:
             delta = c1["p50_ms"] - single
             out.append({
@@ -77,7 +79,7 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": delta <= 5.0,
                 "value": round(delta, 2),
                 "detail": f"server p50 {c1['p50_ms']:.1f} ms vs raw {single:.1f} ms: "
-                f"{delta:+.1f} ms",
+                f"{delta:+.1f} ms" + _drift(single, start),
             })  # fmt: skip
     crops = results["http"]["crops"]
     c = 16 if _at(crops["on"], 16) else max(r["concurrency"] for r in crops["on"])
@@ -101,12 +103,28 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": row["p99_ms"],
                 "detail": f"p99 {row['p99_ms']:.1f} ms, {row['throughput_rps']:.0f} req/s",
             })  # fmt: skip
+    by_side = results["raw"]["footprints"]["by_side"]
+    scene_side = str(results["raw"]["footprints"].get("scene_input", side))
+    start = {r["batch"]: r["throughput_per_s"] for r in by_side.get(scene_side, [])}
     for variant, scene in results["scene"].items():
-        out += _scene_checks(variant, scene)
+        out += _scene_checks(variant, scene, start)
     return out
 
 
-def _scene_checks(variant: str, scene: dict[str, Any]) -> list[dict[str, Any]]:
+def _drift(reference: float, start: float) -> str:
+    """A warning when a raw reference is far from the run's start: a load spike."""
+    if start <= 0 or abs(reference / start - 1) <= 0.25:
+        return ""
+    return (
+        f" (UNRELIABLE: this raw figure and the same one at the run's start ({start:.2f}) "
+        f"differ by {100 * (reference / start - 1):+.0f}%: other work loaded the CPU during "
+        "one of them)"
+    )
+
+
+def _scene_checks(
+    variant: str, scene: dict[str, Any], start: dict[int, float] | None = None
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     job, raw_tiles = scene["job"], scene["raw"]
     for label, key in (("whole job incl. COG finish", "tiles_per_s_job"),
@@ -117,7 +135,8 @@ def _scene_checks(variant: str, scene: dict[str, Any]) -> list[dict[str, Any]]:
             "ok": ratio >= 0.8,
             "value": round(ratio, 3),
             "detail": f"{job[key]:.2f} vs raw {raw_tiles['tiles_per_s']:.2f} tiles/s "
-            f"(batch {raw_tiles['batch']}, {raw_tiles['input_side']} px) = {100 * ratio:.0f}%",
+            f"(batch {raw_tiles['batch']}, {raw_tiles['input_side']} px) = {100 * ratio:.0f}%"
+            + _drift(raw_tiles["tiles_per_s"], (start or {}).get(raw_tiles["batch"], 0.0)),
         })  # fmt: skip
     peak = max(job["peak_rss_mib_sampled"], job["vm_hwm_mib"])
     out.append({
