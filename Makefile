@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser serve test lint clean
+.PHONY: install browser serve test lint clean bench bench-quick bench-profile
 
 # torch is pinned to the CPU build this machine ships; an unpinned torch pulls
 # gigabytes of CUDA wheels and is only needed for training and export.
@@ -33,9 +33,21 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check service models tests
-	$(BIN)/ruff format --check service models tests
+	$(BIN)/ruff check service models tests bench
+	$(BIN)/ruff format --check service models tests bench
 	$(BIN)/mypy
+
+# Benchmarks (bench/README.md): raw ONNX Runtime limit, live server over HTTP, an
+# 8192^2 scene job; about 20 minutes on 2 cores; writes bench/results.{md,json}.
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick
+
+# py-spy profiles of the request path into bench/profiles/ (make bench-profile LABEL=after)
+bench-profile: install
+	$(BIN)/python -m bench.run --profile $(or $(LABEL),latest)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
