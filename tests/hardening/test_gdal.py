@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,15 @@ def _open_vrt(mode: str, source: Path) -> str:
         f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
         "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
     )
+    # In-process app tests set GDAL_SKIP in this interpreter's environment; the
+    # probe starts from a clean one so the control means what it says.
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_SKIP"}
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, mode],
         input=vrt.encode(),
         capture_output=True,
         cwd=REPO,
+        env=env,
         timeout=60,
         check=True,
     )
