@@ -16,6 +16,7 @@ from service.api.routes import attention, health, jobs, metrics, models, predict
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import JobStore
+from service.memory import trim_heap_periodically
 from service.metrics import Metrics
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
@@ -123,11 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # while they load.
         loader = asyncio.create_task(_load_models(state), name="load-models")
         cleaner = asyncio.create_task(_clean_jobs(state), name="clean-jobs")
+        trimmer = asyncio.create_task(trim_heap_periodically(30.0), name="trim-heap")
         try:
             yield
         finally:
             state.draining = True
             cleaner.cancel()
+            trimmer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
             await state.jobs.stop(settings.shutdown_grace_s)
