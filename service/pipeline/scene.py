@@ -29,7 +29,14 @@ from rasterio.windows import Window
 from service.errors import InvalidInput, InvalidRaster, UnsupportedRaster
 from service.jobs.store import JobRecord, JobStore
 from service.raster.cog import RasterSink
-from service.raster.decode import HARDENED_GDAL, RasterInfo, RasterLimits, check_limits, describe
+from service.raster.decode import (
+    HARDENED_GDAL,
+    UNREADABLE,
+    RasterInfo,
+    RasterLimits,
+    check_limits,
+    describe,
+)
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
 from service.runtime.segmentation import SegmentationTask, band_means, context_px
@@ -104,9 +111,7 @@ def check_scene(
                 sample = ds.read(out_shape=shape)
                 valid = ds.dataset_mask(out_shape=shape[1:]) > 0 if not _all_valid(ds) else None
             except RasterioError:
-                raise InvalidRaster(
-                    "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
-                ) from None
+                raise InvalidRaster(UNREADABLE) from None
             values = sample if valid is None else sample[:, valid]
             values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
             check_values(manifest, values.reshape(-1))
@@ -518,9 +523,7 @@ def _scene_band_mean(ds: DatasetReader, info: RasterInfo, all_valid: bool) -> np
         data = ds.read(out_shape=shape).astype(np.float32)
         valid = None if all_valid else ds.dataset_mask(out_shape=shape[1:]) > 0
     except RasterioError:
-        raise InvalidRaster(
-            "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
-        ) from None
+        raise InvalidRaster(UNREADABLE) from None
     if data.dtype.kind == "f":
         finite = np.isfinite(data).all(axis=0)
         valid = finite if valid is None else valid & finite
@@ -550,9 +553,7 @@ def _read_tile(
         data = ds.read(window=window)
         valid = np.ones(data.shape[1:], bool) if all_valid else ds.dataset_mask(window=window) > 0
     except RasterioError:
-        raise InvalidRaster(
-            "a part of the GeoTIFF could not be read: the file is damaged or truncated"
-        ) from None
+        raise InvalidRaster(UNREADABLE) from None
     if data.dtype.kind == "f":
         valid &= np.isfinite(data).all(axis=0)
     dy, dx, size = core or (0, 0, tile.size)

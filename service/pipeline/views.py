@@ -218,31 +218,32 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
     bands: list[np.ndarray] = []
     descriptions: list[str] = []
     tags: list[dict[str, str]] = []
-    reader = LayerReader(record, store)
-    for name in names:
-        layer = record.layer(name)
-        if len(layer["shape"]) < 2:
-            continue
-        if layer.get("storage") == "cog":
-            h, w = reader.size
-            count = layer["shape"][0] if len(layer["shape"]) == 3 else None
-            for i in range(count or 1):
-                bands.append(reader.read(name, slice(0, h), slice(0, w), band=i if count else None))
-                descriptions.append(name if count is None else f"{name} {i}")
+    with LayerReader(record, store) as reader:
+        for name in names:
+            layer = record.layer(name)
+            if len(layer["shape"]) < 2:
+                continue
+            if layer.get("storage") == "cog":
+                h, w = reader.size
+                count = layer["shape"][0] if len(layer["shape"]) == 3 else None
+                for i in range(count or 1):
+                    bands.append(
+                        reader.read(name, slice(0, h), slice(0, w), band=i if count else None)
+                    )
+                    descriptions.append(name if count is None else f"{name} {i}")
+                    tags.append({})
+                continue
+            if layer["kind"] == "class":
+                cls = np.asarray(store.array(record, name)).astype(np.float32)
+                cls[cls == layer.get("nodata", 255)] = np.nan
+                bands.append(cls)
+                descriptions.append(f"{name} (index into {', '.join(layer.get('classes', []))})")
                 tags.append({})
-            continue
-        if layer["kind"] == "class":
-            cls = np.asarray(store.array(record, name)).astype(np.float32)
-            cls[cls == layer.get("nodata", 255)] = np.nan
-            bands.append(cls)
-            descriptions.append(f"{name} (index into {', '.join(layer.get('classes', []))})")
-            tags.append({})
-            continue
-        more_bands, more_desc, more_tags = _spatial_bands(record, store, layer, head)
-        bands += more_bands
-        descriptions += more_desc
-        tags += more_tags
-    reader.__exit__(None, None, None)
+                continue
+            more_bands, more_desc, more_tags = _spatial_bands(record, store, layer, head)
+            bands += more_bands
+            descriptions += more_desc
+            tags += more_tags
     if not bands:
         raise NotFound("no raster layers to write")
     stack = np.stack(bands).astype(np.float32, copy=False)

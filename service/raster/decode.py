@@ -54,6 +54,7 @@ def disable_risky_drivers() -> None:
     os.environ.setdefault("GDAL_SKIP", SKIPPED_DRIVERS)
 
 
+UNREADABLE = "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -257,7 +258,5 @@ def read_geotiff(
             array = dataset.read()
             valid = read_valid_mask(dataset, array)
         except RasterioError:
-            raise InvalidRaster(
-                "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
-            ) from None
+            raise InvalidRaster(UNREADABLE) from None
     return DecodedRaster(array, valid, info)
