@@ -1,7 +1,12 @@
 """The job store: every prediction kept on disk, atomically, until its TTL runs out.
 
-A job is a directory holding ``meta.json`` and one ``.npy`` file per output
-array. It is written whole under a temporary name and renamed into place, so a
+A job is a directory holding ``meta.json`` and its output arrays, packed one
+after another in ``arrays.npk`` (each a complete ``.npy`` image starting at a
+64-byte boundary; ``meta.json`` records the offsets). One file instead of one
+per array saves a file creation and an fsync per array on every synchronous
+request (creating a file took about 0.35 ms on the ext4 volume measured).
+Jobs written as one ``<name>.npy`` per array (earlier versions) are still read.
+It is written whole under a temporary name and renamed into place, so a
 reader sees either the complete job or none. Several replicas can share the
 directory (a shared volume).
 
@@ -39,6 +44,43 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 _ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
 _LAYER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+PACK = "arrays.npk"
+_ALIGN = 64
+
+
+def _pack(f: Any, arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Write arrays one after another as ``.npy`` images; returns their offsets."""
+    offsets: dict[str, int] = {}
+    at = 0
+    for name, array in arrays.items():
+        pad = -at % _ALIGN
+        if pad:
+            at += f.write(b"\0" * pad)
+        offsets[name] = at
+        if array.dtype.hasobject:
+            raise ValueError(f"{name}: object arrays are not stored")
+        np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
+        at = f.tell()
+    return offsets
+
+
+def _read_packed(path: Path, offset: int) -> np.ndarray:
+    """The array whose ``.npy`` image starts at ``offset`` in a pack, memory-mapped."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        version = np.lib.format.read_magic(f)
+        if version != (1, 0):
+            raise ValueError(f"unexpected .npy version {version} in {path.name}")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        data_at = f.tell()
+    count = int(np.prod(shape))
+    if count == 0:
+        empty = np.empty(shape, dtype=dtype)
+        empty.flags.writeable = False
+        return empty
+    flat = np.memmap(path, dtype=dtype, mode="r", offset=data_at, shape=(count,))
+    # A plain view (np.memmap.reshape mishandles 0-d); it keeps the mapping alive.
+    return flat.view(np.ndarray).reshape(shape, order="F" if fortran else "C")
 
 
 def owner_of(api_key: str | None) -> str | None:
@@ -63,6 +105,7 @@ class JobRecord:
         georef: the input's georeference (rasters).
         extra: anything else the response needs later (dates, item ids).
         owner: hash of the API key that made it, or None.
+        packed: array name -> byte offset of its ``.npy`` image in ``arrays.npk``.
     """
 
     id: str
@@ -79,6 +122,7 @@ class JobRecord:
     error: dict[str, str] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     updated: float = 0.0
+    packed: dict[str, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -180,10 +224,11 @@ class JobStore:
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
         try:
-            for name, array in arrays.items():
+            for name in arrays:
                 if not _LAYER.match(name):
                     raise ValueError(f"bad layer name {name!r}")
-                self._write(staging / f"{name}.npy", lambda f, a=array: np.save(f, a))
+            if arrays:
+                record.packed = self._write(staging / PACK, lambda f: _pack(f, arrays))
             for name, data in (files or {}).items():
                 if not _LAYER.match(name):
                     raise ValueError(f"bad file name {name!r}")
@@ -279,12 +324,14 @@ class JobStore:
                 found.append(record)
         return sorted(found, key=lambda r: r.created)
 
-    def _write(self, path: Path, write: Any) -> None:
+    def _write(self, path: Path, write: Callable[[Any], Any]) -> Any:
+        """Create ``path``, fill it with ``write(file)`` and return what that returned."""
         with open(path, "wb") as f:
-            write(f)
+            result = write(f)
             if self.fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        return result
 
     def load(self, job_id: str, owner: str | None = None, any_owner: bool = False) -> JobRecord:
         """The job's record.
@@ -317,6 +364,8 @@ class JobStore:
             view = pending[1][name].view()
             view.flags.writeable = False
             return view
+        if name in record.packed:
+            return _read_packed(self._dir(record.id) / PACK, record.packed[name])
         return np.load(self._dir(record.id) / f"{name}.npy", mmap_mode="r")
 
     def delete(self, job_id: str) -> bool:
