@@ -324,7 +324,7 @@ class JobStore:
                 found.append(record)
         return sorted(found, key=lambda r: r.created)
 
-    def _write(self, path: Path, write: Callable[[Any], Any]) -> Any:
+    def _write(self, path: Path, write: Callable[..., Any]) -> Any:
         """Create ``path``, fill it with ``write(file)`` and return what that returned."""
         with open(path, "wb") as f:
             result = write(f)
