@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rasterio.io import DatasetReader
 
 from service.errors import InvalidInput, UnsupportedRaster
 from service.raster.decode import (
@@ -16,6 +18,7 @@ from service.raster.decode import (
     RasterInfo,
     RasterLimits,
     read_geotiff,
+    read_open,
 )
 from service.runtime.manifest import Manifest
 from service.runtime.temporal import days_from_dates
@@ -79,11 +82,25 @@ def parse_dates(text: str | list[str]) -> list[date]:
 
 def read_image(data: bytes, manifest: Manifest, limits: RasterLimits) -> RasterInput:
     """Decode one uploaded GeoTIFF for a segmentation model, checked against it."""
+    return image_input(read_geotiff(data, limits, _layout_check(manifest)), manifest)
 
+
+def _layout_check(manifest: Manifest) -> Callable[[RasterInfo], None]:
     def check(info: RasterInfo) -> None:
         check_layout(manifest, info.count, info.dtype)
 
-    raster = read_geotiff(data, limits, check)
+    return check
+
+
+def read_open_image(
+    dataset: DatasetReader, info: RasterInfo, manifest: Manifest, limits: RasterLimits
+) -> RasterInput:
+    """As :func:`read_image`, for a GeoTIFF already opened (and described) by the caller."""
+    return image_input(read_open(dataset, info, limits, _layout_check(manifest)), manifest)
+
+
+def image_input(raster: DecodedRaster, manifest: Manifest) -> RasterInput:
+    """A decoded image as a segmentation model's input, its values checked."""
     values = raster.data if raster.valid is None else raster.data[:, raster.valid]
     check_values(manifest, values)
     return RasterInput(raster.data, raster.valid, raster.info.georef)

@@ -250,13 +250,26 @@ def read_geotiff(
         PayloadTooLarge: over a limit.
     """
     with open_geotiff(data) as dataset:
-        info = describe(dataset)
-        check_limits(info, limits)
-        if check is not None:
-            check(info)
-        try:
-            array = dataset.read()
-            valid = read_valid_mask(dataset, array)
-        except RasterioError:
-            raise InvalidRaster(UNREADABLE) from None
+        return read_open(dataset, describe(dataset), limits, check)
+
+
+def read_open(
+    dataset: DatasetReader,
+    info: RasterInfo,
+    limits: RasterLimits,
+    check: Callable[[RasterInfo], None] | None = None,
+) -> DecodedRaster:
+    """Check and read a dataset opened by :func:`open_geotiff` (``info``: its description).
+
+    Same checks and errors as :func:`read_geotiff`, for a caller that looked at
+    the header first and decided to read.
+    """
+    check_limits(info, limits)
+    if check is not None:
+        check(info)
+    try:
+        array = dataset.read()
+        valid = read_valid_mask(dataset, array)
+    except RasterioError:
+        raise InvalidRaster(UNREADABLE) from None
     return DecodedRaster(array, valid, info)

@@ -18,6 +18,7 @@ from service.jobs.store import JobRecord
 from service.pipeline import inputs, views
 from service.pipeline.scene import SceneOptions, check_scene
 from service.raster.decode import RasterInfo, RasterLimits, check_limits, describe, open_geotiff
+from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
 
 router = APIRouter(tags=["predict"])
@@ -153,19 +154,39 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
         max_bands=state.settings.max_bands,
         max_bytes=2**62,  # scenes are read window by window, never decoded whole
     )
+    limits = _limits(state, sync_limit)
+    if manifest.task == "segmentation":
+        # One open decides between a scene job and a synchronous answer, and reads.
+        raster = await asyncio.to_thread(
+            _image_if_sync, parts[0], scene_limits, None if want_async else limits, manifest
+        )
+        if raster is None:
+            return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
+        record = await state.runner.raster(served, raster, owner)
+        return await _answer(record, state, fields.get("format"), request)
     headers = await asyncio.to_thread(_headers, parts, scene_limits)
     if want_async or any(i.width * i.height > sync_limit for i in headers):
         return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-    limits = _limits(state, sync_limit)
-    if manifest.task == "segmentation":
-        raster = await asyncio.to_thread(inputs.read_image, parts[0], manifest, limits)
-        record = await state.runner.raster(served, raster, owner)
-    else:
-        series = await asyncio.to_thread(
-            inputs.read_series_rasters, parts, fields.get("dates"), manifest, limits
-        )
-        record = await state.runner.series(served, series, owner)
+    series = await asyncio.to_thread(
+        inputs.read_series_rasters, parts, fields.get("dates"), manifest, limits
+    )
+    record = await state.runner.series(served, series, owner)
     return await _answer(record, state, fields.get("format"), request)
+
+
+def _image_if_sync(
+    data: bytes, scene_limits: RasterLimits, sync: RasterLimits | None, manifest: Manifest
+) -> inputs.RasterInput | None:
+    """The decoded image, or None when it must run as a scene job.
+
+    ``sync``: the synchronous limits, None when the client asked for a job.
+    """
+    with open_geotiff(data) as dataset:
+        info = describe(dataset)
+        check_limits(info, scene_limits)
+        if sync is None or info.width * info.height > sync.max_pixels:
+            return None
+        return inputs.read_open_image(dataset, info, manifest, sync)
 
 
 def _flag(value: str | None, name: str) -> bool:
