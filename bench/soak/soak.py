@@ -40,6 +40,11 @@ from rasterio.transform import from_origin
 REPO = Path(__file__).resolve().parents[2]
 # Small enough that the oversize case is cheap to send, large enough for every valid case.
 UPLOAD_LIMIT_MB = 2
+# Jobs expire and are cleaned up during the run (the soak reads only recent ones), so
+# the number of stored jobs levels off after JOB_TTL_S + JOB_CLEANUP_S; memory that
+# follows the job count (allocator pools, file mappings) levels off with it.
+JOB_TTL_S = 120
+JOB_CLEANUP_S = 30
 
 
 @dataclass(frozen=True)
@@ -278,9 +283,8 @@ def start_server(model_dir: Path, job_dir: Path, log: Path) -> tuple[subprocess.
         "ATTNSERVE_MODEL_DIR": str(model_dir),
         "ATTNSERVE_JOB_DIR": str(job_dir),
         "ATTNSERVE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB),
-        # Jobs expire and are cleaned up during the run (the soak reads only recent ones).
-        "ATTNSERVE_JOB_TTL_S": "300",
-        "ATTNSERVE_JOB_CLEANUP_INTERVAL_S": "60",
+        "ATTNSERVE_JOB_TTL_S": str(JOB_TTL_S),
+        "ATTNSERVE_JOB_CLEANUP_INTERVAL_S": str(JOB_CLEANUP_S),
         "ATTNSERVE_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen(
@@ -305,8 +309,20 @@ def start_server(model_dir: Path, job_dir: Path, log: Path) -> tuple[subprocess.
     raise TimeoutError("server did not become ready")
 
 
-def soak(url: str, pid: int, duration_s: float, workers: int, sample_s: float, seed: int) -> dict:
-    """Drive the load for ``duration_s``; returns the figures."""
+def soak(
+    url: str,
+    pid: int,
+    duration_s: float,
+    workers: int,
+    sample_s: float,
+    seed: int,
+    warmup_s: float,
+) -> dict:
+    """Drive the load for ``duration_s``; returns the figures.
+
+    The RSS slope is taken after ``warmup_s`` (at least the first tenth): arenas,
+    caches and the job store's population must reach their steady state first.
+    """
     models = {m["name"]: m for m in httpx.get(url + "/models", timeout=10).json()["models"]}
     cases = build_cases(models)
     weights = [c.weight for c in cases]
@@ -346,8 +362,10 @@ def soak(url: str, pid: int, duration_s: float, workers: int, sample_s: float, s
         time.sleep(sample_s)
     samples.append((time.monotonic() - t0, rss_mb(pid)))
     elapsed = time.monotonic() - t0
-    # The first tenth is warm-up (arenas, caches): the slope is taken after it.
-    steady = [s for s in samples if s[0] >= elapsed * 0.1]
+    # (A run shorter than twice the warm-up keeps its second half for the slope.)
+    warmup = min(max(warmup_s, elapsed * 0.1), elapsed / 2)
+    steady = [s for s in samples if s[0] >= warmup]
+    second_half = [s for s in samples if s[0] >= elapsed / 2]
     lat = np.array(latencies) if latencies else np.zeros(1)
     total = sum(sum(c.values()) for c in statuses.values())
     try:
@@ -378,7 +396,9 @@ def soak(url: str, pid: int, duration_s: float, workers: int, sample_s: float, s
             "after_warmup": round(steady[0][1], 1) if steady else None,
             "end": round(samples[-1][1], 1),
             "max": round(max(s[1] for s in samples), 1),
+            "warmup_s": round(warmup, 1),
             "slope_mb_per_hour": round(slope_mb_per_hour(steady), 2),
+            "slope_second_half_mb_per_hour": round(slope_mb_per_hour(second_half), 2),
             "samples": [[round(t, 1), round(m, 1)] for t, m in samples],
         },
     }
@@ -392,8 +412,7 @@ def markdown(r: dict) -> str:
         "# Soak results",
         "",
         f"Machine: {m['cores']}-core CPU ({m['cpu']}), {m['memory_gib']} GiB RAM, "
-        f"Python {m['python']}, {m['platform']}; no GPU (ONNX Runtime CPU), "
-        "cores shared with model training while it ran.",
+        f"Python {m['python']}, {m['platform']}; no GPU (ONNX Runtime CPU).",
         "",
         f"- duration: {r['duration_s']} s, {r['workers']} concurrent clients, models "
         f"{', '.join(r['models'])}" + (f" ({r['model_note']})" if r.get("model_note") else ""),
@@ -404,7 +423,9 @@ def markdown(r: dict) -> str:
         f"max {r['latency_s']['max']} s",
         f"- server RSS: start {rss['start']} MiB, after warm-up {rss['after_warmup']} MiB, "
         f"end {rss['end']} MiB, max {rss['max']} MiB; "
-        f"slope after warm-up **{rss['slope_mb_per_hour']} MiB/h**",
+        f"slope after warm-up ({rss.get('warmup_s', '10%')} s) "
+        f"**{rss['slope_mb_per_hour']} MiB/h**, over the second half "
+        f"{rss.get('slope_second_half_mb_per_hour', 'n/a')} MiB/h",
         "",
         "| case | expected | got |",
         "| --- | --- | --- |",
@@ -429,6 +450,12 @@ def main() -> int:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/soak/results"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=JOB_TTL_S + 2 * JOB_CLEANUP_S + 30,
+        help="seconds before the RSS slope is taken (default: until the job count is steady)",
+    )
     args = parser.parse_args()
 
     proc = None
@@ -444,7 +471,7 @@ def main() -> int:
             )
             proc, url = start_server(model_dir, Path(tmp.name) / "jobs", Path(tmp.name) / "log")
             pid = proc.pid
-        result = soak(url, pid, args.duration, args.workers, args.sample, args.seed)
+        result = soak(url, pid, args.duration, args.workers, args.sample, args.seed, args.warmup)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
