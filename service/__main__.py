@@ -14,6 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.app import create_app
 from service.config import Settings
+from service.memory import limit_malloc_arenas
 from service.raster.decode import disable_risky_drivers
 
 # h11 refuses (400) a request head still incomplete past this many buffered bytes. Heads
@@ -113,6 +114,8 @@ def serve(host: str | None = None, port: int | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; settings come from ``ATTNSERVE_*``."""
     disable_risky_drivers()
     settings = Settings()
+    # Before any server thread allocates (glibc reads the limit when it makes an arena).
+    limit_malloc_arenas(settings.malloc_arena_max)
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)

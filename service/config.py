@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     require_cuda: bool = Field(False, description="not ready unless CUDA is active")
     cuda: CudaSettings = Field(default_factory=CudaSettings)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="most glibc malloc arenas (like MALLOC_ARENA_MAX); fewer arenas hold less "
+        "freed memory across threads; 0 leaves glibc's default (8 per core)",
+    )
     memory_pattern: bool = Field(
         True,
         description="ONNX Runtime plans one memory block per run (its default); off lowers "

@@ -3,7 +3,9 @@
 Decoding rasters and running batches of varying shapes churns large numpy
 buffers across threads; glibc keeps freed chunks in its arenas, so a long-lived
 server's resident memory creeps up although nothing is leaked. Trimming the
-heaps now and then gives that memory back.
+heaps now and then gives that memory back, and capping the number of arenas
+(glibc makes up to 8 per core, one per thread that allocates concurrently)
+keeps freed chunks in fewer places, where later requests reuse them.
 """
 
 from __future__ import annotations
@@ -13,19 +15,43 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def malloc_trim() -> Callable[[], int] | None:
-    """glibc's ``malloc_trim(0)`` as a function, or None where libc has none."""
+# glibc's mallopt() parameter for the most arenas (malloc.h).
+M_ARENA_MAX = -8
+
+
+def _glibc(function: str) -> Any | None:
+    """A glibc function through ctypes, or None where libc has none of that name."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        return getattr(ctypes.CDLL(name), function)
     except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Let glibc create at most ``count`` malloc arenas (as ``MALLOC_ARENA_MAX``).
+
+    Call it before the server starts its threads. Returns whether it took effect.
+    """
+    mallopt = _glibc("mallopt")
+    if mallopt is None or count <= 0:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, count))
+
+
+def malloc_trim() -> Callable[[], int] | None:
+    """glibc's ``malloc_trim(0)`` as a function, or None where libc has none."""
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
