@@ -366,6 +366,7 @@ def soak(
     warmup = min(max(warmup_s, elapsed * 0.1), elapsed / 2)
     steady = [s for s in samples if s[0] >= warmup]
     second_half = [s for s in samples if s[0] >= elapsed / 2]
+    last_third = [s for s in samples if s[0] >= elapsed * 2 / 3]
     lat = np.array(latencies) if latencies else np.zeros(1)
     total = sum(sum(c.values()) for c in statuses.values())
     try:
@@ -399,6 +400,7 @@ def soak(
             "warmup_s": round(warmup, 1),
             "slope_mb_per_hour": round(slope_mb_per_hour(steady), 2),
             "slope_second_half_mb_per_hour": round(slope_mb_per_hour(second_half), 2),
+            "slope_last_third_mb_per_hour": round(slope_mb_per_hour(last_third), 2),
             "samples": [[round(t, 1), round(m, 1)] for t, m in samples],
         },
     }
@@ -425,7 +427,8 @@ def markdown(r: dict) -> str:
         f"end {rss['end']} MiB, max {rss['max']} MiB; "
         f"slope after warm-up ({rss.get('warmup_s', '10%')} s) "
         f"**{rss['slope_mb_per_hour']} MiB/h**, over the second half "
-        f"{rss.get('slope_second_half_mb_per_hour', 'n/a')} MiB/h",
+        f"{rss.get('slope_second_half_mb_per_hour', 'n/a')} MiB/h, over the last third "
+        f"{rss.get('slope_last_third_mb_per_hour', 'n/a')} MiB/h",
         "",
         "| case | expected | got |",
         "| --- | --- | --- |",
