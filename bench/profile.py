@@ -27,7 +27,10 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         "job store write (np.save, fsync, meta)",
         ("save (service/jobs/store", "update (service/jobs"),
     ),
-    ("GeoTIFF decode + checks", ("read_geotiff", "read_image", "_headers", "open_geotiff")),
+    (
+        "GeoTIFF decode + checks",
+        ("read_geotiff", "read_open", "_image_if_sync", "_headers", "open_geotiff"),
+    ),
     ("GeoTIFF encode", ("encode_geotiff", "geotiff (service/pipeline/views")),
     ("statistics", ("statistics (service/pipeline/runner",)),
     ("pad / mask / crop (segmentation)", ("predict (service/runtime/segmentation",)),

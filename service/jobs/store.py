@@ -57,8 +57,7 @@ def _pack(f: Any, arrays: dict[str, np.ndarray]) -> dict[str, int]:
         if pad:
             at += f.write(b"\0" * pad)
         offsets[name] = at
-        if array.dtype.hasobject:
-            raise ValueError(f"{name}: object arrays are not stored")
+        # (allow_pickle=False refuses object arrays.)
         np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
         at = f.tell()
     return offsets

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -80,27 +79,19 @@ def parse_dates(text: str | list[str]) -> list[date]:
         raise InvalidInput(f"dates: {exc}; use ISO dates like 2024-05-01") from None
 
 
-def read_image(data: bytes, manifest: Manifest, limits: RasterLimits) -> RasterInput:
-    """Decode one uploaded GeoTIFF for a segmentation model, checked against it."""
-    return image_input(read_geotiff(data, limits, _layout_check(manifest)), manifest)
-
-
-def _layout_check(manifest: Manifest) -> Callable[[RasterInfo], None]:
-    def check(info: RasterInfo) -> None:
-        check_layout(manifest, info.count, info.dtype)
-
-    return check
-
-
 def read_open_image(
     dataset: DatasetReader, info: RasterInfo, manifest: Manifest, limits: RasterLimits
 ) -> RasterInput:
-    """As :func:`read_image`, for a GeoTIFF already opened (and described) by the caller."""
-    return image_input(read_open(dataset, info, limits, _layout_check(manifest)), manifest)
+    """Decode an uploaded GeoTIFF for a segmentation model, checked against it.
 
+    The caller opened it (:func:`~service.raster.decode.open_geotiff`) and
+    described it, to choose between a synchronous answer and a scene job.
+    """
 
-def image_input(raster: DecodedRaster, manifest: Manifest) -> RasterInput:
-    """A decoded image as a segmentation model's input, its values checked."""
+    def check(info: RasterInfo) -> None:
+        check_layout(manifest, info.count, info.dtype)
+
+    raster = read_open(dataset, info, limits, check)
     values = raster.data if raster.valid is None else raster.data[:, raster.valid]
     check_values(manifest, values)
     return RasterInput(raster.data, raster.valid, raster.info.georef)
