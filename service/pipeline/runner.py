@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,6 +54,13 @@ def _layer_entry(spec: OutputSpec, array: np.ndarray, **extra: Any) -> dict[str,
     return entry
 
 
+class Stored(NamedTuple):
+    """A job just stored, with the arrays it was stored from (to answer without a read)."""
+
+    record: JobRecord
+    arrays: dict[str, np.ndarray]
+
+
 class PredictionRunner:
     """Runs inputs through a served model and stores the result as a job."""
 
@@ -67,7 +74,7 @@ class PredictionRunner:
         else:
             await asyncio.to_thread(self.store.save, record, arrays)
 
-    async def raster(self, served: ServedModel, inp: RasterInput, owner: str | None) -> JobRecord:
+    async def raster(self, served: ServedModel, inp: RasterInput, owner: str | None) -> Stored:
         """Segment one image and store every output as a layer."""
         task = served.task
         assert isinstance(task, SegmentationTask)
@@ -90,9 +97,9 @@ class PredictionRunner:
             h, w = inp.data.shape[1:]
             record.georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": w, "height": h}
         await self._save(record, arrays)
-        return record
+        return Stored(record, arrays)
 
-    async def series(self, served: ServedModel, inp: SeriesInput, owner: str | None) -> JobRecord:
+    async def series(self, served: ServedModel, inp: SeriesInput, owner: str | None) -> Stored:
         """Classify series (parcels or raster pixels) and store classes and attention."""
         task = served.task
         assert isinstance(task, TemporalTask)
@@ -146,4 +153,4 @@ class PredictionRunner:
                 )
             record.georef = inp.georef.to_json()
         await self._save(record, arrays)
-        return record
+        return Stored(record, arrays)

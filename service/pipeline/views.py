@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +45,38 @@ def links(record: JobRecord) -> dict[str, str]:
     return base
 
 
+class ArraySource(Protocol):
+    """Where a job's stored arrays are read from (a :class:`JobStore`, or :class:`Fresh`)."""
+
+    def array(self, record: JobRecord, name: str) -> np.ndarray:
+        """One stored array of a job (read-only)."""
+        ...
+
+
+class Fresh:
+    """A just-stored job's arrays, answered from memory rather than read back from disk.
+
+    The answer to ``/predict`` is built from the arrays the model has just
+    produced, which the store has written; reading them back (an open, a map
+    and page faults per layer) costs about as much as the rest of a small
+    request's answer.
+    """
+
+    def __init__(self, store: ArraySource, record: JobRecord, arrays: Mapping[str, np.ndarray]):
+        self.store = store
+        self.record_id = record.id
+        self.arrays = arrays
+
+    def array(self, record: JobRecord, name: str) -> np.ndarray:
+        """The in-memory array when it is this job's, else the store's."""
+        record.layer(name)  # the same refusal of unknown layers as the store's
+        if record.id == self.record_id and name in self.arrays:
+            view = self.arrays[name].view()
+            view.flags.writeable = False
+            return view
+        return self.store.array(record, name)
+
+
 INTERNAL_KEYS = frozenset({"days", "storage", "file", "band"})
 
 
@@ -54,7 +87,7 @@ def _public(layer: dict[str, Any], record: JobRecord) -> dict[str, Any]:
     return entry
 
 
-def job_json(record: JobRecord, store: JobStore) -> dict[str, Any]:
+def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     """A job as the JSON answer of ``/predict`` and ``GET /jobs/{id}``."""
     prediction = [layer for layer in record.layers if layer["role"] == "prediction"]
     attention = [layer for layer in record.layers if layer["role"] == "attention"]
@@ -98,33 +131,33 @@ def job_json(record: JobRecord, store: JobStore) -> dict[str, Any]:
     return body
 
 
-def series_prediction(record: JobRecord, store: JobStore) -> dict[str, Any]:
+def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     """Class and probabilities for each series of a series job."""
     layer = next(la for la in record.layers if la["role"] == "prediction")
     probs = np.asarray(store.array(record, layer["name"]))
     classes: list[str] = record.extra["classes"]
     ids: list[str] = record.extra["ids"]
-    items = []
-    for item_id, row in zip(ids, probs, strict=True):
-        best = int(row.argmax())
-        items.append(
-            {
-                "id": item_id,
-                "class": classes[best],
-                "confidence": float(row[best]),
-                "probabilities": dict(zip(classes, row.tolist(), strict=True)),
-            }
-        )
+    best = probs.argmax(axis=1).tolist()
+    items = [
+        {
+            "id": item_id,
+            "class": classes[b],
+            "confidence": row[b],
+            "probabilities": dict(zip(classes, row, strict=True)),
+        }
+        for item_id, b, row in zip(ids, best, probs.tolist(), strict=True)
+    ]
     return {"name": layer["name"], "kind": layer["kind"], "classes": classes, "items": items}
 
 
-def series_attention(record: JobRecord, store: JobStore, name: str) -> list[dict[str, Any]]:
+def series_attention(record: JobRecord, store: ArraySource, name: str) -> list[dict[str, Any]]:
     """Per-series attention weights: per head and mean over heads, per date."""
     weights = np.asarray(store.array(record, name))  # (N, heads, T)
     ids: list[str] = record.extra["ids"]
+    means = weights.mean(axis=1).tolist()
     return [
-        {"id": item_id, "weights": w.tolist(), "mean": w.mean(axis=0).tolist()}
-        for item_id, w in zip(ids, weights, strict=True)
+        {"id": item_id, "weights": w, "mean": m}
+        for item_id, w, m in zip(ids, weights.tolist(), means, strict=True)
     ]
 
 

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from service.api.deps import Owner, State
 from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import InvalidInput, UnsupportedMediaType
-from service.jobs.store import JobRecord
 from service.pipeline import inputs, views
+from service.pipeline.runner import Stored
 from service.pipeline.scene import SceneOptions, check_scene
 from service.raster.decode import RasterInfo, RasterLimits, check_limits, describe, open_geotiff
 from service.runtime.manifest import Manifest
@@ -101,7 +101,8 @@ def _resolve(state: State, request: Request, ref: str) -> ServedModel:
     return served
 
 
-async def _answer(record: JobRecord, state: State, fmt: str | None, request: Request) -> Response:
+async def _answer(stored: Stored, state: State, fmt: str | None, request: Request) -> Response:
+    record = stored.record
     if wants_geotiff(fmt, request.headers.get("accept")):
         if record.kind != "raster":
             raise InvalidInput("format=geotiff needs a raster input; this request gave series")
@@ -112,7 +113,7 @@ async def _answer(record: JobRecord, state: State, fmt: str | None, request: Req
         response.headers["X-Job-Id"] = record.id
         response.headers["Location"] = f"/jobs/{record.id}"
         return response
-    return result_json(views.job_json(record, state.store))
+    return result_json(views.job_json(record, views.Fresh(state.store, record, stored.arrays)))
 
 
 async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
@@ -162,16 +163,16 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
         )
         if raster is None:
             return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-        record = await state.runner.raster(served, raster, owner)
-        return await _answer(record, state, fields.get("format"), request)
+        stored = await state.runner.raster(served, raster, owner)
+        return await _answer(stored, state, fields.get("format"), request)
     headers = await asyncio.to_thread(_headers, parts, scene_limits)
     if want_async or any(i.width * i.height > sync_limit for i in headers):
         return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
     series = await asyncio.to_thread(
         inputs.read_series_rasters, parts, fields.get("dates"), manifest, limits
     )
-    record = await state.runner.series(served, series, owner)
-    return await _answer(record, state, fields.get("format"), request)
+    stored = await state.runner.series(served, series, owner)
+    return await _answer(stored, state, fields.get("format"), request)
 
 
 def _image_if_sync(
@@ -295,13 +296,13 @@ async def _from_json(request: Request, state: State, owner: str | None) -> Respo
         if req.parcels is None:
             raise InvalidInput(f"model {manifest.name} takes parcels (series), not an image")
         series = inputs.series_from_json(req, manifest, state.settings.max_json_items)
-        record = await state.runner.series(served, series, owner)
+        stored = await state.runner.series(served, series, owner)
     else:
         if req.image is None:
             raise InvalidInput(f"model {manifest.name} takes an image, not parcels")
         raster = inputs.image_from_json(req, manifest, JSON_IMAGE_MAX_PIXELS)
-        record = await state.runner.raster(served, raster, owner)
-    return await _answer(record, state, req.format, request)
+        stored = await state.runner.raster(served, raster, owner)
+    return await _answer(stored, state, req.format, request)
 
 
 @router.post(

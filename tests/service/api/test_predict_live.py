@@ -137,6 +137,9 @@ def test_crop_parcels_json(live: LiveServer) -> None:
     for item in items:
         assert item["class"] in classes
         assert sum(item["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        probs = item["probabilities"]
+        assert item["class"] == max(probs, key=probs.__getitem__)
+        assert item["confidence"] == probs[item["class"]]
     (att,) = body["attention"]
     assert att["kind"] == "temporal"
     assert att["dates"] == req["dates"]
@@ -144,8 +147,13 @@ def test_crop_parcels_json(live: LiveServer) -> None:
         weights = np.array(item["weights"])
         assert weights.shape[1] == 12
         np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(item["mean"], weights.mean(axis=0), atol=1e-6)
     again = httpx.get(f"{live.url}/attention/{body['job_id']}/attention").json()
     assert again["items"] == att["items"]
+    # The answer is built from memory; what the store gives back later is the same.
+    stored = httpx.get(f"{live.url}/jobs/{body['job_id']}").json()
+    assert stored["prediction"] == body["prediction"]
+    assert stored["attention"] == body["attention"]
 
 
 def test_32_concurrent_clients_each_get_their_own_answer(live: LiveServer, model_dir: Path) -> None:
