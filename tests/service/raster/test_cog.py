@@ -1,0 +1,121 @@
+"""Scene outputs: the COGs a RasterSink finishes carry the overviews GDAL's COG driver would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.shutil
+from rio_cogeo.cogeo import cog_validate
+
+from service.raster.cog import RasterSink, overview_factors
+from service.raster.decode import Georeference
+
+GEOREF = Georeference(
+    crs=rasterio.crs.CRS.from_epsg(32631).to_wkt(),
+    transform=(10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0),
+    width=2048,
+    height=1536,
+)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "factors"),
+    [
+        (512, 512, []),
+        (300, 40, []),
+        (513, 10, [2]),
+        (1024, 1024, [2]),
+        (1025, 700, [2]),
+        (1026, 700, [2, 4]),
+        (4096, 4096, [2, 4, 8]),
+        (8192, 8192, [2, 4, 8, 16]),
+        (100, 30000, [2, 4, 8, 16, 32, 64]),
+    ],
+)
+def test_overview_factors_halve_until_one_block(
+    width: int, height: int, factors: list[int]
+) -> None:
+    assert overview_factors(width, height) == factors
+
+
+def _reference(tmp_path: Path, data: np.ndarray, sink_kwargs: dict[str, Any]) -> Path:
+    """The same values made into a COG by the COG driver building its own overviews."""
+    dtype = sink_kwargs.get("dtype", "float32")
+    scaled = sink_kwargs.get("scaled", False)
+    nodata = sink_kwargs.get("nodata")
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": GEOREF.width,
+        "height": GEOREF.height,
+        "count": data.shape[0],
+        "dtype": dtype,
+        "crs": rasterio.crs.CRS.from_wkt(GEOREF.crs or ""),
+        "transform": rasterio.Affine(*GEOREF.transform),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+    }
+    valid = np.isfinite(data).all(axis=0)
+    if dtype == "float32":
+        profile["nodata"] = float("nan")
+        values = data
+    elif scaled:
+        values = np.clip(np.nan_to_num(data) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        profile["nodata"] = nodata
+        values = np.where(np.isfinite(data), data, nodata).astype(np.uint8)
+    plain = tmp_path / "plain.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(plain, "w", **profile) as dst:
+        dst.write(values)
+        if dtype == "uint8" and scaled:
+            dst.write_mask(np.where(valid, 255, 0).astype(np.uint8))
+    resampling = sink_kwargs.get("resampling", "average").upper()
+    options = {"BLOCKSIZE": 512, "COMPRESS": "DEFLATE", "OVERVIEW_RESAMPLING": resampling}
+    reference = tmp_path / "reference.tif"
+    rasterio.shutil.copy(plain, reference, driver="COG", **options)
+    return reference
+
+
+@pytest.mark.parametrize(
+    "sink_kwargs",
+    [
+        {},
+        {"dtype": "uint8", "scaled": True},
+        {"dtype": "uint8", "nodata": 255, "resampling": "mode"},
+    ],
+    ids=["float-nan", "uint8-mask", "classes-mode"],
+)
+def test_finished_cog_matches_the_cog_drivers_own_overviews(
+    tmp_path: Path, sink_kwargs: dict[str, Any]
+) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.random((2, GEOREF.height, GEOREF.width)).astype(np.float32)
+    if sink_kwargs.get("dtype") == "uint8" and not sink_kwargs.get("scaled"):
+        data = np.floor(data * 5)
+    data[:, 100:180, :] = np.nan  # nodata rows, and scattered nodata pixels
+    data[:, ::7, ::11] = np.nan
+    sink = RasterSink(tmp_path / "out.tif", GEOREF, ["a", "b"], **sink_kwargs)
+    for row in range(0, GEOREF.height, 300):  # rows in blocks, as a scene writes them
+        sink.write(row, data[:, row : row + 300])
+    out = sink.finish()
+    assert not sink.partial.exists()
+    assert cog_validate(out)[0]
+    reference = _reference(tmp_path, data, sink_kwargs)
+    with rasterio.open(out) as got, rasterio.open(reference) as want:
+        assert got.crs == want.crs
+        assert got.transform == want.transform
+        assert got.overviews(1) == want.overviews(1) == [2, 4]
+        assert got.mask_flag_enums == want.mask_flag_enums
+        np.testing.assert_array_equal(got.read(masked=True), want.read(masked=True))
+    for level in range(2):
+        with (
+            rasterio.open(out, overview_level=level) as got,
+            rasterio.open(reference, overview_level=level) as want,
+        ):
+            a, b = got.read(masked=True), want.read(masked=True)
+            np.testing.assert_array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
+            np.testing.assert_array_equal(a.filled(0), b.filled(0))
