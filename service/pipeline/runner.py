@@ -20,6 +20,17 @@ CLASS_NODATA = 255
 def statistics(array: np.ndarray) -> dict[str, float | None]:
     """Min, max, mean and valid fraction of an array, ignoring NaN."""
     arr = np.asarray(array, dtype=np.float32)
+    if arr.size == 0:
+        return {"min": None, "max": None, "mean": None, "valid_fraction": 0.0}
+    low, high = arr.min(), arr.max()
+    if np.isfinite(low) and np.isfinite(high):
+        # min and max propagate NaN, so all values are finite: three passes, not five.
+        return {
+            "min": float(low),
+            "max": float(high),
+            "mean": float(arr.mean()),
+            "valid_fraction": 1.0,
+        }
     finite = np.isfinite(arr)
     count = int(finite.sum())
     if count == 0:
