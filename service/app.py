@@ -73,6 +73,9 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.job_ttl_s,
         fsync=settings.job_fsync,
         write_behind=settings.job_write_behind,
+        min_free_bytes=int(settings.job_min_free_mb * 2**20),
+        max_bytes=int(settings.job_max_mb * 2**20),
+        on_evict=metrics.jobs_evicted.inc,
     )
     runner = PredictionRunner(store, settings.request_timeout_s)
     # Tiles of a scene have no per-request deadline of their own: the job may run

@@ -109,6 +109,19 @@ class Settings(BaseSettings):
         "before then loses it",
     )
     job_cleanup_interval_s: float = Field(300.0, gt=0)
+    job_min_free_mb: float = Field(
+        1024.0,
+        ge=0,
+        description="keep this much space free on the job volume: the oldest finished jobs "
+        "are deleted before their TTL to make room for new ones (0 = never)",
+    )
+    job_max_mb: float = Field(
+        0.0,
+        ge=0,
+        description="most space this server's jobs may take; the oldest finished jobs are "
+        "deleted before their TTL beyond it (0 = no cap). For volumes whose limit the "
+        "filesystem does not show, such as an emptyDir with a sizeLimit",
+    )
 
     max_upload_mb: float = Field(256.0, gt=0)
     max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64, description="largest synchronous image")

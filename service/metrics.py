@@ -67,6 +67,11 @@ class Metrics:
             registry=r,
         )
         self.jobs_stored = Gauge("attnserve_jobs_stored", "Jobs in the job store", registry=r)
+        self.jobs_evicted = Counter(
+            "attnserve_jobs_evicted",
+            "Finished jobs deleted before their TTL to keep room on the job volume",
+            registry=r,
+        )
 
     def observer(self, model: str) -> BatchMetrics:
         """A batch observer feeding this registry for one model."""

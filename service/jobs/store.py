@@ -10,6 +10,12 @@ It is written whole under a temporary name and renamed into place, so a
 reader sees either the complete job or none. Several replicas can share the
 directory (a shared volume).
 
+Jobs are kept until their TTL runs out, or until the volume needs the room: with
+``min_free_bytes`` or ``max_bytes`` set, the oldest finished jobs are deleted
+before their TTL whenever a new job would leave less free space than the one or
+make this process's jobs take more than the other. A footprints request stores
+5 MB, so at 10 requests/s a 24-hour TTL alone would ask for 4 TB.
+
 With write-behind on, a synchronous prediction's job is answered from memory in
 this process while one background thread writes it: the request no longer waits
 for the disk, but other replicas see the job only once it is written, and a
@@ -18,6 +24,7 @@ crash before then loses it.
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import json
@@ -63,6 +70,13 @@ def _pack(f: Any, arrays: dict[str, np.ndarray]) -> dict[str, int]:
     return offsets
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _read_packed(path: Path, offset: int) -> np.ndarray:
     """The array whose ``.npy`` image starts at ``offset`` in a pack, memory-mapped."""
     with open(path, "rb") as f:
@@ -80,6 +94,25 @@ def _read_packed(path: Path, offset: int) -> np.ndarray:
     flat = np.memmap(path, dtype=dtype, mode="r", offset=data_at, shape=(count,))
     # A plain view (np.memmap.reshape mishandles 0-d); it keeps the mapping alive.
     return flat.view(np.ndarray).reshape(shape, order="F" if fortran else "C")
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged process may still write on ``path``'s filesystem."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _dir_bytes(path: Path) -> int:
+    """Bytes in a job directory's files (a job directory has no subdirectories)."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        pass
+    return total
 
 
 def owner_of(api_key: str | None) -> str | None:
@@ -148,22 +181,48 @@ class JobStore:
         ttl_s: how long a job is kept.
         fsync: flush files to disk before a job becomes visible.
         write_behind: :meth:`save_soon` writes in the background (see the module).
+        min_free_bytes: delete the oldest finished jobs before their TTL rather
+            than leave less free space than this on the volume (0: never).
+        max_bytes: delete the oldest finished jobs before their TTL rather than
+            let the jobs this process knows of take more than this (0: no cap).
+            For volumes whose limit the filesystem does not show (a Kubernetes
+            ``emptyDir`` with a ``sizeLimit``).
+        on_evict: called with the number of jobs deleted to make room (metrics).
     """
 
     def __init__(
-        self, root: Path, ttl_s: float, fsync: bool = True, write_behind: bool = False
+        self,
+        root: Path,
+        ttl_s: float,
+        fsync: bool = True,
+        write_behind: bool = False,
+        min_free_bytes: int = 0,
+        max_bytes: int = 0,
+        on_evict: Callable[[int], None] | None = None,
     ) -> None:
         self.root = root
         self.ttl_s = ttl_s
         self.fsync = fsync
         self.write_behind = write_behind
+        self.min_free_bytes = min_free_bytes
+        self.max_bytes = max_bytes
+        # Jobs this process wrote or found at start, oldest first: id -> bytes.
+        self._sizes: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._bytes = 0
+        self._room_lock = threading.Lock()
+        self.evicted = 0  # jobs deleted before their TTL to make room
+        self._on_evict = on_evict
         # Jobs accepted by save_soon and not yet on disk: record, arrays, write.
         self._pending: dict[str, tuple[JobRecord, dict[str, np.ndarray], Future[None]]] = {}
         self._pending_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._tmp = root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        self._count = sum(1 for _ in self._job_dirs())
+        found = self._job_dirs()
+        self._count = len(found)
+        if min_free_bytes or max_bytes:
+            for path in sorted(found, key=_mtime):
+                self._track(path.name, _dir_bytes(path))
 
     @staticmethod
     def new_id() -> str:
@@ -220,6 +279,8 @@ class JobStore:
                 visible; an exception leaves no trace of the job.
         """
         final = self._dir(record.id)
+        size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
+        self.make_room(size)
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
         try:
@@ -246,6 +307,58 @@ class JobStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self._count += 1
+        if self.min_free_bytes or self.max_bytes:
+            self._track(record.id, _dir_bytes(final))
+
+    def _track(self, job_id: str, size: int) -> None:
+        with self._room_lock:
+            self._bytes += size - self._sizes.pop(job_id, 0)
+            self._sizes[job_id] = size
+
+    def _untrack(self, job_id: str) -> None:
+        with self._room_lock:
+            self._bytes -= self._sizes.pop(job_id, 0)
+
+    def _short_of_room(self, size: int) -> bool:
+        if self.max_bytes and self._bytes + size > self.max_bytes:
+            return True
+        return bool(self.min_free_bytes) and free_bytes(self.root) - size < self.min_free_bytes
+
+    def make_room(self, size: int) -> int:
+        """Delete the oldest finished jobs until ``size`` more bytes fit; returns how many.
+
+        Jobs still queued or running, and jobs being written behind, are kept.
+        When nothing more can go the write goes ahead and may fail (storage_failed).
+        """
+        if not (self.min_free_bytes or self.max_bytes) or not self._short_of_room(size):
+            return 0
+        evicted = 0
+        with self._room_lock:
+            candidates = list(self._sizes.items())
+        for job_id, _ in candidates:
+            if not self._short_of_room(size):
+                break
+            if job_id in self._pending or not self._finished_on_disk(job_id):
+                continue
+            if self.delete(job_id):
+                evicted += 1
+        if evicted:
+            self.evicted += evicted
+            if self._on_evict is not None:
+                self._on_evict(evicted)
+            log.warning(
+                "job store short of room: deleted the %d oldest finished jobs before their TTL",
+                evicted,
+            )
+        return evicted
+
+    def _finished_on_disk(self, job_id: str) -> bool:
+        try:
+            state = json.loads((self._dir(job_id) / "meta.json").read_bytes()).get("state")
+        except (OSError, ValueError, AttributeError):
+            self._untrack(job_id)  # gone (another replica deleted it) or unreadable
+            return False
+        return state in FINAL_STATES
 
     def save_soon(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
         """Save a job: in the background with write-behind on, else now (as :meth:`save`).
@@ -303,6 +416,8 @@ class JobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if record.finished and (self.min_free_bytes or self.max_bytes):
+            self._track(record.id, _dir_bytes(directory))  # a scene's outputs are in now
 
     def file(self, record: JobRecord, name: str) -> Path:
         """Path of a file kept in a job's directory (outputs, the scene input)."""
@@ -372,6 +487,7 @@ class JobStore:
         path = self._dir(job_id)
         self._settle(job_id)
         if not path.exists():
+            self._untrack(job_id)
             return False
         # Rename first so readers never see a half-deleted job.
         doomed = self._tmp / f"del-{job_id}.{secrets.token_hex(4)}"
@@ -381,6 +497,7 @@ class JobStore:
             return False
         shutil.rmtree(doomed, ignore_errors=True)
         self._count = max(0, self._count - 1)
+        self._untrack(job_id)
         return True
 
     def cleanup(self) -> int:

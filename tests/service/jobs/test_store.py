@@ -173,3 +173,80 @@ def test_jobs_stored_as_one_npy_per_array_are_still_read(tmp_path: Path) -> None
     record.packed = {}
     store.update(record)
     np.testing.assert_array_equal(store.array(store.load(job_id), "gate_1"), 3 * np.eye(2))
+
+
+def _save_sized(store: JobStore, kib: int, state: str = "done") -> str:
+    record = store.new_record(MODEL, "raster", None)
+    record.state = state
+    record.layers.append({"name": "p", "role": "prediction", "kind": "probability"})
+    store.save(record, {"p": np.zeros(kib * 256, dtype=np.float32)})  # kib KiB of data
+    return record.id
+
+
+def _exists(store: JobStore, job_id: str) -> bool:
+    try:
+        store.load(job_id)
+    except NotFound:
+        return False
+    return True
+
+
+def test_byte_cap_deletes_the_oldest_finished_jobs_first(tmp_path: Path) -> None:
+    evictions: list[int] = []
+    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024, on_evict=evictions.append)
+    ids = [_save_sized(store, 100) for _ in range(5)]
+    assert [_exists(store, i) for i in ids] == [False, False, True, True, True]
+    assert store.evicted == 2
+    assert sum(evictions) == 2
+    assert store.count == 3
+
+
+def test_unfinished_jobs_are_never_deleted_to_make_room(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
+    running = _save_sized(store, 100, state="running")
+    done = [_save_sized(store, 100) for _ in range(4)]
+    assert _exists(store, running)
+    assert [_exists(store, i) for i in done] == [False, False, True, True]
+
+
+def test_jobs_found_at_start_count_oldest_first(tmp_path: Path) -> None:
+    first = JobStore(tmp_path, ttl_s=3600)
+    old = [_save_sized(first, 100) for _ in range(3)]
+    for age, job_id in enumerate(old):  # the directories' times order them
+        stamp = time.time() - 1000 + age
+        os.utime(tmp_path / job_id[:2] / job_id, (stamp, stamp))
+    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
+    new = _save_sized(store, 100)
+    assert [_exists(store, i) for i in old] == [False, True, True]
+    assert _exists(store, new)
+
+
+def test_free_space_floor_deletes_until_the_new_job_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JobStore(tmp_path, ttl_s=3600, min_free_bytes=600 * 1024)
+    # A 1 MiB volume: what the jobs take is gone from it.
+    monkeypatch.setattr("service.jobs.store.free_bytes", lambda _: 1024 * 1024 - store._bytes)
+    ids = [_save_sized(store, 100) for _ in range(6)]
+    # 600 KiB must stay free, so at most 424 KiB of jobs: the four newest.
+    assert [_exists(store, i) for i in ids] == [False, False, True, True, True, True]
+    assert store.evicted == 2
+
+
+def test_a_job_deleted_elsewhere_is_forgotten_not_an_error(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=3600, max_bytes=250 * 1024)
+    gone = _save_sized(store, 100)
+    other = JobStore(tmp_path, ttl_s=3600)  # another replica on the same volume
+    assert other.delete(gone)
+    kept = _save_sized(store, 100)
+    newest = _save_sized(store, 100)
+    assert _exists(store, kept)
+    assert _exists(store, newest)
+    assert store.evicted == 0
+
+
+def test_without_limits_nothing_is_deleted_early(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=3600)
+    ids = [_save_sized(store, 100) for _ in range(5)]
+    assert all(_exists(store, i) for i in ids)
+    assert store.make_room(10**15) == 0
