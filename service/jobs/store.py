@@ -461,7 +461,9 @@ class JobStore:
             try:
                 data = json.loads(path.read_bytes())
             except (OSError, ValueError):
-                raise NotFound("no such job (it may have expired)") from None
+                raise NotFound(
+                    "no such job (it may have expired, or been deleted early to make room)"
+                ) from None
             record = JobRecord(**data)
         if record.expires <= time.time() and record.finished:
             self.delete(job_id)
