@@ -308,7 +308,8 @@ class JobStore:
             raise
         self._count += 1
         if self.min_free_bytes or self.max_bytes:
-            self._track(record.id, _dir_bytes(final))
+            # The data plus about what headers and meta.json add (no stat calls).
+            self._track(record.id, size + 1024 * (len(arrays) + 1))
 
     def _track(self, job_id: str, size: int) -> None:
         with self._room_lock:
