@@ -38,7 +38,7 @@ lint: install
 	$(BIN)/mypy
 
 # Benchmarks (bench/README.md): raw ONNX Runtime limit, live server over HTTP, an
-# 8192^2 scene job; about 20 minutes on 2 cores; writes bench/results.{md,json}.
+# 8192^2 scene job; about 11 minutes on 2 cores; writes bench/results.{md,json}.
 bench: install
 	$(BIN)/python -m bench.run
 
