@@ -52,6 +52,7 @@ FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 _ID = re.compile(r"^[A-Za-z0-9_-]{24}$")
 _LAYER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PACK = "arrays.npk"
+GONE = "no such job (it was deleted while being read)"
 _ALIGN = 64
 
 
@@ -481,9 +482,13 @@ class JobStore:
             view = pending[1][name].view()
             view.flags.writeable = False
             return view
-        if name in record.packed:
-            return _read_packed(self._dir(record.id) / PACK, record.packed[name])
-        return np.load(self._dir(record.id) / f"{name}.npy", mmap_mode="r")
+        try:
+            if name in record.packed:
+                return _read_packed(self._dir(record.id) / PACK, record.packed[name])
+            return np.load(self._dir(record.id) / f"{name}.npy", mmap_mode="r")
+        except FileNotFoundError:
+            # Deleted (TTL, DELETE, or to make room) after its record was read.
+            raise NotFound(GONE) from None
 
     def delete(self, job_id: str) -> bool:
         """Remove a job; True if it existed."""

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from service.jobs.store import JobRecord, JobStore
+from service.errors import NotFound
+from service.jobs.store import GONE, JobRecord, JobStore
 
 
 class LayerReader:
@@ -35,7 +37,13 @@ class LayerReader:
     def _dataset(self, file: str) -> DatasetReader:
         if file not in self._open:
             path = self.store.file(self.record, file)
-            self._open[file] = self._stack.enter_context(rasterio.open(path, driver="GTiff"))
+            try:
+                dataset = rasterio.open(path, driver="GTiff")
+            except RasterioIOError:
+                if not path.exists():  # deleted after its record was read
+                    raise NotFound(GONE) from None
+                raise
+            self._open[file] = self._stack.enter_context(dataset)
         return self._open[file]
 
     def read(self, name: str, rows: slice, cols: slice, band: int | None = None) -> np.ndarray:

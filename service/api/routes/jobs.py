@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import rasterio.crs
 from fastapi import APIRouter, Header, Query
@@ -12,7 +13,7 @@ from starlette.responses import FileResponse, Response
 from service.api.deps import Job, State
 from service.api.responses import GEOTIFF, geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.store import GONE, JobRecord, JobStore
 from service.pipeline import views
 from service.pipeline.layers import LayerReader
 from service.raster.footprints import FootprintOptions, extract_footprints
@@ -23,11 +24,18 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 def file_response(store: JobStore, job: JobRecord, file: str) -> FileResponse:
     """A stored output COG of a job, streamed from disk."""
     return FileResponse(
-        store.file(job, file),
+        _present(store.file(job, file)),
         media_type=GEOTIFF,
         filename=f"{job.id}-{file}",
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _present(path: Path) -> Path:
+    """``path``, unless the job was deleted (TTL, DELETE, or to make room) meanwhile."""
+    if not path.is_file():
+        raise NotFound(GONE)
+    return path
 
 
 @router.get("/{job_id}", summary="A job's state, progress and results")
@@ -100,10 +108,13 @@ async def get_footprints(
     if not cache.exists():
         collection = await asyncio.to_thread(_footprints, job, state.store, options)
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(collection, separators=(",", ":")))
-        tmp.replace(cache)
+        try:
+            tmp.write_text(json.dumps(collection, separators=(",", ":")))
+            tmp.replace(cache)
+        except FileNotFoundError:
+            raise NotFound(GONE) from None
     return FileResponse(
-        cache,
+        _present(cache),
         media_type="application/geo+json",
         filename=f"{job.id}-footprints.geojson",
         headers={"Cache-Control": "no-store"},

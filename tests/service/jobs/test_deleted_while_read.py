@@ -1,0 +1,74 @@
+"""A job deleted between reading its record and reading its data is a 404, not a 500.
+
+Deletion can come at any moment: the TTL, a DELETE, or the store making room.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from service.api.routes.jobs import file_response
+from service.errors import NotFound
+from service.jobs.store import JobRecord, JobStore
+from service.pipeline.layers import LayerReader
+
+MODEL = {"name": "m", "version": "1", "task": "segmentation"}
+
+
+def _job_with_array_and_cog(store: JobStore, tmp_path: Path) -> str:
+    record = store.new_record(MODEL, "raster", None)
+    record.georef = {"crs": None, "transform": [1, 0, 0, 0, -1, 0], "width": 4, "height": 4}
+    record.layers += [
+        {"name": "p", "role": "prediction", "kind": "probability", "shape": [4, 4]},
+        {"name": "a", "role": "attention", "kind": "spatial", "shape": [4, 4],
+         "storage": "cog", "file": "attention.tif", "band": 1},
+    ]  # fmt: skip
+    cog = tmp_path / "attention.tif"
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "float32",
+               "transform": from_origin(0, 4, 1, 1)}  # fmt: skip
+    with rasterio.open(cog, "w", **profile) as dst:
+        dst.write(np.ones((1, 4, 4), dtype=np.float32))
+    files = {"attention.tif": cog.read_bytes()}
+    store.save(record, {"p": np.zeros((4, 4), dtype=np.float32)}, files)
+    return record.id
+
+
+@pytest.fixture
+def deleted(tmp_path: Path) -> tuple[JobStore, JobRecord]:
+    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    job_id = _job_with_array_and_cog(store, tmp_path)
+    record = store.load(job_id)  # what a request has read ...
+    assert store.delete(job_id)  # ... before the job goes
+    return store, record
+
+
+def test_array(deleted: tuple[JobStore, JobRecord]) -> None:
+    store, record = deleted
+    with pytest.raises(NotFound, match="deleted"):
+        store.array(record, "p")
+
+
+def test_cog_layer(deleted: tuple[JobStore, JobRecord]) -> None:
+    store, record = deleted
+    with LayerReader(record, store) as reader, pytest.raises(NotFound, match="deleted"):
+        reader.read("a", slice(0, 4), slice(0, 4))
+
+
+def test_stored_file(deleted: tuple[JobStore, JobRecord]) -> None:
+    store, record = deleted
+    with pytest.raises(NotFound, match="deleted"):
+        file_response(store, record, "attention.tif")
+
+
+def test_the_same_reads_work_while_the_job_exists(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    record = store.load(_job_with_array_and_cog(store, tmp_path))
+    assert store.array(record, "p").shape == (4, 4)
+    with LayerReader(record, store) as reader:
+        assert reader.read("a", slice(0, 4), slice(0, 4)).sum() == 16
+    assert str(file_response(store, record, "attention.tif").path).endswith("attention.tif")
