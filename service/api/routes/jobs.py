@@ -105,19 +105,26 @@ async def get_footprints(
         raise NotFound("footprints exist for segmentation jobs only")
     options = FootprintOptions(threshold, min_area_px, simplify_px, native_crs=crs == "native")
     cache = state.store.file(job, f"footprints-{options.key()}.geojson")
-    if not cache.exists():
+    # Answered from memory (a GeoJSON is small): a file streamed after its headers
+    # could vanish mid-answer if the job is deleted meanwhile.
+    try:
+        data = await asyncio.to_thread(cache.read_bytes)
+    except FileNotFoundError:
         collection = await asyncio.to_thread(_footprints, job, state.store, options)
+        data = json.dumps(collection, separators=(",", ":")).encode()
         tmp = cache.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(collection, separators=(",", ":")))
+            tmp.write_bytes(data)
             tmp.replace(cache)
         except FileNotFoundError:
             raise NotFound(GONE) from None
-    return FileResponse(
-        _present(cache),
+    return Response(
+        data,
         media_type="application/geo+json",
-        filename=f"{job.id}-footprints.geojson",
-        headers={"Cache-Control": "no-store"},
+        headers={
+            "Content-Disposition": f'attachment; filename="{job.id}-footprints.geojson"',
+            "Cache-Control": "no-store",
+        },
     )
 
 
