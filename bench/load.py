@@ -76,9 +76,7 @@ def build_request(host: str, spec: dict[str, Any], path: str = "/predict") -> by
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     """One response: status, body, and whether the server keeps the connection."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    if len(head) > MAX_HEAD:
-        raise ProtocolError("response head too large")
+    head = await reader.readuntil(b"\r\n\r\n")  # LimitOverrunError past MAX_HEAD
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
@@ -134,7 +132,13 @@ async def drive(
                     if not keep:
                         writer.close()
                         conn = None
-                except (OSError, asyncio.IncompleteReadError, ValueError, ProtocolError) as exc:
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ValueError,
+                    ProtocolError,
+                ) as exc:
                     status = type(exc).__name__
                     if conn is not None:
                         conn[1].close()

@@ -97,6 +97,13 @@ def _read_packed(path: Path, offset: int) -> np.ndarray:
     return flat.view(np.ndarray).reshape(shape, order="F" if fortran else "C")
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A view of ``array`` that refuses writes (arrays handed out from memory)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def free_bytes(path: Path) -> int:
     """Bytes an unprivileged process may still write on ``path``'s filesystem."""
     st = os.statvfs(path)
@@ -222,8 +229,9 @@ class JobStore:
         found = self._job_dirs()
         self._count = len(found)
         if min_free_bytes or max_bytes:
+            # Sizes matter only to the byte cap; free space comes from the volume.
             for path in sorted(found, key=_mtime):
-                self._track(path.name, _dir_bytes(path))
+                self._track(path.name, _dir_bytes(path) if max_bytes else 0)
 
     @staticmethod
     def new_id() -> str:
@@ -418,7 +426,7 @@ class JobStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if record.finished and (self.min_free_bytes or self.max_bytes):
+        if record.finished and self.max_bytes:
             self._track(record.id, _dir_bytes(directory))  # a scene's outputs are in now
 
     def file(self, record: JobRecord, name: str) -> Path:
@@ -479,9 +487,7 @@ class JobStore:
         record.layer(name)
         pending = self._pending.get(record.id)
         if pending is not None and name in pending[1]:
-            view = pending[1][name].view()
-            view.flags.writeable = False
-            return view
+            return read_only(pending[1][name])
         try:
             if name in record.packed:
                 return _read_packed(self._dir(record.id) / PACK, record.packed[name])

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.store import JobRecord, JobStore, read_only
 from service.pipeline.layers import LayerReader
 from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff
@@ -71,9 +71,7 @@ class Fresh:
         """The in-memory array when it is this job's, else the store's."""
         record.layer(name)  # the same refusal of unknown layers as the store's
         if record.id == self.record_id and name in self.arrays:
-            view = self.arrays[name].view()
-            view.flags.writeable = False
-            return view
+            return read_only(self.arrays[name])
         return self.store.array(record, name)
 
 
