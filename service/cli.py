@@ -59,6 +59,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fp16(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "fp16", help="write a half-precision copy of an exported model (for GPU serving)"
+    )
+    p.add_argument("model", type=Path, help="ONNX file written by `attnserve export`")
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.set_defaults(func=_fp16)
+
+
+def _fp16(args: argparse.Namespace) -> int:
+    from models.half import convert_to_float16
+
+    try:
+        manifest = convert_to_float16(args.model, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"attnserve fp16: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({manifest.ref}, float16 inside, float32 inputs and outputs)")
+    return 0
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
@@ -197,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_fp16(sub)
     _add_client(sub)
     return parser
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 MANIFEST_KEY = "attnserve.manifest"
+# Set by `attnserve fp16` on half-precision copies; absent means float32.
+PRECISION_KEY = "attnserve.precision"
 SCHEMA_VERSION = 1
 
 Task = Literal["segmentation", "temporal_classification"]

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from service.errors import InferenceFailed, InvalidInput
 from service.runtime.graphs import ORT_TYPES, CudaGraphs
-from service.runtime.manifest import MANIFEST_KEY, Manifest, ManifestError
+from service.runtime.manifest import MANIFEST_KEY, PRECISION_KEY, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class ModelSession:
             str(path), sess_options=so, providers=_provider_list(options)
         )
         self.manifest = read_manifest(self._session)
+        # float16 for copies made by `attnserve fp16` (computed in half precision).
+        self.precision = self._session.get_modelmeta().custom_metadata_map.get(
+            PRECISION_KEY, "float32"
+        )
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         missing = {o.name for o in self.manifest.outputs} - set(self.output_names)

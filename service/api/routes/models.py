@@ -31,6 +31,7 @@ def model_json(served: ServedModel) -> dict[str, Any]:
         "metrics": m.metrics,
         "training": m.training,
         "providers": served.session.providers,
+        "precision": served.session.precision,
         "batching": {
             "max_batch_size": served.batcher.max_batch_size,
             "max_queue_delay_ms": served.batcher.max_queue_delay_s * 1000,

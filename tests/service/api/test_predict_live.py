@@ -16,6 +16,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from models.half import convert_to_float16
 from tests.service.conftest import LiveServer
 
 
@@ -225,10 +226,29 @@ def test_models_show_manifests(live: LiveServer) -> None:
     fp = httpx.get(f"{live.url}/models/footprints").json()
     assert fp["input"]["bands"] == ["red", "green", "blue"]
     assert "gate_1" in fp["attention_layers"]
+    assert fp["precision"] == "float32"
     exact = httpx.get(f"{live.url}/models/footprints:{fp['version']}").json()
     assert exact["version"] == fp["version"]
     crops = httpx.get(f"{live.url}/models/crops").json()
     assert len(crops["classes"]) >= 5
+
+
+def test_a_float16_repository_serves_and_says_so(
+    start_server, tmp_path: Path, model_dir: Path, shared_data: Path
+) -> None:  # type: ignore[no-untyped-def]
+    half = tmp_path / "fp16"
+    for path in sorted(model_dir.glob("*.onnx")):
+        convert_to_float16(path, half / path.name)
+    server = start_server(model_dir=str(half))
+    for name in ("footprints", "crops"):
+        assert httpx.get(f"{server.url}/models/{name}").json()["precision"] == "float16"
+    resp = _post_image(server, (shared_data / "cogeo.tif").read_bytes())
+    assert resp.status_code == 200, resp.text
+    assert {a["name"] for a in resp.json()["attention"]} >= {"gate_1", "band_weights"}
+    resp = httpx.post(f"{server.url}/predict", json=_crop_request(3, 12, seed=1), timeout=30)
+    assert resp.status_code == 200, resp.text
+    for item in resp.json()["prediction"]["items"]:
+        assert sum(item["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_health_names_versions(live: LiveServer) -> None:
