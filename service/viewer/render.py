@@ -19,6 +19,7 @@ from rasterio.io import MemoryFile
 
 from service.errors import NotFound
 from service.jobs.store import JobRecord, JobStore
+from service.raster.decode import HARDENED_GDAL
 
 MAX_SIDE = 1024
 # Kinds whose values are probabilities: shown on a fixed 0-1 scale, not stretched.
@@ -91,8 +92,11 @@ def grey_png(values: np.ndarray, lo: float, hi: float) -> bytes:
 
 
 def input_png(path: Path) -> bytes:
-    """A decimated RGB preview of an input GeoTIFF's first three bands, stretched 2-98 %."""
-    with rasterio.open(path, driver="GTiff") as ds:
+    """A decimated RGB preview of an input GeoTIFF's first three bands, stretched 2-98 %.
+
+    The input is user data, so it is read under the same GDAL settings as an upload.
+    """
+    with rasterio.Env(**HARDENED_GDAL), rasterio.open(path, driver="GTiff") as ds:
         h, w = preview_shape(ds.height, ds.width)
         bands = list(range(1, min(3, ds.count) + 1))
         data = ds.read(bands, out_shape=(len(bands), h, w), masked=True)
