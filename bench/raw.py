@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from service.runtime.manifest import Manifest
 from service.runtime.session import ModelSession
@@ -55,6 +53,8 @@ def series_feed(manifest: Manifest, requests: int, parcels: int, dates: int, see
 
 def source_tiles(path: Path, size: int, count: int) -> np.ndarray:
     """``(count, C, size, size)`` float32 windows of a real image (reflected where it ends)."""
+    import rasterio  # here, so that the rest runs with onnxruntime and numpy alone
+
     with rasterio.open(path) as ds:
         data = ds.read().astype(np.float32)
     _, h, w = data.shape
@@ -72,6 +72,9 @@ def source_tiles(path: Path, size: int, count: int) -> np.ndarray:
 
 def read_window(path: Path, y: int, x: int, size: int) -> np.ndarray:
     """One ``(C, size, size)`` window of a file, boundless reads reflected as the server does."""
+    import rasterio
+    from rasterio.windows import Window
+
     with rasterio.open(path) as ds:
         h, w = ds.height, ds.width
         y0, y1, x0, x1 = max(0, y), min(h, y + size), max(0, x), min(w, x + size)
