@@ -69,8 +69,11 @@ def _add_fp16(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _fp16(args: argparse.Namespace) -> int:
-    from models.half import convert_to_float16
-
+    try:
+        from models.half import convert_to_float16
+    except ImportError as exc:
+        print(f"attnserve fp16 needs the onnx package ({exc}); install onnx", file=sys.stderr)
+        return 1
     try:
         manifest = convert_to_float16(args.model, args.out)
     except (OSError, ValueError) as exc:
