@@ -8,8 +8,9 @@ what our models need from it:
 * inputs and outputs stay float32 (``keep_io_types``): requests, the batcher
   and the job store are unchanged, and the casts run inside the graph, on the
   device;
-* nodes are put back in topological order (the converter appends its casts
-  at the end of the graph, which ONNX's checker rejects);
+* nodes are put back in topological order with the same package's sort (the
+  converter appends its casts at the end of the graph, which ONNX's checker
+  rejects);
 * the model's metadata names its precision (``attnserve.precision``), which the
   server reports per model. Name, version and manifest are kept: a model
   repository holds one precision of each version.
@@ -31,30 +32,6 @@ from google.protobuf.message import DecodeError
 from service.runtime.manifest import MANIFEST_KEY, PRECISION_KEY, Manifest
 
 
-def _sort_nodes(graph: onnx.GraphProto) -> None:
-    """Order nodes so that each comes after the producers of its inputs."""
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    nodes = list(graph.node)
-    order: list[int] = []
-    state = [0] * len(nodes)  # 0 new, 1 on the stack, 2 placed
-    for root in range(len(nodes)):
-        stack = [(root, False)]
-        while stack:
-            i, expanded = stack.pop()
-            if expanded:
-                state[i] = 2
-                order.append(i)
-                continue
-            if state[i]:
-                continue
-            state[i] = 1
-            stack.append((i, True))
-            deps = [producer[x] for x in nodes[i].input if x in producer]
-            stack.extend((d, False) for d in reversed(deps) if state[d] == 0)
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)
-
-
 def convert_to_float16(src: Path, out: Path) -> Manifest:
     """Write a float16 copy of the model ``src`` to ``out``; returns its manifest.
 
@@ -62,6 +39,7 @@ def convert_to_float16(src: Path, out: Path) -> Manifest:
         ValueError: ``src`` is not an attnserve model, or is float16 already.
     """
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     try:
         model = onnx.load(str(src))
@@ -74,7 +52,7 @@ def convert_to_float16(src: Path, out: Path) -> Manifest:
         raise ValueError(f"{src} is {meta[PRECISION_KEY]} already")
     manifest = Manifest.from_json(meta[MANIFEST_KEY])
     half = convert_float_to_float16(model, keep_io_types=True)
-    _sort_nodes(half.graph)
+    OnnxModel.graph_topological_sort(half.graph)
     kept = [p for p in half.metadata_props if p.key != PRECISION_KEY]
     del half.metadata_props[:]
     half.metadata_props.extend(kept)
