@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import rasterio
@@ -14,6 +14,34 @@ from rasterio.windows import Window
 
 from service.errors import NotFound
 from service.jobs.store import GONE, JobRecord, JobStore
+from service.runtime.segmentation import upsample
+
+
+class ArraySource(Protocol):
+    """Where a job's stored arrays are read from (a :class:`JobStore`, or a wrapper)."""
+
+    def array(self, record: JobRecord, name: str) -> np.ndarray:
+        """One stored array of a job (read-only)."""
+        ...
+
+
+def served_values(record: JobRecord, source: ArraySource, name: str) -> np.ndarray:
+    """A stored layer's values on the job's grid.
+
+    A coarse map (a layer with a ``stride``) is stored at its own resolution; it
+    is upsampled here to the layer's shape and masked where its ``mask`` layer
+    has no data. Every other layer is returned as stored (read-only).
+    """
+    layer = record.layer(name)
+    array = source.array(record, name)
+    stride = int(layer.get("stride") or 1)
+    if stride == 1:
+        return array
+    height, width = layer["shape"][-2:]
+    values = upsample(array, stride, height, width)
+    if layer.get("mask"):
+        values[np.isnan(source.array(record, layer["mask"]))] = np.nan
+    return values
 
 
 class LayerReader:
@@ -27,6 +55,7 @@ class LayerReader:
         self.store = store
         self._stack = contextlib.ExitStack()
         self._open: dict[str, DatasetReader] = {}
+        self._values: dict[str, np.ndarray] = {}
 
     def __enter__(self) -> LayerReader:
         return self
@@ -58,7 +87,9 @@ class LayerReader:
             if ds.dtypes[index - 1] == "uint8" and layer["kind"] != "class":
                 out /= 255.0
             return out
-        array = self.store.array(self.record, name)
+        if name not in self._values:
+            self._values[name] = served_values(self.record, self.store, name)
+        array = self._values[name]
         if band is not None:
             array = array[band]
         return np.asarray(array[rows, cols], dtype=np.float32)

@@ -11,7 +11,7 @@ from service.jobs.store import JobRecord, JobStore
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import SegmentationTask
+from service.runtime.segmentation import SegmentationTask, coarse_valid
 from service.runtime.temporal import TemporalTask
 
 CLASS_NODATA = 255
@@ -44,18 +44,37 @@ def statistics(array: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def _coarse_statistics(
+    array: np.ndarray, stride: int, height: int, width: int, valid: np.ndarray | None
+) -> dict[str, float | None]:
+    """Statistics of a coarse map's own values over the cells that cover the image.
+
+    Cells with no valid pixel under them do not count.
+    """
+    cells = array[: -(-height // stride), : -(-width // stride)]
+    if valid is not None:
+        cells = np.where(coarse_valid(valid, stride), cells, np.float32(np.nan))
+    return statistics(cells)
+
+
 def _model_ref(manifest: Manifest) -> dict[str, str]:
     return {"name": manifest.name, "version": manifest.version, "task": manifest.task}
 
 
-def _layer_entry(spec: OutputSpec, array: np.ndarray, **extra: Any) -> dict[str, Any]:
+def _layer_entry(
+    spec: OutputSpec,
+    array: np.ndarray,
+    shape: tuple[int, ...] | None = None,
+    stats: dict[str, float | None] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": spec.name,
         "role": spec.role,
         "kind": spec.kind,
-        "shape": list(array.shape),
+        "shape": list(shape or array.shape),
         "dtype": str(array.dtype),
-        "statistics": statistics(array),
+        "statistics": stats or statistics(array),
     }
     if spec.level is not None:
         entry["level"] = spec.level
@@ -93,6 +112,10 @@ class PredictionRunner:
         manifest = served.manifest
         record = self.store.new_record(_model_ref(manifest), "raster", owner)
         arrays: dict[str, np.ndarray] = {}
+        h, w = inp.data.shape[1:]
+        # Where a coarse map's upsampled values are masked: the first full-resolution
+        # spatial output carries NaN exactly where the input had no data.
+        mask = next((o.name for o in manifest.outputs if len(o.shape) == 4 and o.stride == 1), None)
         for spec in manifest.outputs:
             array = out.layers[spec.name]
             extra: dict[str, Any] = {}
@@ -101,11 +124,17 @@ class PredictionRunner:
             elif array.ndim == 3 and array.shape[0] == 1:
                 array = array[0]
             arrays[spec.name] = array
-            record.layers.append(_layer_entry(spec, array, **extra))
+            if spec.stride > 1 and array.ndim == 2:
+                extra["stride"] = spec.stride
+                if out.valid is not None and mask is not None:
+                    extra["mask"] = mask
+                stats = _coarse_statistics(array, spec.stride, h, w, out.valid)
+                record.layers.append(_layer_entry(spec, array, (h, w), stats, **extra))
+            else:
+                record.layers.append(_layer_entry(spec, array, **extra))
         if inp.georef is not None:
             record.georef = inp.georef.to_json()
         else:
-            h, w = inp.data.shape[1:]
             record.georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": w, "height": h}
         await self._save(record, arrays)
         return Stored(record, arrays)

@@ -39,7 +39,7 @@ from service.raster.decode import (
 )
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import SegmentationTask, band_means, context_px
+from service.runtime.segmentation import SegmentationTask, band_means, context_px, upsample
 from service.runtime.temporal import TemporalTask, days_from_dates
 from service.runtime.tiling import StripBlender, Tile, TileGrid, read_bounds, reflect_pad
 from service.runtime.validation import check_layout, check_values
@@ -199,7 +199,13 @@ class SceneRunner:
                 for o in channel:
                     channel_sum[o.name] += out[o.name][0] * weight
                 channel_weight += weight
-                stack = [out[o.name][0, 0][core] for o in spatial]
+                h, w = x.shape[1:]
+                stack = [
+                    upsample(out[o.name][0, 0], o.stride, h, w)[core]
+                    if o.stride > 1
+                    else out[o.name][0, 0][core]
+                    for o in spatial
+                ]
                 stack.append(valid[core].astype(np.float32))
                 return np.stack(stack)
 

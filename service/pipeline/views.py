@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from service.jobs.store import JobRecord, JobStore, read_only
-from service.pipeline.layers import LayerReader
+from service.pipeline.layers import ArraySource, LayerReader, served_values
 from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff
 
@@ -45,14 +45,6 @@ def links(record: JobRecord) -> dict[str, str]:
     return base
 
 
-class ArraySource(Protocol):
-    """Where a job's stored arrays are read from (a :class:`JobStore`, or :class:`Fresh`)."""
-
-    def array(self, record: JobRecord, name: str) -> np.ndarray:
-        """One stored array of a job (read-only)."""
-        ...
-
-
 class Fresh:
     """A just-stored job's arrays, answered from memory rather than read back from disk.
 
@@ -75,7 +67,7 @@ class Fresh:
         return self.store.array(record, name)
 
 
-INTERNAL_KEYS = frozenset({"days", "storage", "file", "band"})
+INTERNAL_KEYS = frozenset({"days", "storage", "file", "band", "mask"})
 
 
 def _public(layer: dict[str, Any], record: JobRecord) -> dict[str, Any]:
@@ -207,7 +199,7 @@ def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
                 )
         body["georeference"] = record.georef
     else:
-        body["values"] = np.asarray(store.array(record, name))
+        body["values"] = np.asarray(served_values(record, store, name))
         if record.georef:
             body["georeference"] = record.georef
     return body
@@ -217,7 +209,7 @@ def _spatial_bands(
     record: JobRecord, store: JobStore, layer: dict[str, Any], head: int | None
 ) -> tuple[list[np.ndarray], list[str], list[dict[str, str]]]:
     """A raster layer as 2-D bands with descriptions and per-band tags."""
-    array = store.array(record, layer["name"])
+    array = served_values(record, store, layer["name"])
     name = layer["name"]
     if array.ndim == 2:
         kind = layer["kind"]

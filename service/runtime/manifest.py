@@ -60,6 +60,12 @@ class OutputSpec:
     weights behind it; ``kind`` says how an attention output is laid out:
     ``spatial`` maps ``(B,1,H,W)``, ``channel`` band weights ``(B,C)``,
     ``temporal`` date weights ``(B,heads,T)``.
+
+    ``stride`` is how many input pixels one value of a 4-D output covers along
+    each axis: a map computed at 1/``stride`` of the input's resolution (e.g. a
+    coarse skip connection's gate) is stored that small and upsampled
+    bilinearly (half-pixel centres, as ONNX ``Resize``) to the input's grid
+    only when it is served.
     """
 
     name: str
@@ -68,6 +74,7 @@ class OutputSpec:
     shape: list[int | str]
     level: int | None = None
     description: str = ""
+    stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,17 @@ class Manifest:
                 raise ManifestError(f"output {out.name!r} has unknown role {out.role!r}")
             if out.kind not in OUTPUT_KINDS:
                 raise ManifestError(f"output {out.name!r} has unknown kind {out.kind!r}")
+            if not isinstance(out.stride, int) or out.stride < 1:
+                raise ManifestError(f"output {out.name!r} stride must be a positive integer")
+            if out.stride > 1 and (len(out.shape) != 4 or out.role == "prediction"):
+                raise ManifestError(
+                    f"output {out.name!r}: only 4-D attention maps may have a stride"
+                )
+            if out.stride > 1 and (self.input.size_multiple or 1) % out.stride:
+                raise ManifestError(
+                    f"output {out.name!r} stride {out.stride} must divide the input's "
+                    f"size_multiple ({self.input.size_multiple})"
+                )
         norm = self.input.normalization
         n_bands = len(self.input.bands)
         if n_bands == 0 or len(norm.mean) != n_bands or len(norm.std) != n_bands:

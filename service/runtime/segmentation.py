@@ -17,6 +17,10 @@ class RasterOutputs:
     Attributes:
         layers: output name -> array; spatial outputs are ``(1, H, W)`` float32
             with NaN where the input had no data, channel outputs ``(C,)``.
+            Outputs with a stride ``s > 1`` stay at their own resolution, as
+            ``(1, h, w)`` with ``h = min(ceil(H / s) + 1, padded H / s)``: the
+            values an upsampling to ``(H, W)`` needs (see :func:`upsample`),
+            not masked.
         valid: ``(H, W)`` bool, where the input had data (None: everywhere).
     """
 
@@ -51,6 +55,55 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
     if ph < h and pw < w:
         return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="reflect"), (h, w)
     return np.pad(image, ((0, 0), (0, ph), (0, pw)), mode="edge"), (h, w)
+
+
+def native_extent(size: int, stride: int, padded: int) -> int:
+    """Values of a stride-``stride`` output kept for an input side of ``size`` pixels.
+
+    ``ceil(size / stride)`` cover the input; one more (where the padded tile has
+    it) lets :func:`upsample` reproduce, at the last pixels, exactly what
+    upsampling the whole padded tile and then cropping would give.
+    """
+    return min(-(-size // stride) + 1, padded // stride)
+
+
+def _linear_axis(size: int, stride: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of half-pixel linear interpolation along one axis."""
+    pos = (np.arange(size, dtype=np.float64) + 0.5) / stride - 0.5
+    pos = np.clip(pos, 0.0, n - 1)
+    low = np.floor(pos).astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    return low, high, (pos - low).astype(np.float32)
+
+
+def upsample(native: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
+    """Bilinear upsampling of a 2-D map by ``stride`` to ``(height, width)`` float32.
+
+    The same as ONNX ``Resize`` (``linear``, ``half_pixel``) or PyTorch's
+    ``interpolate(mode="bilinear", align_corners=False)`` by an integer scale:
+    output pixel centre ``y + 0.5`` samples the map at ``(y + 0.5) / stride - 0.5``,
+    clamped at the edges. NaN spreads to the pixels that interpolate from it.
+    """
+    values = np.asarray(native, dtype=np.float32)
+    if stride == 1:
+        return np.array(values[:height, :width])
+    n, m = values.shape
+    # Columns first, on the small map; the rows, gathered along axis 0, then
+    # give a C-contiguous result.
+    low, high, frac = _linear_axis(width, stride, m)
+    cols = values[:, low] + (values[:, high] - values[:, low]) * frac
+    low, high, frac = _linear_axis(height, stride, n)
+    out: np.ndarray = cols[low] + (cols[high] - cols[low]) * frac[:, None]
+    return out
+
+
+def coarse_valid(valid: np.ndarray, stride: int) -> np.ndarray:
+    """``(ceil(H/s), ceil(W/s))`` bool: which stride-``s`` cells hold any valid pixel."""
+    h, w = valid.shape
+    rows, cols = -(-h // stride), -(-w // stride)
+    padded = np.zeros((rows * stride, cols * stride), dtype=bool)
+    padded[:h, :w] = valid
+    return np.asarray(padded.reshape(rows, stride, cols, stride).any(axis=(1, 3)))
 
 
 def band_means(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -101,7 +154,11 @@ class SegmentationTask:
         layers: dict[str, np.ndarray] = {}
         for spec in self.manifest.outputs:
             out = outputs[spec.name][0]
-            if out.ndim == 3:
+            if out.ndim == 3 and spec.stride > 1:
+                rows = native_extent(h, spec.stride, padded.shape[1])
+                cols = native_extent(w, spec.stride, padded.shape[2])
+                out = np.array(out[:, :rows, :cols], dtype=np.float32)
+            elif out.ndim == 3:
                 out = np.array(out[:, :h, :w], dtype=np.float32)
                 if valid is not None:
                     out[:, ~valid] = np.nan

@@ -19,6 +19,7 @@ from rasterio.io import MemoryFile
 
 from service.errors import NotFound
 from service.jobs.store import JobRecord, JobStore
+from service.pipeline.layers import served_values
 from service.raster.decode import HARDENED_GDAL
 
 MAX_SIDE = 1024
@@ -56,7 +57,7 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
             if ds.dtypes[index - 1] == "uint8" and layer["kind"] != "class":
                 out /= 255.0
             return out
-    array = store.array(record, name)
+    array = served_values(record, store, name)
     step = max(1, math.ceil(max(shape[-2], shape[-1]) / MAX_SIDE))
     if len(shape) == 4:
         picked = np.asarray(array[:, band, ::step, ::step], dtype=np.float32).mean(axis=0)
