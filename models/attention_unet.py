@@ -5,10 +5,12 @@ plus a squeeze-and-excitation weighting of the input bands. The model returns
 its prediction together with the attention behind it:
 
 * ``probability`` ``(B, 1, H, W)``: building probability per pixel.
-* ``gate_1`` .. ``gate_N`` ``(B, 1, H, W)``: the gate coefficients alpha of
-  each skip connection, bilinearly upsampled to the input size. ``gate_1`` is
-  the finest level (full resolution skip), ``gate_N`` the coarsest (``1/2**(N-1)``
-  resolution); ``N`` is the model's depth.
+* ``gate_1`` .. ``gate_N``: the gate coefficients alpha of each skip
+  connection at the resolution they are computed at, ``gate_k`` being
+  ``(B, 1, H / 2**(k-1), W / 2**(k-1))``. ``gate_1`` is the finest level (full
+  resolution skip), ``gate_N`` the coarsest; ``N`` is the model's depth. The
+  manifest gives each its ``stride``; the server stores them this small and
+  upsamples them bilinearly to the input's grid when it serves them.
 * ``band_weights`` ``(B, C)``: the channel attention weight of each input band.
 
 Inputs are raw values, ``(B, C, H, W)`` float32 in 0..255; normalisation is part
@@ -218,12 +220,7 @@ class AttentionUNet(nn.Module):
             h = dec(torch.cat([gated, h], dim=1))
             gates.append(alpha)
         gates.reverse()  # finest first
-        # Bilinear interpolation is a convex combination, so gates stay in [0, 1].
-        full = [gates[0]] + [
-            F.interpolate(g, scale_factor=float(2**i), mode="bilinear", align_corners=False)
-            for i, g in enumerate(gates[1:], start=1)
-        ]
-        return self.head(h), full, band_weights
+        return self.head(h), gates, band_weights
 
     def forward(
         self, x: torch.Tensor, band_mean: torch.Tensor | None = None
@@ -237,9 +234,10 @@ class AttentionUNet(nn.Module):
                 :meth:`forward_logits`); the exported graph requires it.
 
         Returns:
-            ``(probability, gate_1, ..., gate_N, band_weights)``: probability and
-            each gate ``(B, 1, H, W)`` float32 in ``[0, 1]`` (``gate_1`` finest);
-            band weights ``(B, C)`` float32 in ``[0, 1]``.
+            ``(probability, gate_1, ..., gate_N, band_weights)``: probability
+            ``(B, 1, H, W)``, each ``gate_k`` ``(B, 1, H / 2**(k-1), W / 2**(k-1))``
+            (``gate_1`` finest) and band weights ``(B, C)``, all float32 in
+            ``[0, 1]``.
         """
         logits, gates, band_weights = self.forward_logits(x, band_mean)
         return (torch.sigmoid(logits), *gates, band_weights)
@@ -296,11 +294,12 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
                 name=f"gate_{level}",
                 role="attention",
                 kind="spatial",
-                shape=list(spatial),
+                shape=["batch", 1, *_gate_dims(level)],
                 level=level,
+                stride=2 ** (level - 1),
                 description=(
-                    f"attention gate on skip connection {level} (1 = finest, at "
-                    f"1/{2 ** (level - 1)} resolution), bilinearly upsampled to the input"
+                    f"attention gate on skip connection {level} (1 = finest), at "
+                    + ("the input's resolution" if level == 1 else f"1/{2 ** (level - 1)} of it")
                 ),
             )
         )
@@ -364,11 +363,22 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
 _SPATIAL_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
+def _gate_dims(level: int) -> tuple[str, str]:
+    """Symbolic height and width of ``gate_level`` (the input's own at level 1)."""
+    return ("height", "width") if level == 1 else (f"height_{level}", f"width_{level}")
+
+
 def dynamic_axes(depth: int) -> dict[str, dict[int, str]]:
-    """ONNX dynamic axes: batch, height and width everywhere, batch only on band weights."""
-    axes: dict[str, dict[int, str]] = {"image": dict(_SPATIAL_AXES), "band_mean": {0: "batch"}}
-    for name in output_names(depth)[:-1]:
-        axes[name] = dict(_SPATIAL_AXES)
+    """ONNX dynamic axes: batch, height and width on images, probability and gates
+    (each gate level with its own height and width), batch only on band weights."""
+    axes: dict[str, dict[int, str]] = {
+        "image": dict(_SPATIAL_AXES),
+        "band_mean": {0: "batch"},
+        "probability": dict(_SPATIAL_AXES),
+    }
+    for level in range(1, depth + 1):
+        height, width = _gate_dims(level)
+        axes[f"gate_{level}"] = {0: "batch", 2: height, 3: width}
     axes["band_weights"] = {0: "batch"}
     return axes
 

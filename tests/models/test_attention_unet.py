@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.attention_unet import FAMILY, AttentionUNet, build, output_names
+from service.runtime.segmentation import upsample
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,9 @@ def test_outputs_have_documented_shapes_and_ranges(
     assert probability.shape == (batch, 1, height, width)
     assert ((probability >= 0) & (probability <= 1)).all()
     assert len(gates) == 4
-    for gate in gates:
-        assert gate.shape == (batch, 1, height, width)
+    for level, gate in enumerate(gates, start=1):
+        stride = 2 ** (level - 1)  # each gate at its own skip connection's resolution
+        assert gate.shape == (batch, 1, height // stride, width // stride)
         assert gate.min() >= 0
         assert gate.max() <= 1
     assert band_weights.shape == (batch, 3)
@@ -40,13 +42,15 @@ def _roughness(gate: torch.Tensor) -> float:
     return float((gate[..., 1:] - gate[..., :-1]).abs().mean())
 
 
-def test_coarse_gates_are_smooth_upsamplings(model: AttentionUNet) -> None:
+def test_coarse_gates_upsample_smoothly(model: AttentionUNet) -> None:
     # gate_1 is the finest level; the coarsest gate varies only at 1/8 resolution,
-    # so neighbouring pixels differ far less than in the finest gate.
+    # so once upsampled as the server serves it, neighbouring pixels differ far
+    # less than in the finest gate.
     x = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
         _, g1, _, _, g4, _ = model(x)
-    assert _roughness(g4) < _roughness(g1)
+    served = upsample(g4[0, 0].numpy(), 8, 64, 64)
+    assert _roughness(torch.from_numpy(served)) < _roughness(g1)
 
 
 def test_channel_count_and_depth_are_configurable() -> None:
@@ -90,8 +94,11 @@ def test_family_names_every_output_with_dynamic_axes() -> None:
     assert FAMILY.input_names == ("image", "band_mean")
     assert FAMILY.output_names[0] == "probability"
     assert FAMILY.output_names[-1] == "band_weights"
-    for name in ("image", *FAMILY.output_names[:-1]):
+    for name in ("image", "probability", "gate_1"):
         assert FAMILY.dynamic_axes[name] == {0: "batch", 2: "height", 3: "width"}
+    for level in (2, 3, 4):  # coarser gates have sizes of their own
+        axes = {0: "batch", 2: f"height_{level}", 3: f"width_{level}"}
+        assert FAMILY.dynamic_axes[f"gate_{level}"] == axes
     assert FAMILY.dynamic_axes["band_weights"] == {0: "batch"}
     assert FAMILY.dynamic_axes["band_mean"] == {0: "batch"}
 

@@ -131,8 +131,8 @@ _INFER_ERRORS: dict[int | str, dict[str, Any]] = {
         "input 'image': shape [1, 3, 100, 100] does not fit [-1, 3, -1, -1] with height "
         "and width multiples of 16",
     ),
-    503: _error_example(503, "overloaded", "model footprints:1.0.0 queue is full"),
-    504: _error_example(504, "deadline_exceeded", "model footprints:1.0.0 did not answer in time"),
+    503: _error_example(503, "overloaded", "model footprints:1.1.0 queue is full"),
+    504: _error_example(504, "deadline_exceeded", "model footprints:1.1.0 did not answer in time"),
 }
 
 _INFER_REQUEST_SCHEMA = {

@@ -93,6 +93,41 @@ def test_format_geotiff_on_predict_answers_a_georeferenced_tiff(
         assert np.isfinite(prob[valid]).all()
 
 
+def test_coarse_gates_are_served_on_the_input_grid_and_masked_like_it(
+    live: LiveServer, shared_data: Path
+) -> None:
+    # 791 x 718 with no data around a rotated image: sizes no stride divides.
+    path = shared_data / "RGB.byte.tif"
+    body = _post_image(live, path.read_bytes()).json()
+    job_id = body["job_id"]
+    with rasterio.open(path) as src:
+        valid = src.dataset_mask() > 0
+        shape = [src.height, src.width]
+    gates = [a for a in body["attention"] if a["kind"] == "spatial"]
+    assert [(g["name"], g.get("stride", 1)) for g in gates] == [
+        ("gate_1", 1),
+        ("gate_2", 2),
+        ("gate_3", 4),
+        ("gate_4", 8),
+    ]
+    for gate in gates:
+        assert gate["shape"] == shape  # what is served, not what is stored
+        assert "mask" not in gate
+        assert 0.0 <= gate["statistics"]["min"] <= gate["statistics"]["max"] <= 1.0
+
+    att = httpx.get(f"{live.url}/attention/{job_id}", params={"format": "geotiff"}, timeout=60)
+    with _open(att.content) as out:
+        bands = out.read()
+    assert bands.shape == (4, *shape)
+    for band in bands:
+        assert np.isnan(band[~valid]).all()
+        assert np.isfinite(band[valid]).all()
+    one = httpx.get(f"{live.url}/attention/{job_id}/gate_4", timeout=60).json()
+    values = np.array(one["values"], dtype=np.float64)  # null -> nan
+    assert values.shape == tuple(shape)
+    np.testing.assert_allclose(values, bands[3], atol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize(
     ("name", "status", "words"),
     [
