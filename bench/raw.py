@@ -129,10 +129,13 @@ class _ShapeProbe:
         image = next(iter(feed.values()))
         b, _, h, w = image.shape
         dims = {"batch": b, "height": h, "width": w}
-        return {
-            o.name: np.zeros([d if isinstance(d, int) else dims[d] for d in o.shape], np.float32)
-            for o in self.manifest.outputs
-        }
+        out: Feed = {}
+        for o in self.manifest.outputs:
+            shape = [d if isinstance(d, int) else dims.get(d, 1) for d in o.shape]
+            if len(shape) == 4:  # maps: the input's grid, divided by their stride
+                shape[2:] = [h // o.stride, w // o.stride]
+            out[o.name] = np.zeros(shape, np.float32)
+        return out
 
 
 def server_input_side(manifest: Manifest, side: int) -> int:
