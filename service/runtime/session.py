@@ -230,14 +230,46 @@ class ModelSession:
             Seconds spent.
         """
         start = time.perf_counter()
+        checked = False
         for size in sizes or (self.manifest.input.tile_size,):
             for batch in batch_sizes or self.options.warmup_batch_sizes:
                 feed = self._cast(self.example_feed(batch=batch, size=size))
+                if not checked:
+                    # The first run also checks the map sizes the manifest promises.
+                    self.check_map_sizes(feed, self.run(feed))
+                    checked = True
+                    if self._graphs is None:
+                        continue
                 if self._graphs is not None:
                     self._graphs.capture(feed)
                 else:
                     self.run(feed)
         return time.perf_counter() - start
+
+    def check_map_sizes(self, feed: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
+        """Refuse a model whose 4-D outputs are not the input's size divided by their stride.
+
+        The server crops, stores and upsamples maps by their manifest ``stride``;
+        a wrong one would silently serve the wrong part of a map.
+
+        Raises:
+            ManifestError: an output's height or width disagrees with its stride.
+        """
+        image = next(iter(feed.values()))
+        if image.ndim != 4:
+            return
+        height, width = image.shape[-2:]
+        for spec in self.manifest.outputs:
+            out = outputs.get(spec.name)
+            if out is None or out.ndim != 4 or len(spec.shape) != 4:
+                continue
+            want = (-(-height // spec.stride), -(-width // spec.stride))
+            if tuple(out.shape[-2:]) != want:
+                raise ManifestError(
+                    f"output {spec.name!r} is {out.shape[-2]}x{out.shape[-1]} for a "
+                    f"{height}x{width} input, but its manifest stride {spec.stride} "
+                    f"means {want[0]}x{want[1]}"
+                )
 
 
 def _to_float32(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from service.runtime.manifest import Manifest, ManifestError
+from service.config import SHIPPED_MODELS
+from service.runtime.manifest import MANIFEST_KEY, Manifest, ManifestError
 from service.runtime.segmentation import coarse_valid, native_extent, upsample
+from service.runtime.session import ModelSession, SessionOptions
 
 
 def _onnx_resize(values: np.ndarray, stride: int) -> np.ndarray:
@@ -141,3 +147,36 @@ def test_a_prediction_cannot_have_a_stride() -> None:
     data["outputs"][0]["stride"] = 2
     with pytest.raises(ManifestError, match="4-D attention"):
         Manifest.from_dict(data)
+
+
+def _with_manifest(source: Path, out: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of ``source`` whose embedded manifest went through ``edit``."""
+    model = onnx.load(str(source))
+    prop = next(p for p in model.metadata_props if p.key == MANIFEST_KEY)
+    data = json.loads(prop.value)
+    edit(data)
+    prop.value = json.dumps(data)
+    onnx.save(model, str(out))
+    return out
+
+
+def _shipped_footprints() -> Path:
+    return next(SHIPPED_MODELS.glob("footprints-*.onnx"))
+
+
+def test_warm_up_refuses_a_model_whose_maps_disagree_with_their_strides(tmp_path: Path) -> None:
+    def wrong(data: dict[str, Any]) -> None:
+        gate = next(o for o in data["outputs"] if o["name"] == "gate_2")
+        gate["stride"] = 4  # the graph computes it at 1/2
+
+    path = _with_manifest(_shipped_footprints(), tmp_path / "wrong.onnx", wrong)
+    session = ModelSession(path, SessionOptions(providers=("CPUExecutionProvider",)))
+    with pytest.raises(ManifestError, match=r"'gate_2' is 16x16 for a 32x32 input.*stride 4"):
+        session.warmup(sizes=(32,))
+
+
+def test_warm_up_accepts_the_shipped_strides() -> None:
+    session = ModelSession(
+        _shipped_footprints(), SessionOptions(providers=("CPUExecutionProvider",))
+    )
+    assert session.warmup(sizes=(32,), batch_sizes=(1, 2)) > 0
