@@ -436,6 +436,32 @@ class JobStore:
         self._settle(record.id)
         return self._dir(record.id) / name
 
+    def pin(self, record: JobRecord, name: str) -> tuple[Path, bool]:
+        """A private hard link to a job's file, for a download that must outlive a delete.
+
+        The link keeps the file's data while a response streams it, even if the
+        job is deleted (TTL, DELETE, making room) before the response opens it.
+
+        Returns:
+            ``(path, pinned)``: the link, which the caller unlinks when done
+            (:meth:`cleanup` removes any a crash left), or, where the filesystem
+            has no hard links, the file's own path and False.
+
+        Raises:
+            NotFound: the job (or the file) is gone.
+        """
+        path = self.file(record, name)
+        pinned = self._tmp / f"pin-{secrets.token_hex(8)}-{name}"
+        try:
+            os.link(path, pinned)
+        except FileNotFoundError:
+            raise NotFound(GONE) from None
+        except OSError:  # no hard links here (EPERM, ENOTSUP, EXDEV...)
+            if not path.is_file():
+                raise NotFound(GONE) from None
+            return path, False
+        return pinned, True
+
     def unfinished(self) -> list[JobRecord]:
         """Jobs left queued or running (e.g. by a stopped server), oldest first."""
         found = []
@@ -528,8 +554,17 @@ class JobStore:
             if state in FINAL_STATES and expires <= now and self.delete(path.name):
                 removed += 1
         for stale in self._tmp.iterdir():
-            # Staging directories left by a crash; an hour is far beyond any write.
-            if stale.stat().st_mtime < now - 3600:
+            # Staging directories and download pins left by a crash; an hour is far
+            # beyond any write. A pin's ctime is when it was linked.
+            try:
+                info = stale.lstat()
+            except FileNotFoundError:
+                continue
+            if max(info.st_mtime, info.st_ctime) >= now - 3600:
+                continue
+            if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         self._count = sum(1 for _ in self._job_dirs())
         return removed

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import rasterio.crs
 from fastapi import APIRouter, Header, Query
+from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
 
 from service.api.deps import Job, State
@@ -22,20 +22,20 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 def file_response(store: JobStore, job: JobRecord, file: str) -> FileResponse:
-    """A stored output COG of a job, streamed from disk."""
+    """A stored output COG of a job, streamed from disk (HTTP ranges included).
+
+    It streams a pin (a hard link) of the file, so a job deleted meanwhile (TTL,
+    DELETE, or to make room) neither cuts the download short nor turns it into
+    a 500; a job already gone is a 404.
+    """
+    path, pinned = store.pin(job, file)
     return FileResponse(
-        _present(store.file(job, file)),
+        path,
         media_type=GEOTIFF,
         filename=f"{job.id}-{file}",
         headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(path.unlink, missing_ok=True) if pinned else None,
     )
-
-
-def _present(path: Path) -> Path:
-    """``path``, unless the job was deleted (TTL, DELETE, or to make room) meanwhile."""
-    if not path.is_file():
-        raise NotFound(GONE)
-    return path
 
 
 @router.get("/{job_id}", summary="A job's state, progress and results")

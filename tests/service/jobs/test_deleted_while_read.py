@@ -5,12 +5,16 @@ Deletion can come at any moment: the TTL, a DELETE, or the store making room.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from starlette.responses import FileResponse
 
 from service.api.routes.jobs import file_response
 from service.errors import NotFound
@@ -72,3 +76,46 @@ def test_the_same_reads_work_while_the_job_exists(tmp_path: Path) -> None:
     with LayerReader(record, store) as reader:
         assert reader.read("a", slice(0, 4), slice(0, 4)).sum() == 16
     assert str(file_response(store, record, "attention.tif").path).endswith("attention.tif")
+
+
+def _download(response: FileResponse) -> tuple[int, bytes]:
+    """Run a response as the server would, for a plain GET; its status and body."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "headers": [], "path": "/"}
+    asyncio.run(response(scope, receive, send))  # type: ignore[arg-type]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+def test_a_download_outlives_a_delete_that_comes_before_it_streams(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    record = store.load(_job_with_array_and_cog(store, tmp_path))
+    whole = store.file(record, "attention.tif").read_bytes()
+    response = file_response(store, record, "attention.tif")  # the route has answered ...
+    assert store.delete(record.id)  # ... and the job goes before the body is sent
+    status, body = _download(response)
+    assert status == 200
+    assert body == whole
+    assert not any(store.root.joinpath(".tmp").iterdir())  # the pin went with the response
+
+
+def test_cleanup_removes_pins_a_crash_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=86_400)
+    record = store.load(_job_with_array_and_cog(store, tmp_path))
+    pin, pinned = store.pin(record, "attention.tif")
+    assert pinned
+    store.cleanup()
+    assert pin.exists()  # a download may still be streaming it
+    later = time.time() + 7200
+    monkeypatch.setattr("service.jobs.store.time.time", lambda: later)
+    store.cleanup()
+    assert not pin.exists()
+    assert store.file(record, "attention.tif").exists()  # the job's own file stays
