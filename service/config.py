@@ -108,6 +108,14 @@ class Settings(BaseSettings):
         "serves it from memory meanwhile); other replicas see it once written, a crash "
         "before then loses it",
     )
+    job_write_behind_wait_s: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="with write-behind on: a request for a job made less than this long ago "
+        "that is not on disk yet waits up to this long for it (another replica may still "
+        "be writing it) before its 404",
+    )
     job_cleanup_interval_s: float = Field(300.0, gt=0)
     job_min_free_mb: float = Field(
         1024.0,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.api.state import AppState
-from service.jobs.store import JobRecord
+from service.errors import NotFound
+from service.jobs.store import JobRecord, id_age_s
 
 
 def get_state(request: Request) -> AppState:
@@ -28,9 +31,34 @@ def get_owner(request: Request) -> str | None:
 Owner = Annotated[str | None, Depends(get_owner)]
 
 
-def get_job(job_id: str, state: State, owner: Owner) -> JobRecord:
-    """The caller's job ``job_id`` (404 if missing, expired or someone else's)."""
-    return state.store.load(job_id, owner)
+# How often a request polls for a job another replica is still writing behind.
+UNWRITTEN_POLL_S = 0.02
+
+
+async def get_job(job_id: str, state: State, owner: Owner) -> JobRecord:
+    """The caller's job ``job_id`` (404 if missing, expired or someone else's).
+
+    With write-behind on, a replica answers before its job is on disk, so a
+    client that follows the answer's links to another replica can ask for a
+    job not written yet. A job id made within ``job_write_behind_wait_s`` is
+    then waited for, until that long after it was made.
+    """
+    store = state.store
+    try:
+        return await asyncio.to_thread(store.load, job_id, owner)
+    except NotFound:
+        wait_s = state.settings.job_write_behind_wait_s if store.write_behind else 0.0
+        age = id_age_s(job_id)
+        if age is None or not -wait_s < age < wait_s:
+            raise
+        deadline = time.monotonic() + wait_s - max(age, 0.0)
+        while True:
+            await asyncio.sleep(UNWRITTEN_POLL_S)
+            try:
+                return await asyncio.to_thread(store.load, job_id, owner)
+            except NotFound:
+                if time.monotonic() >= deadline:
+                    raise
 
 
 Job = Annotated[JobRecord, Depends(get_job)]

@@ -24,6 +24,7 @@ crash before then loses it.
 
 from __future__ import annotations
 
+import base64
 import collections
 import copy
 import hashlib
@@ -95,6 +96,19 @@ def _read_packed(path: Path, offset: int) -> np.ndarray:
     flat = np.memmap(path, dtype=dtype, mode="r", offset=data_at, shape=(count,))
     # A plain view (np.memmap.reshape mishandles 0-d); it keeps the mapping alive.
     return flat.view(np.ndarray).reshape(shape, order="F" if fortran else "C")
+
+
+def id_age_s(job_id: str) -> float | None:
+    """Seconds since a job id was made, from the time it carries (None: not an id).
+
+    Replicas' clocks may differ a little, so the age can be slightly negative.
+    Ids made before ids carried a time decode to a random one, almost never
+    near now.
+    """
+    if not _ID.match(job_id):
+        return None
+    made = int.from_bytes(base64.urlsafe_b64decode(job_id[-8:]), "big") / 1000
+    return time.time() - made
 
 
 def read_only(array: np.ndarray) -> np.ndarray:
@@ -235,8 +249,14 @@ class JobStore:
 
     @staticmethod
     def new_id() -> str:
-        """A fresh unguessable job id (144 random bits)."""
-        return secrets.token_urlsafe(18)
+        """A fresh unguessable job id: 96 random bits, then its creation time.
+
+        The time (milliseconds, the last 8 characters) lets another replica tell
+        a job that is still being written behind from one that does not exist
+        (see :func:`id_age_s`). The random part comes first, so shards stay even.
+        """
+        stamp = int(time.time() * 1000).to_bytes(6, "big")
+        return secrets.token_urlsafe(12) + base64.urlsafe_b64encode(stamp).decode()
 
     def new_record(
         self, model: dict[str, str], kind: str, owner: str | None, job_id: str | None = None
