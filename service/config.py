@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     job_write_behind: bool = Field(
         False,
         description="answer synchronous predictions before their job is on disk (this process "
-        "serves it from memory meanwhile); other replicas see it once written, a crash "
-        "before then loses it",
+        "serves it from memory meanwhile, other replicas wait for it up to "
+        "job_write_behind_wait_s); a crash before then loses it",
     )
     job_write_behind_wait_s: float = Field(
         2.0,

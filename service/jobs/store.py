@@ -13,13 +13,15 @@ directory (a shared volume).
 Jobs are kept until their TTL runs out, or until the volume needs the room: with
 ``min_free_bytes`` or ``max_bytes`` set, the oldest finished jobs are deleted
 before their TTL whenever a new job would leave less free space than the one or
-make this process's jobs take more than the other. A footprints request stores
-5 MB, so at 10 requests/s a 24-hour TTL alone would ask for 4 TB.
+make this process's jobs take more than the other. A footprints request of a
+512 px tile stores 2.4 MB, so at 10 requests/s a 24-hour TTL alone would ask for
+2 TB.
 
 With write-behind on, a synchronous prediction's job is answered from memory in
 this process while one background thread writes it: the request no longer waits
-for the disk, but other replicas see the job only once it is written, and a
-crash before then loses it.
+for the disk, but other replicas see the job only once it is written (job ids
+carry their creation time, so they can tell such a job from a missing one and
+wait for it), and a crash before then loses it.
 """
 
 from __future__ import annotations
