@@ -52,13 +52,13 @@ async def get_job(job_id: str, state: State, owner: Owner) -> JobRecord:
         if age is None or not -wait_s < age < wait_s:
             raise
         deadline = time.monotonic() + wait_s - max(age, 0.0)
-        while True:
+        # One stat per poll, on the loop: a flood of made-up fresh ids must not
+        # fill the worker threads that decoding and job writes need.
+        while not store.exists(job_id):
+            if time.monotonic() >= deadline:
+                raise
             await asyncio.sleep(UNWRITTEN_POLL_S)
-            try:
-                return await asyncio.to_thread(store.load, job_id, owner)
-            except NotFound:
-                if time.monotonic() >= deadline:
-                    raise
+        return await asyncio.to_thread(store.load, job_id, owner)
 
 
 Job = Annotated[JobRecord, Depends(get_job)]

@@ -284,6 +284,10 @@ class JobStore:
             raise NotFound("no such job")
         return self.root / job_id[:2] / job_id
 
+    def exists(self, job_id: str) -> bool:
+        """Whether a job is on disk or being written behind here (one stat; no owner check)."""
+        return job_id in self._pending or (self._dir(job_id) / "meta.json").exists()
+
     def _job_dirs(self) -> list[Path]:
         return [
             p

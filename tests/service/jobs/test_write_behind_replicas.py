@@ -74,12 +74,24 @@ def test_without_a_wait_another_replica_answers_404_at_once(tmp_path: Path) -> N
     done.wait(5)
 
 
-def test_a_fresh_id_that_never_appears_is_a_404_after_the_wait(tmp_path: Path) -> None:
+def test_a_fresh_id_that_never_appears_is_a_404_after_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = _replica(tmp_path, wait_s=0.3)
+    loads: list[str] = []
+    real_load = other.store.load
+
+    def counted_load(job_id: str, *args: Any) -> JobRecord:
+        loads.append(job_id)
+        return real_load(job_id, *args)
+
+    monkeypatch.setattr(other.store, "load", counted_load)
     start = time.monotonic()
     with pytest.raises(NotFound):
         asyncio.run(get_job(JobStore.new_id(), other, None))
     assert 0.25 <= time.monotonic() - start < 1.0
+    # The wait polls with a stat on the event loop, not with loads on worker threads.
+    assert len(loads) == 1
 
 
 def test_an_old_id_is_a_404_at_once(tmp_path: Path) -> None:
