@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ from service.api.routes import attention, health, jobs, metrics, models, predict
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import JobStore
-from service.memory import trim_heap_periodically
+from service.memory import trim_heap_periodically, tune_gc
 from service.metrics import Metrics
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
@@ -94,6 +95,8 @@ async def _load_models(state: AppState) -> None:
         state.metrics.model_loaded.labels(served.manifest.name, served.manifest.version).set(1)
     if state.repository.state != "ready":
         log.error("no model could be loaded from %s", state.settings.model_dir)
+    frozen = tune_gc(state.settings.gc_threshold, state.settings.gc_freeze)
+    log.info("garbage collection: thresholds %s, %d objects frozen", gc.get_threshold(), frozen)
 
 
 async def _clean_jobs(state: AppState) -> None:

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         description="most glibc malloc arenas (like MALLOC_ARENA_MAX); fewer arenas hold less "
         "freed memory across threads; 0 leaves glibc's default (8 per core)",
     )
+    gc_freeze: bool = Field(
+        True,
+        description="once models are loaded, exempt every object alive then from Python's "
+        "garbage collections (gc.freeze): shorter collection pauses under load",
+    )
+    gc_threshold: tuple[int, int, int] = Field(
+        (50_000, 20, 100),
+        description="Python's garbage collection thresholds per generation, set once models "
+        "are loaded: fewer collections under load ([700, 10, 10] is Python's own)",
+    )
     memory_pattern: bool = Field(
         True,
         description="ONNX Runtime plans one memory block per run (its default); off lowers "

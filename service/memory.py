@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -67,3 +68,35 @@ async def trim_heap_periodically(interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         await asyncio.to_thread(trim)
+
+
+def tune_gc(threshold: tuple[int, int, int] | None, freeze: bool) -> int:
+    """Make Python's cyclic garbage collector pause a loaded server less often and shorter.
+
+    A server's start-up leaves hundreds of thousands of long-lived objects
+    (modules, FastAPI and pydantic models, numpy, GDAL bindings) that every full
+    collection walks, and each request makes thousands of short-lived ones
+    (parsed JSON, records) that trigger collections every 700 allocations by
+    default. Under load those pauses set the latency tail.
+
+    Args:
+        threshold: collection thresholds per generation (``gc.set_threshold``);
+            None keeps Python's.
+        freeze: collect once, then exempt every object alive now from later
+            collections (``gc.freeze``); objects made afterwards are collected
+            as before.
+
+    Returns:
+        How many objects are frozen.
+
+    Measured on the crops model (16 clients, 3 interleaved rounds of 8 s on 2
+    cores): p99 165-193 ms and 158-201 requests/s with Python's defaults;
+    98-132 ms, 186-279/s frozen; 83-119 ms, 254-297/s frozen with thresholds
+    (50000, 20, 100).
+    """
+    if threshold is not None:
+        gc.set_threshold(*threshold)
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    return gc.get_freeze_count()

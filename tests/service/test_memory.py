@@ -56,3 +56,29 @@ def test_arena_limit_caps_the_arenas_concurrent_threads_get() -> None:
 
     assert arenas(1) == 1
     assert arenas(0) > 1  # glibc's default gives concurrent threads arenas of their own
+
+
+_FREEZE_SCRIPT = """
+import gc
+import service.app  # what a server has imported by the time its models are loaded
+from service.memory import tune_gc
+
+frozen = tune_gc((50_000, 20, 100), freeze=True)
+gc.disable()
+loop = []
+loop.append(loop)  # cyclic garbage made after the freeze
+del loop
+print(frozen, gc.get_freeze_count(), gc.collect(), *gc.get_threshold())
+"""
+
+
+def test_tuning_freezes_startup_objects_and_still_collects_later_garbage() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _FREEZE_SCRIPT],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    frozen, still_frozen, collected, *threshold = map(int, out.stdout.split())
+    assert frozen > 50_000  # the web stack, numpy and GDAL bindings alone
+    assert still_frozen == frozen
+    assert collected >= 1
+    assert threshold == [50_000, 20, 100]
