@@ -315,10 +315,13 @@ class JobStore:
         """
         final = self._dir(record.id)
         size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
-        self.make_room(size)
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
-        staging.mkdir(parents=True)
         try:
+            # The store's folder may have been removed under a running server:
+            # made again, as the staging folder would be anyway.
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            self.make_room(size)
+            staging.mkdir()
             for name in arrays:
                 if not _LAYER.match(name):
                     raise ValueError(f"bad layer name {name!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -89,6 +90,22 @@ def test_failed_write_leaves_no_visible_job(
         store.load(record.id)
     assert list((tmp_path / ".tmp").iterdir()) == []
     assert store.count == 0
+
+
+def test_a_store_folder_removed_under_the_server_is_made_again(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=60, min_free_bytes=1)  # statvfs before each write
+    shutil.rmtree(tmp_path / "jobs")
+    record = store.new_record(MODEL, "raster", None)
+    store.save(record, {"p": np.zeros(2, np.float32)})
+    assert store.load(record.id).id == record.id
+
+
+def test_a_store_folder_that_cannot_be_made_is_a_storage_error(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs", ttl_s=60, min_free_bytes=1)
+    (tmp_path / "jobs").rename(tmp_path / "elsewhere")
+    (tmp_path / "jobs").write_text("a file where the folder was")
+    with pytest.raises(StorageFailed):  # a 503, not a 500
+        store.save(store.new_record(MODEL, "raster", None), {"p": np.zeros(2, np.float32)})
 
 
 def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
