@@ -317,11 +317,10 @@ class JobStore:
         size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
         try:
-            # The store's folder may have been removed under a running server:
-            # made again, as the staging folder would be anyway.
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            # Parents too: the store's folder may have been removed under a running
+            # server. Before make_room, whose statvfs needs the folder.
+            staging.mkdir(parents=True)
             self.make_room(size)
-            staging.mkdir()
             for name in arrays:
                 if not _LAYER.match(name):
                     raise ValueError(f"bad layer name {name!r}")
