@@ -412,12 +412,16 @@ class JobStore:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="job-writer")
             future: Future[None] = Future()
             self._pending[record.id] = (snapshot, arrays, future)
-            self._writer.submit(self._write_pending, record.id)
+            self._writer.submit(self._write_pending, record)
 
-    def _write_pending(self, job_id: str) -> None:
+    def _write_pending(self, caller: JobRecord) -> None:
+        job_id = caller.id
         record, arrays, future = self._pending[job_id]
         try:
             self.save(record, arrays)
+            # Where the arrays went in the pack, also on the caller's record: it may
+            # still be reading the job (a GeoTIFF answer) once the job leaves memory.
+            caller.packed = record.packed
         except BaseException as exc:
             log.error("job %s could not be written: %s", job_id[:6], exc)
         finally:

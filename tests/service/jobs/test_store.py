@@ -108,6 +108,19 @@ def test_a_store_folder_that_cannot_be_made_is_a_storage_error(tmp_path: Path) -
         store.save(store.new_record(MODEL, "raster", None), {"p": np.zeros(2, np.float32)})
 
 
+def test_the_record_a_write_behind_caller_holds_reads_the_job_once_it_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    # A /predict answered as a GeoTIFF reads the job through the record it made,
+    # possibly after the background write has taken the job out of memory.
+    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    record = store.new_record(MODEL, "raster", None)
+    record.layers.append({"name": "p", "role": "prediction", "kind": "probability", "shape": [2]})
+    store.save_soon(record, {"p": np.arange(2, dtype=np.float32)})
+    store.flush()
+    np.testing.assert_array_equal(store.array(record, "p"), [0, 1])
+
+
 def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
