@@ -57,6 +57,11 @@ _LAYER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 PACK = "arrays.npk"
 GONE = "no such job (it was deleted while being read)"
 _ALIGN = 64
+# Data goes to disk in slices of this size. On the ext4 volumes measured
+# (Linux 6.18), one write() of 128 KiB or more into a new file cost about ten
+# times as much kernel time as the same bytes in 64 KiB writes (1 MB: 2.6 ms
+# against 0.26 ms), which was most of a request's store time.
+_WRITE_CHUNK = 64 * 1024
 
 
 def _pack(f: Any, arrays: dict[str, np.ndarray]) -> dict[str, int]:
@@ -68,10 +73,22 @@ def _pack(f: Any, arrays: dict[str, np.ndarray]) -> dict[str, int]:
         if pad:
             at += f.write(b"\0" * pad)
         offsets[name] = at
-        # (allow_pickle=False refuses object arrays.)
-        np.lib.format.write_array(f, array, version=(1, 0), allow_pickle=False)
+        if array.dtype.hasobject:
+            raise ValueError(f"array {name!r} holds Python objects and cannot be stored")
+        if not array.flags.c_contiguous:
+            array = np.ascontiguousarray(array)
+        header = np.lib.format.header_data_from_array_1_0(array)
+        np.lib.format.write_array_header_1_0(f, header)
+        _write_chunked(f, array.reshape(-1).view(np.uint8))
         at = f.tell()
     return offsets
+
+
+def _write_chunked(f: Any, data: bytes | np.ndarray) -> None:
+    """Write ``data`` to ``f`` in slices of ``_WRITE_CHUNK`` bytes (see there)."""
+    view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data
+    for start in range(0, len(view), _WRITE_CHUNK):
+        f.write(view[start : start + _WRITE_CHUNK])
 
 
 def _mtime(path: Path) -> float:
@@ -329,7 +346,7 @@ class JobStore:
             for name, data in (files or {}).items():
                 if not _LAYER.match(name):
                     raise ValueError(f"bad file name {name!r}")
-                self._write(staging / name, lambda f, d=data: f.write(d))
+                self._write(staging / name, lambda f, d=data: _write_chunked(f, d))
             if check is not None:
                 check([staging / name for name in files or {}])
             meta = json.dumps(asdict(record), separators=(",", ":")).encode()

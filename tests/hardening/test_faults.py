@@ -23,6 +23,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 from service.app import create_app
 from service.config import Settings
 from service.errors import NotFound, StorageFailed
+from service.jobs import store as store_module
 from service.jobs.store import JobStore
 from tests.hardening.test_bad_inputs import geotiff
 
@@ -91,16 +92,16 @@ def test_a_failed_job_write_leaves_no_job_behind(
     store = JobStore(tmp_path / "jobs", ttl_s=60)
     record = store.new_record({"name": "m", "version": "1", "task": "t"}, "raster", None)
     written: list[int] = []
-    real_write = np.lib.format.write_array
+    real_write = store_module._write_chunked
 
     # The disk fills up while the second array is being written.
-    def write_then_fail(f: Any, array: np.ndarray, *args: Any, **kwargs: Any) -> None:
+    def write_then_fail(f: Any, data: Any) -> None:
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(1)
-        real_write(f, array, *args, **kwargs)
+        real_write(f, data)
 
-    monkeypatch.setattr(np.lib.format, "write_array", write_then_fail)
+    monkeypatch.setattr(store_module, "_write_chunked", write_then_fail)
     arrays = {"a": np.zeros((4, 4), np.float32), "b": np.ones((4, 4), np.float32)}
     # Callers get a 503-mapped error that names no path.
     with pytest.raises(StorageFailed, match="could not be stored"):

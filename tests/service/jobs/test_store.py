@@ -172,6 +172,10 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
         "fortran": np.asfortranarray(rng.random((6, 4))),
         "scalar": np.array(2.5),
         "empty": np.zeros((0, 3), np.float32),
+        # Larger than one write slice, and not a whole number of slices.
+        "large": rng.random((1, 301, 517)).astype(np.float32),
+        "strided": rng.random((40, 3000))[:, ::3],
+        "flags": rng.random((70_001,)) > 0.5,
     }
     store = JobStore(tmp_path, ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
@@ -190,6 +194,15 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
         assert got.shape == array.shape, name
         np.testing.assert_array_equal(got, array)
         assert not got.flags.writeable
+
+
+def test_object_arrays_are_refused_and_leave_no_job(tmp_path: Path) -> None:
+    store = JobStore(tmp_path, ttl_s=60)
+    record = store.new_record(MODEL, "raster", None)
+    with pytest.raises(ValueError, match="Python objects"):
+        store.save(record, {"o": np.array([object()])})
+    with pytest.raises(NotFound):
+        store.load(record.id)
 
 
 def test_jobs_stored_as_one_npy_per_array_are_still_read(tmp_path: Path) -> None:
