@@ -58,9 +58,11 @@ PACK = "arrays.npk"
 GONE = "no such job (it was deleted while being read)"
 _ALIGN = 64
 # Data goes to disk in slices of this size. On the ext4 volumes measured
-# (Linux 6.18), one write() of 128 KiB or more into a new file cost about ten
-# times as much kernel time as the same bytes in 64 KiB writes (1 MB: 2.6 ms
-# against 0.26 ms), which was most of a request's store time.
+# (Linux 6.18), once the page cache held a few GB of written files (as it does
+# on a server whose job store has been filling), one write() of 128 KiB or more
+# into a new file cost about ten times as much kernel time as the same bytes in
+# 64 KiB writes (4 MB: 10-11 ms against 0.9-1.0 ms). With a fresh page cache
+# both took about 1 ms.
 _WRITE_CHUNK = 64 * 1024
 
 
