@@ -48,6 +48,7 @@ def session_options(settings: Settings) -> SessionOptions:
         io_binding=cuda.io_binding,
         cuda_graph=cuda.cuda_graph,
         warmup_batch_sizes=tuple(settings.warmup_batch_sizes),
+        cpu_instances=settings.cpu_instances,
     )
 
 

@@ -6,12 +6,20 @@ coming, so waiting only adds latency). A batch holds at most ``max_batch_size``
 rows; the queue holds at most ``max_queue_size`` requests and refuses more with
 :class:`Overloaded`. Inference runs on a worker thread, off the event loop, and
 each request gets back exactly its own rows.
+
+With helper sessions (CPU instances), batches run side by side while requests
+queue up: each helper is a session with a share of the cores, and the queue is
+split between the free helpers. A request that finds nothing else waiting and
+nothing running still runs alone on the main session, with every core, so a
+lone client keeps the lowest latency. The main session and the helpers never
+run at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import math
 import time
@@ -78,6 +86,7 @@ class DynamicBatcher:
         max_queue_size: most requests waiting; more are refused.
         padding: how to pad inputs of different lengths (temporal models).
         observer: receives measurements.
+        helpers: more sessions' ``run``, used side by side when requests queue.
     """
 
     def __init__(
@@ -90,6 +99,7 @@ class DynamicBatcher:
         max_queue_size: int,
         padding: Padding | None = None,
         observer: BatchObserver | None = None,
+        helpers: Sequence[RunFn] = (),
     ) -> None:
         self.name = name
         self._run = run
@@ -103,7 +113,9 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
-        self._busy = False
+        self.helpers = len(helpers)
+        self._free_helpers: list[RunFn] = list(helpers)
+        self._helper_tasks: set[asyncio.Task[None]] = set()
         # Requests submitted so far, and whether the last batch was one request
         # with no other arriving before it finished.
         self._arrivals = 0
@@ -124,7 +136,9 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Start the batching loop on the running event loop."""
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, self.helpers), thread_name_prefix=f"infer-{self.name}"
+        )
         self._closing = False
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
@@ -222,16 +236,48 @@ class DynamicBatcher:
     async def _loop(self) -> None:
         assert self._arrived is not None
         while True:
-            if not self._queue:
-                if self._closing:
+            helpers_busy = bool(self._helper_tasks)
+            if not self._queue or (helpers_busy and not self._free_helpers):
+                if self._closing and not self._queue and not helpers_busy:
                     return
+                # Set again by the next arrival or the next helper to finish.
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            if helpers_busy:
+                self._dispatch_helpers()
+                continue
             await self._wait_for_company()
+            if self._free_helpers and len(self._queue) > 1:
+                self._dispatch_helpers()
+                continue
             batch = self._take_batch()
             if batch:
-                await self._run_batch(batch)
+                await self._run_batch(batch, self._run)
+
+    def _dispatch_helpers(self) -> None:
+        """Share the queue out between the free helpers, one batch each.
+
+        A helper's batch holds at most its share of ``max_batch_size``, so the
+        helpers together hold no more rows (nor working memory) than one batch.
+        """
+        per_helper = max(1, self.max_batch_size // self.helpers)
+        while self._queue and self._free_helpers:
+            queued = sum(p.rows for p in self._queue)
+            share = -(-queued // len(self._free_helpers))
+            batch = self._take_batch(min(share, per_helper))
+            if not batch:
+                continue
+            run = self._free_helpers.pop()
+            task = asyncio.create_task(self._run_batch(batch, run))
+            self._helper_tasks.add(task)
+            task.add_done_callback(functools.partial(self._helper_done, run))
+
+    def _helper_done(self, run: RunFn, task: asyncio.Task[None]) -> None:
+        self._helper_tasks.discard(task)
+        self._free_helpers.append(run)
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def _wait_for_company(self) -> None:
         assert self._arrived is not None
@@ -250,7 +296,13 @@ class DynamicBatcher:
             except TimeoutError:
                 return
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self, max_rows: int | None = None) -> list[_Pending]:
+        """The oldest request and those after it that can share its batch.
+
+        ``max_rows``: fewer rows than ``max_batch_size`` (a helper's share); the
+        first request is taken whatever its size.
+        """
+        limit = max_rows or self.max_batch_size
         now = time.monotonic()
         first_key = None
         batch: list[_Pending] = []
@@ -267,7 +319,7 @@ class DynamicBatcher:
                 continue
             if first_key is None:
                 first_key = pending.key
-            if pending.key == first_key and rows + pending.rows <= self.max_batch_size:
+            if pending.key == first_key and (not batch or rows + pending.rows <= limit):
                 batch.append(pending)
                 rows += pending.rows
             else:
@@ -276,14 +328,14 @@ class DynamicBatcher:
         self._notify_depth()
         return batch
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, batch: list[_Pending], run: RunFn) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         rows = sum(p.rows for p in batch)
         arrivals = self._arrivals
         feed = self._merge(batch)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run, feed)
+            outputs = await loop.run_in_executor(self._executor, run, feed)
         except AttnserveError as exc:
             self._fail(batch, exc, rows)
             return

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +132,11 @@ class ModelRepository:
         session = ModelSession(path, self.options)
         load_s = time.perf_counter() - start
         manifest = session.manifest
-        warmup_s = session.warmup(sizes=warmup_sizes(session)) if self._warmup else 0.0
+        helpers = self._helpers(path, session)
+        if self._warmup:
+            warmup_s = sum(s.warmup(sizes=warmup_sizes(s)) for s in (session, *helpers))
+        else:
+            warmup_s = 0.0
         limits = self._limits(manifest)
         padding = temporal_padding(manifest) if manifest.task == "temporal_classification" else None
         batcher = DynamicBatcher(
@@ -142,6 +147,7 @@ class ModelRepository:
             max_queue_size=limits.max_queue_size,
             padding=padding or Padding(),
             observer=self._observer(manifest),
+            helpers=[h.run for h in helpers],
         )
         task: SegmentationTask | TemporalTask
         if manifest.task == "segmentation":
@@ -149,6 +155,18 @@ class ModelRepository:
         else:
             task = TemporalTask(manifest, batcher)
         return ServedModel(manifest, path, session, batcher, task, load_s, warmup_s)
+
+    def _helpers(self, path: Path, session: ModelSession) -> list[ModelSession]:
+        """The CPU instances beside the main session, each with its share of the cores.
+
+        None on CUDA, where one session already keeps the device busy.
+        """
+        count = self.options.cpu_instances
+        if count < 2 or session.cuda_active:
+            return []
+        cores = self.options.intra_op_threads or len(os.sched_getaffinity(0))
+        share = replace(self.options, intra_op_threads=max(1, cores // count))
+        return [ModelSession(path, share) for _ in range(count)]
 
     async def stop(self, grace_s: float) -> None:
         """Stop every batcher, letting queued work finish within ``grace_s``."""

@@ -50,6 +50,8 @@ class SessionOptions:
             the warmed-up shapes (CUDA only; batches are padded up to the next
             warm-up batch size, other shapes run uncaptured).
         warmup_batch_sizes: batch sizes run at warm-up: the buckets of CUDA graphs.
+        cpu_instances: on CPU, sessions of each model that run batches side by
+            side when requests queue (see :class:`~service.runtime.batcher.DynamicBatcher`).
     """
 
     providers: tuple[str, ...] = (CUDA, CPU)
@@ -60,6 +62,7 @@ class SessionOptions:
     io_binding: bool = True
     cuda_graph: bool = False
     warmup_batch_sizes: tuple[int, ...] = (1,)
+    cpu_instances: int = 1
 
 
 def read_manifest(session: ort.InferenceSession) -> Manifest:

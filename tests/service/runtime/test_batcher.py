@@ -252,3 +252,118 @@ def test_a_lone_client_does_not_wait_for_company_but_concurrent_ones_still_batch
     assert n == 4
     assert rec.batches[:4] == [1, 1, 1, 1]
     assert max(rec.batches[4:]) > 1
+
+
+class Instances:
+    """Run functions that record which instance ran when, and how many rows."""
+
+    def __init__(self, helpers: int, fail: str | None = None) -> None:
+        self.lock = threading.Lock()
+        self.spans: list[tuple[str, float, float, int]] = []
+        self.fail = fail
+        self.main = self._make("main")
+        self.helpers = [self._make(f"h{i}") for i in range(helpers)]
+
+    def _make(self, name: str):  # type: ignore[no-untyped-def]
+        def run_fn(feed: Feed) -> Feed:
+            start = time.monotonic()
+            time.sleep(0.03)
+            if name == self.fail:
+                raise RuntimeError("kernel failed")
+            with self.lock:
+                self.spans.append((name, start, time.monotonic(), len(feed["x"])))
+            return {"y": feed["x"] * 2}
+
+        return run_fn
+
+    def overlapping(self, a: str, b: str) -> bool:
+        return any(
+            s1 < e2 and s2 < e1
+            for n1, s1, e1, _ in self.spans
+            if n1.startswith(a)
+            for n2, s2, e2, _ in self.spans
+            if n2.startswith(b) and (n1, s1) != (n2, s2)
+        )
+
+
+def _instances_batcher(inst: Instances, max_batch_size: int = 4) -> DynamicBatcher:
+    return DynamicBatcher(
+        "m",
+        inst.main,
+        max_batch_size=max_batch_size,
+        max_queue_delay_ms=1,
+        max_queue_size=64,
+        helpers=inst.helpers,
+    )
+
+
+def test_a_lone_request_runs_on_the_main_session_queued_ones_on_helpers_side_by_side() -> None:
+    inst = Instances(helpers=2)
+
+    async def main() -> list[Feed]:
+        b = _instances_batcher(inst)
+        await b.start()
+        alone = [await b.submit({"x": np.full((1, 2), 7.0, np.float32)}, 5) for _ in range(3)]
+        crowd = await asyncio.gather(
+            *(b.submit({"x": np.full((1, 2), i, np.float32)}, 5) for i in range(24))
+        )
+        await b.stop()
+        return alone + list(crowd)
+
+    outs = run(main())
+    for out in outs[:3]:
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 14.0))
+    for i, out in enumerate(outs[3:]):
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2.0 * i))
+    names = [n for n, *_ in inst.spans]
+    # One after another, the lone requests ran on the main session, with every core.
+    assert names[:3] == ["main"] * 3
+    # The crowd ran on both helpers at once, never beside the main session.
+    assert {"h0", "h1"} <= set(names[3:])
+    assert inst.overlapping("h", "h")
+    assert not inst.overlapping("main", "h")
+    # Each helper batch holds at most its share of max_batch_size (4 // 2).
+    assert max(rows for n, *_, rows in inst.spans if n != "main") <= 2
+    assert sum(rows for *_, rows in inst.spans) == 27
+
+
+def test_a_failing_helper_fails_only_its_own_batch() -> None:
+    inst = Instances(helpers=2, fail="h1")
+
+    async def main() -> list[object]:
+        b = _instances_batcher(inst, max_batch_size=2)
+        await b.start()
+        results = await asyncio.gather(
+            *(b.submit({"x": np.full((1, 2), i, np.float32)}, 5) for i in range(12)),
+            return_exceptions=True,
+        )
+        await b.stop()
+        return list(results)
+
+    results = run(main())
+    failed = [r for r in results if isinstance(r, InferenceFailed)]
+    served = [r for r in results if isinstance(r, dict)]
+    assert failed
+    assert served
+    assert len(failed) + len(served) == 12
+    for r in served:
+        assert r["y"].shape == (1, 2)
+
+
+def test_stopping_finishes_the_batches_helpers_are_running() -> None:
+    inst = Instances(helpers=2)
+
+    async def main() -> list[Feed]:
+        b = _instances_batcher(inst)
+        await b.start()
+        tasks = [
+            asyncio.ensure_future(b.submit({"x": np.full((1, 2), i, np.float32)}, 5))
+            for i in range(8)
+        ]
+        await asyncio.sleep(0.01)  # the first batches are running
+        await b.stop(grace_s=5)
+        return list(await asyncio.gather(*tasks))
+
+    outs = run(main())
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["y"], np.full((1, 2), 2.0 * i))
