@@ -7,6 +7,7 @@ input (e.g. ``band_mean``) is still fed everything it declares.
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -114,6 +115,40 @@ def measure(
         "latency_min_ms": round(min(times) * 1000, 2),
         "latency_mean_ms": round(statistics.fmean(times) * 1000, 2),
         "throughput_per_s": round(items / statistics.fmean(times), 3),
+    }
+
+
+def measure_side_by_side(
+    sessions: list[ModelSession], feed: Feed, rows_per_item: int, seconds: float
+) -> dict[str, Any]:
+    """Throughput of several sessions each running ``feed`` over and over at once.
+
+    The limit for a server that runs batches side by side (CPU instances).
+    """
+    items = next(iter(feed.values())).shape[0] // rows_per_item
+    counts = [0] * len(sessions)
+    for session in sessions:
+        session.run(feed)  # warm
+    stop = time.perf_counter() + seconds
+
+    def work(i: int) -> None:
+        while time.perf_counter() < stop:
+            sessions[i].run(feed)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(sessions))]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {
+        "sessions": len(sessions),
+        "threads_each": sessions[0].options.intra_op_threads,
+        "batch": items,
+        "runs": sum(counts),
+        "throughput_per_s": round(sum(counts) * items / elapsed, 3),
     }
 
 

@@ -48,6 +48,19 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{now['best_per_s']:.2f} tiles/s (best of batch 1 and 4, {side} px) = "
                 f"{100 * ratio:.0f}%" + _drift(now["best_per_s"], start_best),
             })  # fmt: skip
+        side_by_side = (now or {}).get("side_by_side")
+        if side_by_side is not None:
+            limit = side_by_side["throughput_per_s"]
+            ratio = sat / limit
+            out.append({
+                "name": f"footprints saturation >= 85% of raw {side_by_side['sessions']} "
+                f"sessions side by side, timed just before (batching {mode})",
+                "ok": ratio >= 0.85,
+                "value": round(ratio, 3),
+                "detail": f"server {sat:.2f} req/s vs raw {limit:.2f} tiles/s "
+                f"({side_by_side['sessions']} sessions x {side_by_side['threads_each']} "
+                f"threads, batch 1) = {100 * ratio:.0f}%",
+            })  # fmt: skip
         for label, rows in compare:
             best = _best(rows)
             ratio = sat / best["throughput_per_s"]

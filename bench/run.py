@@ -46,6 +46,8 @@ from service.runtime.session import ModelSession
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "geotiff" / "cogeo.tif"
 PARCELS, DATES = 10, 24
+# CPU instances of the fourth server, and of the side-by-side raw reference.
+INSTANCES = 2
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,14 @@ class RawReference:
             "footprints": ModelSession(SHIPPED_MODELS / "footprints-1.1.0.onnx", options),
             "crops": ModelSession(SHIPPED_MODELS / "crops-1.0.0.onnx", options),
         }
+        # Two sessions with half the cores each, run side by side: the limit
+        # for a server with CPU_INSTANCES=2.
+        half = dataclasses.replace(
+            options, intra_op_threads=max(1, len(os.sched_getaffinity(0)) // INSTANCES)
+        )
+        self.instances = [
+            ModelSession(SHIPPED_MODELS / "footprints-1.1.0.onnx", half) for _ in range(INSTANCES)
+        ]
         fp = self.sessions["footprints"].manifest
         side = raw.server_input_side(fp, fp.input.tile_size or 512)
         images = raw.source_tiles(SOURCE, side, 4)
@@ -266,6 +276,10 @@ class RawReference:
         for b, feed in self.feeds[model].items():
             out[f"batch_{b}"] = raw.measure(self.sessions[model], feed, per_item, seconds, 3)
         out["best_per_s"] = max(v["throughput_per_s"] for v in out.values())
+        if model == "footprints":
+            out["side_by_side"] = raw.measure_side_by_side(
+                self.instances, self.feeds[model][1], per_item, seconds
+            )
         return out
 
 
@@ -273,7 +287,8 @@ def bench_http(plan: Plan, work: Path, specs: dict[str, Path]) -> dict[str, Any]
     """Both models over HTTP, batching on and off, at each concurrency.
 
     A third server, batching on with the job store writing behind (fsync still
-    on), shows what waiting for job writes costs (at fewer concurrencies).
+    on), shows what waiting for job writes costs (at fewer concurrencies); a
+    fourth runs batches side by side on CPU instances.
 
     The machine is shared, so its speed drifts: right before each level, with
     the server idle, a bare session in this process is timed again on the same
@@ -285,6 +300,11 @@ def bench_http(plan: Plan, work: Path, specs: dict[str, Path]) -> dict[str, Any]
         ("on", {}, plan.concurrency),
         ("off", BATCHING_OFF, plan.concurrency),
         ("on, write-behind", {"ATTNSERVE_JOB_WRITE_BEHIND": "true"}, plan.extra_concurrency),
+        (
+            f"on, {INSTANCES} CPU instances",
+            {"ATTNSERVE_CPU_INSTANCES": str(INSTANCES)},
+            plan.extra_concurrency,
+        ),
     ]
     for i, (mode, extra, levels) in enumerate(modes):
         env = {
