@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -48,7 +49,7 @@ def session_options(settings: Settings) -> SessionOptions:
         io_binding=cuda.io_binding,
         cuda_graph=cuda.cuda_graph,
         warmup_batch_sizes=tuple(settings.warmup_batch_sizes),
-        cpu_instances=settings.cpu_instances,
+        cpu_instances=settings.cpu_instances or (2 if len(os.sched_getaffinity(0)) >= 2 else 1),
     )
 
 

@@ -65,12 +65,13 @@ class Settings(BaseSettings):
     cuda: CudaSettings = Field(default_factory=CudaSettings)
     intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
     cpu_instances: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description="on CPU, sessions per model that run batches side by side while requests "
         "queue, each with its share of the cores; a request alone still runs on one session "
-        "with every core. Each instance holds its own working memory",
+        "with every core. Each instance holds its own working memory. 0: 2 where the server "
+        "has 2 or more cores, else 1",
     )
     malloc_arena_max: int = Field(
         2,

@@ -31,7 +31,7 @@ def test_quick_benchmark_measures_every_stage(tmp_path: Path) -> None:
     side_by_side = results["http"]["footprints"]["on"][0]["raw_now"]["side_by_side"]
     assert side_by_side["sessions"] == 2
     assert side_by_side["throughput_per_s"] > 0
-    assert all(r["errors"] == 0 for r in results["http"]["footprints"]["on, 2 CPU instances"])
+    assert all(r["errors"] == 0 for r in results["http"]["footprints"]["on, 1 CPU instance"])
     job = results["scene"]["defaults"]["job"]
     assert job["progress"]["only_increases"]
     assert job["progress"]["reached_total"]

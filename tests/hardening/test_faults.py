@@ -39,7 +39,11 @@ async def _upload(client: httpx.AsyncClient) -> httpx.Response:
 def test_an_onnx_runtime_failure_fails_that_batch_with_503_and_serving_goes_on(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    app = create_app(Settings(model_dir=model_dir, job_dir=tmp_path / "jobs", warmup=False))
+    # One session, so that the one failing run meets the batch (helpers would share them out).
+    settings = Settings(
+        model_dir=model_dir, job_dir=tmp_path / "jobs", warmup=False, cpu_instances=1
+    )
+    app = create_app(settings)
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
