@@ -36,6 +36,8 @@ def model_json(served: ServedModel) -> dict[str, Any]:
             "max_batch_size": served.batcher.max_batch_size,
             "max_queue_delay_ms": served.batcher.max_queue_delay_s * 1000,
             "max_queue_size": served.batcher.max_queue_size,
+            # Sessions that run batches side by side while requests queue (CPU).
+            "instances": max(1, served.batcher.helpers),
         },
     }
 

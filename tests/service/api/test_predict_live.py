@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
@@ -262,6 +263,8 @@ def test_models_show_manifests(live: LiveServer) -> None:
     assert fp["input"]["bands"] == ["red", "green", "blue"]
     assert "gate_1" in fp["attention_layers"]
     assert fp["precision"] == "float32"
+    # Two CPU instances by default on a machine with two or more cores.
+    assert fp["batching"]["instances"] == (2 if len(os.sched_getaffinity(0)) >= 2 else 1)
     exact = httpx.get(f"{live.url}/models/footprints:{fp['version']}").json()
     assert exact["version"] == fp["version"]
     crops = httpx.get(f"{live.url}/models/crops").json()
