@@ -40,6 +40,7 @@ from bench.scenes import tile_scene
 from bench.server import BenchServer
 from service.app import session_options
 from service.config import SHIPPED_MODELS, Settings
+from service.runtime.cpus import usable_cpus
 from service.runtime.segmentation import context_px
 from service.runtime.session import ModelSession
 
@@ -253,9 +254,7 @@ class RawReference:
         }
         # Two sessions with half the cores each, run side by side: the limit
         # for a server with 2 CPU instances (its default on 2 or more cores).
-        half = dataclasses.replace(
-            options, intra_op_threads=max(1, len(os.sched_getaffinity(0)) // INSTANCES)
-        )
+        half = dataclasses.replace(options, intra_op_threads=max(1, usable_cpus() // INSTANCES))
         self.instances = [
             ModelSession(SHIPPED_MODELS / "footprints-1.1.0.onnx", half) for _ in range(INSTANCES)
         ]

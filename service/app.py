@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -24,6 +23,7 @@ from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
 from service.raster.decode import disable_risky_drivers
+from service.runtime.cpus import CpuBudget, cpu_budget
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
@@ -32,9 +32,16 @@ from service.viewer import routes as viewer
 log = logging.getLogger("attnserve")
 
 
-def session_options(settings: Settings) -> SessionOptions:
-    """ONNX Runtime options from settings."""
+def session_options(settings: Settings, cpus: CpuBudget | None = None) -> SessionOptions:
+    """ONNX Runtime options from settings.
+
+    Where a cgroup quota or an affinity mask leaves the process fewer CPUs than
+    the host has, an unset ``intra_op_threads`` becomes that number: ONNX
+    Runtime's own default counts the host's cores.
+    """
     cuda = settings.cuda
+    cpus = cpus or cpu_budget()
+    threads = settings.intra_op_threads or (cpus.usable if cpus.limited else 0)
     return SessionOptions(
         providers=tuple(settings.providers),
         cuda={
@@ -43,13 +50,13 @@ def session_options(settings: Settings) -> SessionOptions:
             "cudnn_conv_algo_search": cuda.cudnn_conv_algo_search,
             "arena_extend_strategy": cuda.arena_extend_strategy,
         },
-        intra_op_threads=settings.intra_op_threads,
+        intra_op_threads=threads,
         intra_op_spinning=settings.intra_op_spinning,
         memory_pattern=settings.memory_pattern,
         io_binding=cuda.io_binding,
         cuda_graph=cuda.cuda_graph,
         warmup_batch_sizes=tuple(settings.warmup_batch_sizes),
-        cpu_instances=settings.cpu_instances or (2 if len(os.sched_getaffinity(0)) >= 2 else 1),
+        cpu_instances=settings.cpu_instances or (2 if cpus.usable >= 2 else 1),
     )
 
 
@@ -64,9 +71,21 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         )
         return BatchLimits(b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size)
 
+    cpus = cpu_budget()
+    options = session_options(settings, cpus)
+    log.info(
+        "CPUs: %d usable (host %d, affinity %d, cgroup quota %s); threads per session: %s; "
+        "CPU instances: %d",
+        cpus.usable,
+        cpus.host,
+        cpus.affinity,
+        "none" if cpus.quota is None else f"{cpus.quota:g}",
+        options.intra_op_threads or "ONNX Runtime's default",
+        options.cpu_instances,
+    )
     repository = ModelRepository(
         settings.model_dir,
-        session_options(settings),
+        options,
         limits,
         observer=lambda m: metrics.observer(m.name),
         warmup=settings.warmup,

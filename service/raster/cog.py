@@ -14,6 +14,7 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.windows import Window
 
 from service.raster.decode import Georeference
+from service.runtime.cpus import usable_cpus
 
 Resampling = Literal["average", "nearest", "mode"]
 
@@ -146,7 +147,7 @@ class RasterSink:
         self._dst.close()
         factors = overview_factors(width, height)
         if factors:
-            env = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS"}
+            env = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": str(usable_cpus())}
             with rasterio.Env(**env), rasterio.open(self.partial, "r+") as dst:
                 dst.build_overviews(factors, GdalResampling[self.resampling])
         options = {
@@ -162,7 +163,8 @@ class RasterSink:
             "RESAMPLING": self.resampling.upper(),
             "OVERVIEW_RESAMPLING": self.resampling.upper(),
             "BIGTIFF": "IF_SAFER",
-            "NUM_THREADS": "ALL_CPUS",
+            # GDAL's ALL_CPUS counts the host's cores, not a container's quota.
+            "NUM_THREADS": str(usable_cpus()),
         }
         if self.dtype == "float32":
             options["PREDICTOR"] = "FLOATING_POINT"

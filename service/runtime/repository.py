@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Literal
 
 from service.errors import NotFound
 from service.runtime.batcher import BatchObserver, DynamicBatcher, Padding
+from service.runtime.cpus import usable_cpus
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.session import ModelSession, SessionOptions
@@ -164,7 +164,7 @@ class ModelRepository:
         count = self.options.cpu_instances
         if count < 2 or session.cuda_active:
             return []
-        cores = self.options.intra_op_threads or len(os.sched_getaffinity(0))
+        cores = self.options.intra_op_threads or usable_cpus()
         share = replace(self.options, intra_op_threads=max(1, cores // count))
         return [ModelSession(path, share) for _ in range(count)]
 

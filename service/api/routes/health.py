@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from service import __version__
 from service.api.deps import State
 from service.api.responses import JSONBody
+from service.runtime.cpus import cpu_budget
 
 router = APIRouter(tags=["health"])
 
@@ -26,6 +27,8 @@ async def healthz(state: State) -> JSONBody:
             "available_providers": onnxruntime.get_available_providers(),
             "gdal": rasterio.__gdal_version__,
             "rasterio": rasterio.__version__,
+            # What thread pools are sized by (a container's quota, not the host).
+            "cpus": cpu_budget().to_json(),
         }
     )
 

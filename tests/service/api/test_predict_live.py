@@ -18,6 +18,7 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
 from models.half import convert_to_float16
+from service.runtime.cpus import usable_cpus
 from tests.service.conftest import LiveServer
 
 
@@ -264,7 +265,7 @@ def test_models_show_manifests(live: LiveServer) -> None:
     assert "gate_1" in fp["attention_layers"]
     assert fp["precision"] == "float32"
     # Two CPU instances by default on a machine with two or more cores.
-    assert fp["batching"]["instances"] == (2 if len(os.sched_getaffinity(0)) >= 2 else 1)
+    assert fp["batching"]["instances"] == (2 if usable_cpus() >= 2 else 1)
     exact = httpx.get(f"{live.url}/models/footprints:{fp['version']}").json()
     assert exact["version"] == fp["version"]
     crops = httpx.get(f"{live.url}/models/crops").json()
@@ -293,6 +294,9 @@ def test_health_names_versions(live: LiveServer) -> None:
     body = httpx.get(f"{live.url}/healthz").json()
     assert body["onnxruntime"] == ort.__version__
     assert body["gdal"]
+    # The CPUs thread pools are sized by, as this process sees them.
+    assert body["cpus"]["usable"] == usable_cpus()
+    assert body["cpus"]["affinity"] == len(os.sched_getaffinity(0))
     ready = httpx.get(f"{live.url}/readyz").json()
     assert ready["ready"] is True
 
