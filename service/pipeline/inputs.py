@@ -16,7 +16,6 @@ from service.raster.decode import (
     Georeference,
     RasterInfo,
     RasterLimits,
-    read_geotiff,
     read_open,
 )
 from service.runtime.manifest import Manifest
@@ -97,25 +96,34 @@ def read_open_image(
     return RasterInput(raster.data, raster.valid, raster.info.georef)
 
 
-def read_series_rasters(
-    parts: list[bytes], dates_text: str | None, manifest: Manifest, limits: RasterLimits
-) -> SeriesInput:
-    """Decode dated rasters for a temporal model: one GeoTIFF per date, or one stack.
+def read_open_dated(
+    dataset: DatasetReader, info: RasterInfo, manifest: Manifest, limits: RasterLimits
+) -> DecodedRaster:
+    """Decode one dated upload for a temporal model: one date, or a stack of them.
 
     A stack holds ``T x C`` bands, date-major (all bands of the first date, then
-    the next); its dates come from ``dates_text`` or from its band tags.
+    the next). The caller opened it (:func:`~service.raster.decode.open_geotiff`)
+    and described it, to choose between a synchronous answer and a scene job.
     """
     bands = len(manifest.input.bands)
-    dates = parse_dates(dates_text) if dates_text else []
-    rasters: list[DecodedRaster] = []
-    for data in parts:
 
-        def check(info: RasterInfo) -> None:
-            if info.count % bands:
-                check_layout(manifest, info.count, info.dtype)
-            check_layout(manifest, bands, info.dtype, dates=max(1, info.count // bands))
+    def check(info: RasterInfo) -> None:
+        if info.count % bands:
+            check_layout(manifest, info.count, info.dtype)
+        check_layout(manifest, bands, info.dtype, dates=max(1, info.count // bands))
 
-        rasters.append(read_geotiff(data, limits, check))
+    return read_open(dataset, info, limits, check)
+
+
+def series_from_rasters(
+    rasters: list[DecodedRaster], dates: list[date], manifest: Manifest
+) -> SeriesInput:
+    """Per-pixel series from decoded dated uploads (:func:`read_open_dated`).
+
+    ``dates``: one per date, in upload order; empty to take them from the
+    rasters' band tags.
+    """
+    bands = len(manifest.input.bands)
     first = rasters[0].info
     for other in rasters[1:]:
         if (other.info.georef.width, other.info.georef.height) != (first.width, first.height):

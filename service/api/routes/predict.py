@@ -165,12 +165,18 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
             return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
         stored = await state.runner.raster(served, raster, owner)
         return await _answer(stored, state, fields.get("format"), request)
-    headers = await asyncio.to_thread(_headers, parts, scene_limits)
-    if want_async or any(i.width * i.height > sync_limit for i in headers):
-        return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
     series = await asyncio.to_thread(
-        inputs.read_series_rasters, parts, fields.get("dates"), manifest, limits
+        _series_if_sync,
+        parts,
+        fields.get("dates"),
+        scene_limits,
+        None if want_async else limits,
+        manifest,
     )
+    if series is None:
+        # Every part's header, before anything is stored for the job.
+        await asyncio.to_thread(_headers, parts, scene_limits)
+        return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
     stored = await state.runner.series(served, series, owner)
     return await _answer(stored, state, fields.get("format"), request)
 
@@ -188,6 +194,31 @@ def _image_if_sync(
         if sync is None or info.width * info.height > sync.max_pixels:
             return None
         return inputs.read_open_image(dataset, info, manifest, sync)
+
+
+def _series_if_sync(
+    parts: list[bytes],
+    dates_text: str | None,
+    scene_limits: RasterLimits,
+    sync: RasterLimits | None,
+    manifest: Manifest,
+) -> inputs.SeriesInput | None:
+    """The dated images as series, or None when they must run as a scene job.
+
+    Each part is opened once. Dated images must all have one size, so the
+    first one decides: a later part of another size is refused either way.
+    ``sync``: the synchronous limits, None when the client asked for a job.
+    """
+    dates = inputs.parse_dates(dates_text) if dates_text else []
+    rasters = []
+    for data in parts:
+        with open_geotiff(data) as dataset:
+            info = describe(dataset)
+            check_limits(info, scene_limits)
+            if sync is None or info.width * info.height > sync.max_pixels:
+                return None
+            rasters.append(inputs.read_open_dated(dataset, info, manifest, sync))
+    return inputs.series_from_rasters(rasters, dates, manifest)
 
 
 def _flag(value: str | None, name: str) -> bool:

@@ -178,3 +178,37 @@ def test_bad_scene_options_are_422(
     )
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["code"] == "invalid_input"
+
+
+def test_dated_uploads_go_sync_or_to_a_job_by_size_and_must_share_it(
+    start_server,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    dates = ["2024-04-03", "2024-05-20"]
+
+    def upload(*sizes: int) -> httpx.Response:
+        files = []
+        for i, (size, day) in enumerate(zip(sizes, dates, strict=True)):
+            out = tmp_path / f"{i}-{size}"
+            out.mkdir(exist_ok=True)
+            path = dated_stack(out, size, [day], seed=i)[0]
+            files.append(("image", (path.name, path.read_bytes(), "image/tiff")))
+        return httpx.post(
+            f"{server.url}/predict",
+            data={"model": "crops", "dates": ",".join(dates)},
+            files=files,
+            timeout=120,
+        )
+
+    server = start_server(max_sync_series_pixels=str(64 * 64))
+    small = upload(48, 48)
+    assert small.status_code == 200, small.text
+    assert small.json()["georeference"]["width"] == 48
+    # Over the synchronous limit: a job, without asking for one.
+    large = upload(80, 80)
+    assert large.status_code == 202, large.text
+    # Dated images of two sizes are refused, by the synchronous path or the job's check.
+    for sizes in ((48, 56), (48, 80), (80, 48)):
+        resp = upload(*sizes)
+        assert resp.status_code == 422, (sizes, resp.text)
+        assert "size" in resp.json()["error"]["message"], resp.text
