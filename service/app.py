@@ -23,7 +23,7 @@ from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
 from service.raster.decode import disable_risky_drivers
-from service.runtime.cpus import CpuBudget, cpu_budget
+from service.runtime.cpus import CpuBudget, process_cpus
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
@@ -40,7 +40,7 @@ def session_options(settings: Settings, cpus: CpuBudget | None = None) -> Sessio
     Runtime's own default counts the host's cores.
     """
     cuda = settings.cuda
-    cpus = cpus or cpu_budget()
+    cpus = cpus or process_cpus()
     threads = settings.intra_op_threads or (cpus.usable if cpus.limited else 0)
     return SessionOptions(
         providers=tuple(settings.providers),
@@ -71,7 +71,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         )
         return BatchLimits(b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size)
 
-    cpus = cpu_budget()
+    cpus = process_cpus()
     options = session_options(settings, cpus)
     log.info(
         "CPUs: %d usable (host %d, affinity %d, cgroup quota %s); threads per session: %s; "

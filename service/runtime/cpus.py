@@ -122,10 +122,8 @@ def _upwards(base: Path, relative: str | None) -> list[Path]:
     ``/``; without one, its path may not exist under a mount of only its own
     cgroup, and ``base`` alone is what is left.
     """
-    start = base / (relative or "/").lstrip("/")
-    dirs = [start, *start.parents] if start != base else [base]
-    out = [d for d in dirs if d == base or base in d.parents]
-    return [d for d in out if d.is_dir()]
+    start = base / (relative or "").lstrip("/")
+    return [d for d in (start, *start.parents) if (d == base or base in d.parents) and d.is_dir()]
 
 
 def _quota(root: Path, proc_cgroup: Path) -> float | None:
@@ -157,6 +155,11 @@ def cpu_budget(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> Cpu
 
 
 @functools.cache
+def process_cpus() -> CpuBudget:
+    """This process's :func:`cpu_budget`, read once: the one figure thread pools are sized by."""
+    return cpu_budget()
+
+
 def usable_cpus() -> int:
-    """:attr:`CpuBudget.usable` of this process, read once."""
-    return cpu_budget().usable
+    """:attr:`CpuBudget.usable` of this process."""
+    return process_cpus().usable

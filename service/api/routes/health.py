@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from service import __version__
 from service.api.deps import State
 from service.api.responses import JSONBody
-from service.runtime.cpus import cpu_budget
+from service.runtime.cpus import process_cpus
 
 router = APIRouter(tags=["health"])
 
@@ -28,7 +28,7 @@ async def healthz(state: State) -> JSONBody:
             "gdal": rasterio.__gdal_version__,
             "rasterio": rasterio.__version__,
             # What thread pools are sized by (a container's quota, not the host).
-            "cpus": cpu_budget().to_json(),
+            "cpus": process_cpus().to_json(),
         }
     )
 
