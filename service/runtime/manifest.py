@@ -97,6 +97,8 @@ class InputSpec:
     ``value_range`` is the range of raw values the model was trained on (e.g.
     ``[0, 255]`` for 8-bit RGB, ``[0, 10000]`` for reflectance x 10000);
     ``accepted_dtypes`` lists raster dtypes that carry such values.
+    ``gsd_m`` is the ground sample distance (metres per pixel) the model was
+    trained at; ``None`` for models that do not depend on it.
     """
 
     bands: list[str]
@@ -110,6 +112,7 @@ class InputSpec:
     min_dates: int | None = None
     max_dates: int | None = None
     day_unit: str | None = None
+    gsd_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,11 @@ class Manifest:
             raise ManifestError("normalization mean/std must have one value per band")
         if any(s <= 0 for s in norm.std):
             raise ManifestError("normalization std must be positive")
+        gsd = self.input.gsd_m
+        if gsd is not None and (
+            isinstance(gsd, bool) or not isinstance(gsd, int | float) or not 0 < gsd < 1e6
+        ):
+            raise ManifestError(f"input gsd_m must be a positive number of metres, not {gsd!r}")
         if (
             len(self.input.value_range) != 2
             or self.input.value_range[0] >= self.input.value_range[1]
