@@ -2,12 +2,16 @@
 
 Jobs left queued or running by a stopped server are queued again on start (their
 input is kept in the job directory), so accepted work is never silently lost.
+Each run is counted on disk before it starts, so a job that takes the server
+down with it (say, out of memory) is counted even though nothing ran its error
+path; past ``max_resumes`` such restarts it is failed instead of run again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +37,8 @@ class JobManager:
         resolve: finds the served model for a job's model reference.
         workers: jobs run at the same time.
         max_queued: most jobs waiting; more are refused (503).
+        max_resumes: times a job that was running when the server stopped (or
+            died) is run again; once more and it is failed instead.
     """
 
     def __init__(
@@ -42,17 +48,20 @@ class JobManager:
         resolve: Callable[[str], ServedModel],
         workers: int = 1,
         max_queued: int = 100,
+        max_resumes: int = 2,
     ) -> None:
         self.store = store
         self.runner = runner
         self.resolve = resolve
         self.workers = workers
         self.max_queued = max_queued
+        self.max_resumes = max_resumes
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancel: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
+        self._resumer: asyncio.Task[None] | None = None
 
     @property
     def queued(self) -> int:
@@ -60,20 +69,65 @@ class JobManager:
         return self._queue.qsize()
 
     async def start(self) -> None:
-        """Start the workers and queue again what a stopped server left unfinished."""
-        for record in await asyncio.to_thread(self.store.unfinished):
-            if record.params.get("inputs"):
-                record.state = "queued"
-                record.progress = {"done": 0, "total": record.progress.get("total", 0)}
-                record.extra["resumed"] = record.extra.get("resumed", 0) + 1
-                self.store.update(record)
-                self._queue.put_nowait(record.id)
-                log.info("resuming job %s left unfinished by a previous run", record.id[:6])
-            else:
-                self._fail(record, "interrupted", "the server stopped before the job finished")
+        """Start the workers; what a stopped server left unfinished is queued in the background.
+
+        Readiness never waits for that scan: the job directory may be large or slow.
+        """
         self._tasks = [
             asyncio.create_task(self._work(), name=f"jobs-{i}") for i in range(self.workers)
         ]
+        self._resumer = asyncio.create_task(self._resume_unfinished(), name="jobs-resume")
+
+    async def _resume_unfinished(self) -> None:
+        try:
+            records = await asyncio.to_thread(self.store.unfinished)
+        except OSError as exc:
+            log.error("unfinished jobs could not be listed: %s", exc)
+            return
+        for record in records:
+            if self._stopping:
+                return
+            if await asyncio.to_thread(self._requeue, record):
+                self._queue.put_nowait(record.id)
+                log.info("resuming job %s left unfinished by a previous run", record.id[:6])
+
+    def _requeue(self, record: JobRecord) -> bool:
+        """Mark a job left unfinished as queued again, or fail it; True if it is to run."""
+        if not record.params.get("inputs"):
+            self._fail(record, "interrupted", "the server stopped before the job finished")
+            return False
+        if self._poisoned(record):
+            return False
+        if record.state == "running":
+            record.extra["resumed"] = record.extra.get("resumed", 0) + 1
+        record.state = "queued"
+        record.progress = {"done": 0, "total": record.progress.get("total", 0)}
+        try:
+            self.store.update(record)
+        except NotFound:
+            return False
+        return True
+
+    def _poisoned(self, record: JobRecord) -> bool:
+        """Fail a job whose every run so far ended with the server; True if it was failed.
+
+        ``runs`` is written before each run starts and taken back when a run
+        ends cleanly (done, failed, or stopped on shutdown), so what is left
+        counts the runs that never got to their end.
+        """
+        crashed = int(record.extra.get("runs", 0))
+        if crashed <= self.max_resumes:
+            return False
+        self._fail(
+            record,
+            "interrupted",
+            f"resumed {self.max_resumes} times; the server stopped while running it each "
+            "time (it may need more memory or time than the server has)",
+        )
+        log.error(
+            "job %s failed: the server stopped during all its %d runs", record.id[:6], crashed
+        )
+        return True
 
     def submit(self, record: JobRecord) -> None:
         """Queue a job whose record and input are already in the store."""
@@ -96,6 +150,9 @@ class JobManager:
     async def stop(self, grace_s: float) -> None:
         """Stop taking jobs; running ones stop after their tiles in flight, to resume later."""
         self._stopping = True
+        if self._resumer is not None:
+            self._resumer.cancel()
+            await asyncio.gather(self._resumer, return_exceptions=True)
         running = list(self._running.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
@@ -125,7 +182,7 @@ class JobManager:
 
     async def _run(self, job_id: str) -> None:
         try:
-            record = self.store.load(job_id, owner=None, any_owner=True)
+            record = await asyncio.to_thread(self.store.load, job_id, None, True)
         except NotFound:
             return
         if record.finished or job_id in self._cancel:
@@ -134,47 +191,92 @@ class JobManager:
         try:
             served = self.resolve(record.params["model"])
         except AttnserveError as exc:
-            self._fail(record, exc.code, exc.message)
+            await asyncio.to_thread(self._fail, record, exc.code, exc.message)
+            return
+        if await asyncio.to_thread(self._poisoned, record):
             return
         started = time.time()
         record.state = "running"
         record.progress = {"done": 0, "total": 0, "fraction": 0.0}
-        self.store.update(record)
+        # Counted on disk before the run: if it takes the server down, the count stays.
+        record.extra["runs"] = int(record.extra.get("runs", 0)) + 1
+        try:
+            await asyncio.to_thread(self.store.update, record)
+        except NotFound:
+            return
         last_write = 0.0
+        writing: asyncio.Task[None] | None = None
 
         def progress(done: int, total: int) -> None:
-            nonlocal last_write
+            nonlocal last_write, writing
             record.progress = {"done": done, "total": total, "fraction": round(done / total, 4)}
             record.extra["eta_s"] = elapsed_eta(started, done, total)
             now = time.monotonic()
+            if writing is not None and not writing.done():
+                return  # the disk is slow: skip this one, the next progress catches up
             if now - last_write >= PROGRESS_WRITE_S or done == total:
                 last_write = now
-                self.store.update(record)
+                # Written on a worker thread: an fsync behind gigabytes of dirty
+                # pages can take seconds, which the event loop must not wait for.
+                writing = asyncio.create_task(self._write_quietly(copy.deepcopy(record)))
 
         try:
             await self.runner.run(
                 record, served, progress, lambda: self._stopping or job_id in self._cancel
             )
         except JobCancelled:
-            self._interrupted(record)
+            await self._settle_write(writing)
+            await asyncio.to_thread(self._interrupted, record)
             return
         except asyncio.CancelledError:
-            self._interrupted(record)
+            await self._settle_write(writing)
+            await asyncio.to_thread(self._interrupted, record)
             raise
         except AttnserveError as exc:
-            self._fail(record, exc.code, exc.message)
+            await self._settle_write(writing)
+            self._ran(record)
+            await asyncio.to_thread(self._fail, record, exc.code, exc.message)
             return
         except Exception:
             log.exception("job %s failed", job_id[:6])
-            self._fail(record, "internal_error", "the job failed on the server")
+            await self._settle_write(writing)
+            self._ran(record)
+            await asyncio.to_thread(
+                self._fail, record, "internal_error", "the job failed on the server"
+            )
             return
+        await self._settle_write(writing)
         record.state = "done"
+        self._ran(record)
         record.extra["eta_s"] = 0.0
         record.extra["seconds"] = round(time.time() - started, 2)
         record.expires = time.time() + self.store.ttl_s
-        self.store.update(record)
+        with contextlib.suppress(NotFound):
+            await asyncio.to_thread(self.store.update, record)
+
+    async def _write_quietly(self, record: JobRecord) -> None:
+        """Write a progress snapshot; a job deleted meanwhile is the runner's concern."""
+        try:
+            await asyncio.to_thread(self.store.update, record)
+        except NotFound:
+            pass
+        except OSError as exc:
+            log.warning("progress of job %s not written: %s", record.id[:6], exc)
+
+    @staticmethod
+    async def _settle_write(writing: asyncio.Task[None] | None) -> None:
+        # A progress snapshot landing after the final state would undo it.
+        if writing is not None:
+            await asyncio.gather(asyncio.shield(writing), return_exceptions=True)
+
+    @staticmethod
+    def _ran(record: JobRecord) -> None:
+        # The run reached its end (done, failed, cancelled, stopped on shutdown):
+        # it does not count towards max_resumes.
+        record.extra["runs"] = max(0, int(record.extra.get("runs", 1)) - 1)
 
     def _interrupted(self, record: JobRecord) -> None:
+        self._ran(record)
         if record.id in self._cancel:
             self._cancel.discard(record.id)
             record.state = "cancelled"
@@ -183,7 +285,8 @@ class JobManager:
             # The server is stopping: the job goes back to the queue, and the next
             # start runs it again from its stored input.
             record.state = "queued"
-        self.store.update(record)
+        with contextlib.suppress(NotFound):
+            self.store.update(record)
 
     def _fail(self, record: JobRecord, code: str, message: str) -> None:
         record.state = "failed"

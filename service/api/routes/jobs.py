@@ -50,7 +50,7 @@ async def delete_job(job: Job, state: State) -> Response:
     if job.finished:
         await asyncio.to_thread(state.store.delete, job.id)
         return result_json({"job_id": job.id, "state": "deleted"})
-    record = state.jobs.cancel(job)
+    record = await asyncio.to_thread(state.jobs.cancel, job)
     return result_json(
         {"job_id": record.id, "state": "cancelling" if record.state == "running" else record.state}
     )
