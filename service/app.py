@@ -104,7 +104,12 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     # for hours, but one tile must still not wait forever.
     scenes = SceneRunner(store, settings.request_timeout_s, settings.scene_tiles_in_flight)
     jobs = JobManager(
-        store, scenes, repository.get, settings.scene_workers, settings.max_queued_jobs
+        store,
+        scenes,
+        repository.get,
+        settings.scene_workers,
+        settings.max_queued_jobs,
+        settings.job_max_resumes,
     )
     return AppState(settings, metrics, repository, store, runner, jobs)
 

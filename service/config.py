@@ -161,6 +161,36 @@ class Settings(BaseSettings):
     )
     scene_workers: int = Field(1, ge=1, le=16, description="scene jobs run at the same time")
     max_queued_jobs: int = Field(100, ge=1)
+    job_max_resumes: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="times a scene job that was running when the server stopped or died is "
+        "run again on start; after that it is failed with the reason",
+    )
+    scene_max_temp_mb: float = Field(
+        0.0,
+        ge=0,
+        description="most disk one scene job's unfinished outputs may take; past it the job "
+        "fails with the reason (0: no cap, but the job volume keeps job_min_free_mb free)",
+    )
+    footprints_max_features: int = Field(
+        50_000, ge=1, description="most polygons in one footprints answer (422 past it)"
+    )
+    footprints_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest one footprints extraction may take (422)"
+    )
+    footprints_cache_mb: float = Field(
+        64.0, ge=0, description="memory for footprints answers kept per job and parameters"
+    )
+    footprints_workers: int = Field(
+        1, ge=1, le=16, description="footprints extractions run at the same time"
+    )
+    footprints_max_waiting: int = Field(
+        8, ge=0, description="footprints extractions waiting for a worker; more get 503"
+    )
+    scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
+    max_bands: int = Field(512, ge=1)
     scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
     max_bands: int = Field(512, ge=1)
     max_dates: int = Field(366, ge=1)
@@ -191,6 +221,25 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(5, ge=1, le=300, description="idle keep-alive connection timeout")
     request_head_timeout_s: float = Field(
         10.0, gt=0, le=600, description="longest a client may take to send a request's headers"
+    )
+    body_min_rate_bps: float = Field(
+        1024.0,
+        ge=0,
+        description="slowest a request body may arrive, in bytes/s over each window of "
+        "body_rate_window_s (the first window is the grace period); slower gets 408. 0: off",
+    )
+    body_rate_window_s: float = Field(10.0, gt=0, le=600)
+    max_concurrent_uploads: int = Field(
+        256,
+        ge=0,
+        description="request bodies being received at once (they hold no request slot "
+        "meanwhile); more get 503. 0 = no limit",
+    )
+    max_uploads_per_ip: int = Field(
+        128, ge=0, description="bodies being received at once from one client address (429)"
+    )
+    max_uploads_per_key: int = Field(
+        128, ge=0, description="bodies being received at once with one API key (429)"
     )
 
     @field_validator("providers")
