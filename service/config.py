@@ -191,8 +191,6 @@ class Settings(BaseSettings):
     )
     scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
     max_bands: int = Field(512, ge=1)
-    scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
-    max_bands: int = Field(512, ge=1)
     max_dates: int = Field(366, ge=1)
     max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
 
