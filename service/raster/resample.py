@@ -1,0 +1,451 @@
+"""Running a model at the ground sample distance it was trained at.
+
+A model's manifest states the metres per pixel it learned (``input.gsd_m``). An
+input whose pixels are more than a set factor finer or coarser is resampled to
+that resolution before inference, and every output is resampled back, so
+answers keep the input's CRS, transform and size.
+
+The pixel resampling is separable kernels applied with numpy rather than GDAL
+warping: a scene's tiles must be resampled exactly as the whole image would be
+(the same weights, in the image's own pixel coordinates, whichever window is
+read), outputs go back block of rows by block of rows, and nodata must stay out
+of every weighted sum. rasterio (PROJ) measures the ground resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
+
+from service.errors import InvalidRaster, PayloadTooLarge
+from service.raster.decode import UNREADABLE, Georeference, RasterLimits
+from service.runtime.manifest import Manifest
+from service.runtime.segmentation import RasterOutputs, upsample
+
+# Pixels finer than 0.1 mm or coarser than 10,000 km are not ground pixels:
+# such transforms (1e-300, 1e300) are treated as no georeference at all.
+GSD_LIMITS_M = (1e-4, 1e7)
+NOT_GEOREFERENCED = "not georeferenced: run as is"
+# WGS84 ellipsoid: metres per radian along a meridian and a parallel at a latitude.
+_A = 6_378_137.0
+_E2 = 6.694379990141317e-3
+
+
+def _metres_per_radian(lat_rad: float) -> tuple[float, float]:
+    """Meridional and prime-vertical radii of curvature (m) of WGS84 at a latitude."""
+    s = 1.0 - _E2 * math.sin(lat_rad) ** 2
+    return _A * (1.0 - _E2) / s**1.5, _A / math.sqrt(s)
+
+
+def ground_resolution(georef: Georeference | None) -> tuple[float, float] | None:
+    """Metres on the ground per pixel ``(along a row, down a column)`` at the image's centre.
+
+    The distance between the centre pixel's two edges along each pixel axis,
+    on the WGS84 ellipsoid: right for projected CRSs (including Web Mercator,
+    whose nominal metres shrink by the cosine of the latitude), for geographic
+    ones in degrees, for rotated or sheared transforms and non-square pixels.
+
+    Returns:
+        None where the raster has no usable georeference: no CRS, a CRS PROJ
+        cannot place on the Earth (e.g. ``LOCAL_CS``), a non-finite or
+        degenerate transform, or pixels outside :data:`GSD_LIMITS_M`.
+    """
+    if georef is None or not georef.crs:
+        return None
+    a, b, c, d, e, f = georef.transform
+    if not all(math.isfinite(v) for v in (a, b, c, d, e, f)) or a * e - b * d == 0:
+        return None
+    col, row = georef.width / 2, georef.height / 2
+
+    def at(dx: float, dy: float) -> tuple[float, float]:
+        x, y = col + dx, row + dy
+        return a * x + b * y + c, d * x + e * y + f
+
+    points = [at(-0.5, 0), at(0.5, 0), at(0, -0.5), at(0, 0.5)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            crs = CRS.from_user_input(georef.crs)
+            lons, lats = warp_transform(
+                crs, CRS.from_epsg(4326), [p[0] for p in points], [p[1] for p in points]
+            )
+    except Exception:  # PROJ and GDAL raise many kinds (CPLE_*, CRSError)
+        # Whatever PROJ cannot place on the Earth is, for resampling, no georeference.
+        return None
+    if not all(math.isfinite(v) for v in (*lons, *lats)) or max(abs(v) for v in lats) > 90:
+        return None
+    meridian, parallel = _metres_per_radian(math.radians(sum(lats) / 4))
+    cos_lat = math.cos(math.radians(sum(lats) / 4))
+
+    def distance(i: int, j: int) -> float:
+        dlon = (lons[j] - lons[i] + 180.0) % 360.0 - 180.0  # across the antimeridian
+        east = math.radians(dlon) * parallel * cos_lat
+        north = math.radians(lats[j] - lats[i]) * meridian
+        return math.hypot(east, north)
+
+    gx, gy = distance(0, 1), distance(2, 3)
+    low, high = GSD_LIMITS_M
+    if not (low <= gx <= high and low <= gy <= high):
+        return None
+    return gx, gy
+
+
+def axis_kernel(n_in: int, n_out: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights that resample one axis of ``n_in`` pixels to ``n_out``.
+
+    Pixel ``j`` of the output covers ``[j, j + 1) * n_in / n_out`` of the input.
+    ``bilinear`` samples the input at the output pixel's centre (half-pixel
+    centres, clamped at the edges, as ``Resize``); ``average`` weighs every input
+    pixel by how much of the output pixel it covers (bilinear where the axis
+    grows).
+
+    Returns:
+        ``(n_out, K)`` intp indices and ``(n_out, K)`` float32 weights summing to 1.
+    """
+    scale = n_in / n_out
+    if method == "bilinear" or scale <= 1:
+        pos = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0, n_in - 1)
+        low = np.floor(pos).astype(np.intp)
+        high = np.minimum(low + 1, n_in - 1)
+        frac = pos - low
+        return np.stack([low, high], axis=1), np.stack([1 - frac, frac], axis=1).astype(np.float32)
+    start = np.arange(n_out, dtype=np.float64) * scale
+    stop = start + scale
+    k = math.ceil(scale) + 1
+    idx = np.floor(start).astype(np.intp)[:, None] + np.arange(k)[None]
+    cover = np.minimum(idx + 1, stop[:, None]) - np.maximum(idx, start[:, None])
+    weights = (np.clip(cover, 0, None) / scale).astype(np.float32)
+    return np.minimum(idx, n_in - 1), weights
+
+
+def _apply(array: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """Resample ``array`` along ``axis`` with an :func:`axis_kernel`; float32 out."""
+    shape = [1] * array.ndim
+    shape[axis] = idx.shape[0]
+    out: np.ndarray | None = None
+    for k in range(idx.shape[1]):
+        w = weights[:, k].reshape(shape)
+        term = np.take(array, idx[:, k], axis=axis).astype(np.float32) * w
+        if out is None:
+            out = term
+        else:
+            out += term
+    assert out is not None
+    return out
+
+
+Kernel = tuple[np.ndarray, np.ndarray]
+
+
+def resample_masked(
+    values: np.ndarray, valid: np.ndarray | None, rows: Kernel, cols: Kernel
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resample ``(C, H, W)`` values with only valid pixels in each weighted sum.
+
+    Args:
+        values: ``(C, H, W)`` any numeric dtype.
+        valid: ``(H, W)`` bool, or None where every pixel is valid.
+        rows: :func:`axis_kernel` of the rows; cols: of the columns.
+
+    Returns:
+        ``(C, h, w)`` float32 (NaN where no valid pixel contributed) and the
+        ``(h, w)`` float32 fraction of each output's weight that was valid
+        (None when ``valid`` is None).
+    """
+    if valid is None:
+        return _apply(_apply(values, *rows, axis=1), *cols, axis=2), None
+    masked = np.where(valid[None], values, 0).astype(np.float32, copy=False)
+    total = _apply(_apply(masked, *rows, axis=1), *cols, axis=2)
+    weight = _apply(_apply(valid.astype(np.float32), *rows, axis=0), *cols, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(weight > 1e-6, total / np.where(weight > 1e-6, weight, 1), np.nan)
+    return out.astype(np.float32, copy=False), weight
+
+
+def _finite_mask(values: np.ndarray) -> np.ndarray | None:
+    if values.dtype.kind != "f":
+        return None
+    finite = np.isfinite(values).all(axis=0)
+    return None if finite.all() else finite
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """What is done to an input's resolution for a model, and how to do it.
+
+    Attributes:
+        applied: whether the input runs on the model's grid.
+        reason: why not, when not.
+        input_gsd_m: ground metres per pixel ``(x, y)`` of the input, if known.
+        model_gsd_m: the model's ``input.gsd_m``, if it states one.
+        width, height: the input's size.
+        model_width, model_height: its size on the model's grid.
+        method: imagery resampling to the model's grid (``average`` where an
+            axis shrinks, ``bilinear`` where it grows).
+        tolerance: largest factor between the resolutions run as is.
+    """
+
+    applied: bool
+    reason: str | None
+    input_gsd_m: tuple[float, float] | None
+    model_gsd_m: float | None
+    width: int
+    height: int
+    model_width: int
+    model_height: int
+    method: str = "none"
+    tolerance: float = 1.25
+
+    @property
+    def model_pixels(self) -> int:
+        """Pixels the model runs on."""
+        return self.model_width * self.model_height
+
+    def to_json(self) -> dict[str, Any]:
+        """What a client is told (also kept with scene jobs to run them)."""
+        body: dict[str, Any] = {
+            "applied": self.applied,
+            "model_gsd_m": self.model_gsd_m,
+            "input_gsd_m": list(self.input_gsd_m) if self.input_gsd_m else None,
+            "tolerance": self.tolerance,
+        }
+        if self.reason:
+            body["reason"] = self.reason
+        if self.applied:
+            body["factor"] = [self.model_width / self.width, self.model_height / self.height]
+            body["model_grid"] = {"width": self.model_width, "height": self.model_height}
+            body["method"] = self.method
+            body["method_back"] = "bilinear"
+        return body
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], width: int, height: int) -> Resampling:
+        """Inverse of :meth:`to_json` for an input of ``width x height``."""
+        grid = data.get("model_grid") or {"width": width, "height": height}
+        gsd = data.get("input_gsd_m")
+        return cls(
+            applied=bool(data.get("applied")),
+            reason=data.get("reason"),
+            input_gsd_m=(float(gsd[0]), float(gsd[1])) if gsd else None,
+            model_gsd_m=data.get("model_gsd_m"),
+            width=width,
+            height=height,
+            model_width=int(grid["width"]),
+            model_height=int(grid["height"]),
+            method=str(data.get("method", "none")),
+            tolerance=float(data.get("tolerance", 1.25)),
+        )
+
+    def _forward(self) -> tuple[Kernel, Kernel]:
+        return (
+            axis_kernel(self.height, self.model_height, self.method),
+            axis_kernel(self.width, self.model_width, self.method),
+        )
+
+    def to_model(
+        self, data: np.ndarray, valid: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(C, H, W)`` imagery and its validity on the model's grid.
+
+        A model pixel is valid where at least half of its weight came from
+        valid input pixels; NaN counts as no data.
+        """
+        finite = _finite_mask(data)
+        if finite is not None:
+            valid = finite if valid is None else valid & finite
+        rows, cols = self._forward()
+        out, weight = resample_masked(data, valid, rows, cols)
+        return out, None if weight is None else weight >= 0.5
+
+    def to_input(self, values: np.ndarray) -> np.ndarray:
+        """``(L, h, w)`` outputs on the model's grid, bilinearly on the input's; NaN aware."""
+        rows = axis_kernel(self.model_height, self.height, "bilinear")
+        cols = axis_kernel(self.model_width, self.width, "bilinear")
+        out, _ = resample_masked(np.nan_to_num(values), _finite_mask(values), rows, cols)
+        return out
+
+    def outputs_to_input(
+        self, outputs: RasterOutputs, manifest: Manifest, valid: np.ndarray | None
+    ) -> RasterOutputs:
+        """A segmentation model's outputs on the model's grid, on the input's grid.
+
+        Coarse maps (``stride > 1``) are upsampled to the model's grid first:
+        on the input's grid their stride is no longer a whole number of pixels,
+        so they come back at full resolution. Where the input has no data
+        (``valid`` False), every map is NaN.
+        """
+        layers: dict[str, np.ndarray] = {}
+        mask: np.ndarray | None = None
+        for spec in manifest.outputs:
+            array = outputs.layers[spec.name]
+            if array.ndim == 3 and spec.stride == 1 and mask is None:
+                mask = np.isnan(array[0])
+        for spec in manifest.outputs:
+            array = outputs.layers[spec.name]
+            if array.ndim != 3:
+                layers[spec.name] = array
+                continue
+            if spec.stride > 1:
+                fine = upsample(array[0], spec.stride, self.model_height, self.model_width)
+                if mask is not None:
+                    fine[mask] = np.nan
+                array = fine[None]
+            back = self.to_input(array)
+            if valid is not None:
+                back[:, ~valid] = np.nan
+            layers[spec.name] = back
+        return RasterOutputs(layers=layers, valid=valid)
+
+
+def plan_resampling(
+    georef: Georeference | None, model_gsd_m: float | None, tolerance: float
+) -> Resampling:
+    """Decide whether an input runs on the model's grid, and the grid's size.
+
+    It does when the model states its ``gsd_m`` and the input's ground
+    resolution differs from it by more than ``tolerance`` along either axis.
+    """
+    width = georef.width if georef else 0
+    height = georef.height if georef else 0
+
+    def as_is(reason: str, gsd: tuple[float, float] | None = None) -> Resampling:
+        return Resampling(
+            False, reason, gsd, model_gsd_m, width, height, width, height, "none", tolerance
+        )
+
+    if model_gsd_m is None:
+        return as_is("the model states no ground sample distance (gsd_m): run as is")
+    gsd = ground_resolution(georef)
+    if gsd is None or georef is None:
+        return as_is(NOT_GEOREFERENCED)
+    fx, fy = gsd[0] / model_gsd_m, gsd[1] / model_gsd_m
+    if max(fx, 1 / fx, fy, 1 / fy) <= tolerance:
+        return as_is(f"within {tolerance:g}x of the model's resolution: run as is", gsd)
+    model_width = max(1, round(width * fx))
+    model_height = max(1, round(height * fy))
+    shrinks = (model_width < width, model_height < height)
+    method = "average" if all(shrinks) else "bilinear" if not any(shrinks) else "average+bilinear"
+    return Resampling(
+        True, None, gsd, model_gsd_m, width, height, model_width, model_height, method, tolerance
+    )
+
+
+def check_grid(plan: Resampling, limits: RasterLimits) -> None:
+    """Refuse an input whose model grid would be over the largest raster processed (413).
+
+    A 300 m Landsat image for a 0.5 m model would grow 600 times along each
+    axis: refused, naming both resolutions, rather than run at a resolution the
+    model was not trained for.
+    """
+    if not plan.applied or plan.model_pixels <= limits.max_pixels:
+        return
+    gsd = plan.input_gsd_m or (0.0, 0.0)
+    raise PayloadTooLarge(
+        f"at the model's {plan.model_gsd_m:g} m per pixel, this {plan.width}x{plan.height} image "
+        f"of {gsd[0]:.3g} x {gsd[1]:.3g} m pixels would become {plan.model_width}x"
+        f"{plan.model_height} pixels; the limit is {limits.max_pixels} pixels. Send imagery "
+        "nearer the model's resolution, or a smaller area",
+        width=plan.model_width,
+        height=plan.model_height,
+    )
+
+
+class ModelGridSource:
+    """Windows of an open scene, read on the model's grid (see :class:`Resampling`).
+
+    Each window is resampled from the input pixels its kernel reaches, with the
+    whole image's weights: tiles agree with a whole-image resampling.
+    """
+
+    def __init__(self, dataset: DatasetReader, plan: Resampling, all_valid: bool) -> None:
+        self.dataset = dataset
+        self.all_valid = all_valid
+        self.rows, self.cols = plan._forward()
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Model-grid rows ``[y0, y1)``, columns ``[x0, x1)``: ``(C, h, w)`` float32, validity."""
+        ridx, rw = self.rows[0][y0:y1], self.rows[1][y0:y1]
+        cidx, cw = self.cols[0][x0:x1], self.cols[1][x0:x1]
+        top, bottom = int(ridx.min()), int(ridx.max()) + 1
+        left, right = int(cidx.min()), int(cidx.max()) + 1
+        window = Window(left, top, right - left, bottom - top)
+        try:
+            data = self.dataset.read(window=window)
+            valid = None if self.all_valid else self.dataset.dataset_mask(window=window) > 0
+        except RasterioError:
+            raise InvalidRaster(UNREADABLE) from None
+        finite = _finite_mask(data)
+        if finite is not None:
+            valid = finite if valid is None else valid & finite
+        out, weight = resample_masked(data, valid, (ridx - top, rw), (cidx - left, cw))
+        mask = np.ones(out.shape[1:], bool) if weight is None else weight >= 0.5
+        return out, mask
+
+
+class RowsBack:
+    """Outputs on the model's grid, arriving block of rows by block of rows, onto the input's grid.
+
+    Feed blocks in order with :meth:`push`; each call returns the input rows that
+    became computable. Only the model rows still needed are kept.
+    """
+
+    def __init__(self, plan: Resampling) -> None:
+        self.rows = axis_kernel(plan.model_height, plan.height, "bilinear")
+        self.cols = axis_kernel(plan.model_width, plan.width, "bilinear")
+        self.height = plan.height
+        # The last model row each input row needs; rows are emitted in order.
+        self._last = self.rows[0].max(axis=1)
+        self._buffer: np.ndarray | None = None
+        self._top = 0
+        self._next = 0
+
+    def push(self, first: int, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add model rows ``(L, n, w)`` from ``first``; the input rows done, ``(row, block)``."""
+        if self._buffer is None:
+            self._buffer, self._top = block, first
+        else:
+            if first != self._top + self._buffer.shape[1]:
+                raise RuntimeError("model rows must arrive in order")
+            self._buffer = np.concatenate([self._buffer, block], axis=1)
+        end = self._top + self._buffer.shape[1]
+        stop = self._next
+        while stop < self.height and self._last[stop] < end:
+            stop += 1
+        if stop == self._next:
+            return []
+        idx, weights = self.rows[0][self._next : stop] - self._top, self.rows[1][self._next : stop]
+        part = self._buffer
+        out, _ = resample_masked(np.nan_to_num(part), _finite_mask(part), (idx, weights), self.cols)
+        first_out, self._next = self._next, stop
+        if stop < self.height:
+            keep = int(self.rows[0][stop:, 0].min()) - self._top
+            self._buffer = self._buffer[:, keep:]
+            self._top += keep
+        return [(first_out, out)]
+
+
+def input_valid_rows(
+    dataset: DatasetReader, first: int, count: int, all_valid: bool
+) -> np.ndarray | None:
+    """``(count, W)`` bool: where rows ``[first, first + count)`` of a scene have data.
+
+    None where every pixel does. NaN counts as no data in float rasters.
+    """
+    window = Window(0, first, dataset.width, count)
+    try:
+        valid = None if all_valid else dataset.dataset_mask(window=window) > 0
+        if any(np.dtype(d).kind == "f" for d in dataset.dtypes):
+            finite = np.isfinite(dataset.read(window=window)).all(axis=0)
+            valid = finite if valid is None else valid & finite
+    except RasterioError:
+        raise InvalidRaster(UNREADABLE) from None
+    return valid
