@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -30,8 +31,7 @@ WGS84 = CRS.from_epsg(4326).to_wkt()
 # Near Dubai, close to zone 40's central meridian: grid metres are ground metres.
 ORIGIN = (326_000.0, 2_788_000.0)
 LOCAL_CS = (
-    'LOCAL_CS["arbitrary",LOCAL_DATUM["x",32767],UNIT["metre",1],'
-    'AXIS["X",EAST],AXIS["Y",NORTH]]'
+    'LOCAL_CS["arbitrary",LOCAL_DATUM["x",32767],UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'
 )
 
 
@@ -104,7 +104,8 @@ def test_a_model_without_gsd_runs_everything_as_is() -> None:
 
 def test_the_model_grid_keeps_the_footprint() -> None:
     fine = plan_resampling(_utm(0.25, 100, 80), 0.5, 1.25)
-    assert fine.applied and fine.method == "average"
+    assert fine.applied
+    assert fine.method == "average"
     assert (fine.model_width, fine.model_height) == (50, 40)
     coarse = plan_resampling(_utm(1.0, 100, 80), 0.5, 1.25)
     assert coarse.method == "bilinear"
@@ -130,11 +131,13 @@ def test_to_model_averages_valid_pixels_only() -> None:
     assert out.shape == (1, 1, 2)
     # The nodata zeros do not pull the second pixel down.
     np.testing.assert_allclose(out[0, 0], [15, 35])
-    assert valid_m is not None and valid_m.all()
+    assert valid_m is not None
+    assert valid_m.all()
     # A model pixel less than half covered by data is no data.
     valid[0, 2] = False
     _, valid_m = plan.to_model(data, valid)
-    assert valid_m is not None and valid_m.tolist() == [[True, False]]
+    assert valid_m is not None
+    assert valid_m.tolist() == [[True, False]]
 
 
 def test_outputs_go_back_to_the_input_grid_with_nodata() -> None:
@@ -147,7 +150,8 @@ def test_outputs_go_back_to_the_input_grid_with_nodata() -> None:
     # neighbours are made from the valid ones only.
     assert np.isnan(back[0, 0, 0])
     assert np.isfinite(back[0, 1:, 1:]).all()
-    assert 0 <= np.nanmin(back) and np.nanmax(back) <= 1
+    assert np.nanmin(back) >= 0
+    assert np.nanmax(back) <= 1
 
 
 def _write(path: Path, data: np.ndarray, georef: Georeference, nodata: float | None) -> Path:
@@ -201,7 +205,7 @@ def test_rows_back_block_by_block_equal_the_whole(pixel: float) -> None:
     back = RowsBack(plan)
     parts: list[tuple[int, np.ndarray]] = []
     bounds = sorted({0, 7, 8, 30, plan.model_height // 2, plan.model_height})
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         parts += back.push(start, model[:, start:stop])
     assert [p[0] for p in parts] == sorted(p[0] for p in parts)
     joined = np.concatenate([p[1] for p in parts], axis=1)
@@ -216,8 +220,10 @@ def test_input_validity_by_rows(tmp_path: Path) -> None:
     path = _write(tmp_path / "f.tif", data, _utm(0.5, 5, 6), -1)
     with rasterio.open(path) as ds:
         valid = input_valid_rows(ds, 1, 4, all_valid=False)
-    assert valid is not None and valid.shape == (4, 5)
-    assert not valid[0, 1] and not valid[3, 2]
+    assert valid is not None
+    assert valid.shape == (4, 5)
+    assert not valid[0, 1]
+    assert not valid[3, 2]
     assert valid.sum() == 18
 
 
@@ -225,7 +231,8 @@ def test_an_absurd_model_grid_is_refused() -> None:
     # A 300 m Landsat image for a 0.5 m model: 600 times larger along each axis.
     landsat = Georeference(UTM40, (300, 0, ORIGIN[0], 0, -300, ORIGIN[1]), 791, 718)
     plan = plan_resampling(landsat, 0.5, 1.25)
-    assert plan.applied and plan.model_pixels > 10**11
+    assert plan.applied
+    assert plan.model_pixels > 10**11
     with pytest.raises(PayloadTooLarge, match=r"model's 0.5 m per pixel.*300 x 300 m"):
         check_grid(plan, RasterLimits(30_000**2, 512, 2**62))
     check_grid(plan_resampling(_utm(0.25), 0.5, 1.25), RasterLimits(64 * 64, 512, 2**62))
