@@ -17,7 +17,7 @@ from service.api.routes import attention, health, jobs, metrics, models, predict
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import JobStore
-from service.memory import trim_heap_periodically, tune_gc
+from service.memory import MemoryBudget, trim_heap_periodically, tune_gc
 from service.metrics import Metrics
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
@@ -111,7 +111,13 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         settings.max_queued_jobs,
         settings.job_max_resumes,
     )
-    return AppState(settings, metrics, repository, store, runner, jobs)
+    budget = MemoryBudget(
+        int(settings.memory_budget_mb * 2**20),
+        int(settings.request_memory_mb * 2**20),
+        wait_s=min(10.0, settings.request_timeout_s),
+        setting="ATTNSERVE_REQUEST_MEMORY_MB",
+    )
+    return AppState(settings, metrics, repository, store, runner, jobs, budget=budget)
 
 
 async def _load_models(state: AppState) -> None:

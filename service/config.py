@@ -191,8 +191,27 @@ class Settings(BaseSettings):
     )
     scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
     max_bands: int = Field(512, ge=1)
+    resample_tolerance: float = Field(
+        1.25,
+        ge=1.0,
+        description="an input whose ground resolution differs from a model's gsd_m by more "
+        "than this factor is resampled to the model's resolution (and outputs back)",
+    )
     max_dates: int = Field(366, ge=1)
     max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
+    memory_budget_mb: float = Field(
+        2048.0,
+        gt=0,
+        description="memory that requests and scene jobs in flight may hold together "
+        "(decoded pixels, model activations, outputs), reserved before anything is "
+        "decoded; a request waits for room, then gets 503",
+    )
+    request_memory_mb: float = Field(
+        1280.0,
+        gt=0,
+        description="most memory one request or scene job may hold: a larger upload runs "
+        "as a scene job, a larger /v2 tensor or scene tile is refused with 413",
+    )
 
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="accepted Bearer API keys; empty = no auth"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from service.config import Settings
 from service.jobs.store import JobStore
+from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
@@ -24,3 +25,5 @@ class AppState:
     jobs: JobManager
     draining: bool = False
     notes: dict[str, str] = field(default_factory=dict)
+    # Memory held by requests and jobs in flight (see Settings.memory_budget_mb).
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62))

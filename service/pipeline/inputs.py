@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from rasterio.io import DatasetReader
 
 from service.errors import InvalidInput, UnsupportedRaster
+from service.memory import segmentation_bytes, series_bytes
 from service.raster.decode import (
     DecodedRaster,
     Georeference,
@@ -18,18 +26,25 @@ from service.raster.decode import (
     RasterLimits,
     read_open,
 )
+from service.raster.resample import Resampling
 from service.runtime.manifest import Manifest
+from service.runtime.repository import ServedModel
 from service.runtime.temporal import days_from_dates
 from service.runtime.validation import check_layout, check_values
 
 
 @dataclass
 class RasterInput:
-    """One image for a segmentation model: ``(C, H, W)`` values and where data is."""
+    """One image for a segmentation model: ``(C, H, W)`` values and where data is.
+
+    ``resampling``: whether it runs on the model's grid (None: not planned,
+    e.g. a JSON array, which has no georeference).
+    """
 
     data: np.ndarray
     valid: np.ndarray | None
     georef: Georeference | None
+    resampling: Resampling | None = None
 
 
 @dataclass
@@ -55,27 +70,108 @@ class SeriesInput:
     georef: Georeference | None = None
 
 
+# Longest dates field: 10 000 ISO dates with separators, far above any model's
+# max_dates; longer text is refused before it is parsed.
+MAX_DATES_TEXT = 128 * 1024
+
+
 def parse_dates(text: str | list[str]) -> list[date]:
     """Dates from a JSON list or a comma-separated string of ISO dates."""
     items: list[str]
     if isinstance(text, list):
         items = text
     else:
+        if len(text) > MAX_DATES_TEXT:
+            raise InvalidInput(f"dates: the field is over {MAX_DATES_TEXT // 1024} KiB")
         stripped = text.strip()
         if stripped.startswith("["):
             try:
-                loaded = json.loads(stripped)
-            except ValueError:
+                # orjson bounds nesting depth (the stdlib parser recursed until
+                # RecursionError on a field of 100 000 "[").
+                loaded = orjson.loads(stripped)
+            except (orjson.JSONDecodeError, RecursionError):
                 raise InvalidInput("dates: not a valid JSON list") from None
-            if not isinstance(loaded, list):
+            if not isinstance(loaded, list) or not all(isinstance(v, str) for v in loaded):
                 raise InvalidInput("dates: expected a list of ISO dates")
-            items = [str(v) for v in loaded]
+            items = loaded
         else:
             items = [p.strip() for p in stripped.split(",") if p.strip()]
     try:
         return [date.fromisoformat(s) for s in items]
     except ValueError as exc:
         raise InvalidInput(f"dates: {exc}; use ISO dates like 2024-05-01") from None
+
+
+def date_count(infos: list[RasterInfo], manifest: Manifest, given: int, limit: int) -> int:
+    """Dates a set of dated uploads holds, from their headers; checked before any is decoded.
+
+    Args:
+        infos: the uploads' headers, in upload order.
+        manifest: the temporal model's manifest.
+        given: dates named in the dates field (0: none given).
+        limit: the server's most dates per request.
+
+    Raises:
+        UnsupportedRaster: a band count that is no multiple of the model's bands,
+            sizes that differ, or too many dates.
+        InvalidInput: a dates field that does not match the uploads.
+    """
+    bands = len(manifest.input.bands)
+    first = infos[0]
+    for info in infos:
+        if info.count % bands:
+            check_layout(manifest, info.count, info.dtype)
+        if (info.width, info.height) != (first.width, first.height):
+            raise UnsupportedRaster("all dated images must have the same size")
+    t = sum(info.count // bands for info in infos)
+    check_layout(manifest, bands, first.dtype, dates=t, limit=limit)
+    if given and given != t:
+        raise InvalidInput(f"{given} dates given for {t} dated images of {bands} bands")
+    return t
+
+
+def outputs_per_unit(manifest: Manifest) -> float:
+    """Bytes of every output per unit of input: per pixel, or per series row x date."""
+    if manifest.task == "segmentation":
+        total = 0.0
+        for o in manifest.outputs:
+            if len(o.shape) == 4:
+                channels = o.shape[1] if isinstance(o.shape[1], int) else 1
+                total += 4.0 * channels / o.stride**2
+        return total
+    # (N, heads, T) attention per date, (N, K) probabilities counted per date too.
+    return sum(
+        4.0 * (o.shape[1] if isinstance(o.shape[1], int) else 1)
+        for o in manifest.outputs
+        if len(o.shape) >= 2
+    )
+
+
+def image_bytes(served: ServedModel, pixels: int, bands: int, itemsize: int) -> int:
+    """Estimated peak bytes of one image of ``pixels`` through a segmentation model."""
+    multiple = served.manifest.input.size_multiple or 1
+    side = -(-int(pixels**0.5) // multiple) * multiple  # padding to the multiple, roughly
+    padded = max(pixels, side * side)
+    return segmentation_bytes(
+        padded,
+        bands,
+        itemsize,
+        served.session.activation_per_unit,
+        outputs_per_unit(served.manifest),
+    )
+
+
+def stack_bytes(served: ServedModel, rows: int, dates: int, itemsize: int) -> int:
+    """Estimated peak bytes of ``rows`` series (pixels or parcels) of ``dates`` dates."""
+    return series_bytes(
+        rows,
+        dates,
+        len(served.manifest.input.bands),
+        itemsize,
+        served.session.activation_per_unit,
+        served.batcher.max_batch_size,
+        outputs_per_unit(served.manifest),
+    )
 
 
 def read_open_image(
@@ -170,6 +266,9 @@ def series_from_rasters(
     )
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class Parcel(BaseModel):
     """One parcel's series: ``series[t][c]`` per date and band."""
 
@@ -191,6 +290,14 @@ class PredictJSON(BaseModel):
     days: list[float] | None = Field(None, max_length=4096)
     parcels: list[Parcel] | None = Field(None, min_length=1)
     image: list[list[list[float]]] | None = None
+
+    @field_validator("days")
+    @classmethod
+    def _days_fit_float32(cls, value: list[float] | None) -> list[float] | None:
+        # The model takes float32 days: larger values would become infinite.
+        if value is not None and any(abs(v) > FLOAT32_MAX for v in value):
+            raise ValueError(f"days must be finite numbers within +-{FLOAT32_MAX:.4g}")
+        return value
 
     @model_validator(mode="after")
     def _one_input(self) -> PredictJSON:
@@ -218,8 +325,10 @@ def _brief(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def series_from_json(req: PredictJSON, manifest: Manifest, max_items: int) -> SeriesInput:
-    """Parcels of a JSON request as model inputs."""
+def series_from_json(
+    req: PredictJSON, manifest: Manifest, max_items: int, max_dates: int | None = None
+) -> SeriesInput:
+    """Parcels of a JSON request as model inputs (``max_dates``: the server's limit)."""
     parcels = req.parcels or []
     if len(parcels) > max_items:
         raise InvalidInput(f"{len(parcels)} parcels; at most {max_items} per request")
@@ -231,7 +340,7 @@ def series_from_json(req: PredictJSON, manifest: Manifest, max_items: int) -> Se
         days = np.asarray(req.days, dtype=np.float32)
         iso = []
     t = len(days)
-    check_layout(manifest, bands, "float32", dates=t)
+    check_layout(manifest, bands, "float32", dates=t, limit=max_dates)
     series = np.empty((len(parcels), t, bands), dtype=np.float32)
     valid = np.ones((len(parcels), t), dtype=bool)
     for i, parcel in enumerate(parcels):
@@ -241,6 +350,10 @@ def series_from_json(req: PredictJSON, manifest: Manifest, max_items: int) -> Se
                 f"({', '.join(manifest.input.bands)})"
             )
         series[i] = parcel.series
+        if not np.isfinite(series[i]).all():
+            raise InvalidInput(
+                f"parcels.{i}.series: values must be finite and within +-{FLOAT32_MAX:.4g}"
+            )
         if parcel.valid is not None:
             if len(parcel.valid) != t:
                 raise InvalidInput(f"parcels.{i}.valid must have {t} entries, one per date")
@@ -264,5 +377,7 @@ def image_from_json(req: PredictJSON, manifest: Manifest, max_pixels: int) -> Ra
     if data.shape[1] * data.shape[2] > max_pixels:
         raise InvalidInput(f"image has more than {max_pixels} pixels; upload a GeoTIFF instead")
     check_layout(manifest, data.shape[0], manifest.input.accepted_dtypes[0])
+    if not np.isfinite(data).all():
+        raise InvalidInput(f"image: values must be finite and within +-{FLOAT32_MAX:.4g}")
     check_values(manifest, data)
     return RasterInput(data, None, None)

@@ -7,6 +7,7 @@ opened with the GTiff driver, under a defensive GDAL configuration.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -17,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+import rasterio.crs
+import rasterio.warp
+from rasterio.enums import ColorInterp, Interleaving, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
@@ -59,14 +62,27 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Pixel sizes outside this range (in CRS units, or pixels without a CRS) are no
+# real raster's: 1e-9 degrees is 0.1 mm, 1e9 metres six Earths.
+PIXEL_SIZE_RANGE = (1e-9, 1e9)
+# Coordinates of a usable georeference stay within this (metres or degrees).
+MAX_COORDINATE = 1e9
+
+
 @dataclass(frozen=True)
 class Georeference:
-    """Where a raster lies: CRS (WKT, None if absent), affine transform and size."""
+    """Where a raster lies: CRS (WKT, None if absent), affine transform and size.
+
+    ``warnings`` says why a file's own georeference was set aside (unusable CRS
+    or transform); the raster is then served as not georeferenced.
+    """
 
     crs: str | None
     transform: tuple[float, float, float, float, float, float]
     width: int
     height: int
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The georeference as JSON (``crs`` as an ``EPSG:`` code where one fits)."""
@@ -75,12 +91,15 @@ class Georeference:
             parsed = rasterio.crs.CRS.from_wkt(self.crs)
             epsg = parsed.to_epsg()
             crs = f"EPSG:{epsg}" if epsg else self.crs
-        return {
+        out: dict[str, Any] = {
             "crs": crs,
             "transform": list(self.transform),
             "width": self.width,
             "height": self.height,
         }
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Georeference:
@@ -88,7 +107,8 @@ class Georeference:
         crs = data.get("crs")
         wkt = rasterio.crs.CRS.from_user_input(crs).to_wkt() if crs else None
         a, b, c, d, e, f = (float(v) for v in data["transform"])
-        return cls(wkt, (a, b, c, d, e, f), int(data["width"]), int(data["height"]))
+        notes = tuple(str(w) for w in data.get("warnings", ()))
+        return cls(wkt, (a, b, c, d, e, f), int(data["width"]), int(data["height"]), notes)
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,23 @@ class RasterInfo:
     georef: Georeference
     descriptions: list[str | None] = field(default_factory=list)
     dates: list[str] = field(default_factory=list)
+    # 1-based indexes of the bands that hold data: every band but an alpha
+    # band, which is read as the validity mask instead (as GDAL's own mask).
+    indexes: tuple[int, ...] = ()
+    alpha: int | None = None
+    # Bytes GDAL decodes for one block (a tile or strip, all bands where the
+    # file is pixel-interleaved): it decodes whole blocks, however small the
+    # raster or the window read.
+    block_bytes: int = 0
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the data bands read whole, in the file's dtype."""
+        try:
+            itemsize = np.dtype(self.dtype).itemsize
+        except TypeError:
+            itemsize = 16
+        return self.width * self.height * self.count * itemsize
 
 
 @dataclass
@@ -127,6 +164,9 @@ class RasterLimits:
     max_pixels: int
     max_bands: int
     max_bytes: int
+    # One block of the file, decoded (see RasterInfo.block_bytes); scenes too
+    # read block by block, so this holds for them as well.
+    max_block_bytes: int = 64 * 2**20
 
 
 def _require_tiff(data: bytes) -> None:
@@ -156,34 +196,127 @@ def open_geotiff(data: bytes) -> Iterator[DatasetReader]:
 
 
 def describe(dataset: DatasetReader) -> RasterInfo:
-    """Read a dataset's size, dtype, georeference and band descriptions."""
+    """Read a dataset's size, dtype, georeference, bands and block size."""
     dtypes = set(dataset.dtypes)
     if len(dtypes) != 1:
         raise UnsupportedRaster(f"bands have different dtypes ({', '.join(sorted(dtypes))})")
-    t = dataset.transform
-    georef = Georeference(
-        crs=dataset.crs.to_wkt() if dataset.crs else None,
-        transform=(t.a, t.b, t.c, t.d, t.e, t.f),
-        width=dataset.width,
-        height=dataset.height,
-    )
-    descriptions = list(dataset.descriptions)
+    alpha = _alpha_band(dataset)
+    indexes = tuple(i for i in range(1, dataset.count + 1) if i != alpha)
+    descriptions = [dataset.descriptions[i - 1] for i in indexes]
+    dtype = dtypes.pop()
     return RasterInfo(
         width=dataset.width,
         height=dataset.height,
-        count=dataset.count,
-        dtype=dtypes.pop(),
+        count=len(indexes),
+        dtype=dtype,
         nodata=dataset.nodata,
-        georef=georef,
+        georef=usable_georeference(dataset),
         descriptions=descriptions,
-        dates=_band_dates(dataset, descriptions),
+        dates=_band_dates(dataset, indexes, descriptions),
+        indexes=indexes,
+        alpha=alpha,
+        block_bytes=_block_bytes(dataset, dtype),
     )
 
 
-def _band_dates(dataset: DatasetReader, descriptions: list[str | None]) -> list[str]:
+def _alpha_band(dataset: DatasetReader) -> int | None:
+    # One band marked alpha (QGIS, web exports write RGBA) beside data bands.
+    alphas = [i + 1 for i, c in enumerate(dataset.colorinterp) if c == ColorInterp.alpha]
+    if len(alphas) != 1 or dataset.count < 2:
+        return None
+    return alphas[0]
+
+
+def _block_bytes(dataset: DatasetReader, dtype: str) -> int:
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        itemsize = 16
+    rows, cols = max(dataset.block_shapes, key=lambda shape: shape[0] * shape[1])
+    # Pixel-interleaved blocks hold every band; GDAL decodes them all at once.
+    per_block = 1 if dataset.interleaving == Interleaving.band else dataset.count
+    return int(rows) * int(cols) * itemsize * per_block
+
+
+def usable_georeference(dataset: DatasetReader) -> Georeference:
+    """The dataset's georeference, or none (with the reason) where it cannot be used.
+
+    A CRS without a link to the Earth (a local or engineering CRS), a degenerate
+    projection, or a transform with non-finite, zero or absurd pixel sizes would
+    break every later step that places pixels (reprojection, polygons, COGs):
+    such a raster is served as not georeferenced, with a warning.
+    """
+    t = dataset.transform
+    transform = (t.a, t.b, t.c, t.d, t.e, t.f)
+    width, height = dataset.width, dataset.height
+    reason = _transform_problem(transform, width, height)
+    if reason:
+        note = f"the raster's transform is not usable ({reason}); it is served as not georeferenced"
+        return Georeference(None, IDENTITY, width, height, (note,))
+    if not dataset.crs:
+        return Georeference(None, transform, width, height)
+    problem = _crs_problem(dataset.crs, transform, width, height)
+    if problem:
+        note = f"the raster's CRS is not usable ({problem}); it is served as not georeferenced"
+        return Georeference(None, transform, width, height, (note,))
+    return Georeference(dataset.crs.to_wkt(), transform, width, height)
+
+
+def _transform_problem(
+    transform: tuple[float, float, float, float, float, float], width: int, height: int
+) -> str | None:
+    if not all(math.isfinite(v) for v in transform):
+        return "non-finite coefficients"
+    a, b, c, d, e, f = transform
+    lo, hi = PIXEL_SIZE_RANGE
+    for name, size in (("x", math.hypot(a, d)), ("y", math.hypot(b, e))):
+        if not lo <= size <= hi:
+            return f"pixel size {size:g} in {name} is outside {lo:g} to {hi:g}"
+    det = a * e - b * d
+    if not math.isfinite(det) or abs(det) < lo * lo:
+        return "its axes are parallel"
+    corners = [(c + a * x + b * y, f + d * x + e * y) for x in (0, width) for y in (0, height)]
+    if any(abs(v) > MAX_COORDINATE for xy in corners for v in xy):
+        return f"coordinates beyond {MAX_COORDINATE:g}"
+    return None
+
+
+def _crs_problem(
+    crs: rasterio.crs.CRS,
+    transform: tuple[float, float, float, float, float, float],
+    width: int,
+    height: int,
+) -> str | None:
+    try:
+        if not (crs.is_geographic or crs.is_projected):
+            return "a local or engineering CRS, not tied to the Earth"
+        a, b, c, d, e, f = transform
+        xs = [c + a * x + b * y for x in (0, width / 2, width) for y in (0, height / 2, height)]
+        ys = [f + d * x + e * y for x in (0, width / 2, width) for y in (0, height / 2, height)]
+        with rasterio.Env(**HARDENED_GDAL):
+            lons, lats = rasterio.warp.transform(crs, "EPSG:4326", xs, ys)
+            back_x, back_y = rasterio.warp.transform("EPSG:4326", crs, lons, lats)
+    except Exception:  # PROJ and GDAL raise many kinds; any means unusable
+        return "its projection fails on the raster's corners"
+    if not all(math.isfinite(v) for v in (*lons, *lats)) or any(abs(v) > 90 for v in lats):
+        return "its projection puts the raster's corners off the Earth"
+    # A degenerate projection (a scale factor of 1e-9, say) maps every corner to
+    # about one point and cannot be inverted: the round trip shows it.
+    span = max(math.hypot(xs[0] - xs[-1], ys[0] - ys[-1]), 1e-12)
+    error = max(
+        math.hypot(x - bx, y - by) for x, y, bx, by in zip(xs, ys, back_x, back_y, strict=True)
+    )
+    if not math.isfinite(error) or error > 1e-3 * span:
+        return "its projection is degenerate"
+    return None
+
+
+def _band_dates(
+    dataset: DatasetReader, indexes: tuple[int, ...], descriptions: list[str | None]
+) -> list[str]:
     # A date per band, from a DATE/ACQUISITION_DATE band tag or the description.
     dates: list[str] = []
-    for band, desc in enumerate(descriptions, start=1):
+    for band, desc in zip(indexes, descriptions, strict=True):
         tags = {k.upper(): v for k, v in dataset.tags(band).items()}
         text = tags.get("DATE") or tags.get("ACQUISITION_DATE") or desc or ""
         found = _DATE.search(text)
@@ -217,11 +350,21 @@ def check_limits(info: RasterInfo, limits: RasterLimits) -> None:
             f"raster would decode to {decoded / 2**20:.0f} MiB; the limit is "
             f"{limits.max_bytes / 2**20:.0f} MiB"
         )
+    if info.block_bytes > limits.max_block_bytes:
+        raise PayloadTooLarge(
+            f"the file's internal blocks (tiles or strips) decode to "
+            f"{info.block_bytes / 2**20:.0f} MiB each; the limit is "
+            f"{limits.max_block_bytes / 2**20:.0f} MiB: write it with smaller tiles "
+            "(e.g. 512 x 512)",
+            block_bytes=info.block_bytes,
+        )
 
 
 def read_valid_mask(dataset: DatasetReader, data: np.ndarray) -> np.ndarray | None:
     """``(H, W)`` bool of pixels with data, or None when every pixel has data."""
     valid: np.ndarray | None = None
+    # An alpha band shows as a per-dataset mask on the other bands, so
+    # dataset_mask() reads it (with any internal mask or nodata).
     if not all(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums):
         valid = dataset.dataset_mask() > 0
     if data.dtype.kind == "f":
@@ -268,7 +411,7 @@ def read_open(
     if check is not None:
         check(info)
     try:
-        array = dataset.read()
+        array = dataset.read(list(info.indexes) or None)
         valid = read_valid_mask(dataset, array)
     except RasterioError:
         raise InvalidRaster(UNREADABLE) from None

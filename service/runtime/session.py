@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Working memory assumed per unit (input pixel, or series row x date) where it
+# cannot be measured (no /proc): above what the shipped models need.
+FALLBACK_ACTIVATION_BYTES = 2048.0
+# Units of input in the run that measures working memory at warm-up.
+MEASURE_UNITS = 256 * 256
 # Error classes ONNX Runtime raises when the feed itself is wrong (shape, type);
 # anything else (allocation failures, kernel errors) is the server's problem.
 _INPUT_ERRORS = ("InvalidArgument", "INVALID_ARGUMENT")
@@ -134,6 +139,14 @@ class ModelSession:
         self._input_types = {i.name: ORT_TYPES.get(i.type) for i in self._session.get_inputs()}
         self._graphs: CudaGraphs | None = None
         self._run_options: ort.RunOptions | None = None
+        # Bytes of working memory per unit of input (pixel, or row x date),
+        # measured on the first warm-up run (see activation_bytes).
+        self.activation_per_unit = FALLBACK_ACTIVATION_BYTES
+        # Runs larger than any warm-up run give their arena growth back at their
+        # end: otherwise one large request leaves gigabytes held by the arena.
+        self._shrink_above = 0
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         if options.cuda_graph and self.cuda_active:
             device_id = int(options.cuda.get("device_id", 0) or 0)
             self._graphs = CudaGraphs(
@@ -169,7 +182,8 @@ class ModelSession:
                     return _to_float32(replayed)
             if self._bind:
                 return _to_float32(self._run_bound(feed))
-            outputs = self._session.run(self.output_names, feed)
+            large = self._shrink_above and feed_units(feed) > self._shrink_above
+            outputs = self._session.run(self.output_names, feed, self._shrink if large else None)
         except Exception as exc:
             raise _classify(exc) from exc
         return _to_float32(dict(zip(self.output_names, outputs, strict=True)))
@@ -215,6 +229,13 @@ class ModelSession:
                 feed[tensor.name] = np.full(shape, (lo + hi) / 2, dtype=np.dtype(tensor.dtype))
         return feed
 
+    def measure_feed(self) -> dict[str, Any]:
+        """A feed of :data:`MEASURE_UNITS` units: a 256 x 256 image, or 4096 series x 16 dates."""
+        if self.manifest.task == "segmentation":
+            multiple = self.manifest.input.size_multiple or 1
+            return self._cast(self.example_feed(size=-(-256 // multiple) * multiple))
+        return self._cast(self.example_feed(batch=MEASURE_UNITS // 16, dates=16))
+
     def warmup(
         self,
         batch_sizes: tuple[int, ...] | None = None,
@@ -237,9 +258,17 @@ class ModelSession:
         for size in sizes or (self.manifest.input.tile_size,):
             for batch in batch_sizes or self.options.warmup_batch_sizes:
                 feed = self._cast(self.example_feed(batch=batch, size=size))
+                self._shrink_above = max(self._shrink_above, feed_units(feed))
                 if not checked:
-                    # The first run also checks the map sizes the manifest promises.
-                    self.check_map_sizes(feed, self.run(feed))
+                    # The first run also checks the map sizes the manifest promises,
+                    # and measures the working memory per unit of input where
+                    # it is large enough for one-time buffers not to dominate.
+                    if feed_units(feed) >= MEASURE_UNITS:
+                        outputs, self.activation_per_unit = self.activation_bytes(feed)
+                    else:
+                        self.activation_per_unit = self.activation_bytes(self.measure_feed())[1]
+                        outputs = self.run(feed)
+                    self.check_map_sizes(feed, outputs)
                     checked = True
                     if self._graphs is None:
                         continue
@@ -248,6 +277,29 @@ class ModelSession:
                 else:
                     self.run(feed)
         return time.perf_counter() - start
+
+    def activation_bytes(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """Run ``feed`` once and measure the process's memory growth per unit of input.
+
+        The first run of a session allocates its arena and one-time buffers, so
+        the growth over-estimates what later runs of the same size need: a
+        conservative figure for admission. Peak resident memory (VmHWM, reset
+        first) where Linux allows, else resident memory after the run (the arena
+        keeps what it grew to).
+
+        Returns:
+            The outputs, and bytes per unit (input pixel, or series row x date).
+        """
+        units = max(1, feed_units(feed))
+        reset = _reset_peak_rss()
+        before = _rss_bytes("VmRSS")
+        outputs = self.run(feed)
+        after = _rss_bytes("VmHWM" if reset else "VmRSS")
+        if before is None or after is None:
+            return outputs, FALLBACK_ACTIVATION_BYTES
+        # Outputs held by the caller are part of what a run needs, too.
+        held = sum(int(v.nbytes) for v in outputs.values())
+        return outputs, max(float(after - before), float(held)) / units
 
     def check_map_sizes(self, feed: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
         """Refuse a model whose 4-D outputs are not the input's size divided by their stride.
@@ -273,6 +325,37 @@ class ModelSession:
                     f"{height}x{width} input, but its manifest stride {spec.stride} "
                     f"means {want[0]}x{want[1]}"
                 )
+
+
+def feed_units(feed: dict[str, np.ndarray]) -> int:
+    """Units of work in a feed: pixels of a ``(B, C, H, W)`` image, or rows x dates of series."""
+    first = next(iter(feed.values()))
+    if first.ndim == 4:
+        return int(first.shape[0] * first.shape[2] * first.shape[3])
+    if first.ndim >= 2:
+        return int(first.shape[0] * first.shape[1])
+    return int(first.size)
+
+
+def _reset_peak_rss() -> bool:
+    # Writing 5 to clear_refs resets VmHWM (Linux 4.0+).
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _to_float32(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

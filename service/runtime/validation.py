@@ -8,7 +8,9 @@ from service.errors import UnsupportedRaster
 from service.runtime.manifest import Manifest
 
 
-def check_layout(manifest: Manifest, bands: int, dtype: str, *, dates: int = 1) -> None:
+def check_layout(
+    manifest: Manifest, bands: int, dtype: str, *, dates: int = 1, limit: int | None = None
+) -> None:
     """Refuse a raster whose band count or dtype the model cannot take.
 
     Called right after a raster is opened, before any pixel is read.
@@ -18,6 +20,7 @@ def check_layout(manifest: Manifest, bands: int, dtype: str, *, dates: int = 1) 
         bands: bands per date in the input.
         dtype: the input's numpy dtype name.
         dates: how many dates the bands cover (temporal models).
+        limit: the server's most dates per request, if lower than the model's.
     """
     spec = manifest.input
     expected = len(spec.bands)
@@ -51,6 +54,12 @@ def check_layout(manifest: Manifest, bands: int, dtype: str, *, dates: int = 1) 
         if not lo <= dates <= hi:
             raise UnsupportedRaster(
                 f"{dates} dates given; model {manifest.name} takes {lo} to {hi}",
+                got_dates=dates,
+            )
+        if limit is not None and dates > limit:
+            raise UnsupportedRaster(
+                f"{dates} dates given; this server takes at most {limit} per request "
+                "(ATTNSERVE_MAX_DATES)",
                 got_dates=dates,
             )
 

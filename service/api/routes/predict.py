@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.api.deps import Owner, State
+from service.api.errors import error_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.memory import MemoryBudget, Reservation
 from service.pipeline import inputs, views
 from service.pipeline.runner import Stored
 from service.pipeline.scene import SceneOptions, check_scene
 from service.raster.decode import RasterInfo, RasterLimits, check_limits, describe, open_geotiff
+from service.raster.resample import check_grid, plan_resampling
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
+from service.runtime.segmentation import context_px
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
+
+# The status nginx logs for a client that closed its connection before the
+# answer: the request was not served, and no one is there to tell.
+CLIENT_CLOSED = 499
 
 JSON_IMAGE_MAX_PIXELS = 512 * 512
 MAX_FORM_FILES = 400
@@ -119,6 +131,8 @@ async def _answer(stored: Stored, state: State, fmt: str | None, request: Reques
 async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
     try:
         form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    except ClientDisconnect:
+        raise
     except Exception as exc:  # python-multipart and starlette raise several kinds
         raise InvalidInput(f"the multipart body could not be parsed: {exc}") from None
     try:
@@ -158,42 +172,88 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
     limits = _limits(state, sync_limit)
     if manifest.task == "segmentation":
         # One open decides between a scene job and a synchronous answer, and reads.
-        raster = await asyncio.to_thread(
-            _image_if_sync, parts[0], scene_limits, None if want_async else limits, manifest
+        image = await asyncio.to_thread(
+            _image_if_sync,
+            parts[0],
+            scene_limits,
+            None if want_async else limits,
+            manifest,
+            state.settings.resample_tolerance,
+            served,
+            state.budget,
         )
-        if raster is None:
+        if image is None:
             return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-        stored = await state.runner.raster(served, raster, owner)
-        return await _answer(stored, state, fields.get("format"), request)
-    series = await asyncio.to_thread(
+        raster, held = image
+        try:
+            stored = await state.runner.raster(served, raster, owner)
+            del raster, image
+            return await _answer(stored, state, fields.get("format"), request)
+        finally:
+            await held.release_async()
+    dated = await asyncio.to_thread(
         _series_if_sync,
         parts,
         fields.get("dates"),
         scene_limits,
         None if want_async else limits,
-        manifest,
+        served,
+        state.budget,
+        state.settings.max_dates,
     )
-    if series is None:
+    if dated is None:
         # Every part's header, before anything is stored for the job.
         await asyncio.to_thread(_headers, parts, scene_limits)
         return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-    stored = await state.runner.series(served, series, owner)
-    return await _answer(stored, state, fields.get("format"), request)
+    series, held = dated
+    try:
+        stored = await state.runner.series(served, series, owner)
+        del series, dated
+        return await _answer(stored, state, fields.get("format"), request)
+    finally:
+        await held.release_async()
 
 
 def _image_if_sync(
-    data: bytes, scene_limits: RasterLimits, sync: RasterLimits | None, manifest: Manifest
-) -> inputs.RasterInput | None:
-    """The decoded image, or None when it must run as a scene job.
+    data: bytes,
+    scene_limits: RasterLimits,
+    sync: RasterLimits | None,
+    manifest: Manifest,
+    tolerance: float,
+    served: ServedModel,
+    budget: MemoryBudget,
+) -> tuple[inputs.RasterInput, Reservation] | None:
+    """The decoded image and the memory it holds, or None when it must run as a scene job.
 
     ``sync``: the synchronous limits, None when the client asked for a job.
+    An image is synchronous when it fits the limits both as sent and on the
+    model's grid (``tolerance``: see ``Settings.resample_tolerance``), and
+    when its estimated memory fits one request's share of ``budget``; its
+    memory is reserved before any pixel is decoded.
     """
     with open_geotiff(data) as dataset:
         info = describe(dataset)
         check_limits(info, scene_limits)
-        if sync is None or info.width * info.height > sync.max_pixels:
+        plan = plan_resampling(info.georef, manifest.input.gsd_m, tolerance)
+        check_grid(plan, scene_limits)
+        pixels = max(info.width * info.height, plan.model_pixels)
+        if sync is None or pixels > sync.max_pixels:
             return None
-        return inputs.read_open_image(dataset, info, manifest, sync)
+        need = inputs.image_bytes(served, pixels, info.count, _itemsize(info))
+        if not budget.fits(need):
+            return None  # tiled as a scene job: its memory is bounded by the tile
+        held = budget.reserve(need, f"a {info.width}x{info.height} image")
+        try:
+            raster = inputs.read_open_image(dataset, info, manifest, sync)
+        except BaseException:
+            held.release()
+            raise
+        raster.resampling = plan
+        return raster, held
+
+
+def _itemsize(info: RasterInfo) -> int:
+    return max(1, info.decoded_bytes // max(1, info.width * info.height * info.count))
 
 
 def _series_if_sync(
@@ -201,24 +261,50 @@ def _series_if_sync(
     dates_text: str | None,
     scene_limits: RasterLimits,
     sync: RasterLimits | None,
-    manifest: Manifest,
-) -> inputs.SeriesInput | None:
-    """The dated images as series, or None when they must run as a scene job.
+    served: ServedModel,
+    budget: MemoryBudget,
+    max_dates: int,
+) -> tuple[inputs.SeriesInput, Reservation] | None:
+    """The dated images as series and the memory they hold, or None for a scene job.
 
-    Each part is opened once. Dated images must all have one size, so the
-    first one decides: a later part of another size is refused either way.
-    ``sync``: the synchronous limits, None when the client asked for a job.
+    Each part is opened once, and every part's header (size, bands, so the
+    date count) is checked before any part is decoded; their memory is then
+    reserved. ``sync``: the synchronous limits, None when the client asked
+    for a job.
     """
+    manifest = served.manifest
     dates = inputs.parse_dates(dates_text) if dates_text else []
-    rasters = []
-    for data in parts:
-        with open_geotiff(data) as dataset:
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for data in parts:
+            dataset = stack.enter_context(open_geotiff(data))
             info = describe(dataset)
             check_limits(info, scene_limits)
-            if sync is None or info.width * info.height > sync.max_pixels:
-                return None
-            rasters.append(inputs.read_open_dated(dataset, info, manifest, sync))
-    return inputs.series_from_rasters(rasters, dates, manifest)
+            opened.append((dataset, info))
+        infos = [info for _, info in opened]
+        first = infos[0]
+        if sync is None or first.width * first.height > sync.max_pixels:
+            return None
+        t = inputs.date_count(infos, manifest, len(dates), max_dates)
+        pixels = first.width * first.height
+        need = inputs.stack_bytes(served, pixels, t, max(_itemsize(i) for i in infos))
+        if not budget.fits(need):
+            return None  # tiled as a scene job: its memory is bounded by the tile
+        held = budget.reserve(need, f"{t} dated images of {first.width}x{first.height}")
+        try:
+            rasters = [inputs.read_open_dated(ds, info, manifest, sync) for ds, info in opened]
+            return inputs.series_from_rasters(rasters, dates, manifest), held
+        except BaseException:
+            held.release()
+            raise
+
+
+def client_closed(request: Request) -> Response:
+    """The answer to a client that hung up before its body was read: logged, never a 500."""
+    log.info("client closed the connection during %s %s", request.method, request.url.path)
+    return error_response(
+        CLIENT_CLOSED, "client_closed_request", "the client closed the connection"
+    )
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -286,6 +372,7 @@ async def _submit_scene(
         raise InvalidInput("compress must be deflate or zstd")
     if options.tile_size and options.overlap and 2 * options.overlap > options.tile_size:
         raise InvalidInput("overlap may be at most half of tile_size")
+    options.tile_size = _scene_tile(served, state, options.tile_size, max(1, len(dates)))
     model = {"name": manifest.name, "version": manifest.version, "task": manifest.task}
     record = state.store.new_record(model, "raster", owner)
     record.state = "queued"
@@ -296,6 +383,12 @@ async def _submit_scene(
     def check(paths: list[Path]) -> None:
         infos = check_scene(paths, manifest, limits, dates)
         record.georef = infos[0].georef.to_json()
+        if manifest.task == "segmentation":
+            plan = plan_resampling(
+                infos[0].georef, manifest.input.gsd_m, state.settings.resample_tolerance
+            )
+            check_grid(plan, limits)
+            record.extra["resampling"] = plan.to_json()  # the scene runner follows it
 
     await asyncio.to_thread(
         state.store.save, record, {}, dict(zip(names, parts, strict=True)), check
@@ -312,6 +405,59 @@ async def _submit_scene(
     return response
 
 
+def _scene_tile(served: ServedModel, state: State, asked: int | None, dates: int) -> int | None:
+    """The tile size a scene job runs with, within one request's memory budget.
+
+    A tile size the client asked for that does not fit is refused (413, naming
+    the largest that does); the model's default tile shrinks to fit instead.
+    Returns None to keep the model's default.
+    """
+    manifest = served.manifest
+    budget = state.budget
+    if manifest.task == "segmentation":
+        default = manifest.input.tile_size or 512
+        multiple = manifest.input.size_multiple or 1
+    else:
+        default, multiple = 256, 16
+    tile = asked or default
+
+    def need(side: int) -> int:
+        return _scene_tile_bytes(served, state, side, dates)
+
+    if budget.fits(need(tile)):
+        return asked
+    fits = tile
+    while fits > multiple and not budget.fits(need(fits)):
+        fits = max(multiple, (fits * 3 // 4) // multiple * multiple)
+    if asked is not None or not budget.fits(need(fits)):
+        raise PayloadTooLarge(
+            f"tile_size {tile} needs about {need(tile) // 2**20} MiB of memory; the limit per "
+            f"job is {budget.per_request // 2**20} MiB (ATTNSERVE_REQUEST_MEMORY_MB): use a "
+            f"tile_size of at most {fits}",
+            max_tile_size=fits,
+        )
+    return fits
+
+
+def _scene_tile_bytes(served: ServedModel, state: State, tile: int, dates: int) -> int:
+    """Estimated memory of a scene job's tiles in flight at one time, for tiles of ``tile``."""
+    manifest = served.manifest
+    bands = len(manifest.input.bands)
+    in_flight = state.settings.scene_tiles_in_flight
+    if manifest.task == "segmentation":
+        side = tile + 2 * context_px(manifest)
+        rows = served.batcher.max_batch_size
+        running = rows * inputs.image_bytes(served, side * side, bands, 4)
+        # Tiles read and waiting for the batcher: float32 data, validity, padding.
+        waiting = in_flight * side * side * (2 * bands * 4 + 2)
+        return running + waiting
+    pixels = tile * tile
+    running = inputs.stack_bytes(served, pixels, dates, 4)
+    # Tiles read and waiting: their values (float32) and per-date validity.
+    waiting = in_flight * pixels * dates * (bands * 4 + 1)
+    return running + waiting
+
+
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:
     body = await request.body()
     if len(body) > state.settings.max_json_mb * 2**20:
@@ -323,16 +469,31 @@ async def _from_json(request: Request, state: State, owner: str | None) -> Respo
     req = inputs.validate_json(payload)
     served = _resolve(state, request, req.model)
     manifest = served.manifest
+    budget = state.budget
     if manifest.task == "temporal_classification":
         if req.parcels is None:
             raise InvalidInput(f"model {manifest.name} takes parcels (series), not an image")
-        series = inputs.series_from_json(req, manifest, state.settings.max_json_items)
-        stored = await state.runner.series(served, series, owner)
+        series = inputs.series_from_json(
+            req, manifest, state.settings.max_json_items, state.settings.max_dates
+        )
+        rows, t = series.series.shape[:2]
+        need = inputs.stack_bytes(served, rows, t, 4)
+        held = await asyncio.to_thread(budget.reserve, need, f"{rows} series of {t} dates")
+        try:
+            stored = await state.runner.series(served, series, owner)
+        finally:
+            await held.release_async()
     else:
         if req.image is None:
             raise InvalidInput(f"model {manifest.name} takes an image, not parcels")
         raster = inputs.image_from_json(req, manifest, JSON_IMAGE_MAX_PIXELS)
-        stored = await state.runner.raster(served, raster, owner)
+        bands, h, w = raster.data.shape
+        need = inputs.image_bytes(served, h * w, bands, 4)
+        held = await asyncio.to_thread(budget.reserve, need, f"a {w}x{h} image")
+        try:
+            stored = await state.runner.raster(served, raster, owner)
+        finally:
+            await held.release_async()
     return await _answer(stored, state, req.format, request)
 
 
@@ -358,10 +519,13 @@ async def predict(request: Request, state: State, owner: Owner) -> Response:
     input's CRS and transform, prediction and attention bands.
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        return await _from_multipart(request, state, owner)
-    if ctype == "application/json":
-        return await _from_json(request, state, owner)
+    try:
+        if ctype == "multipart/form-data":
+            return await _from_multipart(request, state, owner)
+        if ctype == "application/json":
+            return await _from_json(request, state, owner)
+    except ClientDisconnect:
+        return client_closed(request)
     raise UnsupportedMediaType(
         f"Content-Type {ctype or 'none'} is not accepted; send multipart/form-data "
         "(GeoTIFF upload) or application/json"

@@ -15,6 +15,7 @@ those of middleware (401, 413) and unknown paths.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,7 +33,16 @@ from service import __version__
 from service.api.deps import State
 from service.api.responses import JSONBody
 from service.api.routes.health import readiness
-from service.errors import InvalidInput, NotReady, PayloadTooLarge, UnsupportedMediaType
+from service.api.routes.predict import client_closed
+from service.config import Settings
+from service.errors import (
+    InvalidInput,
+    NotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnsupportedRaster,
+)
+from service.pipeline.inputs import FLOAT32_MAX, image_bytes, stack_bytes
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
 
@@ -367,16 +378,67 @@ class RequestedOutput:
 async def _infer(state: State, request: Request, name: str, version: str | None) -> Response:
     served = _served(state, request, name, version)
     limit = int(state.settings.max_json_mb * 2**20)
+    try:
+        raw = await request.body()
+    except ClientDisconnect:
+        return client_closed(request)
     body = _decompress(
-        await request.body(),
-        request.headers.get("content-encoding"),
-        int(state.settings.max_upload_mb * 2**20),
+        raw, request.headers.get("content-encoding"), int(state.settings.max_upload_mb * 2**20)
     )
+    del raw
     header, binary = _split(body, request.headers.get(HEADER_LENGTH.lower()), limit)
     feed = decode_inputs(served.manifest, header.get("inputs"), binary)
     wanted = requested_outputs(served.manifest, header)
-    outputs = await served.batcher.submit(feed, state.settings.request_timeout_s)
-    return encode_response(served.manifest, header.get("id"), outputs, wanted)
+    need = check_feed(served, feed, state.settings)
+    held = await asyncio.to_thread(state.budget.reserve, need, "the inference request")
+    try:
+        outputs = await served.batcher.submit(feed, state.settings.request_timeout_s)
+        del feed, body, binary
+        return encode_response(served.manifest, header.get("id"), outputs, wanted)
+    finally:
+        await held.release_async()
+
+
+def check_feed(served: ServedModel, feed: dict[str, np.ndarray], settings: Settings) -> int:
+    """Hold raw tensors to the limits ``/predict`` has; returns their estimated memory in bytes.
+
+    Images: at most ``max_sync_pixels`` each; series: at most ``max_dates``
+    dates (and the model's), finite days within float32, a valid date in
+    every row; float values finite.
+
+    Raises:
+        PayloadTooLarge: an image over the synchronous limit.
+        InvalidInput: values or masks that ``/predict`` would refuse.
+    """
+    manifest = served.manifest
+    for name, array in feed.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(
+                f"input {name!r}: values must be finite and within +-{FLOAT32_MAX:.4g}"
+            )
+    first = feed[manifest.tensors[0].name]
+    if manifest.task == "segmentation":
+        batch, bands, height, width = first.shape
+        if height * width > settings.max_sync_pixels:
+            raise PayloadTooLarge(
+                f"input {manifest.tensors[0].name!r}: a {width}x{height} image is over the "
+                f"{settings.max_sync_pixels} pixel limit per image (ATTNSERVE_MAX_SYNC_PIXELS); "
+                "send a GeoTIFF to /predict, which tiles large scenes"
+            )
+        return batch * image_bytes(served, height * width, bands, 4)
+    rows, dates = first.shape[:2]
+    limit = min(settings.max_dates, manifest.input.max_dates or settings.max_dates)
+    if dates > limit:
+        raise UnsupportedRaster(
+            f"input {manifest.tensors[0].name!r}: {dates} dates given; at most {limit} are taken",
+            got_dates=dates,
+        )
+    for spec in manifest.tensors[1:]:
+        array = feed[spec.name]
+        if array.dtype == np.bool_ and array.ndim == 2 and not array.any(axis=1).all():
+            row = int(np.flatnonzero(~array.any(axis=1))[0])
+            raise InvalidInput(f"input {spec.name!r}: row {row} has no valid date")
+    return stack_bytes(served, rows, dates, 4)
 
 
 def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
