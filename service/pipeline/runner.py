@@ -9,6 +9,7 @@ import numpy as np
 
 from service.jobs.store import JobRecord, JobStore
 from service.pipeline.inputs import RasterInput, SeriesInput
+from service.raster.resample import plan_resampling
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.repository import ServedModel
 from service.runtime.segmentation import SegmentationTask, coarse_valid
@@ -108,9 +109,17 @@ class PredictionRunner:
         """Segment one image and store every output as a layer."""
         task = served.task
         assert isinstance(task, SegmentationTask)
-        out = await task.predict(inp.data, inp.valid, self.timeout_s)
         manifest = served.manifest
+        # Uploads come planned; an array without a georeference runs as is.
+        plan = inp.resampling or plan_resampling(None, manifest.input.gsd_m, 1.0)
+        if plan.applied:
+            data, valid = await asyncio.to_thread(plan.to_model, inp.data, inp.valid)
+            out = await task.predict(data, valid, self.timeout_s)
+            out = await asyncio.to_thread(plan.outputs_to_input, out, manifest, inp.valid)
+        else:
+            out = await task.predict(inp.data, inp.valid, self.timeout_s)
         record = self.store.new_record(_model_ref(manifest), "raster", owner)
+        record.extra["resampling"] = plan.to_json()
         arrays: dict[str, np.ndarray] = {}
         h, w = inp.data.shape[1:]
         # Where a coarse map's upsampled values are masked: the first full-resolution
@@ -124,7 +133,8 @@ class PredictionRunner:
             elif array.ndim == 3 and array.shape[0] == 1:
                 array = array[0]
             arrays[spec.name] = array
-            if spec.stride > 1 and array.ndim == 2:
+            # Back on the input's grid, a resampled coarse map is at full resolution.
+            if spec.stride > 1 and array.ndim == 2 and not plan.applied:
                 extra["stride"] = spec.stride
                 if out.valid is not None and mask is not None:
                     extra["mask"] = mask

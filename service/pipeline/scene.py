@@ -14,7 +14,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from service.raster.decode import (
     check_limits,
     describe,
 )
+from service.raster.resample import ModelGridSource, Resampling, RowsBack, input_valid_rows
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
 from service.runtime.segmentation import SegmentationTask, band_means, context_px, upsample
@@ -210,9 +211,16 @@ class SceneRunner:
         )
         fill = np.float32(manifest.input.normalization.mean[0])
         halo = context_px(manifest)
-        with open_scene(path) as ds:
+        with open_scene(path) as ds, open_scene(path) as rows_ds:
             info = describe(ds)
-            grid = TileGrid(info.height, info.width, size, min(overlap, size // 2), halo)
+            # Tiles are read and inferred on the model's grid (its resolution),
+            # outputs written on the input's; rows_ds reads the input's validity
+            # for them off the reader thread.
+            plan = Resampling.from_json(
+                record.extra.get("resampling") or {}, info.width, info.height
+            )
+            tiled = replace(info, width=plan.model_width, height=plan.model_height)
+            grid = TileGrid(tiled.height, tiled.width, size, min(overlap, size // 2), halo)
             # Layers blended: every spatial output, then the input's validity.
             blender = StripBlender(grid, len(spatial) + 1)
             channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
@@ -220,18 +228,22 @@ class SceneRunner:
             sinks = self._sinks_segmentation(record, info, spatial, options)
             all_valid = _all_valid(ds)
             scene_mean = await asyncio.to_thread(_scene_band_mean, ds, info, all_valid)
+            source = ModelGridSource(ds, plan, all_valid) if plan.applied else None
+            back = RowsBack(plan) if plan.applied else None
 
             def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
                 # The model reads the tile with its context; only the tile
                 # itself decides whether there is anything to predict.
-                window, dy, dx = tile.context(info.height, info.width)
-                return _read_tile(ds, window, info, all_valid, core=(dy, dx, tile.size))
+                window, dy, dx = tile.context(tiled.height, tiled.width)
+                return _read_tile(
+                    ds, window, tiled, all_valid, core=(dy, dx, tile.size), source=source
+                )
 
             async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
                 x = np.where(valid[None], data.astype(np.float32), fill)
                 out = await task.batcher.submit(task.feed(x, scene_mean), self.timeout_s)
                 nonlocal channel_weight
-                _, dy, dx = tile.context(info.height, info.width)
+                _, dy, dx = tile.context(tiled.height, tiled.width)
                 core = (slice(dy, dy + tile.size), slice(dx, dx + tile.size))
                 weight = float(valid[core].mean())
                 for o in channel:
@@ -247,13 +259,24 @@ class SceneRunner:
                 stack.append(valid[core].astype(np.float32))
                 return np.stack(stack)
 
+            def write(first: int, values: np.ndarray) -> None:
+                sinks["prediction"].write(first, values[:1])
+                if len(spatial) > 1:
+                    sinks["attention"].write(first, values[1:])
+
             def flush(first: int, block: np.ndarray) -> None:
                 valid = block[-1] > 0.5
                 values = block[:-1]
                 values[:, ~valid] = np.nan
-                sinks["prediction"].write(first, values[:1])
-                if len(spatial) > 1:
-                    sinks["attention"].write(first, values[1:])
+                if back is None:
+                    write(first, values)
+                    return
+                for row, part in back.push(first, values):
+                    # Nodata of the input stays nodata, whatever the model's grid saw.
+                    mask = input_valid_rows(rows_ds, row, part.shape[1], all_valid)
+                    if mask is not None:
+                        part[:, ~mask] = np.nan
+                    write(row, part)
 
             try:
                 await self._run_grid(grid, blender, read, infer, flush, progress, cancelled)
@@ -585,17 +608,24 @@ def _read_tile(
     all_valid: bool,
     pad: bool = True,
     core: tuple[int, int, int] | None = None,
+    source: ModelGridSource | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """A window's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
 
     Returns None when the window's ``core`` (``dy, dx, size`` inside it; all of
-    it by default) has no valid pixel: the tile is skipped.
+    it by default) has no valid pixel: the tile is skipped. With a ``source``,
+    the window is on the model's grid (``info``'s size) and read through it.
     """
     y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
     window = Window(x0, y0, x1 - x0, y1 - y0)
     try:
-        data = ds.read(window=window)
-        valid = np.ones(data.shape[1:], bool) if all_valid else ds.dataset_mask(window=window) > 0
+        if source is not None:
+            data, valid = source.read(y0, y1, x0, x1)
+        else:
+            data = ds.read(window=window)
+            valid = (
+                np.ones(data.shape[1:], bool) if all_valid else ds.dataset_mask(window=window) > 0
+            )
     except RasterioError:
         raise InvalidRaster(UNREADABLE) from None
     if data.dtype.kind == "f":

@@ -95,6 +95,9 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
         body["error"] = record.error
         if "tiling" in record.extra:
             body["tiling"] = record.extra["tiling"]
+    if "resampling" in record.extra:
+        # Whether the model ran on its own ground resolution, and how.
+        body["resampling"] = record.extra["resampling"]
     if record.state != "done":
         body["links"] = {"self": f"/jobs/{record.id}"}
         if record.georef:
