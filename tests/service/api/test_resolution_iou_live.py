@@ -1,0 +1,170 @@
+"""Held-out real imagery at half and double resolution scores as at its own (live server).
+
+Dubai ``Tile 8`` is held out of the footprints model's training. Its images
+(about 0.5 m) are written as GeoTIFFs in UTM at 0.5 m, then resampled by GDAL
+to 1 m and 0.25 m with the right transforms; the server must resample each to
+the model's ``gsd_m`` and answer on the input's grid, scoring about the same
+IoU against the building mask at each resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import rasterio
+from rasterio.enums import Resampling as GDALResampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from service.runtime.manifest import MANIFEST_KEY
+from tests.service.conftest import LiveServer
+from tests.service.pipeline.test_scenes_live import _follow
+
+DUBAI = Path(__file__).resolve().parents[4] / "shared" / "data" / "footprints" / "dubai"
+HELD_OUT = DUBAI / "Tile 8"
+BUILDING = (0x3C, 0x10, 0x98)
+# Crops of held-out images with many buildings: (image part, row, column, side).
+CROPS = [("image_part_004", 200, 600, 768), ("image_part_007", 400, 1100, 768)]
+ORIGIN = (326_000.0, 2_788_000.0)
+NATIVE_M = 0.5
+
+
+def _gsd_model(model_dir: Path) -> tuple[str, float] | None:
+    """``(name:version, gsd_m)`` of the newest footprints model that states its gsd_m."""
+    found = []
+    for path in model_dir.glob("footprints-*.onnx"):
+        proto = onnx.load(str(path), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        manifest = json.loads(meta.get(MANIFEST_KEY, "{}"))
+        gsd = manifest.get("input", {}).get("gsd_m")
+        if manifest.get("name") == "footprints" and gsd:
+            version = tuple(int(v) for v in manifest["version"].split(".") if v.isdigit())
+            found.append((version, f"footprints:{manifest['version']}", float(gsd)))
+    if not found:
+        return None
+    _, ref, gsd = max(found)
+    return ref, gsd
+
+
+@pytest.fixture(scope="module")
+def gsd_server(
+    tmp_path_factory: pytest.TempPathFactory, model_dir: Path
+) -> Iterator[tuple[LiveServer, str]]:
+    """A live server of the shipped models, and the footprints model that has a gsd_m."""
+    model = _gsd_model(model_dir)
+    if model is None:
+        pytest.skip(
+            f"no footprints model in {model_dir} states input.gsd_m yet: the resolution "
+            "IoU check needs one (a model trained at a known ground sample distance)"
+        )
+    if not HELD_OUT.is_dir():
+        pytest.fail(f"held-out imagery not found at {HELD_OUT}")
+    tmp = tmp_path_factory.mktemp("iou")
+    server = LiveServer(
+        {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
+        tmp / "server.log",
+    )
+    server.wait_ready()
+    yield server, model[0]
+    server.stop()
+
+
+def _native(part: str, row: int, col: int, side: int) -> tuple[bytes, np.ndarray]:
+    """A held-out crop as a 0.5 m UTM GeoTIFF, and its ``(side, side)`` building mask."""
+    window = Window(col, row, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(HELD_OUT / "images" / f"{part}.jpg") as ds:
+            image = ds.read(window=window)
+        with rasterio.open(HELD_OUT / "masks" / f"{part}.png") as ds:
+            colours = ds.read(window=window)
+    mask = np.all(colours[:3] == np.array(BUILDING, np.uint8)[:, None, None], axis=0)
+    return _write(image, NATIVE_M), mask
+
+
+def _write(image: np.ndarray, pixel_m: float) -> bytes:
+    with MemoryFile() as mem:
+        with mem.open(
+            driver="GTiff",
+            width=image.shape[2],
+            height=image.shape[1],
+            count=image.shape[0],
+            dtype=image.dtype,
+            crs="EPSG:32640",
+            transform=from_origin(*ORIGIN, pixel_m, pixel_m),
+        ) as ds:
+            ds.write(image)
+        return bytes(mem.read())
+
+
+def _at(native: bytes, mask: np.ndarray, pixel_m: float) -> tuple[bytes, np.ndarray]:
+    """The native GeoTIFF and mask resampled by GDAL to ``pixel_m`` (same footprint)."""
+    side = round(mask.shape[0] * NATIVE_M / pixel_m)
+    down = pixel_m > NATIVE_M
+    method = GDALResampling.average if down else GDALResampling.bilinear
+    with MemoryFile(native) as mem, mem.open() as ds:
+        image = ds.read(out_shape=(ds.count, side, side), resampling=method)
+    with MemoryFile(_write(mask[None].astype(np.float32), NATIVE_M)) as mem, mem.open() as ds:
+        labels = ds.read(
+            1,
+            out_shape=(side, side),
+            resampling=GDALResampling.average if down else GDALResampling.nearest,
+        )
+    return _write(image, pixel_m), labels >= 0.5
+
+
+def _probability(server: LiveServer, model: str, tif: bytes, tmp: Path) -> np.ndarray:
+    """Band 1 of the prediction GeoTIFF, synchronous or through a scene job."""
+    resp = httpx.post(
+        f"{server.url}/predict",
+        data={"model": model, "format": "geotiff"},
+        files={"image": ("in.tif", tif, "image/tiff")},
+        timeout=600,
+    )
+    if resp.status_code == 202:
+        body, _ = _follow(server, resp.json()["job_id"], timeout_s=600)
+        assert body["state"] == "done", body
+        assert body["resampling"]["applied"] is True
+        resp = httpx.get(server.url + body["links"]["prediction_geotiff"], timeout=120)
+    assert resp.status_code == 200, resp.text
+    with MemoryFile(tif) as mem, mem.open() as src, MemoryFile(resp.content) as answer:
+        out = answer.open()
+        with out:
+            assert out.crs == src.crs
+            assert out.transform == src.transform
+            assert out.shape == src.shape
+            return np.asarray(out.read(1))
+
+
+def _iou(probability: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
+    predicted = np.nan_to_num(probability) >= 0.5
+    return int((predicted & mask).sum()), int((predicted | mask).sum())
+
+
+@pytest.mark.slow  # six predictions of up to 1536 x 1536 pixels: about 2 minutes on 2 cores
+def test_half_and_double_resolution_score_as_native(
+    gsd_server: tuple[LiveServer, str], tmp_path: Path
+) -> None:
+    server, model = gsd_server
+    totals = {m: [0, 0] for m in (NATIVE_M, 2 * NATIVE_M, NATIVE_M / 2)}
+    for crop in CROPS:
+        native, mask = _native(*crop)
+        for pixel_m in totals:
+            tif, labels = (native, mask) if pixel_m == NATIVE_M else _at(native, mask, pixel_m)
+            inter, union = _iou(_probability(server, model, tif, tmp_path), labels)
+            totals[pixel_m][0] += inter
+            totals[pixel_m][1] += union
+    iou = {m: inter / union for m, (inter, union) in totals.items()}
+    print(f"IoU of {model} on held-out Tile 8 crops by input resolution (m): {iou}")
+    assert iou[NATIVE_M] > 0.3, iou  # the model finds buildings at all
+    assert abs(iou[2 * NATIVE_M] - iou[NATIVE_M]) <= 0.05, iou
+    assert abs(iou[NATIVE_M / 2] - iou[NATIVE_M]) <= 0.05, iou
