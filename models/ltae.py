@@ -47,6 +47,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "hidden": 64,
     "band_mean": [0.0] * len(BANDS),
     "band_std": [1.0] * len(BANDS),
+    # Checkpoints from before the trainer described inputs by their data were
+    # all Sentinel-2 reflectance x 10000.
+    "value_range": [0.0, 10000.0],
+    "accepted_dtypes": ["uint16", "int16", "int32", "float32", "float64"],
+    "units": "surface reflectance x 10000",
 }
 
 
@@ -68,7 +73,7 @@ def day_encoding(days: torch.Tensor, dim: int, period: float = PE_PERIOD) -> tor
 
 
 class LTAEClassifier(nn.Module):
-    """L-TAE crop classifier over raw Sentinel-2 time series.
+    """L-TAE crop classifier over raw time series of any band set.
 
     Args:
         n_classes: number of classes ``K``.
@@ -146,7 +151,7 @@ class LTAEClassifier(nn.Module):
         """Classify parcels and return the attention behind each answer.
 
         Args:
-            series: ``(B, T, C) float32`` raw reflectance x 10000.
+            series: ``(B, T, C) float32`` raw values (e.g. reflectance x 10000).
             days: ``(B, T) float32`` acquisition day of year.
             valid: ``(B, T) bool``, False for dates to ignore (padding, clouds);
                 their series and days values, even NaN, do not affect the outputs.
@@ -191,20 +196,22 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
     cfg = {**DEFAULT_CONFIG, **ckpt["config"]}
     classes = [str(c) for c in cfg["class_names"]]
     bands = [str(b) for b in cfg["bands"]]
+    sensor = "Sentinel-2 " if tuple(bands) == BANDS else ""
     return Manifest(
         name=str(cfg.get("name", "crops")),
         version=str(cfg.get("version", "1.0.0")),
         task="temporal_classification",
         description=(
-            "L-TAE crop type classifier for Sentinel-2 parcel time series: one learned "
-            "query per head attends over acquisition dates encoded by day of year; "
-            "invalid (masked) dates get no weight."
+            f"L-TAE crop type classifier for {sensor}parcel time series of "
+            f"{len(bands)} band(s) ({', '.join(bands)}): one learned query per head "
+            "attends over acquisition dates encoded by day of year; invalid (masked) "
+            "dates get no weight."
         ),
         input=InputSpec(
             bands=bands,
-            accepted_dtypes=["uint16", "int16", "int32", "float32", "float64"],
-            value_range=[0.0, 10000.0],
-            units="surface reflectance x 10000",
+            accepted_dtypes=[str(d) for d in cfg["accepted_dtypes"]],
+            value_range=[float(v) for v in cfg["value_range"]],
+            units=str(cfg["units"]),
             normalization=Normalization(
                 mean=[float(v) for v in cfg["band_mean"]],
                 std=[float(v) for v in cfg["band_std"]],
@@ -219,7 +226,7 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
                 "series",
                 "float32",
                 ["batch", "dates", len(bands)],
-                "raw reflectance x 10000 per date and band",
+                f"raw values per date and band ({cfg['units']})",
             ),
             TensorSpec(
                 "days",

@@ -80,6 +80,8 @@ class CropSeries:
         bands: band names of the last axis of ``series``.
         cloudy: ``(N, T) bool`` True on every cloudy date, flagged or not, or
             None where it is unknown (real data).
+        lonlat: ``(N, 2) float64`` longitude and latitude of each sample, or
+            None where the data set does not say (used to hold out by location).
     """
 
     series: np.ndarray
@@ -89,6 +91,7 @@ class CropSeries:
     class_names: tuple[str, ...]
     bands: tuple[str, ...] = BANDS
     cloudy: np.ndarray | None = None
+    lonlat: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -103,6 +106,7 @@ class CropSeries:
             class_names=self.class_names,
             bands=self.bands,
             cloudy=None if self.cloudy is None else self.cloudy[index],
+            lonlat=None if self.lonlat is None else self.lonlat[index],
         )
 
 

@@ -106,3 +106,58 @@ def test_a_file_that_is_not_npz_is_refused(tmp_path: Path) -> None:
     path.write_text("not an archive")
     with pytest.raises(CropDataError, match=r"not a readable \.npz"):
         read_crop_npz(path)
+
+
+def test_any_band_set_is_read_with_its_own_names_and_places(tmp_path: Path) -> None:
+    arrays = {
+        **_arrays(c=1),
+        "band_names": np.array(["NDVI"]),
+        "lonlat": np.array([[-55.0, -12.0], [-55.1, -12.2], [-56.0, -13.0], [-56.0, -13.1]]),
+    }
+    back = read_crop_npz(_save(tmp_path / "ndvi.npz", **arrays))
+    assert back.bands == ("NDVI",)
+    assert back.series.shape == (4, 6, 1)
+    assert back.lonlat is not None
+    np.testing.assert_array_equal(back.lonlat, arrays["lonlat"])
+    write_crop_npz(tmp_path / "again.npz", back)
+    again = read_crop_npz(tmp_path / "again.npz")
+    assert again.lonlat is not None
+    assert again.bands == ("NDVI",)
+
+
+def test_dates_nan_in_every_band_are_padding_when_there_is_no_valid_array(
+    tmp_path: Path,
+) -> None:
+    arrays = _arrays(c=2)
+    arrays["series"][0, 4:] = np.nan  # a series 4 dates long
+    arrays["series"][2, 1] = np.nan  # a gap in the middle
+    back = read_crop_npz(_save(tmp_path / "x.npz", **arrays))
+    assert back.valid[0].tolist() == [True] * 4 + [False] * 2
+    assert back.valid[2].tolist() == [True, False, True, True, True, True]
+    assert back.valid[1].all()
+    assert back.valid[3].all()
+
+
+def test_a_sample_without_any_valid_date_is_named(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["series"][2] = np.nan
+    with pytest.raises(CropDataError, match=r"1 sample\(s\) have no valid date \(index 2\)"):
+        read_crop_npz(_save(tmp_path / "x.npz", **arrays))
+    valid = np.ones((4, 6), dtype=bool)
+    valid[1] = False
+    with pytest.raises(CropDataError, match=r"index 1\)"):
+        read_crop_npz(_save(tmp_path / "y.npz", **{**_arrays(), "valid": valid}))
+
+
+def test_nan_in_some_bands_of_a_date_is_refused_without_a_valid_array(tmp_path: Path) -> None:
+    arrays = _arrays()
+    arrays["series"][1, 2, 3] = np.nan
+    with pytest.raises(CropDataError, match=r"some bands but not all at sample 1, date 2"):
+        read_crop_npz(_save(tmp_path / "x.npz", **arrays))
+
+
+def test_bad_lonlat_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CropDataError, match=r"lonlat must be \(N, 2\)"):
+        read_crop_npz(_save(tmp_path / "x.npz", **_arrays(), lonlat=np.zeros((4, 3))))
+    with pytest.raises(CropDataError, match="finite"):
+        read_crop_npz(_save(tmp_path / "y.npz", **_arrays(), lonlat=np.full((4, 2), np.nan)))

@@ -59,8 +59,12 @@ def test_training_on_a_real_data_file_uses_its_classes(tmp_path: Path) -> None:
     args = ["train", "crops", "--tiny", "--data", str(data), "--out", str(out)]
     assert main([*args, "--name", "my-crops", "--version", "2.0"]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["metrics"]["held_out_samples"] == 30  # 20 % of 150
-    assert "cloud_attention_ratio" not in report["metrics"]  # clouds unknown in real data
+    assert report["metrics"]["held_out_samples"] == 30  # 20 % of 150, at random: no lonlat
+    assert "random samples held out" in report["training"]["data"]
+    # Real data gets its clouds injected into the held-out series to measure them.
+    for key in ("cloud_attention_ratio", "cloudy_overall_accuracy", "cloudy_macro_f1"):
+        assert key in report["metrics"]
+    assert report["training"]["cloud_probability"] == 0.25
     assert "parcels.npz" in report["training"]["data"]
     onnx_path = tmp_path / "mine.onnx"
     assert main(["export", str(out / "crops.pt"), "--out", str(onnx_path)]) == 0
