@@ -102,7 +102,13 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     runner = PredictionRunner(store, settings.request_timeout_s)
     # Tiles of a scene have no per-request deadline of their own: the job may run
     # for hours, but one tile must still not wait forever.
-    scenes = SceneRunner(store, settings.request_timeout_s, settings.scene_tiles_in_flight)
+    scenes = SceneRunner(
+        store,
+        settings.request_timeout_s,
+        settings.scene_tiles_in_flight,
+        max_temp_bytes=int(settings.scene_max_temp_mb * 2**20),
+        min_free_bytes=int(settings.job_min_free_mb * 2**20),
+    )
     jobs = JobManager(
         store,
         scenes,

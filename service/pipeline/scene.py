@@ -26,8 +26,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from service.errors import InvalidInput, InvalidRaster, UnsupportedRaster
-from service.jobs.store import JobRecord, JobStore
+from service.errors import InvalidInput, InvalidRaster, StorageFailed, UnsupportedRaster
+from service.jobs.store import JobRecord, JobStore, free_bytes
 from service.raster.cog import RasterSink
 from service.raster.decode import (
     HARDENED_GDAL,
@@ -170,10 +170,21 @@ def check_scene(
 class SceneRunner:
     """Runs one scene job through a served model, tile by tile."""
 
-    def __init__(self, store: JobStore, timeout_s: float, in_flight_tiles: int = 16) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        timeout_s: float,
+        in_flight_tiles: int = 16,
+        max_temp_bytes: int = 0,
+        min_free_bytes: int = 0,
+    ) -> None:
         self.store = store
         self.timeout_s = timeout_s
         self.in_flight_tiles = in_flight_tiles
+        # A job fails (with the reason) rather than let its unfinished outputs
+        # pass max_temp_bytes (0: no cap) or leave less than min_free_bytes free.
+        self.max_temp_bytes = max_temp_bytes
+        self.min_free_bytes = min_free_bytes
 
     async def run(
         self,
@@ -279,11 +290,11 @@ class SceneRunner:
                     write(row, part)
 
             try:
-                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled)
+                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled, sinks)
+                await asyncio.to_thread(self._check_disk, sinks, True)
                 record.layers = await asyncio.to_thread(self._finish, sinks, record, spatial)
             except BaseException:
-                for sink in sinks.values():
-                    sink.abort()
+                await _abort(sinks)
                 raise
         for o in channel:
             weights = channel_sum[o.name] / max(channel_weight, 1e-9)
@@ -438,11 +449,11 @@ class SceneRunner:
                 sinks["attention"].write(first, att)
 
             try:
-                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled)
+                await self._run_grid(grid, blender, read, infer, flush, progress, cancelled, sinks)
+                await asyncio.to_thread(self._check_disk, sinks, True)
                 await asyncio.to_thread(lambda: [s.finish() for s in sinks.values()])
             except BaseException:
-                for sink in sinks.values():
-                    sink.abort()
+                await _abort(sinks)
                 raise
         shape = [info.height, info.width]
         record.layers = [
@@ -531,6 +542,7 @@ class SceneRunner:
         flush: Callable[[int, np.ndarray], None],
         progress: Callable[[int, int], None],
         cancelled: Callable[[], bool],
+        sinks: dict[str, RasterSink] | None = None,
     ) -> None:
         total = len(grid)
         done = 0
@@ -570,12 +582,46 @@ class SceneRunner:
                 blender.row_done(row)
                 for first, block in blender.pop_final():
                     await asyncio.to_thread(flush, first, block)
+                    if sinks is not None:
+                        await asyncio.to_thread(self._check_disk, sinks)
         finally:
             for tasks in pending.values():
                 for task in tasks:
                     task.cancel()
             for tasks in pending.values():
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check_disk(self, sinks: dict[str, RasterSink], finishing: bool = False) -> None:
+        """Fail the job if its outputs pass the disk cap or the volume runs short.
+
+        Finishing adds overviews and the (compressed) COG beside each partial:
+        counted as half as much again as the partials take.
+        """
+        used = sum(sink.disk_bytes() for sink in sinks.values())
+        need = used // 2 if finishing else 0
+        if self.max_temp_bytes and used + need > self.max_temp_bytes:
+            raise StorageFailed(
+                f"the job's unfinished outputs need more than the {self.max_temp_bytes / 2**20:g} "
+                "MB of disk one job may use (ATTNSERVE_SCENE_MAX_TEMP_MB)"
+            )
+        if self.min_free_bytes and free_bytes(self.store.root) - need < self.min_free_bytes:
+            raise StorageFailed(
+                "the job volume is nearly full: the job's outputs would leave less than "
+                f"{self.min_free_bytes / 2**20:g} MB free (ATTNSERVE_JOB_MIN_FREE_MB)"
+            )
+
+
+async def _abort(sinks: dict[str, RasterSink]) -> None:
+    """Drop unfinished outputs on a worker thread: closing large files blocks for long."""
+
+    def drop() -> None:
+        for sink in sinks.values():
+            sink.abort()
+
+    dropping = asyncio.ensure_future(asyncio.to_thread(drop))
+    # A second cancellation must not leave the files behind: the thread goes on.
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(dropping)
 
 
 def _scene_band_mean(ds: DatasetReader, info: RasterInfo, all_valid: bool) -> np.ndarray:

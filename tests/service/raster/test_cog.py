@@ -119,3 +119,46 @@ def test_finished_cog_matches_the_cog_drivers_own_overviews(
             a, b = got.read(masked=True), want.read(masked=True)
             np.testing.assert_array_equal(np.ma.getmaskarray(a), np.ma.getmaskarray(b))
             np.testing.assert_array_equal(a.filled(0), b.filled(0))
+
+
+BIG = Georeference(
+    crs=GEOREF.crs, transform=GEOREF.transform, width=4096, height=4096
+)
+
+
+@pytest.mark.parametrize(
+    "sink_kwargs",
+    [{}, {"dtype": "uint8", "scaled": True}, {"dtype": "uint8", "nodata": 255}],
+    ids=["float-nan", "uint8-mask", "classes"],
+)
+def test_a_mostly_empty_output_takes_disk_for_its_data_only(
+    tmp_path: Path, sink_kwargs: dict[str, Any]
+) -> None:
+    sink = RasterSink(tmp_path / "out.tif", BIG, ["a"], **sink_kwargs)
+    patch = np.full((1, 200, 300), 0.4, np.float32)
+    for row in range(0, BIG.height, 384):  # row blocks as a scene writes them, mostly nodata
+        block = np.full((1, min(384, BIG.height - row), BIG.width), np.nan, np.float32)
+        if row == 768:  # a patch across a file block's edge (rows 900-1100)
+            block[:, 132:332, 1000:1300] = patch
+        sink.write(row, block)
+    # A dense partial would take 4096 * 4096 * 4 bytes (64 MiB) now.
+    assert sink.disk_bytes() < 2 * 2**20
+    assert sink.data_share < 0.1
+    out = sink.finish()
+    assert not sink.partial.exists()
+    assert cog_validate(out)[0]
+    assert out.stat().st_size < 2**20
+    with rasterio.open(out) as got:
+        assert got.overviews(1) == [2, 4, 8]
+        values = got.read(1, masked=True)
+        assert values.count() == 200 * 300
+        want = 0.4 if sink.dtype == "float32" else round(0.4 * 255) if sink.scaled else 0
+        assert np.all(values[900:1100, 1000:1300] == np.float32(want))
+
+
+def test_abort_leaves_no_file_behind(tmp_path: Path) -> None:
+    sink = RasterSink(tmp_path / "out.tif", BIG, ["a"])
+    sink.write(0, np.full((1, 512, BIG.width), 0.5, np.float32))
+    assert sink.partial.exists()
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
