@@ -289,6 +289,7 @@ class Resampling:
             array = outputs.layers[spec.name]
             if array.ndim == 3 and spec.stride == 1 and mask is None:
                 mask = np.isnan(array[0])
+        names, maps = [], []
         for spec in manifest.outputs:
             array = outputs.layers[spec.name]
             if array.ndim != 3:
@@ -299,10 +300,15 @@ class Resampling:
                 if mask is not None:
                     fine[mask] = np.nan
                 array = fine[None]
-            back = self.to_input(array)
+            names.append(spec.name)
+            maps.append(array[0])
+        if maps:
+            # One pass for all maps: they share their nodata, so their weights.
+            back = self.to_input(np.stack(maps))
             if valid is not None:
                 back[:, ~valid] = np.nan
-            layers[spec.name] = back
+            for i, name in enumerate(names):
+                layers[name] = back[i : i + 1]
         return RasterOutputs(layers=layers, valid=valid)
 
 

@@ -137,6 +137,15 @@ def test_a_finer_image_runs_at_the_model_resolution_and_answers_on_its_grid(
     assert np.isfinite(bands[:, ~nodata]).all()
     assert np.nanmin(bands) >= 0
     assert np.nanmax(bands) <= 1
+    # Layers served one by one and as polygons are on the input's grid too.
+    gate = httpx.get(f"{server.url}/attention/{body['job_id']}/gate_4?format=geotiff", timeout=60)
+    assert gate.status_code == 200, gate.text
+    with MemoryFile(gate.content) as mem, mem.open() as ds:
+        assert ds.shape == (192, 256)
+        assert ds.transform == transform
+    geo = httpx.get(f"{server.url}/jobs/{body['job_id']}/footprints", timeout=60)
+    assert geo.status_code == 200, geo.text
+    assert geo.json()["type"] == "FeatureCollection"
 
 
 def test_a_resolution_within_tolerance_runs_as_is(server: LiveServer, shared_data: Path) -> None:
