@@ -7,8 +7,8 @@ into held-out series measures whether it does.
 
 The cloud spectrum is defined per band from its name, so it works for any
 sensor: a reflectance band (anything not named as an index) becomes bright and
-nearly flat (reflectance 0.3-0.7, slightly brighter in the blue end of the list
-as haze scatters blue more); a spectral index band (NDVI, EVI, NDWI, ...) falls
+nearly flat (reflectance 0.3-0.7, tilted by +-6 % across the band list so that
+clouds are not perfectly grey); a spectral index band (NDVI, EVI, NDWI, ...) falls
 to about 0, as a flat spectrum has no red edge. Each cloud covers its date at an
 opacity of 0.6-1.0, blended linearly with the clear value.
 """

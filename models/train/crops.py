@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="crops", help="model name in the manifest")
     parser.add_argument("--version", default="1.0.0", help="model version in the manifest")
     parser.add_argument(
-        "--held-out", type=float, default=HELD_OUT_FRACTION, help="share of samples held out"
+        "--held-out", type=float, default=HELD_OUT_FRACTION, help="share of --data samples held out"
     )
     parser.add_argument(
         "--split",
