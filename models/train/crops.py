@@ -117,9 +117,9 @@ def input_description(data: CropSeries, units: str | None = None) -> dict[str, A
     """Value range, accepted dtypes and units of the valid values of ``data``, for the manifest.
 
     The range is what the data holds, rounded outward (from 0 where nothing is
-    negative); integer dtypes are
-    accepted where the values are whole numbers or stored x 10000 (where
-    fractions carry nothing), and only those whose range covers the data's.
+    negative); integer dtypes are accepted where the values are whole numbers or
+    stored x 10000 (where fractions carry nothing), and only those whose range
+    covers the data's.
     """
     values = data.series[data.valid].astype(np.float64)
     lo, hi = float(values.min()), float(values.max())
