@@ -19,6 +19,7 @@ from service.config import Settings
 from service.jobs.store import JobStore
 from service.memory import MemoryBudget, trim_heap_periodically, tune_gc
 from service.metrics import Metrics
+from service.pipeline.footprints import FootprintLimits, FootprintService
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
@@ -123,7 +124,18 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         wait_s=min(10.0, settings.request_timeout_s),
         setting="ATTNSERVE_REQUEST_MEMORY_MB",
     )
-    return AppState(settings, metrics, repository, store, runner, jobs, budget=budget)
+    state = AppState(settings, metrics, repository, store, runner, jobs, budget=budget)
+    state.footprints = FootprintService(
+        store,
+        FootprintLimits(
+            max_features=settings.footprints_max_features,
+            timeout_s=settings.footprints_timeout_s,
+            workers=settings.footprints_workers,
+            max_waiting=settings.footprints_max_waiting,
+            cache_bytes=int(settings.footprints_cache_mb * 2**20),
+        ),
+    )
+    return state
 
 
 async def _load_models(state: AppState) -> None:

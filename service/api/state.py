@@ -8,6 +8,7 @@ from service.config import Settings
 from service.jobs.store import JobStore
 from service.memory import MemoryBudget
 from service.metrics import Metrics
+from service.pipeline.footprints import FootprintLimits, FootprintService
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.runtime.repository import ModelRepository
@@ -27,3 +28,8 @@ class AppState:
     notes: dict[str, str] = field(default_factory=dict)
     # Memory held by requests and jobs in flight (see Settings.memory_budget_mb).
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62))
+    footprints: FootprintService = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not hasattr(self, "footprints"):
+            self.footprints = FootprintService(self.store, FootprintLimits())

@@ -231,6 +231,8 @@ class JobStore:
             For volumes whose limit the filesystem does not show (a Kubernetes
             ``emptyDir`` with a ``sizeLimit``).
         on_evict: called with the number of jobs deleted to make room (metrics).
+        scan: count the jobs already there (off for a short-lived reader, such
+            as a footprints worker process, which must not walk a large store).
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class JobStore:
         min_free_bytes: int = 0,
         max_bytes: int = 0,
         on_evict: Callable[[int], None] | None = None,
+        scan: bool = True,
     ) -> None:
         self.root = root
         self.ttl_s = ttl_s
@@ -261,7 +264,7 @@ class JobStore:
         self._writer: ThreadPoolExecutor | None = None
         self._tmp = root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        found = self._job_dirs()
+        found = self._job_dirs() if scan else []
         self._count = len(found)
         if min_free_bytes or max_bytes:
             # Sizes matter only to the byte cap; free space comes from the volume.
@@ -454,6 +457,10 @@ class JobStore:
         pending = self._pending.get(job_id)
         if pending is not None:
             pending[2].result()
+
+    def settle(self, job_id: str) -> None:
+        """Wait until a job written behind is on disk, for a reader in another process."""
+        self._settle(job_id)
 
     def flush(self) -> None:
         """Wait for every job being written behind (on shutdown)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from service.errors import InvalidInput
 
 # (layer name, rows slice, cols slice) -> 2-D float32 values of that window.
 WindowReader = Callable[[str, slice, slice], np.ndarray]
+
+TOO_SLOW = "making the footprints took too long at these parameters: raise threshold or min_area_px"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def extract_footprints(
     prediction: str,
     attention: list[str],
     options: FootprintOptions,
+    max_features: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Polygonise buildings of a stitched probability raster.
 
@@ -73,12 +78,24 @@ def extract_footprints(
         prediction: the probability layer's name.
         attention: spatial attention layer names to average per polygon.
         options: threshold, minimum area, simplification, output CRS.
+        max_features: most polygons in the answer.
+        deadline: ``time.monotonic()`` by which the answer must be made.
 
     Returns:
         A GeoJSON FeatureCollection (EPSG:4326 unless ``native_crs``).
+
+    Raises:
+        InvalidInput: past ``max_features`` or ``deadline``, saying which
+            parameters to raise.
     """
+
+    def check_time() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise InvalidInput(TOO_SLOW)
+
     mask = np.zeros((height, width), dtype=np.uint8)
     for first, block in probability_blocks:
+        check_time()
         with np.errstate(invalid="ignore"):
             mask[first : first + block.shape[0]] = block >= options.threshold
     affine = Affine(*transform[:6])
@@ -89,10 +106,16 @@ def extract_footprints(
     for geom, _ in rasterio.features.shapes(
         mask, mask=mask.astype(bool), connectivity=4, transform=affine
     ):
+        check_time()
         poly = shape(geom)
         area_px = poly.area / pixel_area
         if area_px < options.min_area_px:
             continue
+        if max_features is not None and len(features) >= max_features:
+            raise InvalidInput(
+                f"more than {max_features} polygons at these parameters: raise threshold or "
+                "min_area_px"
+            )
         if options.simplify_px > 0:
             poly = poly.simplify(options.simplify_px * pixel_size, preserve_topology=True)
         props = _polygon_stats(geom, affine, height, width, read, prediction, attention)
@@ -113,6 +136,7 @@ def extract_footprints(
         collection["crs"] = {"type": "name", "properties": {"name": name}}
         return collection
     for feature in features:
+        check_time()
         feature["geometry"] = rasterio.warp.transform_geom(
             crs_wkt, "EPSG:4326", feature["geometry"], precision=7
         )

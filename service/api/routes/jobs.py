@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
-import rasterio.crs
 from fastapi import APIRouter, Header, Query
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, Response
@@ -13,10 +11,9 @@ from starlette.responses import FileResponse, Response
 from service.api.deps import Job, State
 from service.api.responses import GEOTIFF, geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
-from service.jobs.store import GONE, JobRecord, JobStore
+from service.jobs.store import JobRecord, JobStore
 from service.pipeline import views
-from service.pipeline.layers import LayerReader
-from service.raster.footprints import FootprintOptions, extract_footprints
+from service.raster.footprints import FootprintOptions
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -49,6 +46,7 @@ async def delete_job(job: Job, state: State) -> Response:
     """A queued or running job is cancelled; a finished job and its files are deleted."""
     if job.finished:
         await asyncio.to_thread(state.store.delete, job.id)
+        state.footprints.forget(job.id)
         return result_json({"job_id": job.id, "state": "deleted"})
     record = await asyncio.to_thread(state.jobs.cancel, job)
     return result_json(
@@ -99,25 +97,15 @@ async def get_footprints(
     """Polygons of the stitched probability raster, each with mean probability and attention.
 
     RFC 7946 GeoJSON in EPSG:4326 by default; ``crs=native`` keeps the input's CRS.
+    More than ``ATTNSERVE_FOOTPRINTS_MAX_FEATURES`` polygons, or longer than
+    ``ATTNSERVE_FOOTPRINTS_TIMEOUT_S``, is a 422 that says which parameters to raise.
     """
     views.require_done(job)
     if job.model.get("task") != "segmentation" or job.kind != "raster":
         raise NotFound("footprints exist for segmentation jobs only")
     options = FootprintOptions(threshold, min_area_px, simplify_px, native_crs=crs == "native")
-    cache = state.store.file(job, f"footprints-{options.key()}.geojson")
-    # Answered from memory (a GeoJSON is small): a file streamed after its headers
-    # could vanish mid-answer if the job is deleted meanwhile.
-    try:
-        data = await asyncio.to_thread(cache.read_bytes)
-    except FileNotFoundError:
-        collection = await asyncio.to_thread(_footprints, job, state.store, options)
-        data = json.dumps(collection, separators=(",", ":")).encode()
-        tmp = cache.with_suffix(".tmp")
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(cache)
-        except FileNotFoundError:
-            raise NotFound(GONE) from None
+    # Made in a worker process, bounded in polygons and time, kept per parameters.
+    data = await state.footprints.geojson(job, options)
     return Response(
         data,
         media_type="application/geo+json",
@@ -126,28 +114,3 @@ async def get_footprints(
             "Cache-Control": "no-store",
         },
     )
-
-
-def _footprints(job: JobRecord, store: JobStore, options: FootprintOptions) -> dict[str, object]:
-    prediction = next(la["name"] for la in job.layers if la["role"] == "prediction")
-    attention = views.spatial_attention_names(job)
-    georef = job.georef or {}
-    with LayerReader(job, store) as reader:
-        height, width = reader.size
-        return extract_footprints(
-            reader.blocks(prediction),
-            height,
-            width,
-            tuple(georef["transform"]),
-            _wkt(georef.get("crs")),
-            reader.read,
-            prediction,
-            attention,
-            options,
-        )
-
-
-def _wkt(crs: str | None) -> str | None:
-    if not crs:
-        return None
-    return str(rasterio.crs.CRS.from_user_input(crs).to_wkt())

@@ -49,8 +49,8 @@ def _no_model(ref: str) -> Any:
 def _queued_job(store: JobStore) -> str:
     record = store.new_record(MODEL, "raster", None)
     record.state = "queued"
-    record.params = {"model": "footprints", "inputs": ["input-0.tif"]}
-    store.save(record, {}, files={"input-0.tif": b"not read by this runner"})
+    record.params = {"model": "footprints", "inputs": ["input_0.tif"]}
+    store.save(record, {}, files={"input_0.tif": b"not read by this runner"})
     return record.id
 
 

@@ -1,0 +1,258 @@
+"""A job's footprints: made in a worker process with bounds, kept per job and parameters.
+
+GDAL's polygonize holds Python's GIL for its whole run: on a noisy 2048 x 2048
+probability map it ran 14 s in which no other thread of the process did
+anything, so no worker thread could keep it off the event loop. Each
+extraction runs in a process of its own (forked from a server that has the
+modules loaded, so it starts in milliseconds), which is killed at the deadline.
+Answers are kept in a bounded cache; concurrent requests for the same job and
+parameters share one extraction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import rasterio.crs
+
+from service.errors import (
+    AttnserveError,
+    InferenceFailed,
+    InvalidInput,
+    InvalidRaster,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedRaster,
+)
+from service.jobs.store import JobRecord, JobStore
+from service.pipeline import views
+from service.pipeline.layers import LayerReader
+from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
+
+log = logging.getLogger(__name__)
+
+# Errors a worker reports by code; anything else is the server's failure.
+_ERRORS: dict[str, type[AttnserveError]] = {
+    cls.code: cls
+    for cls in (InvalidInput, InvalidRaster, UnsupportedRaster, NotFound, PayloadTooLarge)
+}
+# Time a worker gets past the deadline to report its own (clearer) error.
+_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class FootprintLimits:
+    """Bounds of footprints extraction.
+
+    Attributes:
+        max_features: most polygons in one answer (422 past it).
+        timeout_s: longest one extraction may take (422 past it), and longest
+            one may wait for a worker (503 past it).
+        workers: extractions running at the same time.
+        max_waiting: extractions waiting for a worker; more are refused (503).
+        cache_bytes: memory for answers kept per job and parameters.
+    """
+
+    max_features: int = 50_000
+    timeout_s: float = 30.0
+    workers: int = 1
+    max_waiting: int = 8
+    cache_bytes: int = 64 * 2**20
+
+
+def footprints_of(
+    job: JobRecord,
+    store: JobStore,
+    options: FootprintOptions,
+    max_features: int | None = None,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """A segmentation job's building polygons as a GeoJSON FeatureCollection."""
+    prediction = next(la["name"] for la in job.layers if la["role"] == "prediction")
+    attention = views.spatial_attention_names(job)
+    georef = job.georef or {}
+    with LayerReader(job, store) as reader:
+        height, width = reader.size
+        return extract_footprints(
+            reader.blocks(prediction),
+            height,
+            width,
+            tuple(georef["transform"]),
+            _wkt(georef.get("crs")),
+            reader.read,
+            prediction,
+            attention,
+            options,
+            max_features=max_features,
+            deadline=deadline,
+        )
+
+
+def _wkt(crs: str | None) -> str | None:
+    if not crs:
+        return None
+    return str(rasterio.crs.CRS.from_user_input(crs).to_wkt())
+
+
+def _work(
+    conn: Connection,
+    root: str,
+    job: dict[str, Any],
+    options: FootprintOptions,
+    max_features: int,
+    timeout_s: float,
+) -> None:
+    """A worker process: one extraction, its GeoJSON (or error) sent back on ``conn``."""
+    try:
+        store = JobStore(Path(root), ttl_s=1.0, scan=False)
+        deadline = time.monotonic() + timeout_s
+        collection = footprints_of(JobRecord(**job), store, options, max_features, deadline)
+        conn.send(("ok", json.dumps(collection, separators=(",", ":")).encode()))
+    except AttnserveError as exc:
+        conn.send(("error", exc.code, exc.message))
+    except Exception:
+        log.exception("footprints of job %s failed", str(job.get("id"))[:6])
+        conn.send(("error", "internal_error", "the footprints could not be made"))
+    finally:
+        conn.close()
+
+
+class FootprintService:
+    """Footprints of jobs, extracted in worker processes, bounded and cached.
+
+    Args:
+        store: the job store.
+        limits: features, time, concurrency and cache bounds.
+    """
+
+    def __init__(self, store: JobStore, limits: FootprintLimits) -> None:
+        self.store = store
+        self.limits = limits
+        self._context = multiprocessing.get_context("forkserver")
+        # The fork server imports these once; each worker is forked from it.
+        self._context.set_forkserver_preload([__name__])
+        self._slots: asyncio.Semaphore | None = None
+        self._queued = 0
+        self._cache: collections.OrderedDict[tuple[str, str], bytes] = collections.OrderedDict()
+        self._cache_size = 0
+        self._flights: dict[tuple[str, str], asyncio.Task[bytes]] = {}
+        self.extractions = 0  # worker processes started
+
+    async def geojson(self, job: JobRecord, options: FootprintOptions) -> bytes:
+        """The job's footprints at ``options`` as GeoJSON bytes (cached).
+
+        Raises:
+            InvalidInput: more than ``max_features`` polygons, or slower than
+                ``timeout_s``: the message says which parameters to raise.
+            Overloaded: too many extractions running and waiting.
+        """
+        key = (job.id, options.key())
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        flight = self._flights.get(key)
+        if flight is None:
+            if self._queued >= self.limits.workers + self.limits.max_waiting:
+                raise Overloaded(
+                    f"{self._queued} footprints extractions are running or waiting; retry shortly",
+                    retry_after_s=5,
+                )
+            flight = asyncio.create_task(self._extract(job, options), name="footprints")
+            self._queued += 1
+            self._flights[key] = flight
+            flight.add_done_callback(lambda task: self._landed(key, task))
+        # Shielded: a client that hangs up does not stop the others' extraction.
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: tuple[str, str], task: asyncio.Task[bytes]) -> None:
+        self._flights.pop(key, None)
+        self._queued -= 1
+        if task.cancelled() or task.exception() is not None:
+            return
+        data = task.result()
+        if len(data) > self.limits.cache_bytes:
+            return
+        self._cache[key] = data
+        self._cache_size += len(data)
+        while self._cache_size > self.limits.cache_bytes:
+            _, dropped = self._cache.popitem(last=False)
+            self._cache_size -= len(dropped)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's cached answers (it was deleted)."""
+        for key in [k for k in self._cache if k[0] == job_id]:
+            self._cache_size -= len(self._cache.pop(key))
+
+    async def _extract(self, job: JobRecord, options: FootprintOptions) -> bytes:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limits.workers)
+        # Waiting counts towards the deadline too: six noisy requests at once must
+        # not leave the last one queued for six deadlines.
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.limits.timeout_s)
+        except TimeoutError:
+            raise Overloaded(
+                "footprints extractions are busy with other requests; retry shortly",
+                retry_after_s=5,
+            ) from None
+        try:
+            return await self._in_worker(job, options)
+        finally:
+            self._slots.release()
+
+    async def _in_worker(self, job: JobRecord, options: FootprintOptions) -> bytes:
+        await asyncio.to_thread(self.store.settle, job.id)
+        receiver, sender = self._context.Pipe(duplex=False)
+        limits = self.limits
+        process = self._context.Process(
+            target=_work,
+            args=(
+                sender,
+                str(self.store.root),
+                asdict(job),
+                options,
+                limits.max_features,
+                limits.timeout_s,
+            ),
+            name=f"footprints-{job.id[:6]}",
+            daemon=True,
+        )
+        self.extractions += 1
+        try:
+            await asyncio.to_thread(process.start)
+            sender.close()
+            if not await asyncio.to_thread(receiver.poll, limits.timeout_s + _GRACE_S):
+                raise InvalidInput(TOO_SLOW)
+            message = await asyncio.to_thread(receiver.recv)
+        except EOFError:
+            log.error(
+                "footprints worker of job %s died (exit code %s)", job.id[:6], process.exitcode
+            )
+            raise InferenceFailed(
+                "the footprints could not be made (the server ran out of resources); "
+                "retry with a higher threshold or min_area_px"
+            ) from None
+        finally:
+            # Killed at the deadline, or once it answered; never left behind.
+            if process.is_alive():
+                process.kill()
+            with contextlib.suppress(ValueError):  # never started
+                await asyncio.to_thread(process.join)
+            receiver.close()
+        if message[0] == "ok":
+            data: bytes = message[1]
+            return data
+        _, code, text = message
+        raise _ERRORS.get(code, InferenceFailed)(text)
