@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap-mb", type=float, default=4096, help="SIGKILL the server above")
     parser.add_argument("--soak", type=float, default=0, help="seconds of mixed soak (0: none)")
     parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--commit", help="the code's commit, where the tree is not a checkout")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("ATTNSERVE_TEST_MODEL_DIR", REPO / "models" / "shipped")
     )
     run: dict[str, Any] = {
-        "commit": git_sha(),
+        "commit": args.commit or git_sha(),
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cap_mb": args.cap_mb,
         "load_average": load_average(),

@@ -257,11 +257,11 @@ class Harness:
         return result
 
     def close(self) -> None:
-        """Stop the shared server and remove every temporary file."""
+        """Stop the shared server; job directories are gone, the servers' logs are kept."""
         if self._shared is not None:
             self._release(self._shared)
             self._shared = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        print(f"server logs: {self.tmp}", flush=True)
 
 
 def _delta(before: dict[str, float], after: dict[str, float] | None) -> dict[str, float] | str:

@@ -39,7 +39,7 @@ def _scene_job(
     except httpx.HTTPError as exc:
         return [f"-1 ({type(exc).__name__})"], None, time.monotonic() - started
     if resp.status_code != 202:
-        return [str(resp.status_code)], None, time.monotonic() - started
+        return [f"{resp.status_code} {resp.text[:160]}"], None, time.monotonic() - started
     job = ctx.wait_job(resp.json()["job_id"], finished, limit_s)
     state = "job:" + (job or {}).get("state", "unknown") if job else "job: no answer"
     return ["202", state], job, time.monotonic() - started
@@ -47,11 +47,13 @@ def _scene_job(
 
 def _tile_4096(ctx: Ctx, data: bytes) -> Outcome:
     statuses, job, took = _scene_job(ctx, data, {"tile_size": "4096"}, 150)
-    ok = statuses[0] in {"400", "413", "422"} or statuses == ["202", "job:done"]
+    ok = statuses[0][:3] in {"400", "413", "422"} or statuses == ["202", "job:done"]
     notes = [f"upload {len(data)} B"]
     if job is not None:
         notes.append(f"progress {job.get('progress')}, error {job.get('error')}")
-        if not finished(job):
+        if ctx.server.proc.poll() is not None:
+            notes.append("the server died while the job ran")
+        elif not finished(job):
             ctx.request("DELETE", f"/jobs/{job['job_id']}")
             notes.append("still running at the limit: cancelled")
     return Outcome(statuses, ok, took, notes)
@@ -153,10 +155,12 @@ def _all_nodata(ctx: Ctx, data: bytes) -> Outcome:
 
 
 def _noisy_footprints(ctx: Ctx, data: bytes) -> Outcome:
-    made = ctx.upload(data)
-    if made.status_code != 200:
-        return Outcome([str(made.status_code)], False, 0.0, ["the noisy job was not made"])
-    job_id = made.json()["job_id"]
+    # As a scene job: a synchronous 2048 x 2048 prediction can pass the request
+    # deadline on a busy 2-core machine, and the footprints are the case here.
+    statuses, job, _ = _scene_job(ctx, data, {"async": "true"}, 300)
+    if job is None or job.get("state") != "done":
+        return Outcome(statuses, False, 0.0, ["the noisy job was not made"])
+    job_id = job["job_id"]
     started = time.monotonic()
 
     def one(threshold: float) -> tuple[int, float]:
@@ -170,7 +174,7 @@ def _noisy_footprints(ctx: Ctx, data: bytes) -> Outcome:
 
     got = concurrently([partial(one, t) for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)])
     return Outcome(
-        ["200"] + [str(s) for s, _ in got],
+        [*statuses, *(str(s) for s, _ in got)],
         statuses_ok([s for s, _ in got], CLIENT_ERRORS | {200}),
         time.monotonic() - started,
         ["each: " + ", ".join(f"{s} in {t:.1f} s" for s, t in got)],
@@ -262,6 +266,6 @@ def event_loop_cases() -> list[Case]:
             "200 or 4xx each",
             lambda: files.geotiff(files.noise(2048, seed=11)),
             _noisy_footprints,
-            limit_s=240,
+            limit_s=420,
         ),
     ]
