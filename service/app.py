@@ -216,9 +216,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=int(settings.max_upload_mb * 2**20),
         max_json_bytes=int(settings.max_json_mb * 2**20),
         read_timeout_s=settings.body_read_timeout_s,
+        min_rate_bps=settings.body_min_rate_bps,
+        rate_window_s=settings.body_rate_window_s,
     )
     # Outside the body limit: refused work never has its body read.
-    app.add_middleware(Admission, max_in_flight=settings.max_concurrent_requests)
+    app.add_middleware(
+        Admission,
+        max_in_flight=settings.max_concurrent_requests,
+        max_uploads=settings.max_concurrent_uploads,
+        max_uploads_per_ip=settings.max_uploads_per_ip,
+        max_uploads_per_key=settings.max_uploads_per_key,
+    )
     app.add_middleware(Observe, metrics=app_metrics)
     app.add_middleware(v2.OipErrorShape)
     return app

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import hmac
 import re
 import time
@@ -23,14 +25,16 @@ _JSON_TYPES = (b"application/json",)
 
 
 class BodyLimit:
-    """Refuses bodies over their limit (413) and bodies that stall (408).
+    """Refuses bodies over their limit (413) and bodies that stall or trickle (408).
 
     Content-Length is checked up front; chunked bodies are counted as they
     stream in, so a lying or missing Content-Length gains nothing. JSON bodies
     have their own, smaller limit. Each wait for the next chunk is bounded by
-    ``read_timeout_s``, so a client trickling its body cannot hold a worker.
-    Once a body is refused, whatever the app answers (its parser may have
-    turned the error into a 422) is replaced by the refusal.
+    ``read_timeout_s``, and every ``rate_window_s`` (the first window is the
+    grace period) at least ``min_rate_bps`` bytes per second must have come: a
+    client sending one byte every few seconds never trips a gap timeout, but
+    it trips this. Once a body is refused, whatever the app answers (its parser
+    may have turned the error into a 422) is replaced by the refusal.
     """
 
     def __init__(
@@ -40,8 +44,12 @@ class BodyLimit:
         max_json_bytes: int | None = None,
         read_timeout_s: float | None = None,
         max_head_bytes: int = 64 * 1024,
+        min_rate_bps: float = 0.0,
+        rate_window_s: float = 10.0,
     ) -> None:
         self.app = app
+        self.min_rate_bps = min_rate_bps
+        self.rate_window_s = rate_window_s
         self.max_bytes = max_bytes
         self.max_head_bytes = max_head_bytes
         self.max_json_bytes = max_json_bytes or max_bytes
@@ -83,25 +91,58 @@ class BodyLimit:
         body_done = False
         refusal: Response | None = None
         started = replaced = False
+        loop = asyncio.get_running_loop()
+        window_end = loop.time() + self.rate_window_s
+        window_seen = 0
+
+        def trickling(now: float) -> bool:
+            """Whether the window that just ended brought too few bytes (then a new one starts)."""
+            nonlocal window_end, window_seen
+            if not self.min_rate_bps or now < window_end:
+                return False
+            if seen - window_seen < self.min_rate_bps * self.rate_window_s:
+                return True
+            window_end, window_seen = now + self.rate_window_s, seen
+            return False
+
+        async def next_message() -> Message:
+            nonlocal refusal
+            # One receive, waited for in steps: the rate is judged at each window's
+            # end even while no byte comes.
+            pending = asyncio.ensure_future(receive())
+            stall_at = loop.time() + (self.read_timeout_s or float("inf"))
+            while True:
+                until = min(stall_at, window_end if self.min_rate_bps else float("inf"))
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, until - loop.time()))
+                if done:
+                    return pending.result()
+                now = loop.time()
+                if now >= stall_at:
+                    refusal = self._too_slow()
+                elif trickling(now):
+                    refusal = self._trickling()
+                else:
+                    continue
+                pending.cancel()
+                raise BodyRefused
 
         async def counted() -> Message:
             nonlocal seen, body_done, refusal
             if refusal is not None:
                 raise BodyRefused
-            if body_done or self.read_timeout_s is None:
+            if body_done or (self.read_timeout_s is None and not self.min_rate_bps):
                 # After the body only http.disconnect is left to wait for.
                 message = await receive()
             else:
-                try:
-                    message = await asyncio.wait_for(receive(), self.read_timeout_s)
-                except TimeoutError:
-                    refusal = self._too_slow()
-                    raise BodyRefused from None
+                message = await next_message()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if seen > limit:
                     refusal = self._too_large(limit)
+                    raise BodyRefused
+                if not body_done and trickling(loop.time()):
+                    refusal = self._trickling()
                     raise BodyRefused
             return message
 
@@ -132,6 +173,15 @@ class BodyLimit:
             headers={"Connection": "close"},
         )
 
+    def _trickling(self) -> Response:
+        return error_response(
+            408,
+            "request_timeout",
+            f"the request body is arriving too slowly: under {self.min_rate_bps:g} bytes/s "
+            f"over {self.rate_window_s:g} s",
+            headers={"Connection": "close"},
+        )
+
     def _too_slow(self) -> Response:
         return error_response(
             408,
@@ -144,17 +194,36 @@ class BodyLimit:
 class Admission:
     """Refuses new work with 503 while draining or when too many requests are in flight.
 
-    Probes and metrics are always let through, so a busy or draining server
-    still says how it is. The draining flag is read from the app's state (set
-    by the lifespan, and by the signal handler on SIGTERM).
+    A request counts against ``max_in_flight`` once its body is in (or once it
+    is answered, if sooner). While its body is still arriving it holds an
+    upload place instead: at most ``max_uploads`` in all (503 past it) and at
+    most ``max_uploads_per_ip`` per client address and ``max_uploads_per_key``
+    per API key (429 past them). So clients that trickle their bodies cannot
+    take the slots others' requests are processed in; BodyLimit then cuts them
+    off by rate. Probes and metrics are always let through, so a busy or
+    draining server still says how it is. The draining flag is read from the
+    app's state (set by the lifespan, and by the signal handler on SIGTERM).
     """
 
     EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        max_uploads: int = 0,
+        max_uploads_per_ip: int = 0,
+        max_uploads_per_key: int = 0,
+    ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
+        self.max_uploads = max_uploads
+        self.max_uploads_per_ip = max_uploads_per_ip
+        self.max_uploads_per_key = max_uploads_per_key
         self.in_flight = 0
+        self.uploads = 0
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._per_key: collections.Counter[str] = collections.Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT_PATHS:
@@ -179,11 +248,92 @@ class Admission:
             )
             await response(scope, receive, send)
             return
-        self.in_flight += 1
+        if not _has_body(scope):
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+            return
+        ip = str((scope.get("client") or ("",))[0])
+        key = hashlib.sha256(_bearer(scope)).hexdigest()[:16] if _bearer(scope) else ""
+        refused = self._refuse_upload(ip, key)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        self._count_upload(ip, key, 1)
+        uploading = True
+
+        def body_in() -> None:
+            nonlocal uploading
+            if uploading:
+                uploading = False
+                self._count_upload(ip, key, -1)
+                self.in_flight += 1
+
+        async def tracked_receive() -> Message:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_in()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                body_in()  # answered before its body was read whole
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, tracked_receive, tracked_send)
         finally:
-            self.in_flight -= 1
+            if uploading:
+                self._count_upload(ip, key, -1)
+            else:
+                self.in_flight -= 1
+
+    def _refuse_upload(self, ip: str, key: str) -> Response | None:
+        if self.max_uploads and self.uploads >= self.max_uploads:
+            return error_response(
+                503,
+                "overloaded",
+                f"too many request bodies arriving (limit {self.max_uploads}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        if key and self.max_uploads_per_key and self._per_key[key] >= self.max_uploads_per_key:
+            return error_response(
+                429,
+                "too_many_requests",
+                f"this API key already has {self._per_key[key]} request bodies arriving (limit "
+                f"{self.max_uploads_per_key}); finish those first",
+                headers={"Retry-After": "1"},
+            )
+        if self.max_uploads_per_ip and self._per_ip[ip] >= self.max_uploads_per_ip:
+            return error_response(
+                429,
+                "too_many_requests",
+                f"this address already has {self._per_ip[ip]} request bodies arriving (limit "
+                f"{self.max_uploads_per_ip}); finish those first",
+                headers={"Retry-After": "1"},
+            )
+        return None
+
+    def _count_upload(self, ip: str, key: str, step: int) -> None:
+        self.uploads += step
+        self._per_ip[ip] += step
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
+        if key:
+            self._per_key[key] += step
+            if self._per_key[key] <= 0:
+                del self._per_key[key]
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False
 
 
 class Observe:

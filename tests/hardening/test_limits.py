@@ -6,58 +6,104 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
+from bench.scenes import tile_scene
 from tests.service.conftest import LiveServer
 
 
-def _held_body(release: threading.Event) -> Iterator[bytes]:
-    # A JSON body that is slow but within the read timeout: the request stays in flight.
+def _trickle(gap_s: float, stop: threading.Event) -> Iterator[bytes]:
+    """A valid JSON body, one padding byte every ``gap_s``, until ``stop`` or 30 s."""
     yield b'{"model": "crops",'
-    release.wait(4)
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        time.sleep(gap_s)
+        yield b" "
     yield b' "days": [1]}'
 
 
-def test_concurrency_limit_slow_heads_docs_switch_and_headers(
-    start_server: Callable[..., LiveServer],
+def test_trickling_bodies_take_no_request_slot_are_capped_per_client_and_cut_off(
+    start_server: Callable[..., LiveServer], shared_data: Path, tmp_path: Path
 ) -> None:
     server = start_server(
-        docs_enabled="false",
-        max_concurrent_requests="2",
+        max_concurrent_requests="1",
+        max_uploads_per_ip="2",
+        body_min_rate_bps="50",
+        body_rate_window_s="2",
         body_read_timeout_s="8",
-        request_head_timeout_s="1",
     )
     url = server.url
+    stop = threading.Event()
+    trickled: list[tuple[int, str, float]] = []
 
-    # Two requests holding the only two slots: the third is refused, probes are not.
-    release = threading.Event()
-    held: list[int] = []
-
-    def hold() -> None:
+    def trickle() -> None:
+        began = time.monotonic()
         resp = httpx.post(
             f"{url}/predict",
-            content=_held_body(release),
+            content=_trickle(0.5, stop),
             headers={"content-type": "application/json"},
             timeout=30,
         )
-        held.append(resp.status_code)
+        trickled.append((resp.status_code, resp.text, time.monotonic() - began))
 
-    holders = [threading.Thread(target=hold) for _ in range(2)]
-    for t in holders:
+    tricklers = [threading.Thread(target=trickle) for _ in range(2)]
+    for t in tricklers:
         t.start()
-    time.sleep(1.0)
-    refused = httpx.get(f"{url}/models")
-    assert refused.status_code == 503
-    assert refused.headers["retry-after"] == "1"
-    assert "too many requests in flight" in refused.json()["error"]["message"]
+    time.sleep(0.7)
+    # The address's two upload places are taken: a third upload waits its turn (429)...
+    third = httpx.post(f"{url}/predict", json={"model": "crops", "days": [1]})
+    assert third.status_code == 429, third.text
+    assert "request bodies arriving (limit 2)" in third.json()["error"]["message"]
+    # ...but the trickling bodies hold none of the one request slot, and probes answer.
+    assert httpx.get(f"{url}/models").status_code == 200
     for path in ("/healthz", "/readyz", "/metrics"):
         assert httpx.get(url + path).status_code == 200, path
-    release.set()
-    for t in holders:
+    for t in tricklers:
         t.join()
-    assert held == [422, 422]  # answered in full once their bodies came
+    stop.set()
+    # Under 50 bytes/s once the 2 s grace window is over: 408, well before 30 s.
+    for status, text, took in trickled:
+        assert status == 408, text
+        assert "arriving too slowly" in text
+        assert took < 6
+    assert httpx.post(f"{url}/predict", json={"model": "crops", "days": [1]}).status_code == 422
+
+    # A request being processed holds the one slot: others get 503, probes do not.
+    scene = tile_scene(shared_data / "cogeo.tif", 2, tmp_path / "scene.tif")
+    answer: list[int] = []
+    predict = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(
+                f"{url}/predict",
+                data={"model": "footprints"},
+                files={"image": ("scene.tif", scene.read_bytes(), "image/tiff")},
+                timeout=120,
+            ).status_code
+        )
+    )
+    predict.start()
+    refused = None
+    while predict.is_alive() and refused is None:
+        resp = httpx.get(f"{url}/models")
+        if resp.status_code == 503:
+            refused = resp
+        time.sleep(0.05)
+    assert refused is not None, "no request was refused while the prediction ran"
+    assert refused.headers["retry-after"] == "1"
+    assert "too many requests in flight" in refused.json()["error"]["message"]
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    predict.join()
+    assert answer[0] in (200, 202)  # answered, or made a job (by the memory budget)
     assert httpx.get(f"{url}/models").status_code == 200
+
+
+def test_slow_heads_docs_switch_and_headers(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    server = start_server(docs_enabled="false", request_head_timeout_s="1")
+    url = server.url
 
     # A client that never finishes its request head is disconnected.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
