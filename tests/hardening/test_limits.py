@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pytest
 
 from bench.scenes import tile_scene
 from tests.service.conftest import LiveServer
@@ -126,3 +128,80 @@ def test_slow_heads_docs_switch_and_headers(
     missing = httpx.get(f"{url}/jobs/{'A' * 24}")
     assert missing.headers["cache-control"] == "no-store"
     assert set(missing.json()["error"]) >= {"code", "message", "status"}
+
+
+def _trickler(port: int, stop: threading.Event, statuses: list[bytes]) -> None:
+    """A client that sends a valid head, then one body byte every 5 s; reconnects when cut."""
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n"
+    )
+    while not stop.is_set():
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            s.sendall(head)
+            s.settimeout(5)
+            while not stop.is_set():
+                try:
+                    s.sendall(b" ")
+                    answer = s.recv(64)
+                except TimeoutError:
+                    continue  # nothing said: trickle on
+                except OSError:
+                    answer = b""
+                statuses.append(answer[9:12] if answer else b"closed")
+                break
+
+
+@pytest.mark.slow
+def test_64_trickling_clients_leave_8_normal_clients_served(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    server = start_server()
+    stop = threading.Event()
+    cut: list[bytes] = []
+    tricklers = [
+        threading.Thread(target=_trickler, args=(server.port, stop, cut), daemon=True)
+        for _ in range(64)
+    ]
+    for t in tricklers:
+        t.start()
+    time.sleep(2)
+    latencies: list[float] = []
+    statuses: list[int] = []
+    health: list[float] = []
+    body = {
+        "model": "crops",
+        "days": [10, 40, 70],
+        "parcels": [{"id": "p", "series": [[1000.0] * 10] * 3}],
+    }
+
+    def normal() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                began = time.monotonic()
+                statuses.append(client.post("/predict", json=body).status_code)
+                latencies.append(time.monotonic() - began)
+                time.sleep(0.2)
+
+    def probe() -> None:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+            health.append(time.monotonic() - began)
+            time.sleep(0.25)
+
+    workers = [threading.Thread(target=normal) for _ in range(8)]
+    workers.append(threading.Thread(target=probe))
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    assert set(statuses) == {200}, sorted(set(statuses))
+    assert float(np.percentile(latencies, 99)) < 5
+    assert max(health) < 1
+    # Under 1 KiB/s once the 10 s grace window is over, every trickler was cut off.
+    assert cut
+    assert set(cut) <= {b"408", b"closed"}
