@@ -127,3 +127,50 @@ def footprint_scores(
         "buildings": float(counts.actual),
         "predicted_buildings": float(counts.predicted),
     }
+
+
+@dataclass(frozen=True)
+class GateContrast:
+    """Sums of an attention gate inside and outside buildings, which add up across images."""
+
+    inside_sum: float = 0.0
+    inside_n: int = 0
+    outside_sum: float = 0.0
+    outside_n: int = 0
+
+    def __add__(self, other: GateContrast) -> GateContrast:
+        return GateContrast(
+            self.inside_sum + other.inside_sum,
+            self.inside_n + other.inside_n,
+            self.outside_sum + other.outside_sum,
+            self.outside_n + other.outside_n,
+        )
+
+    @property
+    def ratio(self) -> float:
+        """Mean gate inside buildings / mean outside (nan without both)."""
+        if not self.inside_n or not self.outside_n or not self.outside_sum:
+            return float("nan")
+        return (self.inside_sum / self.inside_n) / (self.outside_sum / self.outside_n)
+
+
+def gate_contrast(gate: np.ndarray, truth: np.ndarray) -> GateContrast:
+    """Compare a gate map ``(h, w)`` inside and outside the buildings of ``truth`` ``(H, W)``.
+
+    The gate may be coarser than the mask by an integer stride (``H = s * h``):
+    a gate cell counts as inside when most of the pixels it covers are
+    buildings, so each gate value is judged at its own resolution.
+    """
+    g = np.asarray(gate, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    s = t.shape[0] // g.shape[0]
+    if s < 1 or g.shape[0] * s != t.shape[0] or g.shape[1] * s != t.shape[1]:
+        raise ValueError(f"mask {t.shape} is not an integer multiple of gate {g.shape}")
+    frac = t.reshape(g.shape[0], s, g.shape[1], s).mean(axis=(1, 3))
+    inside = frac >= 0.5
+    return GateContrast(
+        float(g[inside].sum()),
+        int(inside.sum()),
+        float(g[~inside].sum()),
+        int((~inside).sum()),
+    )

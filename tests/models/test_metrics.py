@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.metrics import building_counts, footprint_scores, pixel_iou
+from models.metrics import (
+    GateContrast,
+    building_counts,
+    footprint_scores,
+    gate_contrast,
+    pixel_iou,
+)
 
 
 def _box(mask: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray:
@@ -86,3 +92,34 @@ def test_scores_pool_pixels_and_buildings_over_tiles() -> None:
     assert scores["building_f1"] == pytest.approx(2 / 3)
     assert scores["buildings"] == 2
     assert scores["predicted_buildings"] == 1
+
+
+def test_gate_contrast_at_the_masks_resolution() -> None:
+    truth = _box(np.zeros((8, 8), np.uint8), 0, 0, 4, 4)
+    gate = np.where(truth == 1, 0.9, 0.3)
+    c = gate_contrast(gate, truth)
+    assert (c.inside_n, c.outside_n) == (16, 48)
+    assert c.ratio == pytest.approx(3.0)
+
+
+def test_gate_contrast_of_a_coarser_gate_judges_each_cell_by_its_majority() -> None:
+    truth = _box(np.zeros((8, 8), np.uint8), 0, 0, 4, 3)  # cells of column 1: half building
+    gate = np.array([[0.8, 0.2, 0.2, 0.2]] * 2 + [[0.2, 0.2, 0.2, 0.2]] * 2)
+    c = gate_contrast(gate, truth)  # stride 2: cells (0..1, 0..1) are at least half building
+    assert c.inside_n == 4
+    assert c.ratio == pytest.approx(((0.8 + 0.8 + 0.2 + 0.2) / 4) / 0.2)
+
+
+def test_gate_contrasts_add_up_across_images() -> None:
+    truth = _box(np.zeros((4, 4), np.uint8), 0, 0, 2, 2)
+    a = gate_contrast(np.where(truth == 1, 1.0, 0.5), truth)
+    b = gate_contrast(np.full((4, 4), 0.5), truth)
+    total = a + b
+    assert total.inside_n == 8
+    assert total.ratio == pytest.approx(0.75 / 0.5)
+    assert np.isnan(GateContrast().ratio)
+
+
+def test_gate_contrast_refuses_a_gate_that_does_not_tile_the_mask() -> None:
+    with pytest.raises(ValueError, match="integer multiple"):
+        gate_contrast(np.zeros((3, 3)), np.zeros((8, 8)))

@@ -1,0 +1,102 @@
+"""Batches for footprints training: real crops, negatives and synthetic tiles mixed.
+
+Every image is decoded once and kept in memory as an :class:`ImagePyramid`, so a
+batch costs a few resampled crops and no file reads. Each crop comes from the
+synthetic generator with probability ``synthetic_ratio``, from an image without
+buildings with probability ``negative_ratio``, and otherwise from an image with
+buildings; images are drawn in proportion to their pixel count, so every area
+of the data is as likely as any other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.data.augment import ImagePyramid, Radiometry, radiometric
+from models.data.buildings import SceneConfig, make_batch
+from models.data.footprint_sources import LabelledImage
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """How a batch is drawn.
+
+    Attributes:
+        tile_size: crop side in pixels.
+        scale: range of source pixels per crop pixel for images with buildings.
+        negative_scale: the same for negatives (often finer imagery, shrunk more).
+        synthetic_ratio: share of crops from the synthetic generator.
+        negative_ratio: share of crops from the negatives (when there are any).
+        value_range: raw values of the data's 0..1 (for radiometric changes).
+        radiometry: radiometric augmentation; None: off.
+        scenes: synthetic generator settings.
+    """
+
+    tile_size: int = 256
+    scale: tuple[float, float] = (0.5, 2.0)
+    negative_scale: tuple[float, float] = (0.5, 8.0)
+    synthetic_ratio: float = 0.0
+    negative_ratio: float = 0.15
+    value_range: tuple[float, float] = (0.0, 255.0)
+    radiometry: Radiometry | None = field(default_factory=Radiometry)
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+
+
+def _levels(scale: tuple[float, float]) -> int:
+    """Pyramid levels needed to shrink by up to ``scale[1]`` without aliasing."""
+    return max(1, round(math.log2(max(scale[1], 1.0))) + 1)
+
+
+class TrainingMix:
+    """Draws ``(x, y)`` batches: raw values ``(B, C, S, S)`` and masks ``(B, 1, S, S)``."""
+
+    def __init__(
+        self,
+        positives: Sequence[LabelledImage],
+        negatives: Sequence[LabelledImage],
+        config: MixConfig,
+    ) -> None:
+        if not positives and config.synthetic_ratio < 1.0:
+            raise ValueError("real training needs at least one image with buildings")
+        self.config = config
+        self.positives = [ImagePyramid(i.image, i.mask, _levels(config.scale)) for i in positives]
+        self.negatives = [
+            ImagePyramid(i.image, i.mask, _levels(config.negative_scale)) for i in negatives
+        ]
+        self._p_weights = self._weights(self.positives)
+        self._n_weights = self._weights(self.negatives)
+
+    @staticmethod
+    def _weights(pyramids: Sequence[ImagePyramid]) -> np.ndarray:
+        px = np.array([p.pixels for p in pyramids], dtype=np.float64)
+        return px / px.sum() if len(px) else px
+
+    def _crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        u = rng.random()
+        if self.negatives and u < c.negative_ratio:
+            pyr = self.negatives[int(rng.choice(len(self.negatives), p=self._n_weights))]
+            return pyr.crop(rng, c.tile_size, c.negative_scale)
+        if u < c.negative_ratio + c.synthetic_ratio or not self.positives:
+            im, m = make_batch(rng, 1, c.tile_size, c.scenes)
+            return torch.from_numpy(im[0].astype(np.float32)), torch.from_numpy(
+                m[0].astype(np.float32)
+            )
+        pyr = self.positives[int(rng.choice(len(self.positives), p=self._p_weights))]
+        return pyr.crop(rng, c.tile_size, c.scale)
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` augmented crops: ``(B, C, S, S)`` float32 raw values, ``(B, 1, S, S)`` masks."""
+        xs, ys = [], []
+        for _ in range(size):
+            x, y = self._crop(rng)
+            if self.config.radiometry is not None:
+                x = radiometric(rng, x, self.config.value_range, self.config.radiometry)
+            xs.append(x)
+            ys.append(y)
+        return torch.stack(xs), torch.stack(ys)[:, None]
