@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +123,7 @@ def test_finished_cog_matches_the_cog_drivers_own_overviews(
             np.testing.assert_array_equal(a.filled(0), b.filled(0))
 
 
-BIG = Georeference(
-    crs=GEOREF.crs, transform=GEOREF.transform, width=4096, height=4096
-)
+BIG = Georeference(crs=GEOREF.crs, transform=GEOREF.transform, width=4096, height=4096)
 
 
 @pytest.mark.parametrize(
@@ -162,3 +162,30 @@ def test_abort_leaves_no_file_behind(tmp_path: Path) -> None:
     assert sink.partial.exists()
     sink.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_finishing_a_full_output_leaves_other_threads_running(tmp_path: Path) -> None:
+    sink = RasterSink(tmp_path / "out.tif", GEOREF, ["a", "b"])
+    rng = np.random.default_rng(5)
+    for row in range(0, GEOREF.height, 512):
+        sink.write(row, rng.random((2, 512, GEOREF.width), dtype=np.float32))
+    stalls: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            began = time.perf_counter()
+            time.sleep(0.01)
+            stalls.append(time.perf_counter() - began - 0.01)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        out = sink.finish()
+    finally:
+        done.set()
+        ticker.join()
+    with rasterio.open(out) as got:
+        assert got.overviews(1) == [2, 4]
+    # GDAL's overview builder holds the GIL: in-process it stalled others for seconds.
+    assert max(stalls) < 0.3
