@@ -312,20 +312,31 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
             description="squeeze-and-excitation weight of each input band",
         )
     )
+    dtype = str(config.get("dtype", "uint8"))
+    lo, hi = (float(v) for v in config.get("value_range", (0.0, 255.0)))
+    gsd = config.get("gsd_m")
+    kind = (
+        "8-bit RGB"
+        if bands == list(DEFAULT_BANDS) and dtype == "uint8"
+        else (f"{c}-band {dtype} ({', '.join(bands)})")
+    )
     return Manifest(
         name=str(config.get("name", "footprints")),
         version=str(config.get("version", "1.0.0")),
         task="segmentation",
         description=(
-            "Building footprint segmentation of 8-bit RGB aerial imagery with an "
-            "Attention U-Net: building probability per pixel plus the attention gate "
+            f"Building footprint segmentation of {kind} aerial or satellite imagery with "
+            "an Attention U-Net: building probability per pixel plus the attention gate "
             "of every skip connection and the weight of each input band."
         ),
         input=InputSpec(
             bands=bands,
-            accepted_dtypes=["uint8"],
-            value_range=[0.0, 255.0],
-            units="8-bit digital numbers",
+            accepted_dtypes=[dtype],
+            value_range=[lo, hi],
+            units="8-bit digital numbers"
+            if dtype == "uint8" and (lo, hi) == (0.0, 255.0)
+            else f"{dtype} digital numbers in {lo:g}..{hi:g}",
+            gsd_m=None if gsd is None else float(gsd),
             normalization=Normalization(
                 mean=[float(m) for m in config.get("mean", DEFAULT_MEAN)],
                 std=[float(s) for s in config.get("std", DEFAULT_STD)],
@@ -340,7 +351,7 @@ def manifest(ckpt: dict[str, Any]) -> Manifest:
                 name="image",
                 dtype="float32",
                 shape=["batch", c, "height", "width"],
-                description="raw band values 0..255 as float32; height and width "
+                description=f"raw band values {lo:g}..{hi:g} as float32; height and width "
                 f"multiples of {2**depth}",
             ),
             TensorSpec(

@@ -1,11 +1,20 @@
 """Train the footprints Attention U-Net: ``attnserve train footprints``.
 
-By default it trains on seeded synthetic scenes (``models.data.buildings``),
-made on the fly, and scores held-out scenes made from a different seed. With
-``--image`` and ``--labels`` it trains on random crops of a real GeoTIFF with
-GeoJSON footprints instead, holding out the bottom part of the image for scores.
+Data, in the forms users have (they combine):
 
-Writes ``OUT/footprints.pt`` (for ``attnserve export``) and ``OUT/metrics.json``.
+* nothing: seeded synthetic scenes (``models.data.buildings``) made on the fly;
+* ``--image`` with ``--labels`` (GeoJSON footprints) or ``--mask`` (a raster
+  whose ``--mask-value`` or ``--mask-color`` marks buildings);
+* ``--data DIR``: folders of image/mask pairs (``images/`` + ``masks/``, or
+  ``<group>/images`` + ``<group>/masks`` such as the Dubai set's ``Tile N``);
+* ``--negatives``: images without buildings;
+* ``--synthetic-ratio``: a share of synthetic tiles mixed into real batches.
+
+Validation holds out whole groups (``--holdout``): a folder such as ``Tile 7``,
+or a single image. With one image only, its bottom rows are held out instead.
+The input bands, value range and normalisation come from the data and go into
+the checkpoint, hence the manifest. Writes ``OUT/footprints.pt`` (for
+``attnserve export``) and ``OUT/metrics.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import argparse
 import math
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +32,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.attention_unet import DEFAULT_BANDS, AttentionUNet, build
+from models.attention_unet import build
+from models.data.augment import Radiometry
 from models.data.buildings import SceneConfig, make_batch
-from models.metrics import footprint_scores
+from models.data.footprint_mix import MixConfig, TrainingMix
+from models.data.footprint_sources import LabelledImage, load_negatives
+from models.data.rasters import RasterDataError
 from models.train.common import save_checkpoint, seed_everything, set_threads, write_metrics
+from models.train.footprints_data import data_spec, real_images, split
+from models.train.footprints_eval import evaluate
 
 # Validation scenes come from this offset of the training seed, so they are
 # never among the training scenes; the shipped-model test uses yet another seed.
 VALIDATION_SEED_OFFSET = 1_000_003
-# Fraction of a real image's rows (at the bottom) kept out of training.
-HOLDOUT_FRACTION = 0.2
+# Gate targets stay inside (floor, 1 - floor): a pull towards the mask that
+# never asks for a fully closed gate, so the skip keeps some context outside.
+GATE_TARGET_FLOOR = 0.1
+RADIOMETRY = ", band gain, brightness, contrast, gamma, haze, blur, noise"
 
 TINY = {
     "steps": 3,
@@ -43,25 +59,96 @@ TINY = {
     "val_size": 64,
 }
 
-Batch = tuple[np.ndarray, np.ndarray]
+
+def _pair(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.replace(",", " ").split())
+    return lo, hi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the trainer's command-line options."""
-    parser.add_argument("--out", type=Path, default=Path("runs/footprints"), help="output folder")
-    parser.add_argument("--image", type=Path, default=None, help="real GeoTIFF (8-bit RGB)")
-    parser.add_argument("--labels", type=Path, default=None, help="GeoJSON footprints")
-    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=16, help="tiles per step")
-    parser.add_argument("--tile-size", type=int, default=128, help="training tile side (px)")
-    parser.add_argument("--width", type=int, default=16, help="channels of the finest level")
-    parser.add_argument("--depth", type=int, default=4, help="downsamplings (gated skips)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--val-tiles", type=int, default=48, help="held-out tiles to score")
-    parser.add_argument("--val-size", type=int, default=256, help="held-out tile side (px)")
-    parser.add_argument(
+    a = parser.add_argument
+    a("--out", type=Path, default=Path("runs/footprints"), help="output folder")
+    a("--image", type=Path, default=None, help="one real image (GeoTIFF, PNG or JPEG)")
+    a("--labels", type=Path, default=None, help="GeoJSON footprints of --image")
+    a("--mask", type=Path, default=None, help="mask raster of --image (same size)")
+    a(
+        "--data",
+        type=Path,
+        action="append",
+        default=[],
+        help="folder of image/mask pairs "
+        "(images/ + masks/, or <group>/images + <group>/masks); repeatable",
+    )
+    a("--mask-value", type=float, default=None, help="building value of one-band masks")
+    a("--mask-color", default=None, help="building colour of RGB or palette masks, '#RRGGBB'")
+    a(
+        "--negatives",
+        type=Path,
+        action="append",
+        default=[],
+        help="image file or folder of images without buildings; repeatable",
+    )
+    a(
+        "--holdout",
+        action="append",
+        default=None,
+        help="group held out for validation "
+        "(a folder such as 'Tile 7', or an image or negative's file stem); repeatable",
+    )
+    a(
+        "--synthetic-ratio",
+        type=float,
+        default=0.0,
+        help="share of synthetic tiles in batches of real data (RGB 0..255 data only)",
+    )
+    a("--negative-ratio", type=float, default=0.15, help="share of crops from --negatives")
+    a(
+        "--scale",
+        type=_pair,
+        default=(0.5, 2.0),
+        metavar="'LO HI'",
+        help="resampling range, source pixels per training pixel (default '0.5 2')",
+    )
+    a(
+        "--negative-scale",
+        type=_pair,
+        default=(0.5, 8.0),
+        metavar="'LO HI'",
+        help="the same for negatives (default '0.5 8', for finer imagery)",
+    )
+    a(
+        "--value-range",
+        type=_pair,
+        default=None,
+        metavar="'LO HI'",
+        help="raw values the imagery spans (default 0..255 for uint8; needed for uint16)",
+    )
+    a("--band-names", default=None, help="comma-separated band names (default: RGB or RGBN)")
+    a(
+        "--gsd",
+        type=float,
+        default=None,
+        help="metres per pixel of the data (default: from a georeferenced image)",
+    )
+    a("--no-augment", action="store_true", help="no radiometric augmentation")
+    a(
+        "--gate-loss",
+        type=float,
+        default=0.1,
+        help="weight of the loss pulling each attention gate to the building mask",
+    )
+    a("--steps", type=int, default=1500, help="optimiser steps")
+    a("--batch-size", type=int, default=16, help="tiles per step")
+    a("--tile-size", type=int, default=128, help="training tile side (px)")
+    a("--width", type=int, default=16, help="channels of the finest level")
+    a("--depth", type=int, default=4, help="downsamplings (gated skips)")
+    a("--lr", type=float, default=3e-3, help="peak learning rate")
+    a("--seed", type=int, default=0, help="seed of data and weights")
+    a("--threads", type=int, default=None, help="torch CPU threads")
+    a("--val-tiles", type=int, default=48, help="synthetic runs: held-out tiles to score")
+    a("--val-size", type=int, default=256, help="synthetic runs: held-out tile side (px)")
+    a(
         "--max-minutes",
         type=float,
         default=None,
@@ -72,25 +159,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("forest", "with a patch of closed forest"),
         ("lots", "with paved lots"),
     ):
-        parser.add_argument(
+        a(
             f"--{name}",
             type=float,
             default=0.0,
             help=f"synthetic data: probability of a tile {what} (default 0)",
         )
-    parser.add_argument("--tiny", action="store_true", help="a seconds-long run, for CI")
-    parser.add_argument("--name", default="footprints", help="model name in the manifest")
-    parser.add_argument("--version", default="1.0.0", help="model version in the manifest")
+    a("--tiny", action="store_true", help="a seconds-long run, for CI")
+    a("--name", default="footprints", help="model name in the manifest")
+    a("--version", default="1.0.0", help="model version in the manifest")
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice, which keeps small buildings from vanishing."""
+def _loss(
+    logits: torch.Tensor, target: torch.Tensor, gates: Sequence[torch.Tensor], gate_weight: float
+) -> torch.Tensor:
+    """BCE plus soft Dice (keeps small buildings), plus the gates' pull to the mask.
+
+    Each gate ``(B, 1, h, w)`` is compared with the building fraction of the
+    mask at its own resolution, squeezed into ``(floor, 1 - floor)``.
+    """
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum(dim=(1, 2, 3))
     denom = prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
     dice = 1.0 - (2.0 * inter + 1.0) / (denom + 1.0)
-    return bce + dice.mean()
+    loss = bce + dice.mean()
+    if gate_weight and gates:
+        terms = []
+        for g in gates:
+            frac = F.adaptive_avg_pool2d(target, (g.shape[2], g.shape[3]))
+            goal = GATE_TARGET_FLOOR + (1 - 2 * GATE_TARGET_FLOOR) * frac
+            terms.append(F.binary_cross_entropy(g.clamp(1e-6, 1 - 1e-6), goal))
+        loss = loss + gate_weight * torch.stack(terms).mean()
+    return loss
 
 
 def _learning_rate(peak: float, progress: float) -> float:
@@ -101,138 +202,79 @@ def _learning_rate(peak: float, progress: float) -> float:
     return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))
 
 
-def _to_tensors(images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images ``(B, C, H, W)`` and masks ``(B, H, W)`` -> float32 tensors.
-
-    Returns:
-        Raw values ``(B, C, H, W)`` float32 and targets ``(B, 1, H, W)`` float32.
-    """
-    x = torch.from_numpy(images.astype(np.float32))
-    y = torch.from_numpy(masks.astype(np.float32))[:, None]
-    return x, y
-
-
-def _random_crops(
-    rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, n: int, size: int
-) -> Batch:
-    """``n`` random crops with random flips and quarter turns.
-
-    Returns:
-        ``(n, C, size, size)`` uint8 and ``(n, size, size)`` uint8.
-    """
-    _, h, w = image.shape
-    ims, ms = [], []
-    for _ in range(n):
-        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        im, m = image[:, y : y + size, x : x + size], mask[y : y + size, x : x + size]
-        k = int(rng.integers(4))
-        im, m = np.rot90(im, k, axes=(1, 2)), np.rot90(m, k)
-        if rng.random() < 0.5:
-            im, m = im[:, :, ::-1], m[:, ::-1]
-        ims.append(np.ascontiguousarray(im))
-        ms.append(np.ascontiguousarray(m))
-    return np.stack(ims), np.stack(ms)
-
-
-def _tiles(image: np.ndarray, mask: np.ndarray, size: int) -> Batch:
-    """Non-overlapping ``size`` tiles covering as much of the image as whole tiles can."""
-    _, h, w = image.shape
-    ims, ms = [], []
-    for y in range(0, h - size + 1, size):
-        for x in range(0, w - size + 1, size):
-            ims.append(image[:, y : y + size, x : x + size])
-            ms.append(mask[y : y + size, x : x + size])
-    if not ims:
-        raise ValueError(f"held-out part {h}x{w} is smaller than one {size}x{size} tile")
-    return np.stack(ims), np.stack(ms)
-
-
-def predict_masks(model: AttentionUNet, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Binary building masks (probability >= 0.5).
-
-    Args:
-        model: the network, switched to eval mode here.
-        images: ``(N, C, H, W)`` uint8 raw values.
-
-    Returns:
-        ``(N, H, W)`` bool.
-    """
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i : i + batch_size].astype(np.float32))
-            logits, _, _ = model.forward_logits(x)
-            out.append((logits[:, 0] >= 0).numpy())
-    return np.concatenate(out)
-
-
-def _data(
-    args: argparse.Namespace, rng: np.random.Generator
-) -> tuple[Callable[[], Batch], Batch, dict[str, Any]]:
-    """The training batch source, the held-out set and a description of both."""
-    size, bs = args.tile_size, args.batch_size
-    if args.image is None:
-        scenes = SceneConfig(snow=args.snow, forest=args.forest, lots=args.lots)
-        val_rng = np.random.default_rng(args.seed + VALIDATION_SEED_OFFSET)
-        held_out = make_batch(val_rng, args.val_tiles, args.val_size, scenes)
-        info = {
-            "data": "synthetic aerial-like scenes (models.data.buildings), made on the fly; "
-            f"snow {args.snow:g}, forest {args.forest:g}, paved lots {args.lots:g}",
-            "held_out": f"{args.val_tiles} synthetic {args.val_size}x{args.val_size} tiles, "
-            f"seed {args.seed + VALIDATION_SEED_OFFSET}",
-        }
-        return lambda: make_batch(rng, bs, size, scenes), held_out, info
-
-    from models.data.footprint_labels import read_footprints
-
-    image, mask = read_footprints(args.image, args.labels, bands=len(DEFAULT_BANDS))
-    # The manifest promises 8-bit input (0..255); other value scales would train
-    # a model whose in-graph normalisation does not fit what it is served.
-    if image.dtype != np.uint8:
-        raise SystemExit(f"{args.image.name} is {image.dtype}; the footprints model takes uint8")
-    split = int(image.shape[1] * (1.0 - HOLDOUT_FRACTION))
-    train_im, train_m = image[:, :split], mask[:split]
-    if split < size or train_im.shape[2] < size:
-        raise ValueError(f"training part {train_im.shape[1:]} is smaller than tile {size}")
-    multiple = 2**args.depth
-    val_size = max(multiple, min(args.val_size, image.shape[1] - split) // multiple * multiple)
-    held_out = _tiles(image[:, split:], mask[split:], val_size)
-    info = {
-        "data": f"{args.image.name} with footprints {args.labels.name}: random crops of the "
-        f"top {split} rows",
-        "held_out": f"{len(held_out[0])} tiles of {val_size}x{val_size} from the bottom "
-        f"{image.shape[1] - split} rows",
-    }
-    return lambda: _random_crops(rng, train_im, train_m, bs, size), held_out, info
-
-
-def _batches(source: Callable[[], Batch]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    while True:
-        yield _to_tensors(*source())
-
-
 def run(args: argparse.Namespace) -> int:
     """Train, score on held-out data, and write the checkpoint and metrics."""
     if args.tiny:
         for key, value in TINY.items():
             setattr(args, key, value)
-    if (args.image is None) != (args.labels is None):
-        raise SystemExit("--image and --labels go together")
     multiple = 2**args.depth
     if args.tile_size % multiple or args.val_size % multiple:
         raise SystemExit(f"--tile-size and --val-size must be multiples of {multiple} (2**depth)")
+    if not 0.0 <= args.synthetic_ratio <= 1.0 or not 0.0 <= args.negative_ratio < 1.0:
+        raise SystemExit("--synthetic-ratio and --negative-ratio are shares in 0..1")
     set_threads(args.threads)
     rng = seed_everything(args.seed)
+    scenes = SceneConfig(snow=args.snow, forest=args.forest, lots=args.lots)
+    try:
+        real = real_images(args)
+        negatives = load_negatives(args.negatives)
+    except RasterDataError as exc:
+        raise SystemExit(str(exc)) from exc
+    spec = data_spec(args, [*real, *negatives])
+    if real:
+        if args.synthetic_ratio and (len(spec["bands"]) != 3 or spec["value_range"] != [0, 255]):
+            raise SystemExit("--synthetic-ratio needs 3-band imagery in 0..255 (synthetic is RGB)")
+        try:
+            train, held_out, held_info = split(args, real, negatives)
+        except RasterDataError as exc:
+            raise SystemExit(str(exc)) from exc
+        synthetic_ratio = args.synthetic_ratio
+        parts = sorted({i.group for i in train if not i.negative})
+        data_info = f"{len([i for i in train if not i.negative])} real images (groups " + (
+            ", ".join(parts) + f"), mixed with {synthetic_ratio:.0%} synthetic tiles"
+        )
+    else:
+        val_rng = np.random.default_rng(args.seed + VALIDATION_SEED_OFFSET)
+        ims, ms = make_batch(val_rng, args.val_tiles, args.val_size, scenes)
+        held_out = [
+            LabelledImage(i, m, "synthetic", f"synthetic {k}")
+            for k, (i, m) in enumerate(zip(ims, ms, strict=True))
+        ]
+        train, synthetic_ratio = list(negatives), 1.0
+        held_info = f"{args.val_tiles} synthetic {args.val_size}x{args.val_size} tiles, " + (
+            f"seed {args.seed + VALIDATION_SEED_OFFSET}"
+        )
+        data_info = (
+            "synthetic aerial-like scenes (models.data.buildings), made on the fly; "
+            f"snow {args.snow:g}, forest {args.forest:g}, paved lots {args.lots:g}"
+        )
+    if real and args.image is not None and args.labels is not None:
+        data_info += f"; {args.image.name} with footprints {args.labels.name}"
+    train_negatives = [i for i in train if i.negative]
+    if train_negatives:
+        data_info += "; negatives " + ", ".join(i.name for i in train_negatives)
+    mix = TrainingMix(
+        [i for i in train if not i.negative],
+        train_negatives,
+        MixConfig(
+            tile_size=args.tile_size,
+            scale=args.scale,
+            negative_scale=args.negative_scale,
+            synthetic_ratio=synthetic_ratio,
+            negative_ratio=args.negative_ratio if train_negatives else 0.0,
+            value_range=(spec["value_range"][0], spec["value_range"][1]),
+            radiometry=None if args.no_augment else Radiometry(),
+            scenes=scenes,
+        ),
+    )
     config: dict[str, Any] = {
         "name": args.name,
         "version": args.version,
-        "bands": list(DEFAULT_BANDS),
         "width": args.width,
         "depth": args.depth,
+        **{k: v for k, v in spec.items() if v is not None},
     }
     model = build(config)
-    source, held_out, data_info = _data(args, rng)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget_s = None if args.max_minutes is None else 60.0 * args.max_minutes
@@ -240,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     steps_done = 0
     model.train()
     bar = tqdm(total=args.steps, desc="train")
-    for step, (x, y) in zip(range(args.steps), _batches(source), strict=False):
+    for step in range(args.steps):
         # Progress is the larger of steps and time spent, so that on a busy
         # machine the schedule still anneals fully within --max-minutes.
         progress = step / args.steps
@@ -250,8 +292,9 @@ def run(args: argparse.Namespace) -> int:
             break
         for group in opt.param_groups:
             group["lr"] = _learning_rate(args.lr, progress)
-        logits, _, _ = model.forward_logits(x)
-        loss = _loss(logits, y)
+        x, y = mix.batch(rng, args.batch_size)
+        logits, gates, _ = model.forward_logits(x)
+        loss = _loss(logits, y, gates, args.gate_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -262,18 +305,24 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     wall = time.monotonic() - start
 
-    preds = predict_masks(model, held_out[0])
-    scores = footprint_scores(preds, held_out[1].astype(bool))
-    metrics = {k: round(v, 4) for k, v in scores.items()}
+    metrics = {k: round(v, 4) for k, v in evaluate(model, held_out).items()}
     training = {
-        **data_info,
+        "data": data_info,
+        "held_out": held_info,
         "seed": args.seed,
         "steps": steps_done,
         "stopped_early": steps_done < args.steps,
         "batch_size": args.batch_size,
         "tile_size": args.tile_size,
+        "scale": list(args.scale),
+        "negative_scale": list(args.negative_scale),
+        "augmentation": "scale, rotation, flips"
+        + (
+            "" if args.no_augment else ", band gain, brightness, contrast, gamma, haze, blur, noise"
+        ),
         "lr": args.lr,
-        "loss": "binary cross-entropy + soft Dice",
+        "loss": "binary cross-entropy + soft Dice"
+        + (f" + {args.gate_loss:g} x gate-to-mask BCE" if args.gate_loss else ""),
         "optimizer": "AdamW, linear warm-up then cosine decay",
         "wall_time_s": round(wall, 1),
         "threads": torch.get_num_threads(),

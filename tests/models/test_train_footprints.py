@@ -14,7 +14,10 @@ from rasterio.warp import transform
 from models.export import read_manifest
 from service.cli import main
 
-IMAGE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "geotiff" / "RGB.byte.tif"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+IMAGE = SHARED / "geotiff" / "RGB.byte.tif"
+DUBAI = SHARED / "footprints" / "dubai"
+NEGATIVES = SHARED / "footprints" / "negatives"
 METRICS = {"pixel_iou", "building_f1", "precision", "recall"}
 
 
@@ -78,21 +81,120 @@ def test_tiny_run_on_a_real_geotiff_with_footprints(tmp_path: Path) -> None:
 
 
 def test_image_without_labels_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="go together"):
+    with pytest.raises(SystemExit, match="either --labels"):
         main(["train", "footprints", "--tiny", "--image", str(IMAGE), "--out", str(tmp_path)])
 
 
-def test_non_8bit_image_is_refused(tmp_path: Path) -> None:
-    image = tmp_path / "uint16.tif"
-    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 3, "dtype": "uint16"}
-    transform_ = rasterio.transform.from_origin(500000.0, 4000000.0, 1.0, 1.0)
-    with rasterio.open(image, "w", crs="EPSG:32618", transform=transform_, **profile) as dst:
-        dst.write(np.full((3, 64, 64), 1000, dtype=np.uint16))
-    ring = [[500010.0, 3999990.0], [500030.0, 3999990.0], [500030.0, 3999970.0]]
-    crs = {"type": "name", "properties": {"name": "EPSG:32618"}}
-    geometry = {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
-    labels = tmp_path / "labels.geojson"
-    labels.write_text(json.dumps({"type": "Feature", "geometry": geometry, "crs": crs}))
-    argv = ["train", "footprints", "--tiny", "--image", str(image), "--labels", str(labels)]
-    with pytest.raises(SystemExit, match="uint16; the footprints model takes uint8"):
-        main([*argv, "--out", str(tmp_path / "out")])
+def test_labels_without_an_image_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="need --image"):
+        main(["train", "footprints", "--tiny", "--mask", str(IMAGE), "--out", str(tmp_path)])
+
+
+def _uint16_rgbn(tmp_path: Path) -> tuple[Path, Path]:
+    """A 4-band uint16 GeoTIFF (0..10000) with bright squares, and a 0/255 mask GeoTIFF."""
+    rng = np.random.default_rng(0)
+    mask = np.zeros((96, 96), np.uint8)
+    for y, x in rng.integers(0, 80, (12, 2)):
+        mask[y : y + 12, x : x + 12] = 255
+    image = np.where(mask > 0, 8000, 1500).astype(np.uint16)[None].repeat(4, axis=0)
+    image += rng.integers(0, 300, image.shape, dtype=np.uint16)
+    transform_ = rasterio.transform.from_origin(500000.0, 4000000.0, 0.3, 0.3)
+    common = {"driver": "GTiff", "width": 96, "height": 96, "crs": "EPSG:32618"}
+    paths = tmp_path / "rgbn.tif", tmp_path / "rgbn_mask.tif"
+    with rasterio.open(paths[0], "w", count=4, dtype="uint16", transform=transform_, **common) as d:
+        d.write(image)
+    with rasterio.open(paths[1], "w", count=1, dtype="uint8", transform=transform_, **common) as d:
+        d.write(mask[None])
+    return paths
+
+
+def test_uint16_rgbn_image_with_a_value_mask_trains_and_describes_its_bands(
+    tmp_path: Path,
+) -> None:
+    image, mask = _uint16_rgbn(tmp_path)
+    argv = ["train", "footprints", "--tiny", "--image", str(image), "--mask", str(mask)]
+    argv += ["--mask-value", "255", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="uint16 imagery needs --value-range"):
+        main(argv)
+    assert main([*argv, "--value-range", "0 10000"]) == 0
+    onnx_path = tmp_path / "rgbn.onnx"
+    assert main(["export", str(tmp_path / "run" / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    manifest = read_manifest(onnx_path)
+    assert manifest.input.bands == ["red", "green", "blue", "nir"]
+    assert manifest.input.accepted_dtypes == ["uint16"]
+    assert manifest.input.value_range == [0.0, 10000.0]
+    assert manifest.input.gsd_m == pytest.approx(0.3)  # from the GeoTIFF's transform
+    # The normalisation is the data's: bright squares on dark ground, in uint16 units.
+    assert all(1500 < m < 8300 for m in manifest.input.normalization.mean)
+    assert "bottom" in manifest.training["held_out"]
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
+def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None:
+    # Two small Dubai tiles (one with palette masks), a forest negative in each split.
+    data = tmp_path / "dubai"
+    for tile in ("Tile 1", "Tile 2"):
+        for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
+            (data / tile / sub).mkdir(parents=True)
+            src = DUBAI / tile / sub / f"image_part_001{suffix}"
+            (data / tile / sub / src.name).symlink_to(src)
+    out = tmp_path / "run"
+    argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
+    argv += [
+        "--negatives",
+        str(NEGATIVES / "SOAP_031.png"),
+        "--negatives",
+        str(NEGATIVES / "SOAP_061.png"),
+    ]
+    argv += [
+        "--holdout",
+        "Tile 1",
+        "--holdout",
+        "SOAP_061",
+        "--gsd",
+        "0.5",
+        "--synthetic-ratio",
+        "0.3",
+    ]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= METRICS | {"gate_1_ratio", "gate_4_ratio", "negative_building_fraction"}
+    training = torch.load(out / "footprints.pt", weights_only=False)["training"]
+    assert training["held_out"] == "whole groups SOAP_061, Tile 1"
+    assert "groups Tile 2" in training["data"]
+    assert "negatives SOAP_031" in training["data"]
+    assert "SOAP_061" not in training["data"]
+    onnx_path = tmp_path / "dubai.onnx"
+    assert main(["export", str(out / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    manifest = read_manifest(onnx_path)
+    assert manifest.input.gsd_m == 0.5
+    assert manifest.input.bands == ["red", "green", "blue"]
+    assert manifest.input.accepted_dtypes == ["uint8"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--holdout", "Tile 9"], "'Tile 9' not found; groups are 'Tile 1', 'Tile 2'"),
+        (["--mask-color", "#3C1098", "--mask-value", "3"], "not both"),
+        ([], "need --mask-value"),
+    ],
+)
+def test_bad_real_data_options_are_refused_clearly(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    if not DUBAI.exists():
+        pytest.skip("shared footprints data not present")
+    data = tmp_path / "d"
+    for tile in ("Tile 1", "Tile 2"):
+        (data / tile / "images").mkdir(parents=True)
+        (data / tile / "masks").mkdir(parents=True)
+        (data / tile / "images" / "a.jpg").symlink_to(
+            DUBAI / tile / "images" / "image_part_001.jpg"
+        )
+        (data / tile / "masks" / "a.png").symlink_to(DUBAI / tile / "masks" / "image_part_001.png")
+    argv = ["train", "footprints", "--tiny", "--data", str(data), "--out", str(tmp_path / "o")]
+    if "--mask-color" not in extra and extra:
+        extra = [*extra, "--mask-color", "#3C1098"]
+    with pytest.raises(SystemExit, match=message):
+        main([*argv, *extra])
