@@ -141,8 +141,9 @@ def test_a_mostly_empty_output_takes_disk_for_its_data_only(
         if row == 768:  # a patch across a file block's edge (rows 900-1100)
             block[:, 132:332, 1000:1300] = patch
         sink.write(row, block)
-    # A dense partial would take 4096 * 4096 * 4 bytes (64 MiB) now.
-    assert sink.disk_bytes() < 2 * 2**20
+    # The patch touches 4 of the 64 file blocks (1 MiB each); a dense partial would
+    # take all 64 MiB now.
+    assert sink.disk_bytes() <= 5 * 2**20
     assert sink.data_share < 0.1
     out = sink.finish()
     assert not sink.partial.exists()
