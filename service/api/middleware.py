@@ -92,34 +92,40 @@ class BodyLimit:
         refusal: Response | None = None
         started = replaced = False
         loop = asyncio.get_running_loop()
-        window_end = loop.time() + self.rate_window_s
+        # The rate is measured over time spent waiting for the client, not wall
+        # time: a handler that reads its body late must not make the client slow.
+        waited = 0.0
         window_seen = 0
 
-        def trickling(now: float) -> bool:
+        def trickling() -> bool:
             """Whether the window that just ended brought too few bytes (then a new one starts)."""
-            nonlocal window_end, window_seen
-            if not self.min_rate_bps or now < window_end:
+            nonlocal waited, window_seen
+            if not self.min_rate_bps or waited < self.rate_window_s:
                 return False
             if seen - window_seen < self.min_rate_bps * self.rate_window_s:
                 return True
-            window_end, window_seen = now + self.rate_window_s, seen
+            waited, window_seen = 0.0, seen
             return False
 
         async def next_message() -> Message:
-            nonlocal refusal
+            nonlocal refusal, waited
             # One receive, waited for in steps: the rate is judged at each window's
             # end even while no byte comes.
             pending = asyncio.ensure_future(receive())
-            stall_at = loop.time() + (self.read_timeout_s or float("inf"))
+            stall_left = self.read_timeout_s or float("inf")
             while True:
-                until = min(stall_at, window_end if self.min_rate_bps else float("inf"))
-                done, _ = await asyncio.wait({pending}, timeout=max(0.0, until - loop.time()))
+                window_left = self.rate_window_s - waited if self.min_rate_bps else float("inf")
+                step = max(0.0, min(stall_left, window_left))
+                began = loop.time()
+                done, _ = await asyncio.wait({pending}, timeout=step)
+                spent = loop.time() - began
+                waited += spent
+                stall_left -= spent
                 if done:
                     return pending.result()
-                now = loop.time()
-                if now >= stall_at:
+                if stall_left <= 0:
                     refusal = self._too_slow()
-                elif trickling(now):
+                elif trickling():
                     refusal = self._trickling()
                 else:
                     continue
@@ -141,7 +147,7 @@ class BodyLimit:
                 if seen > limit:
                     refusal = self._too_large(limit)
                     raise BodyRefused
-                if not body_done and trickling(loop.time()):
+                if not body_done and trickling():
                     refusal = self._trickling()
                     raise BodyRefused
             return message
