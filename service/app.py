@@ -124,6 +124,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         wait_s=min(10.0, settings.request_timeout_s),
         setting="ATTNSERVE_REQUEST_MEMORY_MB",
     )
+    scenes.budget = budget
     state = AppState(settings, metrics, repository, store, runner, jobs, budget=budget)
     state.footprints = FootprintService(
         store,

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         "decoded; a request waits for room, then gets 503",
     )
     request_memory_mb: float = Field(
-        1280.0,
+        1536.0,
         gt=0,
         description="most memory one request or scene job may hold: a larger upload runs "
         "as a scene job, a larger /v2 tensor or scene tile is refused with 413",

@@ -175,6 +175,22 @@ class MemoryBudget:
             self.peak = max(self.peak, self.in_use)
         return Reservation(self, nbytes)
 
+    def hold(self, nbytes: int, cancelled: Callable[[], bool]) -> Reservation:
+        """Hold ``nbytes`` (at most one request's share) for a job, waiting as long as it takes.
+
+        A queued job has no client waiting on it, so it waits for room rather
+        than fail; ``cancelled`` ends the wait (returning an empty reservation).
+        """
+        nbytes = min(nbytes, self.per_request)
+        with self._room:
+            while self.in_use + nbytes > self.total:
+                if cancelled():
+                    return Reservation(None, 0)
+                self._room.wait(0.5)
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+        return Reservation(self, nbytes)
+
     def _release(self, nbytes: int) -> None:
         with self._room:
             self.in_use -= nbytes

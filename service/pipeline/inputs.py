@@ -29,6 +29,7 @@ from service.raster.decode import (
 from service.raster.resample import Resampling
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
+from service.runtime.segmentation import context_px
 from service.runtime.temporal import days_from_dates
 from service.runtime.validation import check_layout, check_values
 
@@ -267,6 +268,27 @@ def series_from_rasters(
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def scene_bytes(served: ServedModel, tile: int, dates: int, in_flight: int) -> int:
+    """Estimated peak bytes of a scene job's tiles of side ``tile`` (``dates``: temporal models).
+
+    The batcher runs at most its batch of tiles (or series rows) at a time;
+    up to ``in_flight`` tiles are read and wait for it meanwhile, each with
+    its float32 values, a copy made for the model and the feed.
+    """
+    manifest = served.manifest
+    bands = len(manifest.input.bands)
+    act = served.session.activation_per_unit
+    out = outputs_per_unit(manifest)
+    if manifest.task == "segmentation":
+        side = tile + 2 * context_px(manifest)
+        rows = served.batcher.max_batch_size
+        running = rows * side * side * (act + 3 * out + bands * 4)
+        return int(running + in_flight * side * side * (3 * bands * 4 + 2))
+    rows = min(tile * tile, served.batcher.max_batch_size)
+    running = rows * dates * (act + bands * 4)
+    return int(running + in_flight * tile * tile * dates * (3 * bands * 4 + 2 + 2 * out))
 
 
 class Parcel(BaseModel):

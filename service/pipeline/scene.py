@@ -28,6 +28,8 @@ from rasterio.windows import Window
 
 from service.errors import InvalidInput, InvalidRaster, StorageFailed, UnsupportedRaster
 from service.jobs.store import JobRecord, JobStore, free_bytes
+from service.memory import MemoryBudget
+from service.pipeline.inputs import scene_bytes
 from service.raster.cog import RasterSink
 from service.raster.decode import (
     HARDENED_GDAL,
@@ -91,6 +93,7 @@ def _all_valid(dataset: DatasetReader) -> bool:
 # scene decoded all its 256 blocks: 6.2 s before the job was accepted.)
 SAMPLE_GRID = 4
 SAMPLE_SIDE = 64
+DECIMATED_MAX_BYTES = 64 * 2**20
 
 
 def _sample_values(ds: DatasetReader, info: RasterInfo) -> np.ndarray:
@@ -111,9 +114,12 @@ def _sample_values(ds: DatasetReader, info: RasterInfo) -> np.ndarray:
         scale = max(1, max(info.width, info.height) // 256)
         shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
         valid = None if all_valid else ds.dataset_mask(out_shape=shape[1:]) > 0
-        return valid_values(ds.read(out_shape=shape), valid)
+        return valid_values(ds.read(list(info.indexes) or None, out_shape=shape), valid)
 
-    if ds.overviews(1) or info.width * info.height <= (SAMPLE_GRID * SAMPLE_SIDE) ** 2 * 4:
+    small = info.width * info.height <= (SAMPLE_GRID * SAMPLE_SIDE) ** 2 * 4
+    # A decimated read of a file larger than GDAL's block cache decodes each
+    # block once per band (a 512 x 512 stack of 500 float64 bands: minutes).
+    if ds.overviews(1) or (small and info.decoded_bytes <= DECIMATED_MAX_BYTES):
         return decimated()
     parts = []
     height, width = min(SAMPLE_SIDE, info.height), min(SAMPLE_SIDE, info.width)
@@ -126,7 +132,7 @@ def _sample_values(ds: DatasetReader, info: RasterInfo) -> np.ndarray:
             left = min(max(0, left), info.width - width)
             window = Window(left, top, width, height)
             valid = None if all_valid else ds.dataset_mask(window=window) > 0
-            parts.append(valid_values(ds.read(window=window), valid))
+            parts.append(valid_values(ds.read(list(info.indexes) or None, window=window), valid))
     values = np.concatenate(parts)
     return values if values.size else decimated()
 
@@ -181,6 +187,8 @@ class SceneRunner:
         self.store = store
         self.timeout_s = timeout_s
         self.in_flight_tiles = in_flight_tiles
+        # Set by the app to the budget requests reserve from; unbounded alone.
+        self.budget = MemoryBudget(2**62, 2**62)
         # A job fails (with the reason) rather than let its unfinished outputs
         # pass max_temp_bytes (0: no cap) or leave less than min_free_bytes free.
         self.max_temp_bytes = max_temp_bytes
@@ -195,6 +203,26 @@ class SceneRunner:
     ) -> None:
         """Process the job's scene and fill ``record.layers``; raises on failure."""
         options = SceneOptions(**record.params.get("options", {}))
+        # The job's tiles in flight count against the memory budget shared with
+        # requests (the tile size was bounded by it when the job was accepted).
+        manifest = served.manifest
+        default = manifest.input.tile_size or 512 if manifest.task == "segmentation" else 256
+        tile = options.tile_size or default
+        need = scene_bytes(served, tile, max(1, len(options.dates)), self.in_flight_tiles)
+        held = await asyncio.to_thread(self.budget.hold, need, cancelled)
+        try:
+            await self._run(record, served, options, progress, cancelled)
+        finally:
+            await held.release_async()
+
+    async def _run(
+        self,
+        record: JobRecord,
+        served: ServedModel,
+        options: SceneOptions,
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
         paths = [self.store.file(record, name) for name in record.params["inputs"]]
         if served.manifest.task == "segmentation":
             await self._segmentation(record, served, paths[0], options, progress, cancelled)
@@ -633,7 +661,7 @@ def _scene_band_mean(ds: DatasetReader, info: RasterInfo, all_valid: bool) -> np
     scale = max(1, -(-max(info.width, info.height) // 2048))
     shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
     try:
-        data = ds.read(out_shape=shape).astype(np.float32)
+        data = ds.read(list(info.indexes) or None, out_shape=shape).astype(np.float32)
         valid = None if all_valid else ds.dataset_mask(out_shape=shape[1:]) > 0
     except RasterioError:
         raise InvalidRaster(UNREADABLE) from None
@@ -668,7 +696,8 @@ def _read_tile(
         if source is not None:
             data, valid = source.read(y0, y1, x0, x1)
         else:
-            data = ds.read(window=window)
+            # Data bands only: an alpha band is read as the mask below.
+            data = ds.read(list(info.indexes) or None, window=window)
             valid = (
                 np.ones(data.shape[1:], bool) if all_valid else ds.dataset_mask(window=window) > 0
             )

@@ -166,7 +166,7 @@ class RasterLimits:
     max_bytes: int
     # One block of the file, decoded (see RasterInfo.block_bytes); scenes too
     # read block by block, so this holds for them as well.
-    max_block_bytes: int = 64 * 2**20
+    max_block_bytes: int = 256 * 2**20
 
 
 def _require_tiff(data: bytes) -> None:

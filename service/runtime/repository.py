@@ -118,12 +118,15 @@ class ModelRepository:
             await served.batcher.start()
             versions[served.manifest.version] = served
             log.info(
-                "loaded %s from %s on %s (load %.2fs, warm-up %.2fs)",
+                "loaded %s from %s on %s (load %.2fs, warm-up %.2fs, %.0f bytes of working "
+                "memory per %s)",
                 served.manifest.ref,
                 path.name,
                 served.session.providers[0],
                 served.load_s,
                 served.warmup_s,
+                served.session.activation_per_unit,
+                "pixel" if served.manifest.task == "segmentation" else "series row x date",
             )
         self.state = "ready" if self._models else "failed"
 

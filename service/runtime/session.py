@@ -258,7 +258,8 @@ class ModelSession:
         for size in sizes or (self.manifest.input.tile_size,):
             for batch in batch_sizes or self.options.warmup_batch_sizes:
                 feed = self._cast(self.example_feed(batch=batch, size=size))
-                self._shrink_above = max(self._shrink_above, feed_units(feed))
+                # Runs up to the measuring run's size keep the arena as it is.
+                self._shrink_above = max(self._shrink_above, feed_units(feed), MEASURE_UNITS)
                 if not checked:
                     # The first run also checks the map sizes the manifest promises,
                     # and measures the working memory per unit of input where

@@ -26,7 +26,6 @@ from service.raster.decode import RasterInfo, RasterLimits, check_limits, descri
 from service.raster.resample import check_grid, plan_resampling
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import context_px
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
@@ -422,13 +421,13 @@ def _scene_tile(served: ServedModel, state: State, asked: int | None, dates: int
     tile = asked or default
 
     def need(side: int) -> int:
-        return _scene_tile_bytes(served, state, side, dates)
+        return inputs.scene_bytes(served, side, dates, state.settings.scene_tiles_in_flight)
 
     if budget.fits(need(tile)):
         return asked
-    fits = tile
+    fits = tile // multiple * multiple
     while fits > multiple and not budget.fits(need(fits)):
-        fits = max(multiple, (fits * 3 // 4) // multiple * multiple)
+        fits -= multiple
     if asked is not None or not budget.fits(need(fits)):
         raise PayloadTooLarge(
             f"tile_size {tile} needs about {need(tile) // 2**20} MiB of memory; the limit per "
@@ -437,25 +436,6 @@ def _scene_tile(served: ServedModel, state: State, asked: int | None, dates: int
             max_tile_size=fits,
         )
     return fits
-
-
-def _scene_tile_bytes(served: ServedModel, state: State, tile: int, dates: int) -> int:
-    """Estimated memory of a scene job's tiles in flight at one time, for tiles of ``tile``."""
-    manifest = served.manifest
-    bands = len(manifest.input.bands)
-    in_flight = state.settings.scene_tiles_in_flight
-    if manifest.task == "segmentation":
-        side = tile + 2 * context_px(manifest)
-        rows = served.batcher.max_batch_size
-        running = rows * inputs.image_bytes(served, side * side, bands, 4)
-        # Tiles read and waiting for the batcher: float32 data, validity, padding.
-        waiting = in_flight * side * side * (2 * bands * 4 + 2)
-        return running + waiting
-    pixels = tile * tile
-    running = inputs.stack_bytes(served, pixels, dates, 4)
-    # Tiles read and waiting: their values (float32) and per-date validity.
-    waiting = in_flight * pixels * dates * (bands * 4 + 1)
-    return running + waiting
 
 
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:

@@ -382,11 +382,16 @@ async def _infer(state: State, request: Request, name: str, version: str | None)
         raw = await request.body()
     except ClientDisconnect:
         return client_closed(request)
-    body = _decompress(
-        raw, request.headers.get("content-encoding"), int(state.settings.max_upload_mb * 2**20)
-    )
+    encoding = request.headers.get("content-encoding")
+    header_length = request.headers.get(HEADER_LENGTH.lower())
+    if header_length is not None and (encoding or "identity").strip().lower() != "identity":
+        # The JSON header alone first: a small compressed body may declare a
+        # huge tensor, refused here before it is inflated.
+        _header_first(served, raw, encoding, header_length, limit, state)
+    body = _decompress(raw, encoding, int(state.settings.max_upload_mb * 2**20))
     del raw
-    header, binary = _split(body, request.headers.get(HEADER_LENGTH.lower()), limit)
+    header, binary = _split(body, header_length, limit)
+    _check_declared(served, header, state)
     feed = decode_inputs(served.manifest, header.get("inputs"), binary)
     wanted = requested_outputs(served.manifest, header)
     need = check_feed(served, feed, state.settings)
@@ -399,12 +404,85 @@ async def _infer(state: State, request: Request, name: str, version: str | None)
         await held.release_async()
 
 
+def _header_first(
+    served: ServedModel,
+    raw: bytes,
+    encoding: str | None,
+    header_length: str,
+    limit: int,
+    state: State,
+) -> None:
+    try:
+        size = min(int(header_length), limit)
+    except ValueError:
+        return  # _split names the problem
+    if size <= 0:
+        return
+    try:
+        head = _decompress(raw, encoding, size, partial=True)
+    except InvalidInput:
+        return  # the full inflate names it
+    try:
+        header = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return
+    if isinstance(header, dict):
+        _check_declared(served, header, state)
+
+
+def _check_declared(served: ServedModel, header: dict[str, Any], state: State) -> None:
+    """Refuse a request whose declared tensor shapes are over a limit, before decoding data."""
+    first = served.manifest.tensors[0].name
+    items = header.get("inputs")
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or item.get("name") != first:
+            continue
+        shape = item.get("shape")
+        if isinstance(shape, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        ):
+            state.budget.check(check_shape(served, shape, state.settings), "the inference request")
+
+
+def check_shape(served: ServedModel, shape: list[int] | tuple[int, ...], settings: Settings) -> int:
+    """Hold the first input's shape to ``/predict``'s limits; returns the estimated memory.
+
+    Images: at most ``max_sync_pixels`` each; series: at most ``max_dates``
+    dates (and the model's).
+
+    Raises:
+        PayloadTooLarge: an image over the synchronous limit.
+        UnsupportedRaster: too many dates.
+    """
+    manifest = served.manifest
+    name = manifest.tensors[0].name
+    if manifest.task == "segmentation":
+        if len(shape) != 4:
+            return 0  # decode_inputs names the problem
+        batch, bands, height, width = shape
+        if height * width > settings.max_sync_pixels:
+            raise PayloadTooLarge(
+                f"input {name!r}: a {width}x{height} image is over the "
+                f"{settings.max_sync_pixels} pixel limit per image (ATTNSERVE_MAX_SYNC_PIXELS); "
+                "send a GeoTIFF to /predict, which tiles large scenes"
+            )
+        return batch * image_bytes(served, height * width, bands, 4)
+    if len(shape) < 2:
+        return 0
+    rows, dates = shape[:2]
+    limit = min(settings.max_dates, manifest.input.max_dates or settings.max_dates)
+    if dates > limit:
+        raise UnsupportedRaster(
+            f"input {name!r}: {dates} dates given; at most {limit} are taken", got_dates=dates
+        )
+    return stack_bytes(served, rows, dates, 4)
+
+
 def check_feed(served: ServedModel, feed: dict[str, np.ndarray], settings: Settings) -> int:
     """Hold raw tensors to the limits ``/predict`` has; returns their estimated memory in bytes.
 
-    Images: at most ``max_sync_pixels`` each; series: at most ``max_dates``
-    dates (and the model's), finite days within float32, a valid date in
-    every row; float values finite.
+    The shape limits of :func:`check_shape`; float values finite (days within
+    float32), and a valid date in every row of a series.
 
     Raises:
         PayloadTooLarge: an image over the synchronous limit.
@@ -416,32 +494,19 @@ def check_feed(served: ServedModel, feed: dict[str, np.ndarray], settings: Setti
             raise InvalidInput(
                 f"input {name!r}: values must be finite and within +-{FLOAT32_MAX:.4g}"
             )
-    first = feed[manifest.tensors[0].name]
+    need = check_shape(served, feed[manifest.tensors[0].name].shape, settings)
     if manifest.task == "segmentation":
-        batch, bands, height, width = first.shape
-        if height * width > settings.max_sync_pixels:
-            raise PayloadTooLarge(
-                f"input {manifest.tensors[0].name!r}: a {width}x{height} image is over the "
-                f"{settings.max_sync_pixels} pixel limit per image (ATTNSERVE_MAX_SYNC_PIXELS); "
-                "send a GeoTIFF to /predict, which tiles large scenes"
-            )
-        return batch * image_bytes(served, height * width, bands, 4)
-    rows, dates = first.shape[:2]
-    limit = min(settings.max_dates, manifest.input.max_dates or settings.max_dates)
-    if dates > limit:
-        raise UnsupportedRaster(
-            f"input {manifest.tensors[0].name!r}: {dates} dates given; at most {limit} are taken",
-            got_dates=dates,
-        )
+        return need
     for spec in manifest.tensors[1:]:
         array = feed[spec.name]
         if array.dtype == np.bool_ and array.ndim == 2 and not array.any(axis=1).all():
             row = int(np.flatnonzero(~array.any(axis=1))[0])
             raise InvalidInput(f"input {spec.name!r}: row {row} has no valid date")
-    return stack_bytes(served, rows, dates, 4)
+    return need
 
 
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def _decompress(body: bytes, encoding: str | None, limit: int, partial: bool = False) -> bytes:
+    # partial: the first ``limit`` bytes are all that is wanted.
     enc = (encoding or "identity").strip().lower()
     if enc == "identity":
         return body
@@ -454,6 +519,8 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         out = inflater.decompress(body, limit + 1)
     except zlib.error:
         raise InvalidInput(f"the body is not valid {enc} data") from None
+    if partial:
+        return out[:limit]
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body is over the {limit / 2**20:g} MB limit")
     return out
@@ -569,7 +636,9 @@ def _from_json(name: str, data: Any, dtype: np.dtype[Any], count: int) -> np.nda
     fits = kind == "b" if dtype.kind == "b" else kind in "iuf"
     if count and not fits:
         raise InvalidInput(f"input {name!r}: data values do not match datatype {_datatype(dtype)}")
-    return array.astype(dtype, copy=False).ravel()
+    # Values beyond the datatype's range become inf here; check_feed refuses them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(dtype, copy=False).ravel()
 
 
 def _check_shape(
