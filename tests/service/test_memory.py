@@ -1,16 +1,19 @@
-"""Heap trimming: available on glibc and harmless to call."""
+"""Heap trimming, malloc arenas, the garbage collector and the memory budget."""
 
 from __future__ import annotations
 
 import platform
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from service.memory import malloc_trim
+from service.errors import Overloaded, PayloadTooLarge
+from service.memory import MemoryBudget, Reservation, malloc_trim
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,3 +85,44 @@ def test_tuning_freezes_startup_objects_and_still_collects_later_garbage() -> No
     assert still_frozen == frozen
     assert collected >= 1
     assert threshold == [50_000, 20, 100]
+
+
+def test_budget_refuses_one_request_over_its_share_naming_the_limit() -> None:
+    budget = MemoryBudget(4 * 2**20, 2 * 2**20, wait_s=0.1, setting="ATTNSERVE_X")
+    with pytest.raises(PayloadTooLarge) as info:
+        budget.reserve(3 * 2**20, "a 10x10 image")
+    assert "a 10x10 image needs about 3 MiB" in info.value.message
+    assert "limit per request is 2 MiB (ATTNSERVE_X)" in info.value.message
+    assert budget.in_use == 0
+
+
+def test_budget_makes_requests_wait_for_room_and_refuses_after_the_wait() -> None:
+    budget = MemoryBudget(3 * 2**20, 2 * 2**20, wait_s=2.0)
+    first = budget.reserve(2 * 2**20, "first")
+    got: list[Reservation] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.reserve(2 * 2**20, "second")))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got  # no room until the first is released
+    first.release()
+    first.release()  # a second release gives nothing back twice
+    waiter.join(5)
+    assert budget.in_use == 2 * 2**20
+    assert budget.peak == 2 * 2**20
+    budget.wait_s = 0.1
+    with pytest.raises(Overloaded):
+        budget.reserve(2 * 2**20, "third")
+    got[0].release()
+    assert budget.in_use == 0
+
+
+def test_jobs_hold_their_share_until_cancelled() -> None:
+    budget = MemoryBudget(2 * 2**20, 2 * 2**20)
+    held = budget.hold(10 * 2**20, lambda: False)  # capped at one request's share
+    assert budget.in_use == 2 * 2**20
+    cancelled = threading.Event()
+    threading.Timer(0.2, cancelled.set).start()
+    empty = budget.hold(2**20, cancelled.is_set)
+    assert empty.budget is None  # nothing held, nothing to give back
+    held.release()
+    assert budget.in_use == 0
