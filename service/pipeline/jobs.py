@@ -76,9 +76,11 @@ class JobManager:
         self._tasks = [
             asyncio.create_task(self._work(), name=f"jobs-{i}") for i in range(self.workers)
         ]
-        self._resumer = asyncio.create_task(self._resume_unfinished(), name="jobs-resume")
+        self._resumer = asyncio.create_task(
+            self._resume_unfinished(time.time()), name="jobs-resume"
+        )
 
-    async def _resume_unfinished(self) -> None:
+    async def _resume_unfinished(self, started: float) -> None:
         try:
             records = await asyncio.to_thread(self.store.unfinished)
         except OSError as exc:
@@ -87,6 +89,8 @@ class JobManager:
         for record in records:
             if self._stopping:
                 return
+            if record.created >= started:
+                continue  # submitted to this server while the scan ran: already queued
             if await asyncio.to_thread(self._requeue, record):
                 self._queue.put_nowait(record.id)
                 log.info("resuming job %s left unfinished by a previous run", record.id[:6])
@@ -168,6 +172,8 @@ class JobManager:
             job_id = await self._queue.get()
             if self._stopping:
                 return
+            if job_id in self._running:
+                continue  # queued twice (resumed as well as submitted): it runs once
             task = asyncio.create_task(self._run(job_id), name=f"job-{job_id[:6]}")
             self._running[job_id] = task
             try:
