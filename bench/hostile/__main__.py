@@ -19,10 +19,36 @@ from bench.machine import git_sha, load_average, machine
 from bench.server import REPO
 
 
+def write(out: Path, label: str, partial: bool, run: dict[str, Any]) -> None:
+    """Merge a run into ``out.json`` and rewrite ``out.md``.
+
+    A partial run (some cases, or the soak alone) updates the run of that label.
+    """
+    path = out.with_suffix(".json")
+    results: dict[str, Any] = {"runs": {}}
+    if path.exists():
+        results = json.loads(path.read_text())
+    about = machine()
+    results["machine"] = {
+        **about,
+        "memory_gib": about["ram_gib"],
+        "gdal": rasterio.__gdal_version__,
+    }
+    previous = results["runs"].get(label)
+    if previous and partial:
+        previous["cases"].update(run["cases"])
+        previous["soak"] = run.get("soak", previous.get("soak"))
+        run = {**previous, "commit": run["commit"], "started": run["started"]}
+    results["runs"][label] = run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the cases (and the mixed soak), merge and write the results."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cases", default="all", help="comma-separated case names, or all")
+    parser.add_argument("--cases", default="all", help="comma-separated case names, all, or none")
     parser.add_argument("--label", default="after", help="run label (before, after, ...)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "hostile" / "results")
     parser.add_argument("--cap-mb", type=float, default=4096, help="SIGKILL the server above")
@@ -37,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in cases:
             print(f"{c.name:24} {c.group:18} {c.what}")
         return 0
-    if args.cases != "all":
+    if args.cases == "none":  # the soak alone
+        cases = []
+    elif args.cases != "all":
         wanted = args.cases.split(",")
         unknown = set(wanted) - {c.name for c in cases}
         if unknown:
@@ -62,38 +90,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, default=str)[:1500], flush=True)
     finally:
         harness.close()
+    write(args.out, args.label, args.cases != "all", run)
     if args.soak > 0:
         from bench.hostile.soak_mix import run_soak
 
         print(f"-- soak with the hostile cases mixed in, {args.soak:g} s", flush=True)
-        run["soak"] = run_soak(model_dir, args.soak)
+        run["soak"] = {**run_soak(model_dir, args.soak), "commit": run["commit"]}
         print(json.dumps(run["soak"], default=str)[:1500], flush=True)
-
-    path = args.out.with_suffix(".json")
-    results: dict[str, Any] = {"runs": {}}
-    if path.exists():
-        results = json.loads(path.read_text())
-    results["machine"] = {
-        **machine(),
-        "memory_gib": machine()["ram_gib"],
-        "gdal": rasterio.__gdal_version__,
-    }
-    # A partial run (some cases) updates those cases of an earlier run with its label.
-    previous = results["runs"].get(args.label)
-    if previous and args.cases != "all":
-        previous["cases"].update(run["cases"])
-        previous["soak"] = run.get("soak", previous.get("soak"))
-        run = {**previous, "commit": run["commit"], "started": run["started"]}
-    results["runs"][args.label] = run
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(results))
+        write(args.out, args.label, True, {**run, "cases": {}})
     missed = [
         n
         for n, r in run["cases"].items()
         if not r.get("skipped") and not all(r["targets"].values())
     ]
-    print(f"wrote {path} and .md; cases missing a target: {', '.join(missed) or 'none'}")
+    print(f"wrote {args.out}.json and .md; cases missing a target: {', '.join(missed) or 'none'}")
     return 1 if missed else 0
 
 

@@ -38,6 +38,7 @@ class Ctx:
     probe: HealthProbe
     job_dir: Path
     deadline: float
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def url(self) -> str:
@@ -171,6 +172,8 @@ class Harness:
         # On /tmp (the job volume with room): scene partials can take gigabytes.
         self.tmp = Path(tempfile.mkdtemp(prefix="attnserve-hostile-", dir=workdir or "/tmp"))
         self._shared: tuple[BenchServer, MemoryWatch, HealthProbe, Path] | None = None
+        # How long the last server took to get ready (a plain start, for comparison).
+        self.ready_s = 0.0
 
     def start(self, settings: dict[str, str], job_dir: Path, log: Path) -> BenchServer:
         """A ready server with these settings and job directory."""
@@ -191,7 +194,9 @@ class Harness:
         if not case.fresh and self._shared is not None:
             return self._shared
         job_dir = self.tmp / f"jobs-{case.name}"
+        begun = time.monotonic()
         server = self.start(case.settings, job_dir, self.tmp / f"{case.name}.log")
+        self.ready_s = round(time.monotonic() - begun, 1)
         watch = MemoryWatch(server.pid, self.cap_mb, self.tmp).start()
         probe = HealthProbe(server.port).start()
         held = (server, watch, probe, job_dir)
@@ -216,7 +221,7 @@ class Harness:
         mark_rss, mark_probe = watch.mark(), probe.mark()
         rss_start = watch.rss_mb()
         ctx = Ctx(server, watch, probe, job_dir, time.monotonic() + case.limit_s)
-        started = time.monotonic()
+        started = ctx.started
         try:
             outcome = case.run(ctx, payload)
         except Exception as exc:  # a broken case is reported, not fatal to the suite
@@ -237,12 +242,14 @@ class Harness:
             "status_ok": outcome.ok,
             "answer_s": round(outcome.answer_s, 2),
             "case_s": round(took, 1),
+            "server_ready_s": self.ready_s,
             "rss_start_mb": rss_start,
             "peak_rss_mb": max(watch.peak_since(mark_rss), outcome.extra.pop("peak_rss_mb", 0)),
             "vm_hwm_mb": None if hwm is None else round(hwm / 1024, 1),
             "vm_hwm_is_process_wide": not case.fresh,
             "rss_end_mb": watch.rss_mb(),
             "healthz": probe.summary(mark_probe),
+            "healthz_over_1s": probe.slow(mark_probe, started),
             "killed": watch.killed or outcome.extra.pop("killed", None),
             "server_5xx": _delta(errors_before, errors_after),
             "log_problems": log_problems(server.log_path, log_offset),
@@ -266,7 +273,7 @@ class Harness:
 
 def _delta(before: dict[str, float], after: dict[str, float] | None) -> dict[str, float] | str:
     if after is None:
-        return "server gone: /metrics unreadable"
+        return "no /metrics answer (server gone or stalled)"
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
 
 

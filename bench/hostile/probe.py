@@ -132,6 +132,13 @@ class HealthProbe:
         """The index of the next probe."""
         return len(self.latencies)
 
+    def slow(self, index: int, since: float, over_s: float = 1.0) -> list[list[float]]:
+        """Probes from ``index`` on slower than ``over_s``: [seconds after ``since``, latency]."""
+        offset = since - self._t0
+        return [
+            [round(t - offset, 1), lat] for t, lat, _ in self.latencies[index:] if lat > over_s
+        ][:20]
+
     def summary(self, index: int = 0) -> dict[str, float | int]:
         """Count, failures, p50, p99 and max latency (s) of the probes from ``index`` on."""
         probes = self.latencies[index:]

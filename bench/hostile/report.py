@@ -43,7 +43,8 @@ def run_table(run: dict[str, Any]) -> list[str]:
         )
     lines += ["", "Notes per case:", ""]
     for name, r in run["cases"].items():
-        extra = [f"{k} {r[k]}" for k in ("rss_60s_after_mb", "ready_s", "job_dir_mb") if k in r]
+        keys = ("rss_60s_after_mb", "ready_s", "job_dir_mb", "healthz_over_1s")
+        extra = [f"{k} {r[k]}" for k in keys if r.get(k)]
         bits = r["notes"] + extra + [f"log: {p}" for p in r["log_problems"]]
         lines.append(f"- **{name}** ({r['what']}): " + "; ".join(str(b) for b in bits))
     return lines

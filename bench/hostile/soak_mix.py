@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +27,8 @@ def _load_soak() -> ModuleType:
     if spec is None or spec.loader is None:
         raise ImportError("bench/soak/soak.py cannot be loaded")
     module = importlib.util.module_from_spec(spec)
+    # Registered first: its dataclasses look their module up while they are made.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
