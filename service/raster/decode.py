@@ -7,6 +7,7 @@ opened with the GTiff driver, under a defensive GDAL configuration.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -255,11 +256,12 @@ def usable_georeference(dataset: DatasetReader) -> Georeference:
         return Georeference(None, IDENTITY, width, height, (note,))
     if not dataset.crs:
         return Georeference(None, transform, width, height)
-    problem = _crs_problem(dataset.crs, transform, width, height)
+    wkt = dataset.crs.to_wkt()
+    problem = _crs_problem(wkt, transform, width, height)
     if problem:
         note = f"the raster's CRS is not usable ({problem}); it is served as not georeferenced"
         return Georeference(None, transform, width, height, (note,))
-    return Georeference(dataset.crs.to_wkt(), transform, width, height)
+    return Georeference(wkt, transform, width, height)
 
 
 def _transform_problem(
@@ -281,13 +283,17 @@ def _transform_problem(
     return None
 
 
+# Clients send many tiles of one grid, and benchmarks one tile again and again:
+# the two PROJ round trips are the cost (about 2 ms), so answers are kept.
+@functools.lru_cache(maxsize=1024)
 def _crs_problem(
-    crs: rasterio.crs.CRS,
+    wkt: str,
     transform: tuple[float, float, float, float, float, float],
     width: int,
     height: int,
 ) -> str | None:
     try:
+        crs = rasterio.crs.CRS.from_wkt(wkt)
         if not (crs.is_geographic or crs.is_projected):
             return "a local or engineering CRS, not tied to the Earth"
         a, b, c, d, e, f = transform
