@@ -215,6 +215,8 @@ class SceneRunner:
         finally:
             await held.release_async()
 
+            if cancelled():
+                raise JobCancelled
     async def _run(
         self,
         record: JobRecord,
