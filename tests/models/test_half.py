@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "shipped"
 REAL = REPO.parent / "shared" / "data" / "geotiff" / "cogeo.tif"
 CPU = SessionOptions(providers=("CPUExecutionProvider",))
-MODELS = ("footprints-1.1.0.onnx", "crops-1.0.0.onnx")
+MODELS = ("footprints-2.0.0.onnx", "crops-1.0.0.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,10 @@ def test_footprints_copy_agrees_on_real_imagery(half_dir: Path) -> None:
     assert set(full) == set(half)
     for name, value in full.items():
         assert half[name].dtype == np.float32
-        assert np.abs(half[name] - value).max() < 0.05, name
+        # footprints 2.0.0's steep logits move a rare probability by up to 0.052
+        # (99.9% of pixels within 0.016); the thresholded masks below still agree.
+        limit = 0.06 if name == "probability" else 0.05
+        assert np.abs(half[name] - value).max() < limit, name
     agree = ((half["probability"] > 0.5) == (full["probability"] > 0.5)).mean()
     assert agree >= 0.999
 
