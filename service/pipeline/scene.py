@@ -56,6 +56,10 @@ class JobCancelled(Exception):
     """The job was cancelled while running."""
 
 
+# How often a job waiting on its tiles looks whether it was cancelled.
+CANCEL_POLL_S = 0.25
+
+
 @dataclass
 class SceneOptions:
     """Per-job tiling and output options (stored with the job, so it can resume)."""
@@ -211,12 +215,12 @@ class SceneRunner:
         need = scene_bytes(served, tile, max(1, len(options.dates)), self.in_flight_tiles)
         held = await asyncio.to_thread(self.budget.hold, need, cancelled)
         try:
+            if cancelled():
+                raise JobCancelled
             await self._run(record, served, options, progress, cancelled)
         finally:
             await held.release_async()
 
-            if cancelled():
-                raise JobCancelled
     async def _run(
         self,
         record: JobRecord,
@@ -599,27 +603,45 @@ class SceneRunner:
         def start_row(row: int) -> None:
             pending[row] = [asyncio.ensure_future(one(t)) for t in grid.row_tiles(row)]
 
+        async def landed(
+            task: asyncio.Task[tuple[Tile, np.ndarray | None]],
+        ) -> tuple[Tile, np.ndarray | None]:
+            # A cancel stops the job within a moment, not after the tiles in flight
+            # (16 queued tiles on a busy CPU outlasted the tile deadline).
+            while True:
+                finished, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+                if finished:
+                    return task.result()
+                if cancelled():
+                    raise JobCancelled
+
+        def final_blocks(row: int) -> list[tuple[int, np.ndarray]]:
+            blender.row_done(row)
+            return list(blender.pop_final())
+
+        current: list[asyncio.Task[tuple[Tile, np.ndarray | None]]] = []
         try:
             for row in range(grid.rows):
                 while next_row <= min(row + 1, grid.rows - 1):
                     start_row(next_row)
                     next_row += 1
-                for task in pending.pop(row):
-                    tile, out = await task
-                    blender.add(tile, out)
+                current = pending.pop(row)
+                for task in current:
+                    tile, out = await landed(task)
+                    # Blending a tile into scene-wide rows copies hundreds of MB
+                    # on wide scenes: on a worker thread, one call at a time.
+                    await asyncio.to_thread(blender.add, tile, out)
                     done += 1
                     progress(done, total)
-                blender.row_done(row)
-                for first, block in blender.pop_final():
+                for first, block in await asyncio.to_thread(final_blocks, row):
                     await asyncio.to_thread(flush, first, block)
                     if sinks is not None:
                         await asyncio.to_thread(self._check_disk, sinks)
         finally:
-            for tasks in pending.values():
-                for task in tasks:
-                    task.cancel()
-            for tasks in pending.values():
-                await asyncio.gather(*tasks, return_exceptions=True)
+            leftover = [*current, *(t for tasks in pending.values() for t in tasks)]
+            for task in leftover:
+                task.cancel()
+            await asyncio.gather(*leftover, return_exceptions=True)
 
     def _check_disk(self, sinks: dict[str, RasterSink], finishing: bool = False) -> None:
         """Fail the job if its outputs pass the disk cap or the volume runs short.
