@@ -184,7 +184,10 @@ class Settings(BaseSettings):
         64.0, ge=0, description="memory for footprints answers kept per job and parameters"
     )
     footprints_workers: int = Field(
-        1, ge=1, le=16, description="footprints extractions run at the same time"
+        2,
+        ge=1,
+        le=16,
+        description="footprints extractions run at the same time, each a process on one core",
     )
     footprints_max_waiting: int = Field(
         8, ge=0, description="footprints extractions waiting for a worker; more get 503"
