@@ -137,7 +137,9 @@ class ModelRepository:
         manifest = session.manifest
         helpers = self._helpers(path, session)
         if self._warmup:
-            warmup_s = sum(s.warmup(sizes=warmup_sizes(s)) for s in (session, *helpers))
+            warmup_s = sum(
+                s.warmup(sizes=warmup_sizes(s), measure=s is session) for s in (session, *helpers)
+            )
         else:
             warmup_s = 0.0
         limits = self._limits(manifest)

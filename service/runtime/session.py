@@ -230,16 +230,21 @@ class ModelSession:
         return feed
 
     def measure_feed(self) -> dict[str, Any]:
-        """A feed of :data:`MEASURE_UNITS` units: a 256 x 256 image, or 4096 series x 16 dates."""
+        """A feed to measure working memory on: a 256 x 256 image, or 1024 series x 16 dates.
+
+        Per row x date a temporal model's first run needs the same at 64 x 16
+        as at 8192 x 23 (1796 and 1679 bytes for crops), so a small feed does.
+        """
         if self.manifest.task == "segmentation":
             multiple = self.manifest.input.size_multiple or 1
             return self._cast(self.example_feed(size=-(-256 // multiple) * multiple))
-        return self._cast(self.example_feed(batch=MEASURE_UNITS // 16, dates=16))
+        return self._cast(self.example_feed(batch=1024, dates=16))
 
     def warmup(
         self,
         batch_sizes: tuple[int, ...] | None = None,
         sizes: tuple[int | None, ...] | None = None,
+        measure: bool = True,
     ) -> float:
         """Run the graph once per batch size and image size so the first request is not slow.
 
@@ -249,6 +254,8 @@ class ModelSession:
         Args:
             batch_sizes: defaults to the options' ``warmup_batch_sizes``.
             sizes: image sides; defaults to the manifest's tile size.
+            measure: measure working memory (:meth:`activation_bytes`); the
+                CPU instances of a model need not measure it again.
 
         Returns:
             Seconds spent.
@@ -264,7 +271,9 @@ class ModelSession:
                     # The first run also checks the map sizes the manifest promises,
                     # and measures the working memory per unit of input where
                     # it is large enough for one-time buffers not to dominate.
-                    if feed_units(feed) >= MEASURE_UNITS:
+                    if not measure:
+                        outputs = self.run(feed)
+                    elif feed_units(feed) >= MEASURE_UNITS:
                         outputs, self.activation_per_unit = self.activation_bytes(feed)
                     else:
                         self.activation_per_unit = self.activation_bytes(self.measure_feed())[1]
