@@ -134,7 +134,9 @@ def _apply(array: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -
     out: np.ndarray | None = None
     for k in range(idx.shape[1]):
         w = weights[:, k].reshape(shape)
-        term = np.take(array, idx[:, k], axis=axis).astype(np.float32) * w
+        # take() returns a new array: scale it in place rather than allocate again.
+        term = np.take(array, idx[:, k], axis=axis).astype(np.float32, copy=False)
+        np.multiply(term, w, out=term)
         if out is None:
             out = term
         else:
