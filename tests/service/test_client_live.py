@@ -97,7 +97,7 @@ def test_models_and_errors(live: LiveServer, tmp_path: Path) -> None:
     proc = _attnserve("models", "--server", live.url)
     assert proc.returncode == 0, proc.stderr
     names = [line.split("\t")[0] for line in proc.stdout.splitlines()]
-    assert names == ["crops", "footprints"]
+    assert names == ["crops", "crops-mato-grosso", "footprints"]
 
     not_tiff = tmp_path / "notes.tif"
     not_tiff.write_text("hello")

@@ -167,7 +167,7 @@ def test_upload_form_leads_to_the_job_view(server: LiveServer, browser: Any) -> 
     page.open(f"{server.url}/viewer")
     p = page.page
     options = p.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
-    assert options == ["crops", "footprints"]
+    assert options == ["crops", "crops-mato-grosso", "footprints"]
     p.select_option("#model", "footprints")
     p.set_input_files("#image", str(SHARED / "cogeo.tif"))
     p.click("button[type='submit']")
