@@ -23,8 +23,8 @@ def footprints(model_dir: Path) -> ModelSession:
 
 def test_warmup_measures_working_memory_per_pixel(footprints: ModelSession) -> None:
     # The Attention U-Net holds a few hundred bytes of activations per input pixel
-    # (544 on the shipped model on CPU); no measurement would leave the fallback.
-    assert 100 < footprints.activation_per_unit < 2000
+    # (263 to 544 on the shipped versions on CPU); no measurement leaves the fallback.
+    assert 100 < footprints.activation_per_unit < 2000, footprints.activation_per_unit
 
 
 @pytest.mark.skipif(_rss_bytes("VmRSS") is None, reason="needs /proc")
