@@ -62,7 +62,7 @@ async def _with_loop_lag(work: asyncio.Future[bytes] | asyncio.Task[bytes]) -> f
 def test_too_many_polygons_is_a_clear_422_and_the_loop_stays_free(tmp_path: Path) -> None:
     store = JobStore(tmp_path, ttl_s=60, fsync=False)
     job = _job(store, _noise(256))
-    service = FootprintService(store, FootprintLimits(max_features=500))
+    service = FootprintService(store, FootprintLimits(max_features=500, timeout_s=120))
     options = FootprintOptions(threshold=0.5, min_area_px=0, simplify_px=0)
 
     async def run() -> tuple[BaseException | None, float]:
