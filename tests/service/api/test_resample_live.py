@@ -262,4 +262,5 @@ def test_a_scene_gives_the_synchronous_answer(
     assert tiled.shape == reference.shape
     np.testing.assert_array_equal(np.isnan(tiled), np.isnan(reference))
     diff = np.nan_to_num(np.abs(tiled - reference)).reshape(len(tiled), -1).max(axis=1)
-    assert (diff <= 0.01).all(), dict(enumerate(diff.round(4)))
+    # The bound of tiled against whole-image inference without resampling (test_seams_live).
+    assert (diff <= 0.05).all(), dict(enumerate(diff.round(4)))
