@@ -200,6 +200,12 @@ class Settings(BaseSettings):
         description="an input whose ground resolution differs from a model's gsd_m by more "
         "than this factor is resampled to the model's resolution (and outputs back)",
     )
+    resample_max_factor: float = Field(
+        8.0,
+        ge=1.0,
+        description="an input further than this factor from a model's gsd_m runs as sent, "
+        "with a warning in the answer, instead of being resampled",
+    )
     max_dates: int = Field(366, ge=1)
     max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
     memory_budget_mb: float = Field(

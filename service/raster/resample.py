@@ -314,13 +314,23 @@ class Resampling:
         return RasterOutputs(layers=layers, valid=valid)
 
 
+# Inputs further than this from a model's gsd_m are not resampled (Settings.resample_max_factor).
+DEFAULT_MAX_FACTOR = 8.0
+
+
 def plan_resampling(
-    georef: Georeference | None, model_gsd_m: float | None, tolerance: float
+    georef: Georeference | None,
+    model_gsd_m: float | None,
+    tolerance: float,
+    max_factor: float = DEFAULT_MAX_FACTOR,
 ) -> Resampling:
     """Decide whether an input runs on the model's grid, and the grid's size.
 
     It does when the model states its ``gsd_m`` and the input's ground
-    resolution differs from it by more than ``tolerance`` along either axis.
+    resolution differs from it by more than ``tolerance`` along either axis, but
+    by no more than ``max_factor``: imagery that far from the model's resolution
+    (a 300 m Landsat scene for a 0.5 m building model) would be invented detail
+    or lost detail either way, so it runs as sent and the answer says so.
     """
     width = georef.width if georef else 0
     height = georef.height if georef else 0
@@ -336,8 +346,16 @@ def plan_resampling(
     if gsd is None or georef is None:
         return as_is(NOT_GEOREFERENCED)
     fx, fy = gsd[0] / model_gsd_m, gsd[1] / model_gsd_m
-    if max(fx, 1 / fx, fy, 1 / fy) <= tolerance:
+    worst = max(fx, 1 / fx, fy, 1 / fy)
+    if worst <= tolerance:
         return as_is(f"within {tolerance:g}x of the model's resolution: run as is", gsd)
+    if worst > max_factor:
+        return as_is(
+            f"{worst:.3g}x from the model's {model_gsd_m:g} m per pixel, more than the "
+            f"{max_factor:g}x the server resamples: run as is, at a resolution the model "
+            "was not trained for, so expect poor results",
+            gsd,
+        )
     model_width = max(1, round(width * fx))
     model_height = max(1, round(height * fy))
     shrinks = (model_width < width, model_height < height)

@@ -177,7 +177,7 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
             scene_limits,
             None if want_async else limits,
             manifest,
-            state.settings.resample_tolerance,
+            (state.settings.resample_tolerance, state.settings.resample_max_factor),
             served,
             state.budget,
         )
@@ -218,7 +218,7 @@ def _image_if_sync(
     scene_limits: RasterLimits,
     sync: RasterLimits | None,
     manifest: Manifest,
-    tolerance: float,
+    tolerance: tuple[float, float],
     served: ServedModel,
     budget: MemoryBudget,
 ) -> tuple[inputs.RasterInput, Reservation] | None:
@@ -226,14 +226,15 @@ def _image_if_sync(
 
     ``sync``: the synchronous limits, None when the client asked for a job.
     An image is synchronous when it fits the limits both as sent and on the
-    model's grid (``tolerance``: see ``Settings.resample_tolerance``), and
+    model's grid (``tolerance``: ``Settings.resample_tolerance`` and
+    ``resample_max_factor``), and
     when its estimated memory fits one request's share of ``budget``; its
     memory is reserved before any pixel is decoded.
     """
     with open_geotiff(data) as dataset:
         info = describe(dataset)
         check_limits(info, scene_limits)
-        plan = plan_resampling(info.georef, manifest.input.gsd_m, tolerance)
+        plan = plan_resampling(info.georef, manifest.input.gsd_m, *tolerance)
         check_grid(plan, scene_limits)
         pixels = max(info.width * info.height, plan.model_pixels)
         if sync is None or pixels > sync.max_pixels:
@@ -384,7 +385,10 @@ async def _submit_scene(
         record.georef = infos[0].georef.to_json()
         if manifest.task == "segmentation":
             plan = plan_resampling(
-                infos[0].georef, manifest.input.gsd_m, state.settings.resample_tolerance
+                infos[0].georef,
+                manifest.input.gsd_m,
+                state.settings.resample_tolerance,
+                state.settings.resample_max_factor,
             )
             check_grid(plan, limits)
             record.extra["resampling"] = plan.to_json()  # the scene runner follows it

@@ -198,16 +198,16 @@ def test_degrees_are_measured_in_metres(server: LiveServer, shared_data: Path) -
     assert georef["crs"] == CRS.from_epsg(4326)
 
 
-def test_an_image_far_coarser_than_the_model_is_refused(
+def test_an_image_far_coarser_than_the_model_runs_as_sent_with_a_warning(
     server: LiveServer, shared_data: Path
 ) -> None:
     # A 300 m Landsat scene would become about 475,000 pixels a side at 0.5 m.
     resp = _post(server, (shared_data / "RGB.byte.tif").read_bytes())
-    assert resp.status_code == 413, resp.text
-    error = resp.json()["error"]
-    assert error["code"] == "payload_too_large"
-    assert "model's 0.5 m per pixel" in error["message"]
-    assert "300 x 300 m" in error["message"]
+    assert resp.status_code == 200, resp.text
+    resampling = resp.json()["resampling"]
+    assert resampling["applied"] is False
+    assert "more than the 8x the server resamples" in resampling["reason"]
+    assert resp.json()["georeference"]["width"] == 791
 
 
 def test_a_coarser_image_over_the_sync_limit_on_the_model_grid_is_a_scene(
