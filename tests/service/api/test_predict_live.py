@@ -195,7 +195,7 @@ def test_crop_parcels_json(live: LiveServer) -> None:
 
 
 def test_32_concurrent_clients_each_get_their_own_answer(live: LiveServer, model_dir: Path) -> None:
-    crops = sorted(model_dir.glob("crops*.onnx"))[-1]
+    crops = sorted(model_dir.glob("crops-[0-9]*.onnx"))[-1]
     session = ort.InferenceSession(str(crops), providers=["CPUExecutionProvider"])
     requests = [_crop_request(2, 10, seed=100 + i) for i in range(32)]
 

@@ -203,7 +203,7 @@ def test_an_image_far_coarser_than_the_model_runs_as_sent_with_a_warning(
 ) -> None:
     # A 300 m Landsat scene would become about 475,000 pixels a side at 0.5 m.
     resp = _post(server, (shared_data / "RGB.byte.tif").read_bytes())
-    assert resp.status_code == 200, resp.text
+    assert resp.status_code in (200, 202), resp.text  # 202: over this server's sync limit
     resampling = resp.json()["resampling"]
     assert resampling["applied"] is False
     assert "more than the 8x the server resamples" in resampling["reason"]

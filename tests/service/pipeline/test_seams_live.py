@@ -29,7 +29,7 @@ def _synthetic_scene(path: Path, seed: int) -> Path:
         count=3,
         dtype="uint8",
         crs="EPSG:32633",
-        transform=from_origin(400000, 5500000, 0.3, 0.3),
+        transform=from_origin(400000, 5500000, 0.5, 0.5),  # the model's gsd_m: no resampling
         tiled=True,
         blockxsize=256,
         blockysize=256,
