@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from tests.hardening import rasters
 from tests.service.conftest import LiveServer
 
 KEY_A = "hardening-key-a-0123456789"
@@ -32,23 +32,10 @@ PASSWD = Path("/etc/passwd").read_text().splitlines()[0]
 
 
 def geotiff(bands: int = 3, size: int = 32, dtype: str = "uint8", **profile: object) -> bytes:
-    """A georeferenced GeoTIFF of seeded random values."""
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=bands,
-        dtype=dtype,
-        crs="EPSG:32631",
-        transform=from_origin(500000, 4000000, 10, 10),
-        **profile,
-    ) as dst:
-        dst.write(rng.integers(0, 200, (bands, size, size)).astype(dtype))
-    return buf.getvalue()
+    """A georeferenced GeoTIFF (10 m pixels) of seeded random values."""
+    return rasters.geotiff(
+        bands, size, dtype, transform=from_origin(500000, 4000000, 10, 10), **profile
+    )
 
 
 def huge_sparse_geotiff() -> bytes:

@@ -22,41 +22,11 @@ import pytest
 import rasterio
 from rasterio.transform import Affine, from_origin
 
+from tests.hardening.rasters import UTM, geotiff
 from tests.service.conftest import LiveServer
 
-UTM = "EPSG:32631"
 LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
 TMERC_DEGENERATE = "+proj=tmerc +lat_0=0 +lon_0=3 +k=1e-9 +x_0=500000 +y_0=0 +ellps=WGS84"
-
-
-def geotiff(
-    bands: int = 3,
-    size: int = 64,
-    dtype: str = "uint8",
-    crs: str | None = UTM,
-    transform: Affine | None = None,
-    data: np.ndarray | None = None,
-    **profile: object,
-) -> bytes:
-    """A GeoTIFF of seeded random values (or ``data``)."""
-    if data is None:
-        rng = np.random.default_rng(0)
-        data = rng.integers(0, 200, (bands, size, size)).astype(dtype)
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=bands,
-        dtype=dtype,
-        crs=crs,
-        transform=transform or from_origin(500000, 4000000, 0.5, 0.5),
-        **profile,
-    ) as dst:
-        dst.write(data)
-    return buf.getvalue()
 
 
 def zeros_geotiff(size: int, bands: int = 3, dtype: str = "uint8", **profile: object) -> bytes:

@@ -17,7 +17,8 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.hardening.test_intake import geotiff, hwm_mib, predict, reset_hwm, zeros_geotiff
+from tests.hardening.rasters import geotiff
+from tests.hardening.test_intake import hwm_mib, predict, reset_hwm, zeros_geotiff
 from tests.service.conftest import LiveServer
 
 pytestmark = pytest.mark.slow
