@@ -1,8 +1,4 @@
-"""ONNX Runtime sessions built from a model's manifest.
-
-Imports nothing but onnxruntime, numpy and the standard library, so that the
-runtime can be benchmarked on a machine without the web stack.
-"""
+"""ONNX Runtime sessions built from a model's manifest."""
 
 from __future__ import annotations
 
@@ -48,9 +44,8 @@ class SessionOptions:
             between and after runs, which on a small or shared CPU slows the
             event loop, decoding and the run itself.
         memory_pattern: let ONNX Runtime plan one block for all of a run's
-            tensors (its default). Off, tensors come from the arena one by one:
-            on CPU the footprints model at batch 8 x 640^2 then peaks at 1.4 GB
-            instead of 2.1 GB.
+            tensors (its default). Off, tensors come from the arena one by one,
+            which lowers the peak of large CPU batches.
         io_binding: bind inputs and outputs explicitly when CUDA is active.
         cuda_graph: capture CUDA graphs at warm-up and replay them for inputs of
             the warmed-up shapes (CUDA only; batches are padded up to the next
@@ -233,8 +228,8 @@ class ModelSession:
     def measure_feed(self) -> dict[str, Any]:
         """A feed to measure working memory on: a 256 x 256 image, or 1024 series x 16 dates.
 
-        Per row x date a temporal model's first run needs the same at 64 x 16
-        as at 8192 x 23 (1796 and 1679 bytes for crops), so a small feed does.
+        Per row x date a temporal model's first run needs about the same on a
+        small feed as on a large one, so a small feed does.
         """
         if self.manifest.task == "segmentation":
             multiple = self.manifest.input.size_multiple or 1
@@ -303,7 +298,7 @@ class ModelSession:
         """
         units = max(1, feed_units(feed))
         # Freed heap pages still resident would absorb the run's growth unseen
-        # (a process that ran anything large before measured 38 instead of 263).
+        # (a process that ran anything large before would measure far too little).
         trim = malloc_trim()
         if trim is not None:
             trim()
