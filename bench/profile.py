@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.server import BenchServer
+from tests.helpers.server import LiveServer
 
 # A sample belongs to the first stage whose pattern appears in its stack (innermost
 # frames are checked first), so "inference" wins over the batcher that called it.
@@ -94,7 +94,7 @@ def _short(frame: str) -> str:
 
 
 def profile_load(
-    server: BenchServer,
+    server: LiveServer,
     request_spec: Path,
     out_raw: Path,
     requests: int,

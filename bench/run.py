@@ -37,12 +37,12 @@ from bench import raw
 from bench.machine import load_average, machine
 from bench.report import checks, markdown
 from bench.scenes import tile_scene
-from bench.server import BenchServer
 from service.app import session_options
 from service.config import SHIPPED_MODELS, Settings
 from service.runtime.cpus import usable_cpus
 from service.runtime.segmentation import context_px
 from service.runtime.session import ModelSession
+from tests.helpers.server import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "geotiff" / "cogeo.tif"
@@ -185,7 +185,7 @@ def request_specs(work: Path) -> dict[str, Path]:
 
 
 def run_load(
-    server: BenchServer, spec: Path, concurrency: int, duration_s: float, min_requests: int
+    server: LiveServer, spec: Path, concurrency: int, duration_s: float, min_requests: int
 ) -> dict[str, Any]:
     """Drive the server from a separate process (``bench.load``)."""
     out = subprocess.run(
@@ -309,7 +309,7 @@ def bench_http(plan: Plan, work: Path, specs: dict[str, Path]) -> dict[str, Any]
             "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS),
             "ATTNSERVE_JOB_DIR": str(work / f"jobs-{i}"),
         }
-        with BenchServer(env, work / f"server-{i}.log") as server:
+        with LiveServer(env, work / f"server-{i}.log") as server:
             for model, duration in (
                 ("footprints", plan.fp_duration_s),
                 ("crops", plan.crop_duration_s),
@@ -363,7 +363,7 @@ def bench_scene(plan: Plan, work: Path) -> dict[str, Any]:
         raw_tiles = raw_on_tiles(fp, scene, batch, plan.scene_raw_tiles, plan.raw_min_s)
         del fp
         say(f"  raw: {raw_tiles['tiles_per_s']:.2f} tiles/s on {raw_tiles['input_side']} px")
-        with BenchServer(env, work / f"server-scene-{i}.log") as server:
+        with LiveServer(env, work / f"server-scene-{i}.log") as server:
             job = run_scene_job(server, scene, work / f"jobs-scene-{i}", log=say)
         say(
             f"  [{variant}] scene job: {job['tiles']} tiles in {job['server_job_s']:.1f} s "
@@ -421,7 +421,7 @@ def profile(label: str, out_dir: Path, requests: dict[str, int]) -> None:
             "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS),
             "ATTNSERVE_JOB_DIR": str(work / "jobs"),
         }
-        with BenchServer(env, work / "server.log") as server:
+        with LiveServer(env, work / "server.log") as server:
             for model, n in requests.items():
                 run_load(server, specs[model], 1, 0, 4)
                 raw_file = work / f"{model}.raw"

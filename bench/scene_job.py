@@ -14,10 +14,10 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from bench.raw import image_feed, measure, read_window
-from bench.server import BenchServer, RssSampler
 from service.runtime.segmentation import context_px
 from service.runtime.session import ModelSession
 from service.runtime.tiling import Tile, TileGrid
+from tests.helpers.server import LiveServer, RssSampler
 
 
 def raw_on_tiles(
@@ -96,7 +96,7 @@ def _busy(before: dict[str, float], after: dict[str, float], wall_s: float) -> d
 
 
 def run_scene_job(
-    server: BenchServer,
+    server: LiveServer,
     scene: Path,
     job_dir: Path,
     log: Any = print,

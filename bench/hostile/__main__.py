@@ -16,7 +16,7 @@ from bench.hostile import all_cases
 from bench.hostile.harness import Harness
 from bench.hostile.report import markdown
 from bench.machine import git_sha, load_average, machine
-from bench.server import REPO
+from tests.helpers.server import REPO
 
 
 def write(out: Path, label: str, partial: bool, run: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench.hostile.probe import HealthProbe, MemoryWatch
-from bench.server import BenchServer, proc_status_kib
+from tests.helpers.server import LiveServer, proc_status_kib
 
 # Targets of issue 22, on the 2-core benchmark machine.
 TARGET_RSS_MB = 3 * 1024
@@ -33,7 +33,7 @@ TARGET_HEALTHZ_S = 1.0
 class Ctx:
     """What a running case has: its server, its watchers and a deadline."""
 
-    server: BenchServer
+    server: LiveServer
     watch: MemoryWatch
     probe: HealthProbe
     job_dir: Path
@@ -171,18 +171,18 @@ class Harness:
         self.cap_mb = cap_mb
         # On /tmp (the job volume with room): scene partials can take gigabytes.
         self.tmp = Path(tempfile.mkdtemp(prefix="attnserve-hostile-", dir=workdir or "/tmp"))
-        self._shared: tuple[BenchServer, MemoryWatch, HealthProbe, Path] | None = None
+        self._shared: tuple[LiveServer, MemoryWatch, HealthProbe, Path] | None = None
         # How long the last server took to get ready (a plain start, for comparison).
         self.ready_s = 0.0
 
-    def start(self, settings: dict[str, str], job_dir: Path, log: Path) -> BenchServer:
+    def start(self, settings: dict[str, str], job_dir: Path, log: Path) -> LiveServer:
         """A ready server with these settings and job directory."""
         env = {
             "ATTNSERVE_MODEL_DIR": str(self.model_dir),
             "ATTNSERVE_JOB_DIR": str(job_dir),
             **settings,
         }
-        server = BenchServer(env, log)
+        server = LiveServer(env, log)
         try:
             server.wait_ready(120)
         except BaseException:
@@ -190,7 +190,7 @@ class Harness:
             raise
         return server
 
-    def _server_for(self, case: Case) -> tuple[BenchServer, MemoryWatch, HealthProbe, Path]:
+    def _server_for(self, case: Case) -> tuple[LiveServer, MemoryWatch, HealthProbe, Path]:
         if not case.fresh and self._shared is not None:
             return self._shared
         job_dir = self.tmp / f"jobs-{case.name}"
@@ -204,7 +204,7 @@ class Harness:
             self._shared = held
         return held
 
-    def _release(self, held: tuple[BenchServer, MemoryWatch, HealthProbe, Path]) -> None:
+    def _release(self, held: tuple[LiveServer, MemoryWatch, HealthProbe, Path]) -> None:
         server, watch, probe, job_dir = held
         probe.stop()
         watch.stop()

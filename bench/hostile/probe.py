@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.server import proc_status_kib
+from tests.helpers.server import proc_status_kib
 
 
 class MemoryWatch:

@@ -18,7 +18,7 @@ import numpy as np
 from bench.hostile import files
 from bench.hostile.harness import Case, Ctx, Outcome, finished
 from bench.hostile.probe import HealthProbe, MemoryWatch
-from bench.server import REPO, BenchServer
+from tests.helpers.server import REPO, LiveServer
 
 TRICKLERS = 64
 NORMAL_CLIENTS = 8
@@ -123,7 +123,7 @@ def _has_resume_setting() -> bool:
     return "job_max_resumes" in (REPO / "service" / "config.py").read_text()
 
 
-def _kill(server: BenchServer) -> None:
+def _kill(server: LiveServer) -> None:
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(30)
     server.stop()  # closes its log
@@ -157,7 +157,7 @@ def _poison(ctx: Ctx, data: bytes | None) -> Outcome:
     started = time.monotonic()
     for life in range(MAX_RESUMES + 2):
         t0 = time.monotonic()
-        server = BenchServer(ctx.server.env, Path(ctx.server.log_path))
+        server = LiveServer(ctx.server.env, Path(ctx.server.log_path))
         server.wait_ready(90)
         ready.append(round(time.monotonic() - t0, 1))
         ctx.server = server

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from bench.hostile import files
-from bench.server import REPO
+from tests.helpers.server import REPO
 
 
 def _load_soak() -> ModuleType:

@@ -23,7 +23,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from tests.hardening import rasters
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 KEY_A = "hardening-key-a-0123456789"
 KEY_B = "hardening-key-b-0123456789"

@@ -23,8 +23,8 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 from service.app import create_app
 from service.config import Settings
 from service.errors import NotFound, StorageFailed
-from service.jobs import store as store_module
-from service.jobs.store import JobStore
+from service.jobs import pack
+from service.jobs.local import LocalJobStore
 from tests.hardening.test_bad_inputs import geotiff
 
 
@@ -93,10 +93,10 @@ def test_an_onnx_runtime_failure_fails_that_batch_with_503_and_serving_goes_on(
 def test_a_failed_job_write_leaves_no_job_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     record = store.new_record({"name": "m", "version": "1", "task": "t"}, "raster", None)
     written: list[int] = []
-    real_write = store_module._write_chunked
+    real_write = pack.write_chunked
 
     # The disk fills up while the second array is being written.
     def write_then_fail(f: Any, data: Any) -> None:
@@ -105,7 +105,7 @@ def test_a_failed_job_write_leaves_no_job_behind(
         written.append(1)
         real_write(f, data)
 
-    monkeypatch.setattr(store_module, "_write_chunked", write_then_fail)
+    monkeypatch.setattr(pack, "write_chunked", write_then_fail)
     arrays = {"a": np.zeros((4, 4), np.float32), "b": np.ones((4, 4), np.float32)}
     # Callers get a 503-mapped error that names no path.
     with pytest.raises(StorageFailed, match="could not be stored"):
@@ -122,7 +122,7 @@ def test_a_failed_job_write_leaves_no_job_behind(
 
 
 def test_a_reader_never_sees_a_half_written_job(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     records = [
         store.new_record({"name": "m", "version": "1", "task": "t"}, "raster", None)
         for _ in range(20)

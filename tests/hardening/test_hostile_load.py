@@ -16,19 +16,13 @@ import pytest
 
 from bench.hostile import all_cases, files
 from bench.hostile.harness import Case, Harness
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[LiveServer]:
-    tmp = tmp_path_factory.mktemp("hostile")
-    live = LiveServer(
-        {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
-        tmp / "server.log",
-    )
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(model_dir, tmp_path_factory.mktemp("hostile")) as live:
+        yield live
 
 
 def _message(resp: httpx.Response) -> str:

@@ -23,7 +23,7 @@ import rasterio
 from rasterio.transform import Affine, from_origin
 
 from tests.hardening.rasters import UTM, geotiff
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer, serving
 
 LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
 TMERC_DEGENERATE = "+proj=tmerc +lat_0=0 +lon_0=3 +k=1e-9 +x_0=500000 +y_0=0 +ellps=WGS84"
@@ -71,17 +71,8 @@ REQUEST_MEMORY_MB = "512"
 def server(tmp_path_factory: pytest.TempPathFactory, model_dir: object) -> Iterator[LiveServer]:
     """One live server for every case here."""
     tmp = tmp_path_factory.mktemp("intake")
-    live = LiveServer(
-        {
-            "ATTNSERVE_MODEL_DIR": str(model_dir),
-            "ATTNSERVE_JOB_DIR": str(tmp / "jobs"),
-            "ATTNSERVE_REQUEST_MEMORY_MB": REQUEST_MEMORY_MB,
-        },
-        tmp / "server.log",
-    )
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(model_dir, tmp, request_memory_mb=REQUEST_MEMORY_MB) as live:
+        yield live
 
 
 def predict(server: LiveServer, image: bytes, **fields: str) -> httpx.Response:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.hardening.rasters import geotiff
 from tests.hardening.test_intake import hwm_mib, predict, reset_hwm, zeros_geotiff
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 pytestmark = pytest.mark.slow
 

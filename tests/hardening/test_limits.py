@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.scenes import tile_scene
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 
 def _trickle(gap_s: float, stop: threading.Event) -> Iterator[bytes]:

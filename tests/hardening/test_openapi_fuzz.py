@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 EXAMPLES_PER_OPERATION = 15
 BUDGET_S = 40.0

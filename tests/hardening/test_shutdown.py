@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import httpx
 
 from tests.hardening.test_bad_inputs import geotiff
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 CLIENTS = 16
 DRAIN_DELAY_S = 1.0

@@ -16,19 +16,14 @@ from models.data.crop_npz import read_crop_npz
 from models.data.crops import BANDS, make_crop_series
 from service.cli import main
 from service.config import SHIPPED_MODELS
+from tests.helpers.server import LiveServer, start
 from tests.models.test_train_crops_bands import MATO_GROSSO, write_ndvi_only
-from tests.service.conftest import LiveServer
 
 MODIS_BANDS = ["MIR", "BLUE", "NIR", "RED", "EVI", "NDVI"]
 
 
 def _serve(model_dir: Path, tmp: Path) -> LiveServer:
-    server = LiveServer(
-        {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
-        tmp / "server.log",
-    )
-    server.wait_ready()
-    return server
+    return start(model_dir, tmp)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from service.config import SHIPPED_MODELS
-from tests.service.conftest import SHARED, LiveServer
+from tests.helpers.geotiff import SHARED
+from tests.helpers.server import LiveServer, serving
 
 CHROMIUM = os.environ.get("ATTNSERVE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,15 +48,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A live server for the viewer."""
-    tmp = tmp_path_factory.mktemp("viewer")
     model_dir = os.environ.get("ATTNSERVE_TEST_MODEL_DIR", str(SHIPPED_MODELS))
-    live = LiveServer(
-        {"ATTNSERVE_MODEL_DIR": model_dir, "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
-        tmp / "server.log",
-    )
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(model_dir, tmp_path_factory.mktemp("viewer")) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,16 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from service.config import SHIPPED_MODELS
-from tests.service.conftest import SHARED, LiveServer
+from tests.helpers.geotiff import SHARED
+from tests.helpers.server import LiveServer, serving
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A live server."""
-    tmp = tmp_path_factory.mktemp("viewer-routes")
     model_dir = os.environ.get("ATTNSERVE_TEST_MODEL_DIR", str(SHIPPED_MODELS))
-    live = LiveServer(
-        {"ATTNSERVE_MODEL_DIR": model_dir, "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
-        tmp / "server.log",
-    )
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(model_dir, tmp_path_factory.mktemp("viewer-routes")) as live:
+        yield live
 
 
 def _png(data: bytes) -> np.ndarray:

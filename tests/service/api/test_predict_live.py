@@ -19,7 +19,7 @@ from rasterio.transform import from_origin
 
 from models.half import convert_to_float16
 from service.runtime.cpus import usable_cpus
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 
 def _post_image(

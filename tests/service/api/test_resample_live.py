@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from service.config import SHIPPED_MODELS
 from service.runtime.manifest import MANIFEST_KEY
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer, serving
 from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
 MODEL_GSD = 0.5
@@ -48,17 +48,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     models.mkdir()
     source = sorted(SHIPPED_MODELS.glob("footprints-*.onnx"))[-1]
     with_gsd(source, models / source.name, MODEL_GSD)
-    live = LiveServer(
-        {
-            "ATTNSERVE_MODEL_DIR": str(models),
-            "ATTNSERVE_JOB_DIR": str(tmp / "jobs"),
-            "ATTNSERVE_MAX_SYNC_PIXELS": str(MAX_SYNC),
-        },
-        tmp / "server.log",
-    )
-    live.wait_ready()
-    yield live
-    live.stop()
+    with serving(models, tmp, max_sync_pixels=str(MAX_SYNC)) as live:
+        yield live
 
 
 def _aerial(shared: Path, height: int, width: int) -> np.ndarray:

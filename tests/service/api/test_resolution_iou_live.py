@@ -28,7 +28,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from service.runtime.manifest import MANIFEST_KEY
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer, serving
 from tests.service.pipeline.test_scenes_live import _follow
 
 DUBAI = Path(__file__).resolve().parents[4] / "shared" / "data" / "footprints" / "dubai"
@@ -73,14 +73,8 @@ def gsd_server(
     for tile in tiles:
         if not tile.is_dir():
             pytest.fail(f"held-out imagery not found at {tile}")
-    tmp = tmp_path_factory.mktemp("iou")
-    server = LiveServer(
-        {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")},
-        tmp / "server.log",
-    )
-    server.wait_ready()
-    yield server, model[0], tiles
-    server.stop()
+    with serving(model_dir, tmp_path_factory.mktemp("iou")) as server:
+        yield server, model[0], tiles
 
 
 def _buildings(path: Path, window: Window | None = None) -> np.ndarray:

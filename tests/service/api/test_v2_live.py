@@ -22,7 +22,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from service.runtime.segmentation import upsample
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 httpclient = pytest.importorskip(
     "tritonclient.http", reason="needs tritonclient[http] (pip install 'tritonclient[http]')"

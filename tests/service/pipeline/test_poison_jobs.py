@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from bench.scenes import tile_scene
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.local import LocalJobStore
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.pipeline.jobs import JobManager
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 MODEL = {"name": "footprints", "version": "1", "task": "segmentation"}
 
@@ -59,7 +61,7 @@ def _serve_jobs(root: Path, marks: Path, max_resumes: int) -> None:
 
     async def serve() -> None:
         manager = JobManager(
-            JobStore(root, ttl_s=60),
+            LocalJobStore(root, ttl_s=60),
             HangingRunner(marks),  # type: ignore[arg-type]
             _no_model,
             1,
@@ -96,7 +98,7 @@ def _run_and_kill(root: Path, marks: Path, max_resumes: int) -> int:
 def test_a_job_the_server_dies_on_is_failed_with_its_reason_after_the_resume_limit(
     tmp_path: Path,
 ) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60, fsync=False)
     job_id = _queued_job(store)
     marks = tmp_path / "runs.txt"
     for attempt in range(3):  # the first run, then 2 resumes, each killed mid-run
@@ -124,7 +126,7 @@ def test_a_job_the_server_dies_on_is_failed_with_its_reason_after_the_resume_lim
 
 
 def test_a_clean_stop_does_not_count_towards_the_resume_limit(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     job_id = _queued_job(store)
 
     async def run_then_stop() -> list[str]:
@@ -144,7 +146,7 @@ def test_a_clean_stop_does_not_count_towards_the_resume_limit(tmp_path: Path) ->
 
 
 def test_start_up_does_not_wait_for_unfinished_jobs(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     for _ in range(5):
         _queued_job(store)
 

@@ -14,7 +14,7 @@ import rasterio.windows
 from affine import Affine
 
 from bench.scenes import tile_scene
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 
 def _submit(server: LiveServer, path: Path, **fields: str) -> str:

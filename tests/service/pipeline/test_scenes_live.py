@@ -13,7 +13,7 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from bench.scenes import dated_stack, tile_scene
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 
 
 def _submit(server: LiveServer, paths: list[Path], **fields: str) -> dict[str, Any]:

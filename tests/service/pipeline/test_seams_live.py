@@ -10,7 +10,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from tests.service.conftest import LiveServer
+from tests.helpers.server import LiveServer
 from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
 SIZE = 1024

@@ -1,8 +1,4 @@
-"""A live server for benchmarks: ``python -m service`` in a subprocess on 127.0.0.1.
-
-Mirrors ``tests/service/conftest.py``'s ``LiveServer`` (the benchmark must not
-import the test tree), with the server's memory read from ``/proc``.
-"""
+"""A live server: ``python -m service`` (or another command) in a subprocess on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -47,26 +45,43 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-class BenchServer:
+def serve_command(port: int) -> list[str]:
+    """``python -m service`` on ``port`` of 127.0.0.1, with this interpreter."""
+    return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+
+
+class LiveServer:
     """A real uvicorn server in a subprocess.
 
     Args:
-        env: ``ATTNSERVE_*`` settings (added to this process's environment).
+        env: ``ATTNSERVE_*`` settings, over ``base_env`` (this process's environment
+            unless given); the log level is ``warning`` unless ``env`` sets it.
         log: file for the server's output.
         prefix: a command the server runs under (e.g. ``py-spy record ... --``).
+        command: the server's command for a port, ``python -m service`` by default.
+        cwd: the server's working directory.
+        base_env: the environment under ``env``.
     """
 
-    def __init__(self, env: dict[str, str], log: Path, prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log: Path,
+        prefix: list[str] | None = None,
+        command: Callable[[int], list[str]] = serve_command,
+        cwd: Path = REPO,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ATTNSERVE_LOG_LEVEL": "warning", **env}
+        base = os.environ if base_env is None else base_env
+        self.env = {**base, "ATTNSERVE_LOG_LEVEL": "warning", **env}
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [*(prefix or []), *cmd],
+            [*(prefix or []), *command(self.port)],
             env=self.env,
-            cwd=REPO,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -85,10 +100,11 @@ class BenchServer:
         raise RuntimeError("the server process did not start under its prefix command")
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
-        """Block until ``/readyz`` answers 200."""
+        """Block until ``/readyz`` answers 200; stops the server if it never does."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
@@ -96,6 +112,7 @@ class BenchServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.stop()
         raise TimeoutError(f"server not ready: {self.log_path.read_text()[-2000:]}")
 
     def rss_kib(self) -> int | None:
@@ -116,15 +133,39 @@ class BenchServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return int(self.proc.returncode)
 
-    def __enter__(self) -> BenchServer:
+    def __enter__(self) -> LiveServer:
         self.wait_ready()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def settings_env(**settings: str) -> dict[str, str]:
+    """``request_memory_mb="64"`` as ``{"ATTNSERVE_REQUEST_MEMORY_MB": "64"}``."""
+    return {f"ATTNSERVE_{key.upper()}": value for key, value in settings.items()}
+
+
+def start(model_dir: Path | str, tmp: Path, log: str = "server.log", **settings: str) -> LiveServer:
+    """A ready server of ``model_dir``'s models, its jobs in ``tmp/jobs``, its log in ``tmp``."""
+    env = {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")}
+    server = LiveServer({**env, **settings_env(**settings)}, tmp / log)
+    server.wait_ready()
+    return server
+
+
+@contextmanager
+def serving(model_dir: Path | str, tmp: Path, **settings: str) -> Iterator[LiveServer]:
+    """``start`` a server for the ``with`` block; stopped after it."""
+    server = start(model_dir, tmp, **settings)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class RssSampler:

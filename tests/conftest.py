@@ -1,0 +1,49 @@
+"""Fixtures of the whole suite: real data files, the shipped models, live servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config import SHIPPED_MODELS
+from tests.helpers.geotiff import SHARED
+from tests.helpers.server import LiveServer, serving, start
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data/geotiff``: real rasters nobody on this project made."""
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The shipped model repository."""
+    return Path(os.environ.get("ATTNSERVE_TEST_MODEL_DIR", SHIPPED_MODELS))
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, model_dir: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start live servers with extra ``ATTNSERVE_*`` settings; all stopped at teardown."""
+    servers: list[LiveServer] = []
+
+    def start_one(**settings: str) -> LiveServer:
+        server = start(model_dir, tmp_path, log=f"server-{len(servers)}.log", **settings)
+        servers.append(server)
+        return server
+
+    yield start_one
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[LiveServer]:
+    """One live server with default settings, shared by a module's tests."""
+    with serving(model_dir, tmp_path_factory.mktemp("live")) as server:
+        yield server
