@@ -10,7 +10,8 @@ from fastapi import Depends, Request
 
 from service.api.state import AppState
 from service.errors import NotFound
-from service.jobs.store import JobRecord, id_age_s
+from service.jobs.record import JobRecord, id_age_s
+from service.runtime.repository import ServedModel
 
 # The dependencies are coroutines although they never wait: FastAPI runs a plain
 # function dependency on a worker thread, and the two hops cost a footprints
@@ -24,6 +25,18 @@ async def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+
+
+def resolve_model(state: AppState, request: Request, ref: str) -> ServedModel:
+    """The served model ``ref`` (``name`` for the latest version, or ``name:version``).
+
+    Raises:
+        NotFound: no such model or version is served.
+    """
+    served = state.repository.get(ref)
+    # The Observe middleware labels request metrics by model.
+    request.state.model = served.manifest.name
+    return served
 
 
 async def get_owner(request: Request) -> str | None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import onnxruntime
-import rasterio
 from fastapi import APIRouter
 
-from service import __version__
 from service.api.deps import State
 from service.api.responses import JSONBody
 from service.runtime.cpus import process_cpus
+from service.versions import stack_versions
 
 router = APIRouter(tags=["health"])
 
@@ -22,11 +20,7 @@ async def healthz(state: State) -> JSONBody:
     return JSONBody(
         {
             "status": "ok",
-            "attnserve": __version__,
-            "onnxruntime": onnxruntime.__version__,
-            "available_providers": onnxruntime.get_available_providers(),
-            "gdal": rasterio.__gdal_version__,
-            "rasterio": rasterio.__version__,
+            **stack_versions(),
             # What thread pools are sized by (a container's quota, not the host).
             "cpus": process_cpus().to_json(),
         }

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol (KServe v2) wire format, free of any web framework."""
