@@ -20,9 +20,11 @@ from service.jobs.store import JobStore
 from service.memory import MemoryBudget, trim_heap_periodically, tune_gc
 from service.metrics import Metrics
 from service.pipeline.footprints import FootprintLimits, FootprintService
+from service.pipeline.intake import Intake
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
+from service.pipeline.service import JobService
 from service.raster.decode import disable_risky_drivers
 from service.runtime.cpus import CpuBudget, process_cpus
 from service.runtime.manifest import Manifest
@@ -100,7 +102,6 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_bytes=int(settings.job_max_mb * 2**20),
         on_evict=metrics.jobs_evicted.inc,
     )
-    runner = PredictionRunner(store, settings.request_timeout_s)
     # Tiles of a scene have no per-request deadline of their own: the job may run
     # for hours, but one tile must still not wait forever.
     scenes = SceneRunner(
@@ -110,7 +111,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_temp_bytes=int(settings.scene_max_temp_mb * 2**20),
         min_free_bytes=int(settings.job_min_free_mb * 2**20),
     )
-    jobs = JobManager(
+    manager = JobManager(
         store,
         scenes,
         repository.get,
@@ -125,7 +126,10 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         setting="ATTNSERVE_REQUEST_MEMORY_MB",
     )
     scenes.budget = budget
-    state = AppState(settings, metrics, repository, store, runner, jobs, budget=budget)
+    jobs = JobService(store, PredictionRunner(store, settings.request_timeout_s), manager)
+    state = AppState(
+        settings, metrics, repository, store, jobs, Intake(settings, budget), budget=budget
+    )
     state.footprints = FootprintService(
         store,
         FootprintLimits(

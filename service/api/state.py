@@ -9,8 +9,8 @@ from service.jobs.store import JobStore
 from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.pipeline.footprints import FootprintLimits, FootprintService
-from service.pipeline.jobs import JobManager
-from service.pipeline.runner import PredictionRunner
+from service.pipeline.intake import Intake
+from service.pipeline.service import JobService
 from service.runtime.repository import ModelRepository
 
 
@@ -22,8 +22,8 @@ class AppState:
     metrics: Metrics
     repository: ModelRepository
     store: JobStore
-    runner: PredictionRunner
-    jobs: JobManager
+    jobs: JobService
+    intake: Intake
     draining: bool = False
     notes: dict[str, str] = field(default_factory=dict)
     # Memory held by requests and jobs in flight (see Settings.memory_budget_mb).

@@ -15,21 +15,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from rasterio.io import DatasetReader
 
-from service.errors import InvalidInput, UnsupportedRaster
+from service.errors import InvalidInput
 from service.memory import segmentation_bytes, series_bytes
-from service.raster.decode import (
-    DecodedRaster,
-    Georeference,
-    RasterInfo,
-    RasterLimits,
-    read_open,
-)
+from service.raster.decode import Georeference
 from service.raster.resample import Resampling
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel
-from service.runtime.segmentation import context_px
+from service.runtime.tasks import inference_task
 from service.runtime.temporal import days_from_dates
 from service.runtime.validation import check_layout, check_values
 
@@ -71,6 +64,25 @@ class SeriesInput:
     georef: Georeference | None = None
 
 
+def pixel_series(
+    cube: np.ndarray, valid_tw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The series of the pixels with data on at least one date.
+
+    Args:
+        cube: ``(T, C, H, W)`` values per date and band.
+        valid_tw: ``(T, H, W)`` bool, where each date has data.
+
+    Returns:
+        ``(N, T, C)`` values, ``(N, T)`` bool validity and the ``(H, W)`` bool
+        pixels they came from, in row-major order.
+    """
+    pixels = np.asarray(valid_tw.any(axis=0))
+    series = cube[:, :, pixels].transpose(2, 0, 1)
+    valid = valid_tw[:, pixels].T
+    return series, valid, pixels
+
+
 # Longest dates field: 10 000 ISO dates with separators, far above any model's
 # max_dates; longer text is refused before it is parsed.
 MAX_DATES_TEXT = 128 * 1024
@@ -103,49 +115,9 @@ def parse_dates(text: str | list[str]) -> list[date]:
         raise InvalidInput(f"dates: {exc}; use ISO dates like 2024-05-01") from None
 
 
-def date_count(infos: list[RasterInfo], manifest: Manifest, given: int, limit: int) -> int:
-    """Dates a set of dated uploads holds, from their headers; checked before any is decoded.
-
-    Args:
-        infos: the uploads' headers, in upload order.
-        manifest: the temporal model's manifest.
-        given: dates named in the dates field (0: none given).
-        limit: the server's most dates per request.
-
-    Raises:
-        UnsupportedRaster: a band count that is no multiple of the model's bands,
-            sizes that differ, or too many dates.
-        InvalidInput: a dates field that does not match the uploads.
-    """
-    bands = len(manifest.input.bands)
-    first = infos[0]
-    for info in infos:
-        if info.count % bands:
-            check_layout(manifest, info.count, info.dtype)
-        if (info.width, info.height) != (first.width, first.height):
-            raise UnsupportedRaster("all dated images must have the same size")
-    t = sum(info.count // bands for info in infos)
-    check_layout(manifest, bands, first.dtype, dates=t, limit=limit)
-    if given and given != t:
-        raise InvalidInput(f"{given} dates given for {t} dated images of {bands} bands")
-    return t
-
-
 def outputs_per_unit(manifest: Manifest) -> float:
     """Bytes of every output per unit of input: per pixel, or per series row x date."""
-    if manifest.task == "segmentation":
-        total = 0.0
-        for o in manifest.outputs:
-            if len(o.shape) == 4:
-                channels = o.shape[1] if isinstance(o.shape[1], int) else 1
-                total += 4.0 * channels / o.stride**2
-        return total
-    # (N, heads, T) attention per date, (N, K) probabilities counted per date too.
-    return sum(
-        4.0 * (o.shape[1] if isinstance(o.shape[1], int) else 1)
-        for o in manifest.outputs
-        if len(o.shape) >= 2
-    )
+    return inference_task(manifest).outputs_per_unit(manifest)
 
 
 def image_bytes(served: ServedModel, pixels: int, bands: int, itemsize: int) -> int:
@@ -175,120 +147,19 @@ def stack_bytes(served: ServedModel, rows: int, dates: int, itemsize: int) -> in
     )
 
 
-def read_open_image(
-    dataset: DatasetReader, info: RasterInfo, manifest: Manifest, limits: RasterLimits
-) -> RasterInput:
-    """Decode an uploaded GeoTIFF for a segmentation model, checked against it.
-
-    The caller opened it (:func:`~service.raster.decode.open_geotiff`) and
-    described it, to choose between a synchronous answer and a scene job.
-    """
-
-    def check(info: RasterInfo) -> None:
-        check_layout(manifest, info.count, info.dtype)
-
-    raster = read_open(dataset, info, limits, check)
-    values = raster.data if raster.valid is None else raster.data[:, raster.valid]
-    check_values(manifest, values)
-    return RasterInput(raster.data, raster.valid, raster.info.georef)
-
-
-def read_open_dated(
-    dataset: DatasetReader, info: RasterInfo, manifest: Manifest, limits: RasterLimits
-) -> DecodedRaster:
-    """Decode one dated upload for a temporal model: one date, or a stack of them.
-
-    A stack holds ``T x C`` bands, date-major (all bands of the first date, then
-    the next). The caller opened it (:func:`~service.raster.decode.open_geotiff`)
-    and described it, to choose between a synchronous answer and a scene job.
-    """
-    bands = len(manifest.input.bands)
-
-    def check(info: RasterInfo) -> None:
-        if info.count % bands:
-            check_layout(manifest, info.count, info.dtype)
-        check_layout(manifest, bands, info.dtype, dates=max(1, info.count // bands))
-
-    return read_open(dataset, info, limits, check)
-
-
-def series_from_rasters(
-    rasters: list[DecodedRaster], dates: list[date], manifest: Manifest
-) -> SeriesInput:
-    """Per-pixel series from decoded dated uploads (:func:`read_open_dated`).
-
-    ``dates``: one per date, in upload order; empty to take them from the
-    rasters' band tags.
-    """
-    bands = len(manifest.input.bands)
-    first = rasters[0].info
-    for other in rasters[1:]:
-        if (other.info.georef.width, other.info.georef.height) != (first.width, first.height):
-            raise UnsupportedRaster("all dated images must have the same size")
-        if other.info.georef != first.georef:
-            raise UnsupportedRaster("all dated images must share one CRS and transform")
-    stack = np.concatenate([r.data for r in rasters]).astype(np.float32)
-    t = stack.shape[0] // bands
-    if not dates:
-        tagged = [d for r in rasters for d in r.info.dates[::bands]]
-        if len(tagged) != t:
-            raise InvalidInput(
-                "dates are missing: give a dates field (one ISO date per image or per "
-                "stacked date) or DATE band tags"
-            )
-        dates = parse_dates(tagged)
-    if len(dates) != t:
-        raise InvalidInput(f"{len(dates)} dates given for {t} dated images of {bands} bands")
-    check_layout(manifest, bands, first.dtype, dates=t)
-    h, w = first.height, first.width
-    cube = stack.reshape(t, bands, h, w)
-    # A date is valid at a pixel when that date's image has data there.
-    valid_tw = np.ones((t, h, w), dtype=bool)
-    offset = 0
-    for r in rasters:
-        n_dates = r.data.shape[0] // bands
-        if r.valid is not None:
-            valid_tw[offset : offset + n_dates] &= r.valid
-        offset += n_dates
-    valid_tw &= np.isfinite(cube).all(axis=1)
-    pixels = np.asarray(valid_tw.any(axis=0))
-    series = cube[:, :, pixels].transpose(2, 0, 1)  # (N, T, C)
-    valid = valid_tw[:, pixels].T
-    check_values(manifest, series[valid])
-    iso = [d.isoformat() for d in dates]
-    return SeriesInput(
-        series=np.ascontiguousarray(series),
-        valid=np.ascontiguousarray(valid),
-        days=days_from_dates(dates),
-        dates=iso,
-        ids=[],
-        pixels=pixels,
-        georef=first.georef,
-    )
-
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def scene_bytes(served: ServedModel, tile: int, dates: int, in_flight: int) -> int:
-    """Estimated peak bytes of a scene job's tiles of side ``tile`` (``dates``: temporal models).
-
-    The batcher runs at most its batch of tiles (or series rows) at a time;
-    up to ``in_flight`` tiles are read and wait for it meanwhile, each with
-    its float32 values, a copy made for the model and the feed.
-    """
-    manifest = served.manifest
-    bands = len(manifest.input.bands)
-    act = served.session.activation_per_unit
-    out = outputs_per_unit(manifest)
-    if manifest.task == "segmentation":
-        side = tile + 2 * context_px(manifest)
-        rows = served.batcher.max_batch_size
-        running = rows * side * side * (act + 3 * out + bands * 4)
-        return int(running + in_flight * side * side * (3 * bands * 4 + 2))
-    rows = min(tile * tile, served.batcher.max_batch_size)
-    running = rows * dates * (act + bands * 4)
-    return int(running + in_flight * tile * tile * dates * (3 * bands * 4 + 2 + 2 * out))
+    """Estimated peak bytes of a scene job's tiles of side ``tile`` (``dates``: temporal models)."""
+    return served.task.scene_bytes(
+        served.manifest,
+        served.session.activation_per_unit,
+        served.batcher.max_batch_size,
+        tile,
+        dates,
+        in_flight,
+    )
 
 
 class Parcel(BaseModel):

@@ -17,8 +17,11 @@ import time
 from collections.abc import Callable
 
 from service.errors import AttnserveError, Conflict, NotFound, Overloaded
-from service.jobs.store import JobRecord, JobStore
-from service.pipeline.scene import JobCancelled, SceneRunner, elapsed_eta
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
+from service.pipeline.eta import elapsed_eta
+from service.pipeline.scene import SceneRunner
+from service.pipeline.scene_grid import JobCancelled
 from service.runtime.repository import ServedModel
 
 log = logging.getLogger(__name__)

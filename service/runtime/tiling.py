@@ -17,6 +17,15 @@ import numpy as np
 WEIGHT_FLOOR = 1e-3
 
 
+def tiling_problem(size: int, overlap: int) -> str | None:
+    """Why tiles of ``size`` pixels cannot overlap by ``overlap``, or None when they can."""
+    if size <= 0 or not 0 <= overlap < size:
+        return "tile_size must be positive and overlap smaller than it"
+    if 2 * overlap > size:
+        return "overlap may be at most half of tile_size"
+    return None
+
+
 @dataclass(frozen=True)
 class Tile:
     """One tile: its row and column in the grid and its output window in scene pixels.
@@ -69,10 +78,9 @@ class TileGrid:
     halo: int = 0
 
     def __post_init__(self) -> None:
-        if self.size <= 0 or not 0 <= self.overlap < self.size:
-            raise ValueError("need size > 0 and 0 <= overlap < size")
-        if 2 * self.overlap > self.size:
-            raise ValueError("overlap may be at most half the tile size")
+        problem = tiling_problem(self.size, self.overlap)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def stride(self) -> int:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,18 +11,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from service.api.deps import Owner, State
+from service.api.deps import Owner, State, resolve_model
 from service.api.errors import error_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
-from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.memory import MemoryBudget, Reservation
-from service.pipeline import inputs, views
+from service.errors import InvalidInput, UnsupportedMediaType
+from service.pipeline.inputs import validate_json
+from service.pipeline.intake import SceneRequest, SyncRequest, UploadOptions
 from service.pipeline.runner import Stored
-from service.pipeline.scene import SceneOptions, check_scene
-from service.raster.decode import RasterInfo, RasterLimits, check_limits, describe, open_geotiff
-from service.raster.resample import check_grid, plan_resampling
-from service.runtime.manifest import Manifest
-from service.runtime.repository import ServedModel
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
@@ -34,7 +26,6 @@ router = APIRouter(tags=["predict"])
 # answer: the request was not served, and no one is there to tell.
 CLIENT_CLOSED = 499
 
-JSON_IMAGE_MAX_PIXELS = 512 * 512
 MAX_FORM_FILES = 400
 MAX_FORM_FIELDS = 32
 FORM_FIELDS = frozenset(
@@ -97,37 +88,16 @@ _JSON_SCHEMA = {
 }
 
 
-def _limits(state: State, max_pixels: int) -> RasterLimits:
-    s = state.settings
-    return RasterLimits(
-        max_pixels=max_pixels,
-        max_bands=s.max_bands,
-        max_bytes=int(s.max_upload_mb * 2**20 * 16),
+def client_closed(request: Request) -> Response:
+    """The answer to a client that hung up before its body was read: logged, never a 500."""
+    log.info("client closed the connection during %s %s", request.method, request.url.path)
+    return error_response(
+        CLIENT_CLOSED, "client_closed_request", "the client closed the connection"
     )
 
 
-def _resolve(state: State, request: Request, ref: str) -> ServedModel:
-    served = state.repository.get(ref)
-    request.state.model = served.manifest.name
-    return served
-
-
-async def _answer(stored: Stored, state: State, fmt: str | None, request: Request) -> Response:
-    record = stored.record
-    if wants_geotiff(fmt, request.headers.get("accept")):
-        if record.kind != "raster":
-            raise InvalidInput("format=geotiff needs a raster input; this request gave series")
-        data = await asyncio.to_thread(
-            views.geotiff, record, state.store, views.prediction_names(record)
-        )
-        response = geotiff_response(data, f"{record.id}-prediction.tif")
-        response.headers["X-Job-Id"] = record.id
-        response.headers["Location"] = f"/jobs/{record.id}"
-        return response
-    return result_json(views.job_json(record, views.Fresh(state.store, record, stored.arrays)))
-
-
-async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
+async def _read_form(request: Request) -> tuple[str, list[bytes], UploadOptions]:
+    """The model reference, image parts and options of a multipart upload."""
     try:
         form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
     except ClientDisconnect:
@@ -150,296 +120,63 @@ async def _from_multipart(request: Request, state: State, owner: str | None) -> 
             raise InvalidInput("model: the form needs a model field")
         if not uploads:
             raise InvalidInput("image: the form needs at least one image file part")
-        served = _resolve(state, request, fields["model"])
         parts = [await u.read() for u in uploads]
     finally:
         await form.close()
-    manifest = served.manifest
-    want_async = _flag(fields.get("async") or request.query_params.get("async"), "async")
-    if manifest.task == "segmentation" and len(parts) != 1:
-        raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
-    sync_limit = (
-        state.settings.max_sync_pixels
-        if manifest.task == "segmentation"
-        else state.settings.max_sync_series_pixels
-    )
-    scene_limits = RasterLimits(
-        max_pixels=state.settings.max_scene_pixels,
-        max_bands=state.settings.max_bands,
-        max_bytes=2**62,  # scenes are read window by window, never decoded whole
-    )
-    limits = _limits(state, sync_limit)
-    if manifest.task == "segmentation":
-        # One open decides between a scene job and a synchronous answer, and reads.
-        image = await asyncio.to_thread(
-            _image_if_sync,
-            parts[0],
-            scene_limits,
-            None if want_async else limits,
-            manifest,
-            (state.settings.resample_tolerance, state.settings.resample_max_factor),
-            served,
-            state.budget,
-        )
-        if image is None:
-            return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-        raster, held = image
-        try:
-            stored = await state.runner.raster(served, raster, owner)
-            del raster, image
-            return await _answer(stored, state, fields.get("format"), request)
-        finally:
-            await held.release_async()
-    dated = await asyncio.to_thread(
-        _series_if_sync,
+    return (
+        fields["model"],
         parts,
-        fields.get("dates"),
-        scene_limits,
-        None if want_async else limits,
-        served,
-        state.budget,
-        state.settings.max_dates,
+        UploadOptions.from_fields(fields, request.query_params.get("async")),
     )
-    if dated is None:
-        # Every part's header, before anything is stored for the job.
-        await asyncio.to_thread(_headers, parts, scene_limits)
-        return await _submit_scene(request, state, owner, served, parts, fields, scene_limits)
-    series, held = dated
+
+
+async def _answer(stored: Stored, state: State, fmt: str | None, request: Request) -> Response:
+    record = stored.record
+    if wants_geotiff(fmt, request.headers.get("accept")):
+        if record.kind != "raster":
+            raise InvalidInput("format=geotiff needs a raster input; this request gave series")
+        data = await state.jobs.prediction_geotiff(record)
+        response = geotiff_response(data, f"{record.id}-prediction.tif")
+        response.headers["X-Job-Id"] = record.id
+        response.headers["Location"] = f"/jobs/{record.id}"
+        return response
+    return result_json(state.jobs.result(stored))
+
+
+async def _respond(
+    request: Request,
+    state: State,
+    owner: str | None,
+    accepted: SyncRequest | SceneRequest,
+    fmt: str | None,
+) -> Response:
+    """Run a synchronous request and answer its result, or answer a scene job accepted (202).
+
+    ``accepted`` is passed straight from the intake, so that the decoded input
+    is dropped once it has run, while the answer is made.
+    """
+    if isinstance(accepted, SceneRequest):
+        record = await state.jobs.submit(accepted, owner)
+        body = state.jobs.status(record)
+        body["status_url"] = f"/jobs/{record.id}"
+        response = result_json(body, status_code=202)
+        response.headers["Location"] = f"/jobs/{record.id}"
+        return response
+    held = accepted.held
     try:
-        stored = await state.runner.series(served, series, owner)
-        del series, dated
-        return await _answer(stored, state, fields.get("format"), request)
+        stored = await state.jobs.run(accepted, owner)
+        del accepted
+        return await _answer(stored, state, fmt, request)
     finally:
         await held.release_async()
 
 
-def _image_if_sync(
-    data: bytes,
-    scene_limits: RasterLimits,
-    sync: RasterLimits | None,
-    manifest: Manifest,
-    tolerance: tuple[float, float],
-    served: ServedModel,
-    budget: MemoryBudget,
-) -> tuple[inputs.RasterInput, Reservation] | None:
-    """The decoded image and the memory it holds, or None when it must run as a scene job.
-
-    ``sync``: the synchronous limits, None when the client asked for a job.
-    An image is synchronous when it fits the limits both as sent and on the
-    model's grid (``tolerance``: ``Settings.resample_tolerance`` and
-    ``resample_max_factor``), and
-    when its estimated memory fits one request's share of ``budget``; its
-    memory is reserved before any pixel is decoded.
-    """
-    with open_geotiff(data) as dataset:
-        info = describe(dataset)
-        check_limits(info, scene_limits)
-        plan = plan_resampling(info.georef, manifest.input.gsd_m, *tolerance)
-        check_grid(plan, scene_limits)
-        pixels = max(info.width * info.height, plan.model_pixels)
-        if sync is None or pixels > sync.max_pixels:
-            return None
-        need = inputs.image_bytes(served, pixels, info.count, _itemsize(info))
-        if not budget.fits(need):
-            return None  # tiled as a scene job: its memory is bounded by the tile
-        held = budget.reserve(need, f"a {info.width}x{info.height} image")
-        try:
-            raster = inputs.read_open_image(dataset, info, manifest, sync)
-        except BaseException:
-            held.release()
-            raise
-        raster.resampling = plan
-        return raster, held
-
-
-def _itemsize(info: RasterInfo) -> int:
-    return max(1, info.decoded_bytes // max(1, info.width * info.height * info.count))
-
-
-def _series_if_sync(
-    parts: list[bytes],
-    dates_text: str | None,
-    scene_limits: RasterLimits,
-    sync: RasterLimits | None,
-    served: ServedModel,
-    budget: MemoryBudget,
-    max_dates: int,
-) -> tuple[inputs.SeriesInput, Reservation] | None:
-    """The dated images as series and the memory they hold, or None for a scene job.
-
-    Each part is opened once, and every part's header (size, bands, so the
-    date count) is checked before any part is decoded; their memory is then
-    reserved. ``sync``: the synchronous limits, None when the client asked
-    for a job.
-    """
-    manifest = served.manifest
-    dates = inputs.parse_dates(dates_text) if dates_text else []
-    with contextlib.ExitStack() as stack:
-        opened = []
-        for data in parts:
-            dataset = stack.enter_context(open_geotiff(data))
-            info = describe(dataset)
-            check_limits(info, scene_limits)
-            opened.append((dataset, info))
-        infos = [info for _, info in opened]
-        first = infos[0]
-        if sync is None or first.width * first.height > sync.max_pixels:
-            return None
-        t = inputs.date_count(infos, manifest, len(dates), max_dates)
-        pixels = first.width * first.height
-        need = inputs.stack_bytes(served, pixels, t, max(_itemsize(i) for i in infos))
-        if not budget.fits(need):
-            return None  # tiled as a scene job: its memory is bounded by the tile
-        held = budget.reserve(need, f"{t} dated images of {first.width}x{first.height}")
-        try:
-            rasters = [inputs.read_open_dated(ds, info, manifest, sync) for ds, info in opened]
-            return inputs.series_from_rasters(rasters, dates, manifest), held
-        except BaseException:
-            held.release()
-            raise
-
-
-def client_closed(request: Request) -> Response:
-    """The answer to a client that hung up before its body was read: logged, never a 500."""
-    log.info("client closed the connection during %s %s", request.method, request.url.path)
-    return error_response(
-        CLIENT_CLOSED, "client_closed_request", "the client closed the connection"
+async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
+    ref, parts, options = await _read_form(request)
+    served = resolve_model(state, request, ref)
+    return await _respond(
+        request, state, owner, await state.intake.upload(served, parts, options), options.format
     )
-
-
-def _flag(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    text = value.strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise InvalidInput(f"{name} must be true or false, not {value!r}")
-
-
-def _int_field(fields: dict[str, str], name: str, low: int, high: int) -> int | None:
-    if name not in fields:
-        return None
-    try:
-        value = int(fields[name])
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise InvalidInput(f"{name} must be between {low} and {high}")
-    return value
-
-
-def _headers(parts: list[bytes], limits: RasterLimits) -> list[RasterInfo]:
-    infos = []
-    for data in parts:
-        with open_geotiff(data) as dataset:
-            info = describe(dataset)
-        check_limits(info, limits)
-        infos.append(info)
-    return infos
-
-
-async def _submit_scene(
-    request: Request,
-    state: State,
-    owner: str | None,
-    served: ServedModel,
-    parts: list[bytes],
-    fields: dict[str, str],
-    limits: RasterLimits,
-) -> Response:
-    manifest = served.manifest
-    dates: list[str] = []
-    if manifest.task == "temporal_classification":
-        raw = fields.get("dates")
-        if raw:
-            dates = [d.isoformat() for d in inputs.parse_dates(raw)]
-        else:
-            with open_geotiff(parts[0]) as dataset:
-                tagged = describe(dataset).dates
-            dates = tagged[:: len(manifest.input.bands)] if len(parts) == 1 else []
-            if not dates:
-                raise InvalidInput("dates are missing: give a dates field (one ISO date per date)")
-    options = SceneOptions(
-        tile_size=_int_field(fields, "tile_size", 64, 4096),
-        overlap=_int_field(fields, "overlap", 0, 2048),
-        uint8=_flag(fields.get("uint8"), "uint8"),
-        compress=fields.get("compress", "deflate"),
-        dates=dates,
-    )
-    if options.compress not in ("deflate", "zstd"):
-        raise InvalidInput("compress must be deflate or zstd")
-    if options.tile_size and options.overlap and 2 * options.overlap > options.tile_size:
-        raise InvalidInput("overlap may be at most half of tile_size")
-    options.tile_size = _scene_tile(served, state, options.tile_size, max(1, len(dates)))
-    model = {"name": manifest.name, "version": manifest.version, "task": manifest.task}
-    record = state.store.new_record(model, "raster", owner)
-    record.state = "queued"
-    names = [f"input_{i}.tif" for i in range(len(parts))]
-    record.params = {"model": manifest.ref, "inputs": names, "options": options.to_json()}
-    record.progress = {"done": 0, "total": 0, "fraction": 0.0}
-
-    def check(paths: list[Path]) -> None:
-        infos = check_scene(paths, manifest, limits, dates)
-        record.georef = infos[0].georef.to_json()
-        if manifest.task == "segmentation":
-            plan = plan_resampling(
-                infos[0].georef,
-                manifest.input.gsd_m,
-                state.settings.resample_tolerance,
-                state.settings.resample_max_factor,
-            )
-            check_grid(plan, limits)
-            record.extra["resampling"] = plan.to_json()  # the scene runner follows it
-
-    await asyncio.to_thread(
-        state.store.save, record, {}, dict(zip(names, parts, strict=True)), check
-    )
-    try:
-        state.jobs.submit(record)
-    except Exception:
-        state.store.delete(record.id)
-        raise
-    body = views.job_json(record, state.store)
-    body["status_url"] = f"/jobs/{record.id}"
-    response = result_json(body, status_code=202)
-    response.headers["Location"] = f"/jobs/{record.id}"
-    return response
-
-
-def _scene_tile(served: ServedModel, state: State, asked: int | None, dates: int) -> int | None:
-    """The tile size a scene job runs with, within one request's memory budget.
-
-    A tile size the client asked for that does not fit is refused (413, naming
-    the largest that does); the model's default tile shrinks to fit instead.
-    Returns None to keep the model's default.
-    """
-    manifest = served.manifest
-    budget = state.budget
-    if manifest.task == "segmentation":
-        default = manifest.input.tile_size or 512
-        multiple = manifest.input.size_multiple or 1
-    else:
-        default, multiple = 256, 16
-    tile = asked or default
-
-    def need(side: int) -> int:
-        return inputs.scene_bytes(served, side, dates, state.settings.scene_tiles_in_flight)
-
-    if budget.fits(need(tile)):
-        return asked
-    fits = tile // multiple * multiple
-    while fits > multiple and not budget.fits(need(fits)):
-        fits -= multiple
-    if asked is not None or not budget.fits(need(fits)):
-        raise PayloadTooLarge(
-            f"tile_size {tile} needs about {need(tile) // 2**20} MiB of memory; the limit per "
-            f"job is {budget.per_request // 2**20} MiB (ATTNSERVE_REQUEST_MEMORY_MB): use a "
-            f"tile_size of at most {fits}",
-            max_tile_size=fits,
-        )
-    return fits
 
 
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:
@@ -450,35 +187,9 @@ async def _from_json(request: Request, state: State, owner: str | None) -> Respo
         payload: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc.msg}") from None
-    req = inputs.validate_json(payload)
-    served = _resolve(state, request, req.model)
-    manifest = served.manifest
-    budget = state.budget
-    if manifest.task == "temporal_classification":
-        if req.parcels is None:
-            raise InvalidInput(f"model {manifest.name} takes parcels (series), not an image")
-        series = inputs.series_from_json(
-            req, manifest, state.settings.max_json_items, state.settings.max_dates
-        )
-        rows, t = series.series.shape[:2]
-        need = inputs.stack_bytes(served, rows, t, 4)
-        held = await asyncio.to_thread(budget.reserve, need, f"{rows} series of {t} dates")
-        try:
-            stored = await state.runner.series(served, series, owner)
-        finally:
-            await held.release_async()
-    else:
-        if req.image is None:
-            raise InvalidInput(f"model {manifest.name} takes an image, not parcels")
-        raster = inputs.image_from_json(req, manifest, JSON_IMAGE_MAX_PIXELS)
-        bands, h, w = raster.data.shape
-        need = inputs.image_bytes(served, h * w, bands, 4)
-        held = await asyncio.to_thread(budget.reserve, need, f"a {w}x{h} image")
-        try:
-            stored = await state.runner.raster(served, raster, owner)
-        finally:
-            await held.release_async()
-    return await _answer(stored, state, req.format, request)
+    req = validate_json(payload)
+    served = resolve_model(state, request, req.model)
+    return await _respond(request, state, owner, await state.intake.json(served, req), req.format)
 
 
 @router.post(
