@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import resource
-import secrets
 import sys
 import time
 from collections import Counter
@@ -34,6 +33,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from tests.helpers.bodies import multipart
 
 MAX_HEAD = 64 * 1024
 
@@ -45,22 +46,7 @@ class ProtocolError(Exception):
 def _body(spec: dict[str, Any]) -> tuple[bytes, str]:
     """The request body and its content type."""
     if spec["kind"] == "multipart":
-        boundary = secrets.token_hex(16)
-        parts = []
-        for name, value in spec.get("fields", {}).items():
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                f"{value}\r\n".encode()
-            )
-        data = Path(spec["file"]).read_bytes()
-        parts.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
-            f'filename="tile.tif"\r\nContent-Type: image/tiff\r\n\r\n'.encode()
-            + data
-            + b"\r\n"
-        )
-        parts.append(f"--{boundary}--\r\n".encode())
-        return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+        return multipart(Path(spec["file"]).read_bytes(), **spec.get("fields", {}))
     return Path(spec["body"]).read_bytes(), "application/json"
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import subprocess
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-from rasterio.windows import Window
 
 from bench import raw
 from bench.machine import load_average, machine
@@ -42,6 +39,8 @@ from service.config import SHIPPED_MODELS, Settings
 from service.runtime.cpus import usable_cpus
 from service.runtime.segmentation import context_px
 from service.runtime.session import ModelSession
+from tests.helpers.bodies import parcels
+from tests.helpers.geotiff import window_geotiff
 from tests.helpers.server import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,27 +126,11 @@ def say(text: str) -> None:
 
 def footprints_tile(path: Path, size: int = 512) -> bytes:
     """A ``size`` x ``size`` window of real imagery as a deflate GeoTIFF upload."""
-    with rasterio.open(SOURCE) as src:
-        window = Window(0, 0, size, size)
-        data = src.read(window=window)
-        profile = {
-            "driver": "GTiff",
-            "width": size,
-            "height": size,
-            "count": src.count,
-            "dtype": data.dtype.name,
-            "crs": src.crs,
-            "transform": src.window_transform(window),
-            "compress": "deflate",
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-        }
-    buf = io.BytesIO()
-    with rasterio.open(buf, "w", **profile) as dst:
-        dst.write(data)
-    path.write_bytes(buf.getvalue())
-    return buf.getvalue()
+    tile, _ = window_geotiff(
+        SOURCE, size, compress="deflate", tiled=True, blockxsize=256, blockysize=256
+    )
+    path.write_bytes(tile)
+    return tile
 
 
 def crops_body(path: Path, seed: int = 0) -> None:
@@ -156,15 +139,12 @@ def crops_body(path: Path, seed: int = 0) -> None:
     days = np.sort(rng.choice(np.arange(60, 300), DATES, replace=False))
     start = np.datetime64("2024-01-01")
     dates = [str(start + int(d)) for d in days]
-    parcels = [
-        {
-            "id": f"parcel-{i}",
-            "series": np.round(rng.uniform(200, 6000, (DATES, 10))).tolist(),
-            "valid": (rng.random(DATES) > 0.15).tolist(),
-        }
-        for i in range(PARCELS)
+    rows = [
+        (np.round(rng.uniform(200, 6000, (DATES, 10))), rng.random(DATES) > 0.15)
+        for _ in range(PARCELS)
     ]
-    path.write_text(json.dumps({"model": "crops", "dates": dates, "parcels": parcels}))
+    series, valid = np.stack([s for s, _ in rows]), np.stack([v for _, v in rows])
+    path.write_text(json.dumps(parcels(series, valid, dates=dates)))
 
 
 def request_specs(work: Path) -> dict[str, Path]:

@@ -6,46 +6,16 @@ GTiff driver), so the server reads the same kind of file a client would send.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import math
-from typing import Any
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
-from rasterio.transform import from_origin
 
-UTM = CRS.from_epsg(32631)
-ORIGIN = from_origin(500000, 4000000, 0.5, 0.5)
-
-
-def geotiff(
-    data: np.ndarray,
-    crs: CRS | None = UTM,
-    transform: Affine = ORIGIN,
-    **profile: Any,
-) -> bytes:
-    """``data`` ``(bands, height, width)`` as a GeoTIFF in memory."""
-    bands, height, width = data.shape
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=width,
-        height=height,
-        count=bands,
-        dtype=data.dtype,
-        crs=crs,
-        transform=transform,
-        **profile,
-    ) as dst:
-        dst.write(data)
-    return buf.getvalue()
+from tests.helpers.bodies import parcels, v2_binary, v2_gzip_zeros
+from tests.helpers.geotiff import geotiff
 
 
 def noise(size: int, bands: int = 3, seed: int = 0) -> np.ndarray:
@@ -67,26 +37,16 @@ def sparse_scene(size: int, nodata: float | None) -> bytes:
     GDAL reads missing tiles as the nodata value, or 0: with ``nodata=None``
     every pixel is a valid 0; with ``nodata=0`` every pixel is nodata.
     """
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
+    return geotiff(
+        shape=(3, size, size),
         dtype="uint8",
-        crs=UTM,
-        transform=ORIGIN,
         nodata=nodata,
         tiled=True,
         blockxsize=512,
         blockysize=512,
         sparse_ok=True,
         compress="zstd",
-    ):
-        pass
-    return buf.getvalue()
+    )
 
 
 def huge_block_tiff(size: int = 64, block: int = 16384) -> bytes:
@@ -116,22 +76,8 @@ def rgba(size: int = 64) -> bytes:
     """An RGB GeoTIFF with an alpha fourth band; the alpha hides the left quarter."""
     data = np.concatenate([noise(size), np.full((1, size, size), 255, np.uint8)])
     data[3, :, : size // 4] = 0
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=4,
-        dtype="uint8",
-        crs=UTM,
-        transform=ORIGIN,
-        photometric="RGB",
-    ) as dst:
-        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-        dst.write(data)
-    return buf.getvalue()
+    colours = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return geotiff(data, colorinterp=colours, photometric="RGB")
 
 
 def odd_georef(kind: str, size: int = 64) -> bytes:
@@ -159,32 +105,7 @@ def crops_tiff(size: int = 16, dates: int = 3) -> bytes:
 
 def v2_gzip_image(size: int = 4096) -> tuple[bytes, dict[str, str]]:
     """A gzip /v2 binary request declaring a ``[1, 3, size, size]`` FP32 image of zeros."""
-    nbytes = 3 * size * size * 4
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1, 3, size, size],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": nbytes},
-                }
-            ]
-        }
-    ).encode()
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9, mtime=0) as gz:
-        gz.write(header)
-        zeros = bytes(2**22)
-        for _ in range(nbytes // len(zeros)):
-            gz.write(zeros)
-        gz.write(bytes(nbytes % len(zeros)))
-    headers = {
-        "content-type": "application/octet-stream",
-        "content-encoding": "gzip",
-        "inference-header-content-length": str(len(header)),
-    }
-    return out.getvalue(), headers
+    return v2_gzip_zeros("image", [1, 3, size, size])
 
 
 def v2_crops(dates: int, valid: bool = True) -> tuple[bytes, dict[str, str]]:
@@ -192,31 +113,13 @@ def v2_crops(dates: int, valid: bool = True) -> tuple[bytes, dict[str, str]]:
     series = np.full((1, dates, 10), 1500.0, np.float32).tobytes()
     days = np.arange(1, dates + 1, dtype=np.float32)[None].tobytes()
     mask = np.full((1, dates), valid, np.bool_).tobytes()
-    parts = [("series", [1, dates, 10], "FP32", series)]
-    parts += [("days", [1, dates], "FP32", days), ("valid", [1, dates], "BOOL", mask)]
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": shape,
-                    "datatype": dtype,
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-                for name, shape, dtype, raw in parts
-            ]
-        }
-    ).encode()
-    headers = {
-        "content-type": "application/octet-stream",
-        "inference-header-content-length": str(len(header)),
-    }
-    return header + b"".join(p[3] for p in parts), headers
+    return v2_binary(
+        ("series", [1, dates, 10], "FP32", series),
+        ("days", [1, dates], "FP32", days),
+        ("valid", [1, dates], "BOOL", mask),
+    )
 
 
 def parcels_json(days: list[float]) -> bytes:
     """A /predict crops JSON body with one parcel over ``days``."""
-    series = [[1500.0] * 10 for _ in days]
-    return json.dumps(
-        {"model": "crops", "days": days, "parcels": [{"id": "p", "series": series}]}
-    ).encode()
+    return json.dumps(parcels(np.full((1, len(days), 10), 1500.0), days=days)).encode()

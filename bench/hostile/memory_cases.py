@@ -12,6 +12,7 @@ import httpx
 
 from bench.hostile import files
 from bench.hostile.harness import Case, Ctx, Outcome, concurrently, finished, statuses_ok
+from tests.helpers.geotiff import geotiff
 
 CLIENT_ERRORS = {400, 413, 422}
 
@@ -274,7 +275,7 @@ def event_loop_cases() -> list[Case]:
             "six footprints requests at once (thresholds 0.1-0.6, min_area_px=0, "
             "simplify_px=0) on a noisy 2048 x 2048 job",
             "200 or 4xx each",
-            lambda: files.geotiff(files.noise(2048, seed=11)),
+            lambda: geotiff(files.noise(2048, seed=11)),
             _noisy_footprints,
             limit_s=420,
         ),

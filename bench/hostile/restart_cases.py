@@ -18,6 +18,7 @@ import numpy as np
 from bench.hostile import files
 from bench.hostile.harness import Case, Ctx, Outcome, finished
 from bench.hostile.probe import HealthProbe, MemoryWatch
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import REPO, LiveServer
 
 TRICKLERS = 64
@@ -205,7 +206,7 @@ def slow_body_case() -> Case:
         f"{TRICKLERS} connections trickling a body byte every {BYTE_EVERY_S:g} s, with "
         f"{NORMAL_CLIENTS} normal clients, for {SLOW_RUN_S:g} s",
         "normal requests all 200, p99 < 5 s",
-        lambda: (files.geotiff(files.noise(64)), files.parcels_json([1.0, 30.0, 60.0])),
+        lambda: (geotiff(files.noise(64)), files.parcels_json([1.0, 30.0, 60.0])),
         _slow_bodies,
         limit_s=SLOW_RUN_S + 60,
     )

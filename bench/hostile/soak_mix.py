@@ -96,14 +96,11 @@ def run_soak(model_dir: Path, duration_s: float, workers: int = 4) -> dict[str, 
     # Jobs expire after the soak's TTL; the RSS is compared after that warm-up.
     warmup = min(duration_s / 2, soak.JOB_TTL_S + soak.JOB_CLEANUP_S)
     with tempfile.TemporaryDirectory(prefix="attnserve-hostile-soak-", dir="/tmp") as tmp:
-        proc, url = soak.start_server(model_dir, Path(tmp) / "jobs", Path(tmp) / "log")
+        server = soak.start_server(model_dir, Path(tmp) / "jobs", Path(tmp) / "log")
         try:
-            result: dict[str, Any] = soak.soak(url, proc.pid, duration_s, workers, 2.0, 0, warmup)
+            url, pid = server.url, server.pid
+            result: dict[str, Any] = soak.soak(url, pid, duration_s, workers, 2.0, 0, warmup)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except Exception:
-                proc.kill()
+            server.stop()
     result["rss_mb"].pop("samples", None)
     return result

@@ -15,13 +15,10 @@ unexpected. Results go to ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,10 +31,17 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import rasterio
 from rasterio.transform import from_origin
 
 REPO = Path(__file__).resolve().parents[2]
+# Run by path, the script sees its own folder only; the shared test helpers are at the root.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.helpers.geotiff import geotiff as build_geotiff  # noqa: E402
+from tests.helpers.geotiff import noise  # noqa: E402
+from tests.helpers.server import LiveServer, settings_env  # noqa: E402
+
 # Small enough that the oversize case is cheap to send, large enough for every valid case.
 UPLOAD_LIMIT_MB = 2
 # Jobs expire and are cleaned up during the run (the soak reads only recent ones), so
@@ -59,22 +63,8 @@ class Case:
 
 def geotiff(rng: random.Random, bands: int, size: int, dtype: str = "uint8") -> bytes:
     """A georeferenced GeoTIFF of random values, ``(bands, size, size)``."""
-    gen = np.random.default_rng(rng.getrandbits(32))
-    data = gen.integers(0, 255, (bands, size, size)).astype(dtype)
-    buf = io.BytesIO()
-    with rasterio.open(
-        buf,
-        "w",
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=bands,
-        dtype=dtype,
-        crs="EPSG:32631",
-        transform=from_origin(500000, 4000000, 10, 10),
-    ) as dst:
-        dst.write(data)
-    return buf.getvalue()
+    data = noise(bands, size, dtype, high=255, seed=rng.getrandbits(32))
+    return build_geotiff(data, transform=from_origin(500000, 4000000, 10, 10))
 
 
 def chunked_upload(model: str, size: int) -> Iterator[bytes]:
@@ -273,40 +263,17 @@ def machine() -> dict[str, object]:
     }
 
 
-def start_server(model_dir: Path, job_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m service`` on a free port; returns the process and its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "ATTNSERVE_MODEL_DIR": str(model_dir),
-        "ATTNSERVE_JOB_DIR": str(job_dir),
-        "ATTNSERVE_MAX_UPLOAD_MB": str(UPLOAD_LIMIT_MB),
-        "ATTNSERVE_JOB_TTL_S": str(JOB_TTL_S),
-        "ATTNSERVE_JOB_CLEANUP_INTERVAL_S": str(JOB_CLEANUP_S),
-        "ATTNSERVE_LOG_LEVEL": "warning",
+def start_server(model_dir: Path, job_dir: Path, log: Path) -> LiveServer:
+    """``python -m service`` with the soak's limits on a free port, ready."""
+    settings = {
+        "max_upload_mb": str(UPLOAD_LIMIT_MB),
+        "job_ttl_s": str(JOB_TTL_S),
+        "job_cleanup_interval_s": str(JOB_CLEANUP_S),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=REPO,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError("server did not become ready")
+    env = {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(job_dir)}
+    server = LiveServer({**env, **settings_env(**settings)}, log)
+    server.wait_ready()
+    return server
 
 
 def soak(
@@ -461,7 +428,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    proc = None
+    server = None
     tmp = tempfile.TemporaryDirectory(prefix="attnserve-soak-")
     try:
         if args.url:
@@ -472,16 +439,12 @@ def main() -> int:
             model_dir = args.model_dir or Path(
                 os.environ.get("ATTNSERVE_TEST_MODEL_DIR", REPO / "models" / "shipped")
             )
-            proc, url = start_server(model_dir, Path(tmp.name) / "jobs", Path(tmp.name) / "log")
-            pid = proc.pid
+            server = start_server(model_dir, Path(tmp.name) / "jobs", Path(tmp.name) / "log")
+            url, pid = server.url, server.pid
         result = soak(url, pid, args.duration, args.workers, args.sample, args.seed, args.warmup)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if server is not None:
+            server.stop()
         tmp.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

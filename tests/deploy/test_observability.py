@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,12 +140,6 @@ def test_server_metrics_registry_matches_the_contract(dashboard: dict) -> None:
 
 
 # ------------------------------------------------------------------ live
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _local_command(port: int) -> list[str]:
     """The CPU image's ENTRYPOINT + CMD, run with this venv's console script."""
     command = Dockerfile.read(DOCKER / "Dockerfile.cpu").command()
@@ -181,33 +173,12 @@ def _local_env(tmp_path: Path) -> dict[str, str]:
 
 def _write_geotiff(path: Path) -> None:
     import numpy as np
-    from rasterio.crs import CRS
-    from rasterio.transform import from_origin
+
+    from tests.helpers.geotiff import write_geotiff
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, size=(3, 256, 256), dtype=np.uint8)
-    # rasterio multiplies affine transforms with `*`, which affine>=3.1 flags.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
-        _write(path, data, CRS.from_epsg(32633), from_origin(500000.0, 4000000.0, 0.5, 0.5))
-
-
-def _write(path: Path, data: Any, crs: Any, transform: Any) -> None:
-    import rasterio
-
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=256,
-        height=256,
-        count=3,
-        dtype="uint8",
-        crs=crs,
-        transform=transform,
-        photometric="RGB",
-    ) as dst:
-        dst.write(data)
+    write_geotiff(path, data, crs="EPSG:32633", photometric="RGB")
 
 
 @pytest.fixture
@@ -216,41 +187,16 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]
     pytest.importorskip("onnxruntime")
     if not any(MODEL_DIR.glob("*.onnx")):
         pytest.skip(f"no models in {MODEL_DIR}")
-    port = _free_port()
+    from tests.helpers.server import LiveServer
+
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            _local_command(port),
-            env=_local_env(tmp_path),
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    env = _local_env(tmp_path)
+    live = LiveServer({}, log, command=_local_command, cwd=tmp_path, base_env=env)
     try:
-        yield f"http://127.0.0.1:{port}", proc, log
+        live.wait_ready(READY_TIMEOUT_S)
+        yield live.url, live.proc, log
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    import httpx
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    last = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            r = httpx.get(f"{base}/readyz", timeout=2.0)
-            if r.status_code == 200:
-                return
-            last = f"{r.status_code} {r.text[:200]}"
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        time.sleep(0.5)
-    pytest.fail(f"/readyz not 200 after {READY_TIMEOUT_S}s ({last}):\n{log.read_text()[-4000:]}")
+        live.stop(timeout_s=0)
 
 
 def test_live_server_exports_the_dashboard_metrics(
@@ -259,7 +205,6 @@ def test_live_server_exports_the_dashboard_metrics(
     import httpx
 
     base, proc, log = server
-    _wait_ready(base, proc, log)
 
     assert httpx.get(f"{base}/healthz", timeout=5.0).status_code == 200
 

@@ -8,7 +8,6 @@ would see; none may give a 500, and no answer may carry a byte of
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
@@ -19,48 +18,34 @@ from pathlib import Path
 
 import httpx
 import pytest
-import rasterio
 from rasterio.transform import from_origin
 
-from tests.hardening import rasters
+from tests.helpers.geotiff import geotiff as build_geotiff
+from tests.helpers.geotiff import noise
 from tests.helpers.server import LiveServer
 
 KEY_A = "hardening-key-a-0123456789"
 KEY_B = "hardening-key-b-0123456789"
 LIMIT_MB = 1
 PASSWD = Path("/etc/passwd").read_text().splitlines()[0]
+TEN_M = from_origin(500000, 4000000, 10, 10)
 
 
 def geotiff(bands: int = 3, size: int = 32, dtype: str = "uint8", **profile: object) -> bytes:
     """A georeferenced GeoTIFF (10 m pixels) of seeded random values."""
-    return rasters.geotiff(
-        bands, size, dtype, transform=from_origin(500000, 4000000, 10, 10), **profile
-    )
+    return build_geotiff(noise(bands, size, dtype), transform=TEN_M, **profile)
 
 
 def huge_sparse_geotiff() -> bytes:
     """A few-KB GeoTIFF declaring 100000 x 100000 x 3 pixels, no tile written."""
-    buf = io.BytesIO()
-    with (
-        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
-        rasterio.open(
-            buf,
-            "w",
-            driver="GTiff",
-            width=100_000,
-            height=100_000,
-            count=3,
-            dtype="uint8",
-            crs="EPSG:32631",
-            transform=from_origin(500000, 4000000, 10, 10),
-            tiled=True,
-            blockxsize=4096,
-            blockysize=4096,
-            sparse_ok=True,
-        ),
-    ):
-        pass
-    return buf.getvalue()
+    return build_geotiff(
+        shape=(3, 100_000, 100_000),
+        transform=TEN_M,
+        tiled=True,
+        blockxsize=4096,
+        blockysize=4096,
+        sparse_ok=True,
+    )
 
 
 def vrt(source: str) -> bytes:

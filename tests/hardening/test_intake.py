@@ -8,8 +8,6 @@ decoded.
 
 from __future__ import annotations
 
-import gzip
-import io
 import re
 import socket
 import time
@@ -20,9 +18,10 @@ import numpy as np
 import orjson
 import pytest
 import rasterio
-from rasterio.transform import Affine, from_origin
+from rasterio.transform import Affine
 
-from tests.hardening.rasters import UTM, geotiff
+from tests.helpers.bodies import v2_gzip_zeros
+from tests.helpers.geotiff import UTM, geotiff, noise
 from tests.helpers.server import LiveServer, serving
 
 LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
@@ -32,15 +31,13 @@ TMERC_DEGENERATE = "+proj=tmerc +lat_0=0 +lon_0=3 +k=1e-9 +x_0=500000 +y_0=0 +el
 def zeros_geotiff(size: int, bands: int = 3, dtype: str = "uint8", **profile: object) -> bytes:
     """A large, highly compressible GeoTIFF of zeros (a few KB on the wire)."""
     profile = {"compress": "zstd", "tiled": True, "blockxsize": 512, "blockysize": 512, **profile}
-    return geotiff(bands, size, dtype, data=np.zeros((bands, size, size), dtype), **profile)
+    return geotiff(np.zeros((bands, size, size), dtype), **profile)
 
 
 def corrupt_geotiff(bands: int, dtype: str = "uint16") -> bytes:
     """A GeoTIFF whose header opens but whose pixel data cannot be decoded."""
     data = np.full((bands, 256, 256), 1000, dtype)
-    raw = bytearray(
-        geotiff(bands, 256, dtype, data=data, compress="deflate", tiled=True, blockxsize=256)
-    )
+    raw = bytearray(geotiff(data, compress="deflate", tiled=True, blockxsize=256))
     # Deflate streams start right after the header; overwrite the middle of the file.
     middle = len(raw) // 2
     raw[middle : middle + 256] = b"\xff" * 256
@@ -97,7 +94,7 @@ def predict(server: LiveServer, image: bytes, **fields: str) -> httpx.Response:
 def test_unusable_georeference_is_dropped_with_a_warning(
     server: LiveServer, crs: str, transform: Affine | None, why: str
 ) -> None:
-    resp = predict(server, geotiff(crs=crs, transform=transform))
+    resp = predict(server, geotiff(noise(), crs=crs, transform=transform))
     assert resp.status_code == 200, resp.text
     georef = resp.json()["georeference"]
     assert georef["crs"] is None
@@ -116,7 +113,7 @@ def test_unusable_georeference_is_dropped_with_a_warning(
 
 
 def test_a_usable_georeference_is_kept_without_warning(server: LiveServer) -> None:
-    georef = predict(server, geotiff()).json()["georeference"]
+    georef = predict(server, geotiff(noise())).json()["georeference"]
     assert georef["crs"] == UTM
     assert georef["transform"] == [0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0]
     assert "warnings" not in georef
@@ -127,7 +124,7 @@ def test_alpha_band_is_the_validity_mask(server: LiveServer) -> None:
     rgba = rng.integers(0, 200, (4, 64, 64)).astype("uint8")
     rgba[3] = 255
     rgba[3, :, :16] = 0  # a quarter transparent, as a web export's edge
-    image = geotiff(4, data=rgba, photometric="RGB", alpha="YES")
+    image = geotiff(rgba, photometric="RGB", alpha="YES")
     resp = predict(server, image)
     assert resp.status_code == 200, resp.text
     stats = resp.json()["prediction"]["layers"][0]["statistics"]
@@ -145,29 +142,12 @@ def test_alpha_band_is_the_validity_mask(server: LiveServer) -> None:
 
 def masked_geotiff(rgba: np.ndarray) -> bytes:
     """RGB GeoTIFF bytes with ``rgba[3]`` as its internal mask."""
-    buf = io.BytesIO()
-    with (
-        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
-        rasterio.open(
-            buf,
-            "w",
-            driver="GTiff",
-            width=64,
-            height=64,
-            count=3,
-            dtype="uint8",
-            crs=UTM,
-            transform=from_origin(500000, 4000000, 0.5, 0.5),
-        ) as dst,
-    ):
-        dst.write(rgba[:3])
-        dst.write_mask(rgba[3])
-    return buf.getvalue()
+    return geotiff(rgba[:3], mask=rgba[3])
 
 
 def test_four_data_bands_still_do_not_fit_a_three_band_model(server: LiveServer) -> None:
     # GDAL calls a plain 4-band byte GeoTIFF RGBA; these four are data bands.
-    resp = predict(server, geotiff(4, photometric="MINISBLACK"))
+    resp = predict(server, geotiff(noise(4), photometric="MINISBLACK"))
     assert resp.status_code == 422
     assert "band count 4 does not match" in resp.json()["error"]["message"]
 
@@ -186,30 +166,14 @@ def test_huge_internal_blocks_are_refused_before_decoding(server: LiveServer) ->
 
 def test_v2_refuses_a_declared_huge_tensor_before_inflating_it(server: LiveServer) -> None:
     for side, limit in ((4096, "ATTNSERVE_MAX_SYNC_PIXELS"), (2048, "ATTNSERVE_REQUEST_MEMORY")):
-        size = 3 * side * side * 4
-        header = orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": "image",
-                        "shape": [1, 3, side, side],
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": size},
-                    }
-                ]
-            }
-        )
-        body = gzip.compress(header + bytes(size), 1)
+        body, headers = v2_gzip_zeros("image", [1, 3, side, side], level=1)
         reset_hwm(server)
         base = hwm_mib(server)
         started = time.monotonic()
         resp = httpx.post(
             f"{server.url}/v2/models/footprints/infer",
             content=body,
-            headers={
-                "Content-Encoding": "gzip",
-                "Inference-Header-Content-Length": str(len(header)),
-            },
+            headers=headers,
             timeout=60,
         )
         assert resp.status_code == 413, resp.text
@@ -224,7 +188,7 @@ def test_large_uploads_run_as_scene_jobs_with_tiles_the_budget_allows(
     # Its own server: the jobs started here hold their share of the budget.
     server = start_server(request_memory_mb=REQUEST_MEMORY_MB)
     # 1024 x 1024 fits one request's memory and is answered at once.
-    assert predict(server, geotiff(size=1024)).status_code == 200
+    assert predict(server, geotiff(noise(size=1024))).status_code == 200
     # 2048 x 2048 is within ATTNSERVE_MAX_SYNC_PIXELS, but the whole image through
     # the model needs more memory than one request may hold: it is tiled instead.
     resp = predict(server, zeros_geotiff(2048))
@@ -251,7 +215,7 @@ def test_dated_stacks_are_checked_from_headers_before_any_part_is_decoded(
 ) -> None:
     # The second part cannot be decoded; the date count is wrong. Headers first:
     # the answer names the dates, not the damage.
-    good = geotiff(10, 256, "uint16", data=np.full((10, 256, 256), 1000, "uint16"))
+    good = geotiff(np.full((10, 256, 256), 1000, "uint16"))
     parts = [("image", ("a.tif", good)), ("image", ("b.tif", corrupt_geotiff(10)))]
     resp = httpx.post(
         f"{server.url}/predict",
@@ -262,7 +226,7 @@ def test_dated_stacks_are_checked_from_headers_before_any_part_is_decoded(
     assert resp.status_code == 422
     assert "3 dates given for 2 dated images" in resp.json()["error"]["message"]
     # A part of another size is refused before the first is read, too.
-    other = geotiff(10, 128, "uint16", data=np.full((10, 128, 128), 1000, "uint16"))
+    other = geotiff(np.full((10, 128, 128), 1000, "uint16"))
     resp = httpx.post(
         f"{server.url}/predict",
         data={"model": "crops", "dates": "2024-04-01,2024-05-01"},
@@ -274,7 +238,7 @@ def test_dated_stacks_are_checked_from_headers_before_any_part_is_decoded(
 
 
 def test_dates_field_of_nested_brackets_is_a_422(server: LiveServer) -> None:
-    stack = geotiff(10, 32, "uint16", data=np.full((10, 32, 32), 1000, "uint16"))
+    stack = geotiff(np.full((10, 32, 32), 1000, "uint16"))
     for dates in ("[" * 100_000, "[" * 2_000 + "]" * 2_000):
         resp = predict(server, stack, model="crops", dates=dates)
         assert resp.status_code == 422, resp.text

@@ -7,18 +7,17 @@ within 60 s, and memory is given back once the work is done.
 
 from __future__ import annotations
 
-import gzip
 import threading
 import time
 from collections.abc import Callable
 
 import httpx
 import numpy as np
-import orjson
 import pytest
 
-from tests.hardening.rasters import geotiff
 from tests.hardening.test_intake import hwm_mib, predict, reset_hwm, zeros_geotiff
+from tests.helpers.bodies import v2_gzip_zeros
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import LiveServer
 
 pytestmark = pytest.mark.slow
@@ -62,29 +61,12 @@ def test_hostile_uploads_stay_within_3_gb(start_server: Callable[..., LiveServer
     figures: dict[str, tuple[int, float]] = {}
 
     # /v2: 196 KB of gzip declaring a 4096 x 4096 float32 image.
-    side = 4096
-    size = 3 * side * side * 4
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [1, 3, side, side],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": size},
-                }
-            ]
-        }
-    )
-    body = gzip.compress(header + bytes(size), 1)
+    body, headers = v2_gzip_zeros("image", [1, 3, 4096, 4096], level=1)
     resp, took = timed(
         lambda: httpx.post(
             f"{server.url}/v2/models/footprints/infer",
             content=body,
-            headers={
-                "Content-Encoding": "gzip",
-                "Inference-Header-Content-Length": str(len(header)),
-            },
+            headers=headers,
             timeout=120,
         )
     )
@@ -115,7 +97,7 @@ def test_hostile_uploads_stay_within_3_gb(start_server: Callable[..., LiveServer
 
     # A 512 x 512 stack of 500 float64 bands (50 dates): a tiled job, not a decode.
     dates = ",".join(f"2024-{1 + i // 28:02d}-{1 + i % 28:02d}" for i in range(50))
-    stack = geotiff(500, 512, "float64", data=np.full((500, 512, 512), 1000.0), compress="zstd")
+    stack = geotiff(np.full((500, 512, 512), 1000.0), compress="zstd")
     resp, took = timed(lambda: predict(server, stack, model="crops", dates=dates))
     assert resp.status_code == 202, resp.text
     httpx.delete(f"{server.url}/jobs/{resp.json()['job_id']}")

@@ -18,7 +18,7 @@ from rasterio.windows import Window
 REPO = Path(__file__).resolve().parents[2]
 # Real rasters nobody on this project made.
 SHARED = REPO.parent / "shared" / "data" / "geotiff"
-UTM = CRS.from_epsg(32631)
+UTM = "EPSG:32631"
 # 0.5 m pixels: the footprints model's resolution, so uploads run without resampling.
 ORIGIN = from_origin(500000, 4000000, 0.5, 0.5)
 
@@ -37,7 +37,7 @@ def _write(
     shape: tuple[int, int, int] | None,
     dtype: Any,
     crs: CRS | str | None,
-    transform: Affine,
+    transform: Affine | None,
     mask: np.ndarray | None,
     colorinterp: Sequence[ColorInterp] | None,
     tags: Sequence[Mapping[str, str]] | None,
@@ -60,7 +60,7 @@ def _write(
             count=bands,
             dtype=dtype or "uint8",
             crs=crs,
-            transform=transform,
+            transform=transform or ORIGIN,
             **profile,
         ) as dst,
     ):
@@ -80,7 +80,7 @@ def geotiff(
     shape: tuple[int, int, int] | None = None,
     dtype: Any = None,
     crs: CRS | str | None = UTM,
-    transform: Affine = ORIGIN,
+    transform: Affine | None = None,
     mask: np.ndarray | None = None,
     colorinterp: Sequence[ColorInterp] | None = None,
     tags: Sequence[Mapping[str, str]] | None = None,
@@ -94,7 +94,7 @@ def geotiff(
         shape: ``(bands, height, width)`` when there is no ``data``.
         dtype: the data type when there is no ``data``.
         crs: the CRS; None for a raster without one.
-        transform: the affine transform.
+        transform: the affine transform; 0.5 m pixels of UTM 31N if None.
         mask: ``(height, width)`` uint8, an internal mask (0 hides a pixel).
         colorinterp: the bands' colour interpretations.
         tags: one dict of tags per band (``DATE`` of a dated stack).
@@ -112,7 +112,7 @@ def write_geotiff(
     shape: tuple[int, int, int] | None = None,
     dtype: Any = None,
     crs: CRS | str | None = UTM,
-    transform: Affine = ORIGIN,
+    transform: Affine | None = None,
     mask: np.ndarray | None = None,
     colorinterp: Sequence[ColorInterp] | None = None,
     tags: Sequence[Mapping[str, str]] | None = None,

@@ -17,11 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import rasterio
 from rasterio.io import MemoryFile
-from rasterio.windows import Window
 
 from service.runtime.segmentation import upsample
+from tests.helpers.bodies import parcels
+from tests.helpers.geotiff import window_geotiff
 from tests.helpers.server import LiveServer
 
 httpclient = pytest.importorskip(
@@ -42,26 +42,6 @@ def triton(live: LiveServer) -> object:
     )
     yield client
     client.close()
-
-
-def _window_tiff(path: Path, size: int) -> tuple[bytes, np.ndarray]:
-    """The top-left ``size x size`` window of a GeoTIFF, as GeoTIFF bytes and ``(C, H, W)``."""
-    with rasterio.open(path) as src:
-        window = Window(0, 0, size, size)
-        data = src.read(window=window)
-        profile = {
-            "driver": "GTiff",
-            "width": size,
-            "height": size,
-            "count": src.count,
-            "dtype": data.dtype.name,
-            "crs": src.crs,
-            "transform": src.window_transform(window),
-        }
-    with MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            dst.write(data)
-        return bytes(mem.read()), data
 
 
 def _predict_tiff(live: LiveServer, data: bytes) -> tuple[np.ndarray, list[str], str]:
@@ -114,7 +94,7 @@ def test_footprints_infer_equals_predict(
 ) -> None:
     # JSON tensors of a whole megapixel scene would be ~100 MB of text.
     size = 1024 if binary else 128
-    tiff, pixels = _window_tiff(shared_data / "cogeo.tif", size)
+    tiff, pixels = window_geotiff(shared_data / "cogeo.tif", size)
     bands, descriptions, job_id = _predict_tiff(live, tiff)
 
     image = httpclient.InferInput("image", [1, 3, size, size], "FP32")
@@ -147,14 +127,7 @@ def _crop_request() -> tuple[dict[str, object], np.ndarray, np.ndarray, np.ndarr
     valid = np.ones((3, len(dates)), dtype=bool)
     valid[1, 2] = False
     days = np.array([(d - date(2024, 1, 1)).days for d in dates], dtype=np.float32)
-    body = {
-        "model": "crops",
-        "dates": [d.isoformat() for d in dates],
-        "parcels": [
-            {"id": f"p{i}", "series": series[i].tolist(), "valid": valid[i].tolist()}
-            for i in range(3)
-        ],
-    }
+    body = parcels(series, valid, dates=[d.isoformat() for d in dates])
     return body, series, np.tile(days, (3, 1)), valid
 
 
