@@ -29,7 +29,13 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "GeoTIFF decode + checks",
-        ("read_geotiff", "read_open", "_image_if_sync", "_headers", "open_geotiff"),
+        (
+            "read_geotiff",
+            "read_open",
+            "_image (service/pipeline/intake",
+            "_series (service/pipeline/intake",
+            "open_geotiff",
+        ),
     ),
     ("GeoTIFF encode", ("encode_geotiff", "geotiff (service/pipeline/views")),
     ("statistics", ("statistics (service/pipeline/runner",)),
