@@ -77,9 +77,11 @@ def check_feed(served: ServedModel, feed: dict[str, np.ndarray], limits: TensorL
     if manifest.task == "segmentation":
         return need
     for spec in manifest.tensors[1:]:
-        array = feed[spec.name]
-        if array.dtype == np.bool_ and array.ndim == 2 and not array.any(axis=1).all():
-            row = int(np.flatnonzero(~array.any(axis=1))[0])
+        mask = feed.get(spec.name)  # an input with a default may be filled later
+        if mask is None or mask.dtype != np.bool_ or mask.ndim != 2:
+            continue
+        if not mask.any(axis=1).all():
+            row = int(np.flatnonzero(~mask.any(axis=1))[0])
             raise InvalidInput(f"input {spec.name!r}: row {row} has no valid date")
     return need
 
