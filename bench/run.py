@@ -33,7 +33,6 @@ import numpy as np
 from bench import raw
 from bench.machine import load_average, machine
 from bench.report import checks, markdown
-from bench.scenes import tile_scene
 from service.app import session_options
 from service.config import SHIPPED_MODELS, Settings
 from service.runtime.cpus import usable_cpus
@@ -41,6 +40,7 @@ from service.runtime.segmentation import context_px
 from service.runtime.session import ModelSession
 from tests.helpers.bodies import parcels
 from tests.helpers.geotiff import window_geotiff
+from tests.helpers.scenes import tile_scene
 from tests.helpers.server import LiveServer
 
 REPO = Path(__file__).resolve().parents[1]

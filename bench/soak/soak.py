@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.helpers.bodies import chunked_upload  # noqa: E402
 from tests.helpers.geotiff import geotiff as build_geotiff  # noqa: E402
 from tests.helpers.geotiff import noise  # noqa: E402
 from tests.helpers.server import LiveServer, settings_env  # noqa: E402
@@ -65,18 +66,6 @@ def geotiff(rng: random.Random, bands: int, size: int, dtype: str = "uint8") -> 
     """A georeferenced GeoTIFF of random values, ``(bands, size, size)``."""
     data = noise(bands, size, dtype, high=255, seed=rng.getrandbits(32))
     return build_geotiff(data, transform=from_origin(500000, 4000000, 10, 10))
-
-
-def chunked_upload(model: str, size: int) -> Iterator[bytes]:
-    """A well-formed multipart body with a ``size``-byte image, sent without Content-Length."""
-    yield (
-        f'--soak\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
-        '--soak\r\nContent-Disposition: form-data; name="image"; filename="big.tif"\r\n'
-        "Content-Type: image/tiff\r\n\r\nII*\x00"
-    ).encode()
-    for _ in range(size // 2**16):
-        yield b"\0" * 2**16
-    yield b"\r\n--soak--\r\n"
 
 
 def build_cases(models: dict[str, dict[str, object]]) -> list[Case]:
@@ -137,7 +126,7 @@ def build_cases(models: dict[str, dict[str, object]]) -> list[Case]:
                 frozenset({413}),
                 lambda c, r: c.post(
                     "/predict",
-                    content=chunked_upload(seg, 2 * UPLOAD_LIMIT_MB * 2**20),
+                    content=chunked_upload(seg, 2 * UPLOAD_LIMIT_MB * 2**20, "soak"),
                     headers={"content-type": "multipart/form-data; boundary=soak"},
                 ),
             ),

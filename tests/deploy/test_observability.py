@@ -204,19 +204,15 @@ def test_live_server_exports_the_dashboard_metrics(
 ) -> None:
     import httpx
 
+    from tests.helpers.bodies import upload
+
     base, proc, log = server
 
     assert httpx.get(f"{base}/healthz", timeout=5.0).status_code == 200
 
     image = tmp_path / "tile.tif"
     _write_geotiff(image)
-    with image.open("rb") as fh:
-        r = httpx.post(
-            f"{base}/predict",
-            data={"model": "footprints"},
-            files={"image": ("tile.tif", fh, "image/tiff")},
-            timeout=120.0,
-        )
+    r = httpx.post(f"{base}/predict", **upload(image.read_bytes()), timeout=120.0)
     assert r.status_code == 200, f"{r.status_code} {r.text[:1000]}\n{log.read_text()[-4000:]}"
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from rasterio.transform import from_origin
 
+from tests.helpers.bodies import chunked_upload
 from tests.helpers.geotiff import geotiff as build_geotiff
 from tests.helpers.geotiff import noise
 from tests.helpers.server import LiveServer
@@ -120,19 +121,6 @@ class Ctx:
         return int(status_line.split()[1]), body.decode(errors="replace")
 
 
-def chunked_multipart(model: str, size: int) -> Iterator[bytes]:
-    """A well-formed multipart upload of ``size`` bytes, streamed without Content-Length."""
-    yield (
-        '--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
-        f"{model}\r\n--b\r\n"
-        'Content-Disposition: form-data; name="image"; filename="big.tif"\r\n'
-        "Content-Type: image/tiff\r\n\r\nII*\x00"
-    ).encode()
-    for _ in range(size // 2**16):
-        yield b"\0" * 2**16
-    yield b"\r\n--b--\r\n"
-
-
 def trickle() -> Iterator[bytes]:
     """A JSON body that stalls for longer than the server's read timeout."""
     yield b'{"model": '
@@ -169,7 +157,7 @@ CASES: list[tuple[str, Send, int, str]] = [
         "upload_2x_limit_chunked",
         lambda c: c.client.post(
             "/predict",
-            content=chunked_multipart("footprints", MB2),
+            content=chunked_upload("footprints", MB2),
             headers={"content-type": "multipart/form-data; boundary=b"},
         ),
         413,

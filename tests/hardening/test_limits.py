@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.scenes import tile_scene
+from tests.helpers.scenes import tile_scene
 from tests.helpers.server import LiveServer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -33,6 +33,18 @@ def multipart(
     """The same upload as one body and its content type, for clients that write raw HTTP."""
     request = httpx.Request("POST", "http://attnserve/predict", **upload(image, model, **fields))
     return request.read(), request.headers["content-type"]
+
+
+def chunked_upload(model: str, size: int, boundary: str = "b") -> Iterator[bytes]:
+    """A well-formed multipart upload of a ``size``-byte image, to stream without Content-Length."""
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.tif"\r\n'
+        "Content-Type: image/tiff\r\n\r\nII*\x00"
+    ).encode()
+    for _ in range(size // 2**16):
+        yield b"\0" * 2**16
+    yield f"\r\n--{boundary}--\r\n".encode()
 
 
 def parcels(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import rasterio
@@ -31,18 +31,34 @@ def noise(
     return rng.integers(0, high, (bands, size, size)).astype(dtype)
 
 
-def _write(
-    target: Path | io.BytesIO,
-    data: np.ndarray | None,
-    shape: tuple[int, int, int] | None,
-    dtype: Any,
-    crs: CRS | str | None,
-    transform: Affine | None,
-    mask: np.ndarray | None,
-    colorinterp: Sequence[ColorInterp] | None,
-    tags: Sequence[Mapping[str, str]] | None,
-    profile: Mapping[str, Any],
-) -> None:
+def write_geotiff(
+    target: Path | BinaryIO,
+    data: np.ndarray | None = None,
+    *,
+    shape: tuple[int, int, int] | None = None,
+    dtype: Any = None,
+    crs: CRS | str | None = UTM,
+    transform: Affine | None = None,
+    mask: np.ndarray | None = None,
+    colorinterp: Sequence[ColorInterp] | None = None,
+    tags: Sequence[Mapping[str, str]] | None = None,
+    **profile: Any,
+) -> Path | BinaryIO:
+    """``data`` ``(bands, height, width)`` written by GDAL as a GeoTIFF to ``target``.
+
+    Args:
+        target: a file path, or a binary file object (``io.BytesIO``).
+        data: the pixels; None writes no block at all (with ``sparse_ok=True``, a
+            file of a few KB that declares ``shape``).
+        shape: ``(bands, height, width)`` when there is no ``data``.
+        dtype: the data type when there is no ``data`` (uint8 if None).
+        crs: the CRS; None for a raster without one.
+        transform: the affine transform; 0.5 m pixels of UTM 31N if None.
+        mask: ``(height, width)`` uint8, an internal mask (0 hides a pixel).
+        colorinterp: the bands' colour interpretations.
+        tags: one dict of tags per band (``DATE`` of a dated stack).
+        **profile: more creation options (``nodata``, ``tiled``, ``compress``, ...).
+    """
     if data is not None:
         shape, dtype = data.shape, data.dtype  # type: ignore[assignment]
     if shape is None:
@@ -72,55 +88,14 @@ def _write(
             dst.write_mask(mask)
         for band, band_tags in enumerate(tags or (), start=1):
             dst.update_tags(band, **band_tags)
+    return target
 
 
-def geotiff(
-    data: np.ndarray | None = None,
-    *,
-    shape: tuple[int, int, int] | None = None,
-    dtype: Any = None,
-    crs: CRS | str | None = UTM,
-    transform: Affine | None = None,
-    mask: np.ndarray | None = None,
-    colorinterp: Sequence[ColorInterp] | None = None,
-    tags: Sequence[Mapping[str, str]] | None = None,
-    **profile: Any,
-) -> bytes:
-    """``data`` ``(bands, height, width)`` as GeoTIFF bytes.
-
-    Args:
-        data: the pixels; None writes no block at all (with ``sparse_ok=True``, a
-            file of a few KB that declares ``shape``).
-        shape: ``(bands, height, width)`` when there is no ``data``.
-        dtype: the data type when there is no ``data``.
-        crs: the CRS; None for a raster without one.
-        transform: the affine transform; 0.5 m pixels of UTM 31N if None.
-        mask: ``(height, width)`` uint8, an internal mask (0 hides a pixel).
-        colorinterp: the bands' colour interpretations.
-        tags: one dict of tags per band (``DATE`` of a dated stack).
-        **profile: more creation options (``nodata``, ``tiled``, ``compress``, ...).
-    """
+def geotiff(data: np.ndarray | None = None, **options: Any) -> bytes:
+    """``write_geotiff`` in memory: the GeoTIFF's bytes."""
     buf = io.BytesIO()
-    _write(buf, data, shape, dtype, crs, transform, mask, colorinterp, tags, profile)
+    write_geotiff(buf, data, **options)
     return buf.getvalue()
-
-
-def write_geotiff(
-    path: Path,
-    data: np.ndarray | None = None,
-    *,
-    shape: tuple[int, int, int] | None = None,
-    dtype: Any = None,
-    crs: CRS | str | None = UTM,
-    transform: Affine | None = None,
-    mask: np.ndarray | None = None,
-    colorinterp: Sequence[ColorInterp] | None = None,
-    tags: Sequence[Mapping[str, str]] | None = None,
-    **profile: Any,
-) -> Path:
-    """``geotiff``, written by GDAL straight to ``path``; returns ``path``."""
-    _write(path, data, shape, dtype, crs, transform, mask, colorinterp, tags, profile)
-    return path
 
 
 def window_geotiff(source: Path, size: int, **profile: Any) -> tuple[bytes, np.ndarray]:

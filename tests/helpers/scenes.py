@@ -1,4 +1,4 @@
-"""Large test scenes made from real imagery, for tests and benchmarks."""
+"""Test scenes: real imagery tiled into a large GeoTIFF, and dated Sentinel-2-like stacks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.transform import from_origin
 from rasterio.windows import Window
+
+from tests.helpers.geotiff import write_geotiff
 
 
 def tile_scene(source: Path, repeat: int, out: Path, compress: str = "jpeg") -> Path:
@@ -43,29 +46,21 @@ def dated_stack(out_dir: Path, size: int, dates: list[str], seed: int = 0) -> li
     """One 10-band Sentinel-2-like uint16 GeoTIFF per date (reflectance x 10000)."""
     rng = np.random.default_rng(seed)
     paths = []
-    transform = rasterio.transform.from_origin(600000, 5000000, 10, 10)
+    transform = from_origin(600000, 5000000, 10, 10)
     base = rng.uniform(300, 3000, (10, size, size)).astype(np.float32)
     for i, day in enumerate(dates):
         data = (base * (0.8 + 0.1 * i) + rng.normal(0, 50, base.shape)).clip(0, 10000)
         path = out_dir / f"s2_{day}.tif"
-        with rasterio.open(
+        write_geotiff(
             path,
-            "w",
-            driver="GTiff",
-            width=size,
-            height=size,
-            count=10,
-            dtype="uint16",
-            crs="EPSG:32631",
+            data.astype(np.uint16),
             transform=transform,
+            tags=[{"DATE": day}] * 10,
             nodata=0,
             tiled=True,
             blockxsize=256,
             blockysize=256,
             compress="deflate",
-        ) as dst:
-            dst.write(data.astype(np.uint16))
-            for b in range(1, 11):
-                dst.update_tags(b, DATE=day)
+        )
         paths.append(path)
     return paths

@@ -150,8 +150,13 @@ def settings_env(**settings: str) -> dict[str, str]:
     return {f"ATTNSERVE_{key.upper()}": value for key, value in settings.items()}
 
 
-def start(model_dir: Path | str, tmp: Path, log: str = "server.log", **settings: str) -> LiveServer:
-    """A ready server of ``model_dir``'s models, its jobs in ``tmp/jobs``, its log in ``tmp``."""
+def start(
+    model_dir: Path | str, tmp: Path, /, log: str = "server.log", **settings: str
+) -> LiveServer:
+    """A ready server of ``model_dir``'s models, its jobs in ``tmp/jobs``, its log in ``tmp``.
+
+    ``settings`` come last, so ``model_dir=`` or ``job_dir=`` among them win.
+    """
     env = {"ATTNSERVE_MODEL_DIR": str(model_dir), "ATTNSERVE_JOB_DIR": str(tmp / "jobs")}
     server = LiveServer({**env, **settings_env(**settings)}, tmp / log)
     server.wait_ready()
@@ -159,7 +164,7 @@ def start(model_dir: Path | str, tmp: Path, log: str = "server.log", **settings:
 
 
 @contextmanager
-def serving(model_dir: Path | str, tmp: Path, **settings: str) -> Iterator[LiveServer]:
+def serving(model_dir: Path | str, tmp: Path, /, **settings: str) -> Iterator[LiveServer]:
     """``start`` a server for the ``with`` block; stopped after it."""
     server = start(model_dir, tmp, **settings)
     try:

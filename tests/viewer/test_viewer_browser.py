@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service.config import SHIPPED_MODELS
+from tests.helpers.bodies import upload
 from tests.helpers.geotiff import SHARED
 from tests.helpers.server import LiveServer, serving
 
@@ -91,12 +92,7 @@ class Page:
 def _finished_job(server: LiveServer) -> dict[str, Any]:
     # An async job keeps its input, so the page can show it under the layers.
     data = (SHARED / "cogeo.tif").read_bytes()
-    resp = httpx.post(
-        f"{server.url}/predict",
-        data={"model": "footprints", "async": "true"},
-        files={"image": ("cogeo.tif", data, "image/tiff")},
-        timeout=120,
-    )
+    resp = httpx.post(f"{server.url}/predict", **upload(data, **{"async": "true"}), timeout=120)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["job_id"]
     deadline = time.monotonic() + 300

@@ -14,6 +14,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from service.config import SHIPPED_MODELS
+from tests.helpers.bodies import upload
 from tests.helpers.geotiff import SHARED
 from tests.helpers.server import LiveServer, serving
 
@@ -54,12 +55,7 @@ def test_pages_carry_a_strict_csp_and_assets_their_types(server: LiveServer) -> 
 
 def test_layer_previews_are_scaled_grey_pngs(server: LiveServer) -> None:
     data = (SHARED / "cogeo.tif").read_bytes()
-    resp = httpx.post(
-        f"{server.url}/predict",
-        data={"model": "footprints"},
-        files={"image": ("cogeo.tif", data, "image/tiff")},
-        timeout=300,
-    )
+    resp = httpx.post(f"{server.url}/predict", **upload(data), timeout=300)
     assert resp.status_code == 200, resp.text
     job = resp.json()
     base = f"{server.url}/viewer/{job['job_id']}"
@@ -102,12 +98,7 @@ def test_viewer_endpoints_are_documented(server: LiveServer) -> None:
 
 def test_input_preview_of_a_scene_job(server: LiveServer) -> None:
     data = (SHARED / "cogeo.tif").read_bytes()
-    resp = httpx.post(
-        f"{server.url}/predict",
-        data={"model": "footprints", "async": "true"},
-        files={"image": ("cogeo.tif", data, "image/tiff")},
-        timeout=120,
-    )
+    resp = httpx.post(f"{server.url}/predict", **upload(data, **{"async": "true"}), timeout=120)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["job_id"]
     early = httpx.get(f"{server.url}/viewer/{job_id}/input.png")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from rasterio.transform import from_origin
 
 from models.half import convert_to_float16
 from service.runtime.cpus import usable_cpus
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import LiveServer
 
 
@@ -303,20 +303,8 @@ def test_health_names_versions(live: LiveServer) -> None:
 
 def _rgb_tiff(seed: int, size: int = 64) -> bytes:
     rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    with MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=size,
-            height=size,
-            count=3,
-            dtype="uint8",
-            crs="EPSG:32631",
-            transform=from_origin(500000, 4500000, 0.5, 0.5),
-        ) as dst:
-            dst.write(rng.integers(0, 255, (3, size, size), dtype=np.uint8))
-        buf.write(mem.read())
-    return buf.getvalue()
+    data = rng.integers(0, 255, (3, size, size), dtype=np.uint8)
+    return geotiff(data, transform=from_origin(500000, 4500000, 0.5, 0.5))
 
 
 def test_restart_keeps_jobs_and_ttl_expires_them(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from service.config import SHIPPED_MODELS
 from service.runtime.manifest import MANIFEST_KEY
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import LiveServer, serving
 from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
@@ -64,21 +65,9 @@ def _geotiff(
     crs: str | None = "EPSG:32640",
     nodata: float | None = None,
 ) -> bytes:
-    with MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=data.shape[2],
-            height=data.shape[1],
-            count=data.shape[0],
-            dtype=data.dtype,
-            crs=CRS.from_user_input(crs) if crs and not crs.startswith("LOCAL_CS") else None,
-            transform=transform,
-            nodata=nodata,
-        ) as ds:
-            if crs and crs.startswith("LOCAL_CS"):
-                ds.crs = CRS.from_wkt(crs)
-            ds.write(data)
-        return bytes(mem.read())
+    if crs and crs.startswith("LOCAL_CS"):
+        return geotiff(data, crs=CRS.from_wkt(crs), transform=transform, nodata=nodata)
+    return geotiff(data, crs=crs, transform=transform, nodata=nodata)
 
 
 def _post(server: LiveServer, tif: bytes, **fields: str) -> httpx.Response:

@@ -28,6 +28,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from service.runtime.manifest import MANIFEST_KEY
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import LiveServer, serving
 from tests.service.pipeline.test_scenes_live import _follow
 
@@ -110,18 +111,7 @@ def _native(mask_path: Path, window: Window) -> tuple[bytes, np.ndarray]:
 
 
 def _write(image: np.ndarray, pixel_m: float) -> bytes:
-    with MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=image.shape[2],
-            height=image.shape[1],
-            count=image.shape[0],
-            dtype=image.dtype,
-            crs="EPSG:32640",
-            transform=from_origin(*ORIGIN, pixel_m, pixel_m),
-        ) as ds:
-            ds.write(image)
-        return bytes(mem.read())
+    return geotiff(image, crs="EPSG:32640", transform=from_origin(*ORIGIN, pixel_m, pixel_m))
 
 
 def _at(native: bytes, mask: np.ndarray, pixel_m: float) -> tuple[bytes, np.ndarray]:

@@ -20,7 +20,7 @@ import pytest
 from rasterio.io import MemoryFile
 
 from service.runtime.segmentation import upsample
-from tests.helpers.bodies import parcels
+from tests.helpers.bodies import parcels, upload
 from tests.helpers.geotiff import window_geotiff
 from tests.helpers.server import LiveServer
 
@@ -45,12 +45,7 @@ def triton(live: LiveServer) -> object:
 
 
 def _predict_tiff(live: LiveServer, data: bytes) -> tuple[np.ndarray, list[str], str]:
-    resp = httpx.post(
-        f"{live.url}/predict",
-        data={"model": "footprints", "format": "geotiff"},
-        files={"image": ("scene.tif", data, "image/tiff")},
-        timeout=300,
-    )
+    resp = httpx.post(f"{live.url}/predict", **upload(data, format="geotiff"), timeout=300)
     assert resp.status_code == 200, resp.text
     with MemoryFile(resp.content) as mem, mem.open() as src:
         return src.read(), list(src.descriptions), resp.headers["X-Job-Id"]
@@ -131,6 +126,22 @@ def _crop_request() -> tuple[dict[str, object], np.ndarray, np.ndarray, np.ndarr
     return body, series, np.tile(days, (3, 1)), valid
 
 
+def _crop_inputs(
+    series: np.ndarray, days: np.ndarray, valid: np.ndarray, binary: bool = True
+) -> list[object]:
+    """The crops model's three inputs as tritonclient tensors, binary or JSON."""
+    inputs = []
+    for name, array, datatype in (
+        ("series", series, "FP32"),
+        ("days", days, "FP32"),
+        ("valid", valid, "BOOL"),
+    ):
+        tensor = httpclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
 @pytest.mark.parametrize("binary", MODES)
 def test_crops_infer_equals_predict(live: LiveServer, triton: object, binary: bool) -> None:
     body, series, days, valid = _crop_request()
@@ -143,15 +154,7 @@ def test_crops_infer_equals_predict(live: LiveServer, triton: object, binary: bo
     )
     attention = np.array([item["weights"] for item in answer["attention"][0]["items"]])
 
-    inputs = []
-    for name, array, datatype in (
-        ("series", series, "FP32"),
-        ("days", days, "FP32"),
-        ("valid", valid, "BOOL"),
-    ):
-        tensor = httpclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
-        inputs.append(tensor)
+    inputs = _crop_inputs(series, days, valid, binary)
     wanted = [
         httpclient.InferRequestedOutput(n, binary_data=binary)
         for n in ("probabilities", "attention")
@@ -168,15 +171,7 @@ def test_crops_infer_equals_predict(live: LiveServer, triton: object, binary: bo
 
 def test_all_outputs_come_back_binary_when_none_are_named(triton: object) -> None:
     _, series, days, valid = _crop_request()
-    inputs = []
-    for name, array, datatype in (
-        ("series", series, "FP32"),
-        ("days", days, "FP32"),
-        ("valid", valid, "BOOL"),
-    ):
-        tensor = httpclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
+    inputs = _crop_inputs(series, days, valid)
     result = triton.infer("crops", inputs)
     probs = result.as_numpy("probabilities")
     assert probs.shape[0] == 3

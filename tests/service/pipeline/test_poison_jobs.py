@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.scenes import tile_scene
 from service.jobs.local import LocalJobStore
 from service.jobs.record import JobRecord
 from service.jobs.store import JobStore
 from service.pipeline.jobs import JobManager
+from tests.helpers.bodies import upload
+from tests.helpers.scenes import tile_scene
 from tests.helpers.server import LiveServer
 
 MODEL = {"name": "footprints", "version": "1", "task": "segmentation"}
@@ -195,13 +196,7 @@ def test_sigkill_during_a_job_twice_then_the_restart_fails_it(
         "scene_tiles_in_flight": "1",
     }
     server = start_server(**settings)
-    with scene.open("rb") as f:
-        resp = httpx.post(
-            f"{server.url}/predict",
-            data={"model": "footprints"},
-            files={"image": ("scene.tif", f, "image/tiff")},
-            timeout=60,
-        )
+    resp = httpx.post(f"{server.url}/predict", **upload(scene.read_bytes()), timeout=60)
     assert resp.status_code == 202, resp.text
     job_id = resp.json()["job_id"]
     for _ in range(2):  # the first run, then its one resume

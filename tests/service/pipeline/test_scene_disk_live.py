@@ -13,7 +13,7 @@ import rasterio
 import rasterio.windows
 from affine import Affine
 
-from bench.scenes import tile_scene
+from tests.helpers.scenes import tile_scene
 from tests.helpers.server import LiveServer
 
 

@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from bench.scenes import dated_stack, tile_scene
+from tests.helpers.scenes import dated_stack, tile_scene
 from tests.helpers.server import LiveServer
 
 

@@ -10,6 +10,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
+from tests.helpers.geotiff import write_geotiff
 from tests.helpers.server import LiveServer
 from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
@@ -20,22 +21,15 @@ def _synthetic_scene(path: Path, seed: int) -> Path:
     from models.data.buildings import make_tile
 
     image, _ = make_tile(np.random.default_rng(seed), SIZE)
-    with rasterio.open(
+    return write_geotiff(
         path,
-        "w",
-        driver="GTiff",
-        width=SIZE,
-        height=SIZE,
-        count=3,
-        dtype="uint8",
+        image,
         crs="EPSG:32633",
         transform=from_origin(400000, 5500000, 0.5, 0.5),  # the model's gsd_m: no resampling
         tiled=True,
         blockxsize=256,
         blockysize=256,
-    ) as dst:
-        dst.write(image)
-    return path
+    )
 
 
 def test_tiled_inference_matches_whole_image(live: LiveServer, tmp_path: Path) -> None:
@@ -72,18 +66,12 @@ def test_building_across_a_seam_is_one_polygon(live: LiveServer, tmp_path: Path)
     image[:, 200:300, 180:300] = np.array([205, 70, 60])[:, None, None]  # red roof
     image[:, 300:312, 186:306] = 45  # its shadow
     path = tmp_path / "roof.tif"
-    with rasterio.open(
+    write_geotiff(
         path,
-        "w",
-        driver="GTiff",
-        width=512,
-        height=512,
-        count=3,
-        dtype="uint8",
+        image.astype(np.uint8),
         crs="EPSG:32633",
         transform=from_origin(400000, 5500000, 0.3, 0.3),
-    ) as dst:
-        dst.write(image.astype(np.uint8))
+    )
     job = _submit(
         live, [path], model="footprints", tile_size="256", overlap="64", **{"async": "true"}
     )

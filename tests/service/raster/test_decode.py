@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
 from service.errors import InvalidRaster, PayloadTooLarge
 from service.raster.decode import RasterLimits, read_geotiff
 from service.raster.encode import encode_geotiff
+from tests.helpers.geotiff import geotiff
 
 LIMITS = RasterLimits(max_pixels=4096 * 4096, max_bands=64, max_bytes=2**30)
 
@@ -69,21 +69,14 @@ def test_truncated_geotiff_is_refused(shared_data: Path) -> None:
 
 
 def test_huge_declared_size_is_refused_before_reading() -> None:
-    with MemoryFile() as mem:
-        with mem.open(
-            driver="GTiff",
-            width=100_000,
-            height=100_000,
-            count=3,
-            dtype="uint8",
-            tiled=True,
-            compress="deflate",
-            SPARSE_OK=True,
-            crs="EPSG:3857",
-            transform=from_origin(1000, 2000, 1, 1),
-        ):
-            pass
-        data = bytes(mem.read())
+    data = geotiff(
+        shape=(3, 100_000, 100_000),
+        crs="EPSG:3857",
+        transform=from_origin(1000, 2000, 1, 1),
+        tiled=True,
+        compress="deflate",
+        SPARSE_OK=True,
+    )
     assert len(data) < 5_000_000
     with pytest.raises(PayloadTooLarge, match="100000x100000"):
         read_geotiff(data, LIMITS)
