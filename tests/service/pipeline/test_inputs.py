@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.config import SHIPPED_MODELS
 from service.errors import InvalidInput
 from service.pipeline.inputs import (
     MAX_DATES_TEXT,
@@ -19,24 +18,8 @@ from service.pipeline.inputs import (
     validate_json,
 )
 from service.runtime.manifest import Manifest
-from service.runtime.session import ModelSession, SessionOptions
 
 DATES = ["2024-04-03", "2024-05-20"]
-
-
-def _manifest(pattern: str) -> Manifest:
-    path = next(SHIPPED_MODELS.glob(pattern))
-    return ModelSession(path, SessionOptions(providers=("CPUExecutionProvider",))).manifest
-
-
-@pytest.fixture(scope="module")
-def crops() -> Manifest:
-    return _manifest("crops-1.*.onnx")
-
-
-@pytest.fixture(scope="module")
-def footprints() -> Manifest:
-    return _manifest("footprints-*.onnx")
 
 
 def _series(dates: int = 2, bands: int = 10) -> list[list[float]]:

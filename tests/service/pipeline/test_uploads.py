@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from rasterio.transform import from_origin
 
-from service.config import SHIPPED_MODELS
 from service.errors import InvalidInput, UnsupportedRaster
 from service.pipeline.uploads import (
     date_count,
@@ -18,26 +17,10 @@ from service.pipeline.uploads import (
 )
 from service.raster.decode import DecodedRaster, RasterInfo, RasterLimits, describe, open_geotiff
 from service.runtime.manifest import Manifest
-from service.runtime.session import ModelSession, SessionOptions
 from tests.helpers.geotiff import geotiff, noise
 
 LIMITS = RasterLimits(max_pixels=10**6, max_bands=512, max_bytes=2**30)
 DATES = ["2024-04-03", "2024-05-20"]
-
-
-def _manifest(pattern: str) -> Manifest:
-    path = next(SHIPPED_MODELS.glob(pattern))
-    return ModelSession(path, SessionOptions(providers=("CPUExecutionProvider",))).manifest
-
-
-@pytest.fixture(scope="module")
-def crops() -> Manifest:
-    return _manifest("crops-1.*.onnx")
-
-
-@pytest.fixture(scope="module")
-def footprints() -> Manifest:
-    return _manifest("footprints-*.onnx")
 
 
 def _stack(dates: int, size: int = 8, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The shipped models' manifests, read from their ONNX files by ONNX Runtime."""
+"""Fixtures of the server's tests: the shipped models' manifests, read by ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from service.runtime.manifest import Manifest
 from service.runtime.session import read_manifest
 
 
-def read_shipped(name: str) -> Manifest:
-    """The manifest of the shipped model file ``name`` (no ``.onnx``)."""
-    path = SHIPPED_MODELS / f"{name}.onnx"
+def shipped_manifest(pattern: str) -> Manifest:
+    """The manifest in the first shipped model file matching ``pattern``."""
+    path = next(SHIPPED_MODELS.glob(pattern))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return read_manifest(session)
 
@@ -20,10 +20,10 @@ def read_shipped(name: str) -> Manifest:
 @pytest.fixture(scope="session")
 def footprints() -> Manifest:
     """The shipped footprints model's manifest: image ``(B, 3, H, W)`` FP32 and band_mean."""
-    return read_shipped("footprints-2.0.0")
+    return shipped_manifest("footprints-*.onnx")
 
 
 @pytest.fixture(scope="session")
 def crops() -> Manifest:
     """The shipped crops model's manifest: series, days and valid."""
-    return read_shipped("crops-1.0.0")
+    return shipped_manifest("crops-1.*.onnx")
