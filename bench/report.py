@@ -246,6 +246,19 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def status_table(result: dict[str, Any], case: str = "case") -> list[str]:
+    """A soak's statuses per request kind against those it expects, as a Markdown table."""
+    rows = [
+        [
+            name,
+            ", ".join(map(str, result["expected"][name])),
+            ", ".join(f"{s}: {n}" for s, n in got.items()),
+        ]
+        for name, got in sorted(result["statuses"].items())
+    ]
+    return _table([case, "expected", "got"], rows)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown report."""
     m = results["machine"]

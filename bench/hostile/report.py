@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report import status_table
+
 TARGETS = "status, peak RSS < 3 GiB, answer < 60 s, /healthz < 1 s throughout, no 500"
 
 
@@ -88,12 +90,8 @@ def soak_lines(soak: dict[str, Any] | None) -> list[str]:
         f"({rss['warmup_s']} s) {rss['after_warmup']} MiB, end {rss['end']} MiB, max "
         f"{rss['max']} MiB.",
         "",
-        "| soak case | expected | got |",
-        "| --- | --- | --- |",
+        *status_table(soak, "soak case"),
     ]
-    for name, got in sorted(soak["statuses"].items()):
-        seen = ", ".join(f"{s}: {n}" for s, n in got.items())
-        lines.append(f"| {name} | {', '.join(map(str, soak['expected'][name]))} | {seen} |")
     if soak["unexpected_examples"]:
         lines += ["", "Unexpected (first 20): " + "; ".join(map(str, soak["unexpected_examples"]))]
     return lines

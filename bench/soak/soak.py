@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.report import status_table  # noqa: E402
 from tests.helpers.bodies import chunked_upload  # noqa: E402
 from tests.helpers.geotiff import geotiff as build_geotiff  # noqa: E402
 from tests.helpers.geotiff import noise  # noqa: E402
@@ -386,12 +387,8 @@ def markdown(r: dict) -> str:
         f"{rss.get('slope_second_half_mb_per_hour', 'n/a')} MiB/h, over the last third "
         f"{rss.get('slope_last_third_mb_per_hour', 'n/a')} MiB/h",
         "",
-        "| case | expected | got |",
-        "| --- | --- | --- |",
+        *status_table(r),
     ]
-    for name, got in sorted(r["statuses"].items()):
-        seen = ", ".join(f"{s}: {n}" for s, n in got.items())
-        lines.append(f"| {name} | {', '.join(map(str, r['expected'][name]))} | {seen} |")
     if r["unexpected_examples"]:
         lines += ["", "Unexpected (first 20):", ""]
         lines += [f"- {u}" for u in r["unexpected_examples"]]

@@ -98,6 +98,12 @@ def geotiff(data: np.ndarray | None = None, **options: Any) -> bytes:
     return buf.getvalue()
 
 
+def read_geotiff(content: bytes) -> np.ndarray:
+    """Every band of GeoTIFF bytes (an answer's body), ``(bands, height, width)``."""
+    with rasterio.MemoryFile(content) as mem, mem.open() as ds:
+        return np.asarray(ds.read())
+
+
 def window_geotiff(source: Path, size: int, **profile: Any) -> tuple[bytes, np.ndarray]:
     """The top-left ``size`` x ``size`` window of a GeoTIFF, as GeoTIFF bytes and its pixels."""
     with rasterio.open(source) as src:

@@ -19,9 +19,9 @@ from rasterio.windows import Window
 
 from service.config import SHIPPED_MODELS
 from service.runtime.manifest import MANIFEST_KEY
-from tests.helpers.geotiff import geotiff
+from tests.helpers.geotiff import geotiff, read_geotiff
+from tests.helpers.jobs import download, follow, submit
 from tests.helpers.server import LiveServer, serving
-from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
 MODEL_GSD = 0.5
 # Near Dubai, close to UTM zone 40's central meridian.
@@ -202,10 +202,10 @@ def test_a_coarser_image_over_the_sync_limit_on_the_model_grid_is_a_scene(
     resp = _post(server, path.read_bytes())
     assert resp.status_code == 202, resp.text
     assert resp.json()["resampling"]["model_grid"] == {"width": 600, "height": 600}
-    body, _ = _follow(server, resp.json()["job_id"])
+    body, _ = follow(server, resp.json()["job_id"])
     assert body["state"] == "done", body
     assert body["resampling"]["applied"] is True
-    pred = _download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
+    pred = download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
     with rasterio.open(pred) as out:
         assert out.crs == CRS.from_epsg(32640)
         assert out.transform == transform
@@ -226,17 +226,16 @@ def test_a_scene_gives_the_synchronous_answer(
     path.write_bytes(_geotiff(data, from_origin(*ORIGIN, 0.25, 0.25), nodata=0))
     sync = _post(server, path.read_bytes(), format="geotiff")
     assert sync.status_code == 200, sync.text
-    with MemoryFile(sync.content) as mem, mem.open() as ds:
-        reference = ds.read()  # probability, then each gate
-    job = _submit(
+    reference = read_geotiff(sync.content)  # probability, then each gate
+    job = submit(
         server, [path], model="footprints", tile_size="64", overlap="16", **{"async": "true"}
     )
-    body, _ = _follow(server, job["job_id"])
+    body, _ = follow(server, job["job_id"])
     assert body["state"] == "done", body
     assert body["progress"]["total"] > 1
     assert body["resampling"]["model_grid"] == {"width": 256, "height": 256}
-    pred = _download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
-    att = _download(server, body["links"]["attention_geotiff"], tmp_path / "a.tif")
+    pred = download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
+    att = download(server, body["links"]["attention_geotiff"], tmp_path / "a.tif")
     with rasterio.open(pred) as p, rasterio.open(att) as a:
         tiled = np.concatenate([p.read(), a.read()])
     assert tiled.shape == reference.shape

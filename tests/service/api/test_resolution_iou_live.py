@@ -29,8 +29,8 @@ from rasterio.windows import Window
 
 from service.runtime.manifest import MANIFEST_KEY
 from tests.helpers.geotiff import geotiff
+from tests.helpers.jobs import follow
 from tests.helpers.server import LiveServer, serving
-from tests.service.pipeline.test_scenes_live import _follow
 
 DUBAI = Path(__file__).resolve().parents[4] / "shared" / "data" / "footprints" / "dubai"
 BUILDING = (0x3C, 0x10, 0x98)
@@ -139,7 +139,7 @@ def _probability(server: LiveServer, model: str, tif: bytes, tmp: Path) -> np.nd
         timeout=600,
     )
     if resp.status_code == 202:
-        body, _ = _follow(server, resp.json()["job_id"], timeout_s=600)
+        body, _ = follow(server, resp.json()["job_id"], timeout_s=600)
         assert body["state"] == "done", body
         assert body["resampling"]["applied"] is True
         resp = httpx.get(server.url + body["links"]["prediction_geotiff"], timeout=120)

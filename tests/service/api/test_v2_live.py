@@ -179,16 +179,21 @@ def test_all_outputs_come_back_binary_when_none_are_named(triton: object) -> Non
     assert result.as_numpy("attention").shape[::2] == (3, 4)
 
 
+def _zeros_image(shape: list[int], datatype: str, dtype: type) -> object:
+    """An ``image`` input of zeros as a tritonclient tensor."""
+    tensor = httpclient.InferInput("image", shape, datatype)
+    tensor.set_data_from_numpy(np.zeros(shape, dtype=dtype))
+    return tensor
+
+
 def test_bad_tensors_are_4xx_errors_tritonclient_can_read(triton: object) -> None:
-    wrong_type = httpclient.InferInput("image", [1, 3, 32, 32], "FP64")
-    wrong_type.set_data_from_numpy(np.zeros((1, 3, 32, 32), dtype=np.float64))
+    wrong_type = _zeros_image([1, 3, 32, 32], "FP64", np.float64)
     with pytest.raises(InferenceServerException) as info:
         triton.infer("footprints", [wrong_type])
     assert info.value.status() == "422"
     assert "datatype FP64 given, model takes FP32" in info.value.message()
 
-    odd = httpclient.InferInput("image", [1, 3, 30, 32], "FP32")
-    odd.set_data_from_numpy(np.zeros((1, 3, 30, 32), dtype=np.float32))
+    odd = _zeros_image([1, 3, 30, 32], "FP32", np.float32)
     with pytest.raises(InferenceServerException) as info:
         triton.infer("footprints", [odd])
     assert info.value.status() == "422"

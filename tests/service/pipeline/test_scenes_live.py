@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -12,37 +10,9 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+from tests.helpers.jobs import download, follow, submit
 from tests.helpers.scenes import dated_stack, tile_scene
 from tests.helpers.server import LiveServer
-
-
-def _submit(server: LiveServer, paths: list[Path], **fields: str) -> dict[str, Any]:
-    files = [("image", (p.name, p.read_bytes(), "image/tiff")) for p in paths]
-    resp = httpx.post(f"{server.url}/predict", data=fields, files=files, timeout=120)
-    assert resp.status_code == 202, resp.text
-    assert resp.headers["location"] == f"/jobs/{resp.json()['job_id']}"
-    return resp.json()
-
-
-def _follow(
-    server: LiveServer, job_id: str, timeout_s: float = 300
-) -> tuple[dict[str, Any], list[int]]:
-    seen: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        body = httpx.get(f"{server.url}/jobs/{job_id}", timeout=30).json()
-        seen.append(body["progress"]["done"])
-        if body["state"] in ("done", "failed", "cancelled"):
-            return body, seen
-        time.sleep(0.2)
-    raise TimeoutError(job_id)
-
-
-def _download(server: LiveServer, url: str, out: Path) -> Path:
-    resp = httpx.get(server.url + url, timeout=120)
-    assert resp.status_code == 200, resp.text
-    out.write_bytes(resp.content)
-    return out
 
 
 def test_scene_job_progress_cogs_and_footprints(
@@ -53,9 +23,9 @@ def test_scene_job_progress_cogs_and_footprints(
     scene = tile_scene(shared_data / "cogeo.tif", 2, tmp_path / "scene.tif")
     # Over the synchronous limit, so the scene becomes a job without asking.
     server = start_server(max_sync_pixels=str(1024 * 1024))
-    job = _submit(server, [scene], model="footprints")
+    job = submit(server, [scene], model="footprints")
     assert job["state"] == "queued"
-    body, seen = _follow(server, job["job_id"])
+    body, seen = follow(server, job["job_id"])
     assert body["state"] == "done", body
     assert seen == sorted(seen)
     total = body["progress"]["total"]
@@ -65,7 +35,7 @@ def test_scene_job_progress_cogs_and_footprints(
     links = body["links"]
     with rasterio.open(scene) as src:
         for key in ("prediction_geotiff", "attention_geotiff"):
-            path = _download(server, links[key], tmp_path / f"{key}.tif")
+            path = download(server, links[key], tmp_path / f"{key}.tif")
             valid, errors, _ = cog_validate(path)
             assert valid, errors
             with rasterio.open(path) as out:
@@ -97,7 +67,7 @@ def test_scene_job_progress_cogs_and_footprints(
 
 def test_uint8_zstd_outputs(start_server, shared_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = start_server()
-    job = _submit(
+    job = submit(
         server,
         [shared_data / "RGB.byte.tif"],
         model="footprints",
@@ -107,10 +77,10 @@ def test_uint8_zstd_outputs(start_server, shared_data: Path, tmp_path: Path) -> 
         overlap="64",
         **{"async": "true"},
     )
-    body, _ = _follow(server, job["job_id"])
+    body, _ = follow(server, job["job_id"])
     assert body["state"] == "done", body
     assert body["tiling"] == {"tile_size": 256, "overlap": 64, "tiles": body["tiling"]["tiles"]}
-    path = _download(server, body["links"]["attention_geotiff"], tmp_path / "att.tif")
+    path = download(server, body["links"]["attention_geotiff"], tmp_path / "att.tif")
     assert cog_validate(path)[0]
     with rasterio.open(path) as out, rasterio.open(shared_data / "RGB.byte.tif") as src:
         assert out.dtypes[0] == "uint8"
@@ -122,16 +92,16 @@ def test_uint8_zstd_outputs(start_server, shared_data: Path, tmp_path: Path) -> 
 def test_cancel_and_resume(start_server, shared_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     scene = tile_scene(shared_data / "cogeo.tif", 2, tmp_path / "scene.tif")
     server = start_server(scene_tiles_in_flight="2", max_sync_pixels=str(1024 * 1024))
-    doomed = _submit(server, [scene], model="footprints")["job_id"]
-    kept = _submit(server, [scene], model="footprints")["job_id"]
+    doomed = submit(server, [scene], model="footprints")["job_id"]
+    kept = submit(server, [scene], model="footprints")["job_id"]
     resp = httpx.delete(f"{server.url}/jobs/{doomed}")
     assert resp.status_code == 200
-    body, _ = _follow(server, doomed)
+    body, _ = follow(server, doomed)
     assert body["state"] == "cancelled"
     # Stop the server while the second job is queued or running; it must resume.
     assert server.stop() in (0, -15)
     again = start_server(max_sync_pixels=str(1024 * 1024))
-    body, _ = _follow(again, kept)
+    body, _ = follow(again, kept)
     assert body["state"] == "done", body
     assert body["progress"]["done"] == body["progress"]["total"]
 
@@ -140,13 +110,13 @@ def test_crop_scene_from_dated_images(start_server, tmp_path: Path) -> None:  # 
     dates = ["2024-04-03", "2024-05-20", "2024-07-09"]
     paths = dated_stack(tmp_path, 300, dates)
     server = start_server()
-    job = _submit(server, paths, model="crops", dates=",".join(dates), **{"async": "true"})
-    body, _ = _follow(server, job["job_id"])
+    job = submit(server, paths, model="crops", dates=",".join(dates), **{"async": "true"})
+    body, _ = follow(server, job["job_id"])
     assert body["state"] == "done", body
     files = {k: v for k, v in body["links"].items() if k.startswith("file:")}
     assert set(files) == {"file:class.tif", "file:probabilities.tif", "file:attention.tif"}
-    att = _download(server, files["file:attention.tif"], tmp_path / "att.tif")
-    cls = _download(server, files["file:class.tif"], tmp_path / "cls.tif")
+    att = download(server, files["file:attention.tif"], tmp_path / "att.tif")
+    cls = download(server, files["file:class.tif"], tmp_path / "cls.tif")
     for path in (att, cls):
         assert cog_validate(path)[0]
     with rasterio.open(att) as a:

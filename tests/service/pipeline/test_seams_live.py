@@ -7,12 +7,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import rasterio
-from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from tests.helpers.geotiff import write_geotiff
+from tests.helpers.geotiff import read_geotiff, write_geotiff
+from tests.helpers.jobs import download, follow, submit
 from tests.helpers.server import LiveServer
-from tests.service.pipeline.test_scenes_live import _download, _follow, _submit
 
 SIZE = 1024
 
@@ -41,16 +40,15 @@ def test_tiled_inference_matches_whole_image(live: LiveServer, tmp_path: Path) -
         timeout=300,
     )
     assert whole.status_code == 200, whole.text
-    with MemoryFile(whole.content) as mem, mem.open() as ds:
-        reference = ds.read()  # probability, then each gate
-    job = _submit(
+    reference = read_geotiff(whole.content)  # probability, then each gate
+    job = submit(
         live, [scene], model="footprints", tile_size="256", overlap="64", **{"async": "true"}
     )
-    body, _ = _follow(live, job["job_id"])
+    body, _ = follow(live, job["job_id"])
     assert body["state"] == "done", body
     assert body["tiling"]["tile_size"] == 256
-    pred = _download(live, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
-    att = _download(live, body["links"]["attention_geotiff"], tmp_path / "a.tif")
+    pred = download(live, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
+    att = download(live, body["links"]["attention_geotiff"], tmp_path / "a.tif")
     with rasterio.open(pred) as p, rasterio.open(att) as a:
         tiled = np.concatenate([p.read(), a.read()])
     assert tiled.shape == reference.shape
@@ -72,10 +70,10 @@ def test_building_across_a_seam_is_one_polygon(live: LiveServer, tmp_path: Path)
         crs="EPSG:32633",
         transform=from_origin(400000, 5500000, 0.3, 0.3),
     )
-    job = _submit(
+    job = submit(
         live, [path], model="footprints", tile_size="256", overlap="64", **{"async": "true"}
     )
-    body, _ = _follow(live, job["job_id"])
+    body, _ = follow(live, job["job_id"])
     assert body["state"] == "done", body
     geo = httpx.get(live.url + body["links"]["footprints"] + "?crs=native", timeout=60).json()
     big = [f for f in geo["features"] if f["properties"]["area_px"] > 2000]
