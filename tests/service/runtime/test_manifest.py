@@ -1,0 +1,78 @@
+"""Model manifests: the shipped ones round-trip through JSON; inconsistent ones are refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from service.runtime.manifest import SCHEMA_VERSION, Manifest, ManifestError
+
+
+def test_the_shipped_manifests_round_trip_and_describe_themselves(
+    footprints: Manifest, crops: Manifest
+) -> None:
+    for manifest in (footprints, crops):
+        assert Manifest.from_json(manifest.to_json()) == manifest
+        assert manifest.ref == f"{manifest.name}:{manifest.version}"
+        assert manifest.prediction.role == "prediction"
+        assert all(o.role == "attention" for o in manifest.attention)
+    assert footprints.task == "segmentation"
+    assert "gate_1" in [o.name for o in footprints.attention]
+    assert crops.task == "temporal_classification"
+    assert crops.classes
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[int(last) if last.isdigit() else last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_set("name", "../etc"), "must be alphanumeric"),
+        (_set("version", "1:2"), "not a plain version string"),
+        (_set("task", "regression"), "unknown task 'regression'"),
+        (_set("schema_version", SCHEMA_VERSION + 1), "newer than supported"),
+        (_set("outputs.0.role", "attention"), "exactly one prediction output"),
+        (_set("outputs.1.kind", "hologram"), "unknown kind 'hologram'"),
+        (_set("input.normalization.std", [1.0, 0.0, 1.0]), "std must be positive"),
+        (_set("input.normalization.mean", [0.0]), "one value per band"),
+        (_set("input.gsd_m", -0.5), "gsd_m must be a positive number"),
+        (_set("input.gsd_m", True), "gsd_m must be a positive number"),
+        (_set("input.value_range", [255, 0]), "low < high"),
+        (_set("tensors.0.default", "zeros"), "unknown default 'zeros'"),
+        (lambda d: d.pop("outputs"), "manifest is malformed"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(
+    footprints: Manifest, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    data = copy.deepcopy(footprints.to_dict())
+    change(data)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_a_classifier_must_name_its_classes(crops: Manifest) -> None:
+    data = crops.to_dict()
+    data["classes"] = []
+    with pytest.raises(ManifestError, match="must list its classes"):
+        Manifest.from_dict(data)
+
+
+def test_text_that_is_not_a_manifest_is_refused() -> None:
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        Manifest.from_json("{name: footprints")
+    with pytest.raises(ManifestError, match="must be a JSON object"):
+        Manifest.from_json(json.dumps(["footprints"]))
