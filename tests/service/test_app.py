@@ -1,0 +1,40 @@
+"""The app factory: the lifespan loads the models and serves them; each app stands alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from service.app import create_app
+from service.config import Settings
+
+
+def test_the_lifespan_loads_the_repository_and_apps_share_nothing(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(model_dir=model_dir, job_dir=tmp_path / "jobs", warmup=False)
+    app, other = create_app(settings), create_app(settings)
+    assert app is not other
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://app") as client,
+        ):
+            deadline = time.monotonic() + 120
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            served = {m["name"] for m in (await client.get("/models")).json()["models"]}
+            assert served == {p.stem.rsplit("-", 1)[0] for p in model_dir.glob("*.onnx")}
+            assert (await client.get("/healthz")).status_code == 200
+            metrics = (await client.get("/metrics")).text
+            assert 'attnserve_model_loaded{model="footprints"' in metrics
+
+    asyncio.run(scenario())
+    # The second app never started: no state was made for it at import or build time.
+    assert not hasattr(other.state, "attnserve")
