@@ -1,0 +1,78 @@
+"""Polygons from a probability raster: areas, per-polygon statistics, CRS and limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from service.errors import InvalidInput
+from service.raster.footprints import FootprintOptions, extract_footprints
+
+UTM = CRS.from_epsg(32631).to_wkt()
+TRANSFORM = tuple(from_origin(500000, 4000000, 0.5, 0.5))[:6]
+
+
+def _layers() -> dict[str, np.ndarray]:
+    """A 64 x 64 probability map with two buildings (one of 4 px), and one gate map."""
+    probability = np.full((64, 64), 0.1, np.float32)
+    probability[10:30, 10:40] = 0.9  # 600 px
+    probability[50:52, 50:52] = 0.8  # 4 px
+    probability[0, 0] = np.nan
+    gate = np.zeros((64, 64), np.float32)
+    gate[10:30, 10:40] = 0.5
+    return {"probability": probability, "gate_1": gate}
+
+
+def _extract(options: FootprintOptions, crs: str | None = UTM, **kw: object) -> dict:
+    layers = _layers()
+
+    def read(name: str, rows: slice, cols: slice) -> np.ndarray:
+        return layers[name][rows, cols]
+
+    blocks = [(0, layers["probability"][:32]), (32, layers["probability"][32:])]
+    return extract_footprints(
+        blocks, 64, 64, TRANSFORM, crs, read, "probability", ["gate_1"], options, **kw
+    )
+
+
+def test_buildings_become_polygons_with_their_area_and_statistics() -> None:
+    collection = _extract(FootprintOptions(native_crs=True))
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32631"
+    [building] = collection["features"]  # the 4 px one is under min_area_px
+    props = building["properties"]
+    assert props["area_px"] == 600
+    assert props["area_m2"] == 150  # 600 pixels of 0.25 m2
+    assert props["mean_probability"] == pytest.approx(0.9)
+    assert props["attention"] == {"gate_1": pytest.approx(0.5)}
+    assert props["mean_attention"] == 0.5
+    xs = [x for x, _ in building["geometry"]["coordinates"][0]]
+    assert (min(xs), max(xs)) == (500005.0, 500020.0)
+
+
+def test_answers_are_in_wgs84_unless_native_and_in_pixels_without_a_crs() -> None:
+    features = _extract(FootprintOptions(min_area_px=1))["features"]
+    assert len(features) == 2
+    lon, lat = features[0]["geometry"]["coordinates"][0][0]
+    assert 2.9 < lon < 3.1  # UTM 31N's central meridian is 3 degrees east
+    assert 36 < lat < 36.2
+    bare = _extract(FootprintOptions(), crs=None)
+    assert "pixel positions" in bare["crs_note"]
+    assert "area_m2" not in bare["features"][0]["properties"]
+
+
+def test_limits_name_the_parameters_to_raise() -> None:
+    with pytest.raises(InvalidInput, match="more than 1 polygons"):
+        _extract(FootprintOptions(min_area_px=1), max_features=1)
+    with pytest.raises(InvalidInput, match="took too long"):
+        _extract(FootprintOptions(), deadline=0.0)
+
+
+def test_options_are_checked_and_keyed_for_file_names() -> None:
+    with pytest.raises(InvalidInput, match="threshold must be between 0 and 1"):
+        FootprintOptions(threshold=1.0)
+    with pytest.raises(InvalidInput, match="must not be negative"):
+        FootprintOptions(min_area_px=-1)
+    assert FootprintOptions(threshold=0.25).key() == "t0p25-a16-s1-4326"
+    assert FootprintOptions(native_crs=True).key().endswith("-native")
