@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from service.errors import NotFound, StorageFailed
 from service.jobs import pack
 from service.jobs.local import LocalJobStore
 from tests.hardening.test_bad_inputs import geotiff
+from tests.helpers.asgi import in_process
 
 
 async def _upload(client: httpx.AsyncClient) -> httpx.Response:
@@ -46,15 +46,7 @@ def test_an_onnx_runtime_failure_fails_that_batch_with_503_and_serving_goes_on(
     app = create_app(settings)
 
     async def scenario() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://app") as client,
-        ):
-            deadline = time.monotonic() + 60
-            while (await client.get("/readyz")).status_code != 200:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        async with in_process(app) as client:
             state = app.state.attnserve
             session = state.repository.get("footprints").session._session
             real_run = session.run

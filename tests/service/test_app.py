@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
-
-import httpx
 
 from service.app import create_app
 from service.config import Settings
+from tests.helpers.asgi import in_process
 
 
 def test_the_lifespan_loads_the_repository_and_apps_share_nothing(
@@ -20,15 +18,7 @@ def test_the_lifespan_loads_the_repository_and_apps_share_nothing(
     assert app is not other
 
     async def scenario() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://app") as client,
-        ):
-            deadline = time.monotonic() + 120
-            while (await client.get("/readyz")).status_code != 200:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        async with in_process(app, ready_s=120) as client:
             served = {m["name"] for m in (await client.get("/models")).json()["models"]}
             assert served == {p.stem.rsplit("-", 1)[0] for p in model_dir.glob("*.onnx")}
             assert (await client.get("/healthz")).status_code == 200

@@ -40,13 +40,18 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+def _doubler(rec: Recorder) -> DynamicBatcher:
+    """A batcher of ``double``: batches of up to 8 gathered for 20 ms, 64 queued."""
+    return DynamicBatcher(
+        "m", double, max_batch_size=8, max_queue_delay_ms=20, max_queue_size=64, observer=rec
+    )
+
+
 def test_concurrent_requests_share_batches_and_get_their_own_rows() -> None:
     rec = Recorder()
 
     async def main() -> list[Feed]:
-        b = DynamicBatcher(
-            "m", double, max_batch_size=8, max_queue_delay_ms=20, max_queue_size=64, observer=rec
-        )
+        b = _doubler(rec)
         await b.start()
         inputs = [np.full((1, 3), i, dtype=np.float32) for i in range(32)]
         outs = await asyncio.gather(*(b.submit({"x": x}, 5) for x in inputs))
@@ -83,9 +88,7 @@ def test_requests_of_different_shapes_are_not_mixed() -> None:
     rec = Recorder()
 
     async def main() -> list[Feed]:
-        b = DynamicBatcher(
-            "m", double, max_batch_size=8, max_queue_delay_ms=20, max_queue_size=64, observer=rec
-        )
+        b = _doubler(rec)
         await b.start()
         small = [np.ones((1, 2, 2), np.float32) * i for i in range(3)]
         big = [np.ones((1, 4, 4), np.float32) * i for i in range(3)]
