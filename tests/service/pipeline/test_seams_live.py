@@ -33,6 +33,7 @@ def _synthetic_scene(path: Path, seed: int) -> Path:
 
 def test_tiled_inference_matches_whole_image(live: LiveServer, tmp_path: Path) -> None:
     scene = _synthetic_scene(tmp_path / "scene.tif", seed=7)
+    tiled = {"model": "footprints", "tile_size": "256", "overlap": "64", "async": "true"}
     whole = httpx.post(
         f"{live.url}/predict",
         data={"model": "footprints", "format": "geotiff"},
@@ -41,9 +42,7 @@ def test_tiled_inference_matches_whole_image(live: LiveServer, tmp_path: Path) -
     )
     assert whole.status_code == 200, whole.text
     reference = read_geotiff(whole.content)  # probability, then each gate
-    job = submit(
-        live, [scene], model="footprints", tile_size="256", overlap="64", **{"async": "true"}
-    )
+    job = submit(live, [scene], **tiled)
     body, _ = follow(live, job["job_id"])
     assert body["state"] == "done", body
     assert body["tiling"]["tile_size"] == 256
