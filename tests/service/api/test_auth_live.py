@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.api.test_predict_live import _rgb_tiff
+from tests.service.api.routes.test_predict import _rgb_tiff
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
