@@ -17,7 +17,7 @@ from service.api.openapi_v2 import (
 from service.app import create_app
 from service.config import SHIPPED_MODELS, Settings
 from service.protocol.oip import DATATYPES, model_metadata
-from tests.service.protocol.conftest import read_shipped
+from service.runtime.manifest import Manifest
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_examples_name_a_shipped_model() -> None:
         assert (SHIPPED_MODELS / f"{name}-{version}.onnx").is_file(), ref
 
 
-def test_model_metadata_schema_fits_what_the_codec_writes() -> None:
-    manifest = read_shipped(f"{EXAMPLE_MODEL}-{EXAMPLE_VERSION}")
+def test_model_metadata_schema_fits_what_the_codec_writes(footprints: Manifest) -> None:
+    manifest = footprints
+    assert (manifest.name, manifest.version) == (EXAMPLE_MODEL, EXAMPLE_VERSION)
     meta = ModelMetadata.model_validate(model_metadata(manifest, [EXAMPLE_VERSION]))
     assert meta.name == EXAMPLE_MODEL
     assert [t.name for t in meta.inputs] == [t.name for t in manifest.tensors]
