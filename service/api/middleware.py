@@ -432,5 +432,5 @@ def _bearer(scope: Scope) -> bytes:
         if name == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer":
-                return token.strip()
+                return bytes(token.strip())
     return b""

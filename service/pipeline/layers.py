@@ -14,6 +14,7 @@ from rasterio.windows import Window
 
 from service.errors import NotFound
 from service.jobs.store import GONE, JobRecord, JobStore
+from service.raster.cog import read_band
 from service.runtime.segmentation import upsample
 
 
@@ -82,11 +83,7 @@ class LayerReader:
             ds = self._dataset(layer["file"])
             index = band + 1 if band is not None else int(layer.get("band") or 1)
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-            values = ds.read(index, window=window, masked=True)
-            out = values.astype(np.float32).filled(np.nan)
-            if ds.dtypes[index - 1] == "uint8" and layer["kind"] != "class":
-                out /= 255.0
-            return out
+            return read_band(ds, index, layer["kind"] == "class", window=window)
         if name not in self._values:
             self._values[name] = served_values(self.record, self.store, name)
         array = self._values[name]

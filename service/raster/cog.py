@@ -19,6 +19,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling as GdalResampling
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from service.raster.decode import Georeference
@@ -266,3 +267,25 @@ class RasterSink:
         tmp = self.path.with_suffix(".cog.tmp")
         for path in (self.partial, tmp, Path(f"{tmp}.ovr.tmp"), Path(f"{self.partial}.ovr")):
             path.unlink(missing_ok=True)
+
+
+def read_band(
+    dataset: DatasetReader,
+    index: int,
+    categorical: bool,
+    window: Window | None = None,
+    out_shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """One band of a :class:`RasterSink` COG as ``(h, w)`` float32, NaN where nodata.
+
+    A uint8 band of a continuous layer holds 0-255 for 0-1 and is scaled back;
+    a categorical (class) band keeps its codes. ``out_shape`` decimates with
+    nearest-neighbour sampling.
+    """
+    values = dataset.read(
+        index, window=window, out_shape=out_shape, masked=True, resampling=GdalResampling.nearest
+    )
+    out: np.ndarray = values.astype(np.float32).filled(np.nan)
+    if dataset.dtypes[index - 1] == "uint8" and not categorical:
+        out /= 255.0
+    return out

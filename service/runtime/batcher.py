@@ -393,7 +393,7 @@ def _rows(feed: Feed) -> int:
     rows = {a.shape[0] for a in feed.values()}
     if len(rows) != 1:
         raise ValueError(f"inputs disagree on batch size: {sorted(rows)}")
-    return rows.pop()
+    return int(rows.pop())
 
 
 def _pad_to(array: np.ndarray, axis: int, length: int, fill: float | bool) -> np.ndarray:

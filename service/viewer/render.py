@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from service.errors import NotFound
 from service.jobs.store import JobRecord, JobStore
 from service.pipeline.layers import served_values
+from service.raster.cog import read_band
 from service.raster.decode import HARDENED_GDAL
 
 MAX_SIDE = 1024
@@ -52,13 +52,10 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
     if layer.get("storage") == "cog":
         with rasterio.open(store.file(record, layer["file"]), driver="GTiff") as ds:
             index = (band + 1) if len(shape) > 2 else int(layer.get("band") or 1)
-            values = ds.read(index, out_shape=(h, w), masked=True, resampling=Resampling.nearest)
-            out = values.astype(np.float32).filled(np.nan)
-            if ds.dtypes[index - 1] == "uint8" and layer["kind"] != "class":
-                out /= 255.0
-            return out
+            return read_band(ds, index, layer["kind"] == "class", out_shape=(h, w))
     array = served_values(record, store, name)
     step = max(1, math.ceil(max(shape[-2], shape[-1]) / MAX_SIDE))
+    picked: np.ndarray
     if len(shape) == 4:
         picked = np.asarray(array[:, band, ::step, ::step], dtype=np.float32).mean(axis=0)
     elif len(shape) == 3:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import rasterio
 import rasterio.shutil
+from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from service.raster.cog import RasterSink, overview_factors
+from service.raster.cog import RasterSink, overview_factors, read_band
 from service.raster.decode import Georeference
 
 GEOREF = Georeference(
@@ -190,3 +191,42 @@ def test_finishing_a_full_output_leaves_other_threads_running(tmp_path: Path) ->
         assert got.overviews(1) == [2, 4]
     # GDAL's overview builder holds the GIL: in-process it stalled others for seconds.
     assert max(stalls) < 0.3
+
+
+SMALL = Georeference(crs=GEOREF.crs, transform=GEOREF.transform, width=600, height=520)
+
+
+@pytest.mark.parametrize(
+    ("sink_kwargs", "categorical"),
+    [({}, False), ({"dtype": "uint8", "scaled": True}, False), ({"dtype": "uint8"}, True)],
+    ids=["float-nan", "uint8-scaled", "classes"],
+)
+def test_read_band_gives_back_written_values_with_nan_nodata(
+    tmp_path: Path, sink_kwargs: dict[str, Any], categorical: bool
+) -> None:
+    rng = np.random.default_rng(11)
+    data = rng.random((2, SMALL.height, SMALL.width)).astype(np.float32)
+    if categorical:
+        data = np.floor(data * 4)
+    data[:, 40:60, :] = np.nan
+    sink = RasterSink(tmp_path / "out.tif", SMALL, ["a", "b"], nodata=255, **sink_kwargs)
+    sink.write(0, data)
+    out = sink.finish()
+    # Scaled uint8 holds 1/255 steps: the values come back within half a step.
+    atol = 0.5 / 255 if sink_kwargs.get("scaled") else 0.0
+    with rasterio.open(out) as ds:
+        window = Window(10, 30, 200, 50)
+        got = read_band(ds, 2, categorical, window=window)
+        assert got.dtype == np.float32
+        assert got.shape == (50, 200)
+        want = data[1, 30:80, 10:210]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got[~np.isnan(got)], want[~np.isnan(want)], atol=atol)
+        small = read_band(ds, 1, categorical, out_shape=(130, 150))
+        assert small.shape == (130, 150)
+        # Decimated by 4 (from an overview where there is one): the nodata rows stay NaN.
+        assert np.isnan(small[11:15]).all()
+        assert not np.isnan(small[:10]).any()
+        # Class codes stay codes (0-3), scaled values come back to 0-1.
+        assert np.nanmax(small) > (2 if categorical else 0.9)
+        assert np.nanmax(small) <= (3 if categorical else 1)
