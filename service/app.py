@@ -16,7 +16,7 @@ from service.api.middleware import Admission, ApiKeyAuth, BodyLimit, Observe
 from service.api.routes import attention, health, jobs, metrics, models, predict, v2
 from service.api.state import AppState
 from service.config import Settings
-from service.jobs.store import JobStore
+from service.jobs.store import open_store
 from service.memory import MemoryBudget, trim_heap_periodically, tune_gc
 from service.metrics import Metrics
 from service.pipeline.footprints import FootprintLimits, FootprintService
@@ -93,15 +93,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         observer=lambda m: metrics.observer(m.name),
         warmup=settings.warmup,
     )
-    store = JobStore(
-        settings.job_dir,
-        settings.job_ttl_s,
-        fsync=settings.job_fsync,
-        write_behind=settings.job_write_behind,
-        min_free_bytes=int(settings.job_min_free_mb * 2**20),
-        max_bytes=int(settings.job_max_mb * 2**20),
-        on_evict=metrics.jobs_evicted.inc,
-    )
+    store = open_store(settings, on_evict=metrics.jobs_evicted.inc)
     # Tiles of a scene have no per-request deadline of their own: the job may run
     # for hours, but one tile must still not wait forever.
     scenes = SceneRunner(

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
-from service.jobs.store import owner_of
+from service.jobs.record import owner_of
 from service.metrics import Metrics
 
 

@@ -20,7 +20,6 @@ import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import rasterio.crs
@@ -35,7 +34,8 @@ from service.errors import (
     PayloadTooLarge,
     UnsupportedRaster,
 )
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore, open_reader
 from service.pipeline import views
 from service.pipeline.layers import LayerReader
 from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
@@ -115,7 +115,7 @@ def _work(
 ) -> None:
     """A worker process: one extraction, its GeoJSON (or error) sent back on ``conn``."""
     try:
-        store = JobStore(Path(root), ttl_s=1.0, scan=False)
+        store = open_reader(root)
         deadline = time.monotonic() + timeout_s
         collection = footprints_of(JobRecord(**job), store, options, max_features, deadline)
         conn.send(("ok", json.dumps(collection, separators=(",", ":")).encode()))
@@ -220,7 +220,7 @@ class FootprintService:
             target=_work,
             args=(
                 sender,
-                str(self.store.root),
+                self.store.address,
                 asdict(job),
                 options,
                 limits.max_features,

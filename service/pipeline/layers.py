@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from service.errors import NotFound
-from service.jobs.store import GONE, JobRecord, JobStore
+from service.jobs.rasters import open_raster
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.raster.cog import read_band
 from service.runtime.segmentation import upsample
 
@@ -66,13 +65,8 @@ class LayerReader:
 
     def _dataset(self, file: str) -> DatasetReader:
         if file not in self._open:
-            path = self.store.file(self.record, file)
-            try:
-                dataset = rasterio.open(path, driver="GTiff")
-            except RasterioIOError:
-                if not path.exists():  # deleted after its record was read
-                    raise NotFound(GONE) from None
-                raise
+            # NotFound when the job was deleted after its record was read.
+            dataset = open_raster(self.store, self.record, file, driver="GTiff")
             self._open[file] = self._stack.enter_context(dataset)
         return self._open[file]
 

@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.raster.resample import plan_resampling
 from service.runtime.manifest import Manifest, OutputSpec

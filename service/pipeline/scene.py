@@ -27,7 +27,8 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from service.errors import InvalidInput, InvalidRaster, StorageFailed, UnsupportedRaster
-from service.jobs.store import JobRecord, JobStore, free_bytes
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.memory import MemoryBudget
 from service.pipeline.inputs import scene_bytes
 from service.raster.cog import RasterSink
@@ -229,7 +230,8 @@ class SceneRunner:
         progress: Callable[[int, int], None],
         cancelled: Callable[[], bool],
     ) -> None:
-        paths = [self.store.file(record, name) for name in record.params["inputs"]]
+        workspace = self.store.workspace(record)
+        paths = [workspace / name for name in record.params["inputs"]]
         if served.manifest.task == "segmentation":
             await self._segmentation(record, served, paths[0], options, progress, cancelled)
         else:
@@ -359,7 +361,7 @@ class SceneRunner:
         kwargs.setdefault("dtype", "uint8" if options.uint8 else "float32")
         kwargs.setdefault("scaled", options.uint8)
         return RasterSink(
-            self.store.file(record, file),
+            self.store.workspace(record) / file,
             info.georef,
             descriptions,
             compress="zstd" if options.compress == "zstd" else "deflate",
@@ -656,7 +658,7 @@ class SceneRunner:
                 f"the job's unfinished outputs need more than the {self.max_temp_bytes / 2**20:g} "
                 "MB of disk one job may use (ATTNSERVE_SCENE_MAX_TEMP_MB)"
             )
-        if self.min_free_bytes and free_bytes(self.store.root) - need < self.min_free_bytes:
+        if self.min_free_bytes and self.store.free_bytes() - need < self.min_free_bytes:
             raise StorageFailed(
                 "the job volume is nearly full: the job's outputs would leave less than "
                 f"{self.min_free_bytes / 2**20:g} MB free (ATTNSERVE_JOB_MIN_FREE_MB)"

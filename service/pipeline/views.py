@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from service.jobs.store import JobRecord, JobStore, read_only
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
+from service.jobs.write_behind import read_only
 from service.pipeline.layers import ArraySource, LayerReader, served_values
 from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,9 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from service.errors import NotFound
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.rasters import open_raster
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.pipeline.layers import served_values
 from service.raster.cog import read_band
 from service.raster.decode import HARDENED_GDAL
@@ -50,7 +51,7 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
             raise NotFound(f"layer {name!r} has bands 0 to {count - 1}")
     h, w = preview_shape(shape[-2], shape[-1])
     if layer.get("storage") == "cog":
-        with rasterio.open(store.file(record, layer["file"]), driver="GTiff") as ds:
+        with open_raster(store, record, layer["file"], driver="GTiff") as ds:
             index = (band + 1) if len(shape) > 2 else int(layer.get("band") or 1)
             return read_band(ds, index, layer["kind"] == "class", out_shape=(h, w))
     array = served_values(record, store, name)
@@ -89,12 +90,12 @@ def grey_png(values: np.ndarray, lo: float, hi: float) -> bytes:
     return _png(np.stack([grey, alpha]))
 
 
-def input_png(path: Path) -> bytes:
-    """A decimated RGB preview of an input GeoTIFF's first three bands, stretched 2-98 %.
+def input_png(store: JobStore, record: JobRecord, name: str) -> bytes:
+    """A decimated RGB preview of a job's input GeoTIFF's first three bands, stretched 2-98 %.
 
     The input is user data, so it is read under the same GDAL settings as an upload.
     """
-    with rasterio.Env(**HARDENED_GDAL), rasterio.open(path, driver="GTiff") as ds:
+    with rasterio.Env(**HARDENED_GDAL), open_raster(store, record, name, driver="GTiff") as ds:
         h, w = preview_shape(ds.height, ds.width)
         bands = list(range(1, min(3, ds.count) + 1))
         data = ds.read(bands, out_shape=(len(bands), h, w), masked=True)

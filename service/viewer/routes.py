@@ -131,8 +131,11 @@ async def layer_png(
 async def input_preview(job: Job, state: State) -> Response:
     """An RGB preview of the uploaded image (for jobs that keep their input)."""
     inputs = (job.params or {}).get("inputs") or []
-    path = state.store.file(job, inputs[0]) if inputs else None
-    if path is None or not path.exists():
-        raise NotFound("this job kept no input image to preview")
-    data = await asyncio.to_thread(render.input_png, path)
+    missing = NotFound("this job kept no input image to preview")
+    if not inputs:
+        raise missing
+    try:
+        data = await asyncio.to_thread(render.input_png, state.store, job, inputs[0])
+    except NotFound:
+        raise missing from None
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Header, Query
 from starlette.responses import Response
 
 from service.api.deps import Job, State
+from service.api.downloads import file_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
-from service.api.routes.jobs import file_response
 from service.errors import NotFound
 from service.pipeline import views
 
@@ -32,7 +32,7 @@ async def list_attention(
             raise NotFound("this job has no spatial attention layers; ask for JSON")
         file = views.stored_file(job, names) if head is None else None
         if file is not None:
-            return file_response(state.store, job, file)
+            return await asyncio.to_thread(file_response, state.store, job, file)
         data = await asyncio.to_thread(views.geotiff, job, state.store, names, head)
         return geotiff_response(data, f"{job.id}-attention.tif")
     views.require_done(job)

@@ -5,34 +5,16 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Header, Query
-from starlette.background import BackgroundTask
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 
 from service.api.deps import Job, State
-from service.api.responses import GEOTIFF, geotiff_response, result_json, wants_geotiff
+from service.api.downloads import file_response
+from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
-from service.jobs.store import JobRecord, JobStore
 from service.pipeline import views
 from service.raster.footprints import FootprintOptions
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-
-def file_response(store: JobStore, job: JobRecord, file: str) -> FileResponse:
-    """A stored output COG of a job, streamed from disk (HTTP ranges included).
-
-    It streams a pin (a hard link) of the file, so a job deleted meanwhile (TTL,
-    DELETE, or to make room) neither cuts the download short nor turns it into
-    a 500; a job already gone is a 404.
-    """
-    path, pinned = store.pin(job, file)
-    return FileResponse(
-        path,
-        media_type=GEOTIFF,
-        filename=f"{job.id}-{file}",
-        headers={"Cache-Control": "no-store"},
-        background=BackgroundTask(path.unlink, missing_ok=True) if pinned else None,
-    )
 
 
 @router.get("/{job_id}", summary="A job's state, progress and results")
@@ -67,7 +49,7 @@ async def get_prediction(
     if wants_geotiff(format, accept):
         file = views.stored_file(job, names)
         if file is not None:
-            return file_response(state.store, job, file)
+            return await asyncio.to_thread(file_response, state.store, job, file)
         data = await asyncio.to_thread(views.geotiff, job, state.store, names)
         return geotiff_response(data, f"{job.id}-prediction.tif")
     name = next(la["name"] for la in job.layers if la["role"] == "prediction")
@@ -80,7 +62,7 @@ async def get_file(job: Job, name: str, state: State) -> Response:
     views.require_done(job)
     if name not in views.output_files(job):
         raise NotFound(f"job has no output file {name!r}")
-    return file_response(state.store, job, name)
+    return await asyncio.to_thread(file_response, state.store, job, name)
 
 
 @router.get("/{job_id}/footprints", summary="Building footprints as GeoJSON")

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
-from starlette.responses import FileResponse
 
-from service.api.routes.jobs import file_response
+from service.api.downloads import StoredFileResponse, file_response
 from service.errors import NotFound
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.local import LocalJobStore
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.pipeline.layers import LayerReader
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
@@ -43,8 +44,8 @@ def _job_with_array_and_cog(store: JobStore, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def deleted(tmp_path: Path) -> tuple[JobStore, JobRecord]:
-    store = JobStore(tmp_path / "jobs", ttl_s=60)
+def deleted(tmp_path: Path) -> tuple[LocalJobStore, JobRecord]:
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     job_id = _job_with_array_and_cog(store, tmp_path)
     record = store.load(job_id)  # what a request has read ...
     assert store.delete(job_id)  # ... before the job goes
@@ -70,7 +71,7 @@ def test_stored_file(deleted: tuple[JobStore, JobRecord]) -> None:
 
 
 def test_the_same_reads_work_while_the_job_exists(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     record = store.load(_job_with_array_and_cog(store, tmp_path))
     assert store.array(record, "p").shape == (4, 4)
     with LayerReader(record, store) as reader:
@@ -78,7 +79,7 @@ def test_the_same_reads_work_while_the_job_exists(tmp_path: Path) -> None:
     assert str(file_response(store, record, "attention.tif").path).endswith("attention.tif")
 
 
-def _download(response: FileResponse) -> tuple[int, bytes]:
+def _download(response: StoredFileResponse) -> tuple[int, bytes]:
     """Run a response as the server would, for a plain GET; its status and body."""
     sent: list[dict[str, Any]] = []
 
@@ -96,9 +97,10 @@ def _download(response: FileResponse) -> tuple[int, bytes]:
 
 
 def test_a_download_outlives_a_delete_that_comes_before_it_streams(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     record = store.load(_job_with_array_and_cog(store, tmp_path))
-    whole = store.file(record, "attention.tif").read_bytes()
+    with store.open_file(record, "attention.tif") as stored:
+        whole = stored.read()
     response = file_response(store, record, "attention.tif")  # the route has answered ...
     assert store.delete(record.id)  # ... and the job goes before the body is sent
     status, body = _download(response)
@@ -108,14 +110,14 @@ def test_a_download_outlives_a_delete_that_comes_before_it_streams(tmp_path: Pat
 
 
 def test_cleanup_removes_pins_a_crash_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=86_400)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=86_400)
     record = store.load(_job_with_array_and_cog(store, tmp_path))
     pin, pinned = store.pin(record, "attention.tif")
     assert pinned
     store.cleanup()
     assert pin.exists()  # a download may still be streaming it
     later = time.time() + 7200
-    monkeypatch.setattr("service.jobs.store.time.time", lambda: later)
+    monkeypatch.setattr("service.jobs.local.time.time", lambda: later)
     store.cleanup()
     assert not pin.exists()
     assert store.file(record, "attention.tif").exists()  # the job's own file stays

@@ -1,4 +1,4 @@
-"""The job store: atomic writes, TTL, owners, restarts and hostile ids."""
+"""The local-directory job store: atomic writes, TTL, owners, restarts and hostile ids."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from service.errors import NotFound, StorageFailed
-from service.jobs.store import JobStore, owner_of
+from service.jobs.local import LocalJobStore
+from service.jobs.record import owner_of
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
 
 
-def _save(store: JobStore, owner: str | None = None) -> str:
+def _save(store: LocalJobStore, owner: str | None = None) -> str:
     record = store.new_record(MODEL, "raster", owner)
     record.layers.append(
         {"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2, 2]}
@@ -26,15 +27,15 @@ def _save(store: JobStore, owner: str | None = None) -> str:
 
 
 def test_saved_job_survives_a_new_store_on_the_same_directory(tmp_path: Path) -> None:
-    job_id = _save(JobStore(tmp_path, ttl_s=60))
-    reopened = JobStore(tmp_path, ttl_s=60)
+    job_id = _save(LocalJobStore(tmp_path, ttl_s=60))
+    reopened = LocalJobStore(tmp_path, ttl_s=60)
     record = reopened.load(job_id)
     np.testing.assert_array_equal(reopened.array(record, "gate_1"), np.eye(2))
     assert reopened.count == 1
 
 
 def test_expired_job_is_not_found_and_cleaned(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=0.2)
+    store = LocalJobStore(tmp_path, ttl_s=0.2)
     job_id = _save(store)
     other = _save(store)
     time.sleep(0.3)
@@ -47,7 +48,7 @@ def test_expired_job_is_not_found_and_cleaned(tmp_path: Path) -> None:
 
 
 def test_ids_are_unguessable_and_distinct(tmp_path: Path) -> None:
-    ids = {JobStore.new_id() for _ in range(1000)}
+    ids = {LocalJobStore.new_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) == 24 for i in ids)
 
@@ -57,13 +58,13 @@ def test_ids_are_unguessable_and_distinct(tmp_path: Path) -> None:
     ["../../etc/passwd", "..%2f..%2fetc", "a" * 23, "a" * 25, "aaaa\x00aaaaaaaaaaaaaaaaaaa", ""],
 )
 def test_hostile_ids_are_not_found(tmp_path: Path, bad: str) -> None:
-    store = JobStore(tmp_path, ttl_s=60)
+    store = LocalJobStore(tmp_path, ttl_s=60)
     with pytest.raises(NotFound):
         store.load(bad)
 
 
 def test_another_owner_gets_not_found(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60)
+    store = LocalJobStore(tmp_path, ttl_s=60)
     job_id = _save(store, owner_of("key-a"))
     assert store.load(job_id, owner_of("key-a")).id == job_id
     with pytest.raises(NotFound):
@@ -75,7 +76,7 @@ def test_another_owner_gets_not_found(tmp_path: Path) -> None:
 def test_failed_write_leaves_no_visible_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = JobStore(tmp_path, ttl_s=60)
+    store = LocalJobStore(tmp_path, ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     real_rename = os.rename
 
@@ -93,7 +94,9 @@ def test_failed_write_leaves_no_visible_job(
 
 
 def test_a_store_folder_removed_under_the_server_is_made_again(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60, min_free_bytes=1)  # statvfs before each write
+    store = LocalJobStore(
+        tmp_path / "jobs", ttl_s=60, min_free_bytes=1
+    )  # statvfs before each write
     shutil.rmtree(tmp_path / "jobs")
     record = store.new_record(MODEL, "raster", None)
     store.save(record, {"p": np.zeros(2, np.float32)})
@@ -101,7 +104,7 @@ def test_a_store_folder_removed_under_the_server_is_made_again(tmp_path: Path) -
 
 
 def test_a_store_folder_that_cannot_be_made_is_a_storage_error(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs", ttl_s=60, min_free_bytes=1)
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=60, min_free_bytes=1)
     (tmp_path / "jobs").rename(tmp_path / "elsewhere")
     (tmp_path / "jobs").write_text("a file where the folder was")
     with pytest.raises(StorageFailed):  # a 503, not a 500
@@ -113,7 +116,7 @@ def test_the_record_a_write_behind_caller_holds_reads_the_job_once_it_is_on_disk
 ) -> None:
     # A /predict answered as a GeoTIFF reads the job through the record it made,
     # possibly after the background write has taken the job out of memory.
-    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    store = LocalJobStore(tmp_path, ttl_s=60, write_behind=True)
     record = store.new_record(MODEL, "raster", None)
     record.layers.append({"name": "p", "role": "prediction", "kind": "probability", "shape": [2]})
     store.save_soon(record, {"p": np.arange(2, dtype=np.float32)})
@@ -126,7 +129,7 @@ def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
 ) -> None:
     import threading
 
-    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    store = LocalJobStore(tmp_path, ttl_s=60, write_behind=True)
     release = threading.Event()
     real_save = store.save
 
@@ -139,21 +142,21 @@ def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
     record.layers.append({"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2]})
     store.save_soon(record, {"gate_1": np.arange(2, dtype=np.float32)})
     # Not on disk yet, but this process answers for it (owner checks included).
-    assert not JobStore(tmp_path, ttl_s=60, write_behind=True).count
+    assert not LocalJobStore(tmp_path, ttl_s=60, write_behind=True).count
     loaded = store.load(record.id, owner_of("key-of-sixteen-chars"))
     np.testing.assert_array_equal(store.array(loaded, "gate_1"), [0, 1])
     with pytest.raises(NotFound):
         store.load(record.id, owner_of("another-key-of-16-chars"))
     release.set()
     store.flush()
-    reopened = JobStore(tmp_path, ttl_s=60)
+    reopened = LocalJobStore(tmp_path, ttl_s=60)
     np.testing.assert_array_equal(
         reopened.array(reopened.load(record.id, any_owner=True), "gate_1"), [0, 1]
     )
 
 
 def test_deleting_a_job_being_written_behind_waits_for_it_and_removes_it(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, write_behind=True)
+    store = LocalJobStore(tmp_path, ttl_s=60, write_behind=True)
     record = store.new_record(MODEL, "raster", None)
     store.save_soon(record, {"gate_1": np.zeros(2, np.float32)})
     assert store.delete(record.id)
@@ -177,7 +180,7 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
         "strided": rng.random((40, 3000))[:, ::3],
         "flags": rng.random((70_001,)) > 0.5,
     }
-    store = JobStore(tmp_path, ttl_s=60)
+    store = LocalJobStore(tmp_path, ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     for name in arrays:
         record.layers.append({"name": name, "role": "prediction", "kind": "x"})
@@ -185,7 +188,7 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
     job_dir = tmp_path / record.id[:2] / record.id
     # One file for all arrays beside the metadata, each image 64-byte aligned.
     assert sorted(p.name for p in job_dir.iterdir()) == ["arrays.npk", "meta.json"]
-    reopened = JobStore(tmp_path, ttl_s=60)
+    reopened = LocalJobStore(tmp_path, ttl_s=60)
     loaded = reopened.load(record.id)
     assert all(offset % 64 == 0 for offset in loaded.packed.values())
     for name, array in arrays.items():
@@ -197,7 +200,7 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
 
 
 def test_object_arrays_are_refused_and_leave_no_job(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60)
+    store = LocalJobStore(tmp_path, ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     with pytest.raises(ValueError, match="Python objects"):
         store.save(record, {"o": np.array([object()])})
@@ -205,20 +208,7 @@ def test_object_arrays_are_refused_and_leave_no_job(tmp_path: Path) -> None:
         store.load(record.id)
 
 
-def test_jobs_stored_as_one_npy_per_array_are_still_read(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60)
-    job_id = _save(store)
-    job_dir = tmp_path / job_id[:2] / job_id
-    # Rewrite the job the way earlier versions stored it.
-    record = store.load(job_id)
-    np.save(job_dir / "gate_1.npy", store.array(record, "gate_1") * 3)
-    (job_dir / "arrays.npk").unlink()
-    record.packed = {}
-    store.update(record)
-    np.testing.assert_array_equal(store.array(store.load(job_id), "gate_1"), 3 * np.eye(2))
-
-
-def _save_sized(store: JobStore, kib: int, state: str = "done") -> str:
+def _save_sized(store: LocalJobStore, kib: int, state: str = "done") -> str:
     record = store.new_record(MODEL, "raster", None)
     record.state = state
     record.layers.append({"name": "p", "role": "prediction", "kind": "probability"})
@@ -226,7 +216,7 @@ def _save_sized(store: JobStore, kib: int, state: str = "done") -> str:
     return record.id
 
 
-def _exists(store: JobStore, job_id: str) -> bool:
+def _exists(store: LocalJobStore, job_id: str) -> bool:
     try:
         store.load(job_id)
     except NotFound:
@@ -236,7 +226,7 @@ def _exists(store: JobStore, job_id: str) -> bool:
 
 def test_byte_cap_deletes_the_oldest_finished_jobs_first(tmp_path: Path) -> None:
     evictions: list[int] = []
-    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024, on_evict=evictions.append)
+    store = LocalJobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024, on_evict=evictions.append)
     ids = [_save_sized(store, 100) for _ in range(5)]
     assert [_exists(store, i) for i in ids] == [False, False, True, True, True]
     assert store.evicted == 2
@@ -245,7 +235,7 @@ def test_byte_cap_deletes_the_oldest_finished_jobs_first(tmp_path: Path) -> None
 
 
 def test_unfinished_jobs_are_never_deleted_to_make_room(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
+    store = LocalJobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
     running = _save_sized(store, 100, state="running")
     done = [_save_sized(store, 100) for _ in range(4)]
     assert _exists(store, running)
@@ -253,12 +243,12 @@ def test_unfinished_jobs_are_never_deleted_to_make_room(tmp_path: Path) -> None:
 
 
 def test_jobs_found_at_start_count_oldest_first(tmp_path: Path) -> None:
-    first = JobStore(tmp_path, ttl_s=3600)
+    first = LocalJobStore(tmp_path, ttl_s=3600)
     old = [_save_sized(first, 100) for _ in range(3)]
     for age, job_id in enumerate(old):  # the directories' times order them
         stamp = time.time() - 1000 + age
         os.utime(tmp_path / job_id[:2] / job_id, (stamp, stamp))
-    store = JobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
+    store = LocalJobStore(tmp_path, ttl_s=3600, max_bytes=350 * 1024)
     new = _save_sized(store, 100)
     assert [_exists(store, i) for i in old] == [False, True, True]
     assert _exists(store, new)
@@ -267,9 +257,11 @@ def test_jobs_found_at_start_count_oldest_first(tmp_path: Path) -> None:
 def test_free_space_floor_deletes_until_the_new_job_fits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = JobStore(tmp_path, ttl_s=3600, min_free_bytes=600 * 1024)
+    store = LocalJobStore(tmp_path, ttl_s=3600, min_free_bytes=600 * 1024)
     # A 1 MiB volume: what the jobs take is gone from it.
-    monkeypatch.setattr("service.jobs.store.free_bytes", lambda _: 1024 * 1024 - store._bytes)
+    monkeypatch.setattr(
+        "service.jobs.eviction.free_bytes", lambda _: 1024 * 1024 - store.room.tracked_bytes
+    )
     ids = [_save_sized(store, 100) for _ in range(6)]
     # 600 KiB must stay free, so at most 424 KiB of jobs: the four newest.
     assert [_exists(store, i) for i in ids] == [False, False, True, True, True, True]
@@ -277,9 +269,9 @@ def test_free_space_floor_deletes_until_the_new_job_fits(
 
 
 def test_a_job_deleted_elsewhere_is_forgotten_not_an_error(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=3600, max_bytes=250 * 1024)
+    store = LocalJobStore(tmp_path, ttl_s=3600, max_bytes=250 * 1024)
     gone = _save_sized(store, 100)
-    other = JobStore(tmp_path, ttl_s=3600)  # another replica on the same volume
+    other = LocalJobStore(tmp_path, ttl_s=3600)  # another replica on the same volume
     assert other.delete(gone)
     kept = _save_sized(store, 100)
     newest = _save_sized(store, 100)
@@ -289,7 +281,7 @@ def test_a_job_deleted_elsewhere_is_forgotten_not_an_error(tmp_path: Path) -> No
 
 
 def test_without_limits_nothing_is_deleted_early(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=3600)
+    store = LocalJobStore(tmp_path, ttl_s=3600)
     ids = [_save_sized(store, 100) for _ in range(5)]
     assert all(_exists(store, i) for i in ids)
     assert store.make_room(10**15) == 0

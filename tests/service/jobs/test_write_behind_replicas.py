@@ -15,13 +15,14 @@ import pytest
 
 from service.api.deps import get_job
 from service.errors import NotFound
-from service.jobs.store import JobRecord, JobStore, id_age_s
+from service.jobs.local import LocalJobStore
+from service.jobs.record import JobRecord, id_age_s
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
 
 
 def test_job_ids_carry_their_creation_time() -> None:
-    job_id = JobStore.new_id()
+    job_id = LocalJobStore.new_id()
     assert len(job_id) == 24
     age = id_age_s(job_id)
     assert age is not None
@@ -35,13 +36,13 @@ def test_job_ids_carry_their_creation_time() -> None:
 
 def _replica(root: Path, wait_s: float) -> Any:
     """What get_job reads of a replica's state: its store and its settings."""
-    store = JobStore(root, ttl_s=60, write_behind=True)
+    store = LocalJobStore(root, ttl_s=60, write_behind=True)
     return SimpleNamespace(store=store, settings=SimpleNamespace(job_write_behind_wait_s=wait_s))
 
 
 def _written_late(root: Path, delay_s: float) -> tuple[JobRecord, threading.Event]:
     """A job replica A answered for and writes behind, ``delay_s`` later."""
-    writer = JobStore(root, ttl_s=60, write_behind=True)
+    writer = LocalJobStore(root, ttl_s=60, write_behind=True)
     real_save = writer.save
     done = threading.Event()
 
@@ -88,7 +89,7 @@ def test_a_fresh_id_that_never_appears_is_a_404_after_the_wait(
     monkeypatch.setattr(other.store, "load", counted_load)
     start = time.monotonic()
     with pytest.raises(NotFound):
-        asyncio.run(get_job(JobStore.new_id(), other, None))
+        asyncio.run(get_job(LocalJobStore.new_id(), other, None))
     assert 0.25 <= time.monotonic() - start < 1.0
     # The wait polls with a stat on the event loop, not with loads on worker threads.
     assert len(loads) == 1

@@ -12,7 +12,9 @@ import pytest
 import rasterio.crs
 
 from service.errors import InvalidInput, Overloaded
-from service.jobs.store import JobRecord, JobStore
+from service.jobs.local import LocalJobStore
+from service.jobs.record import JobRecord
+from service.jobs.store import JobStore
 from service.pipeline.footprints import FootprintLimits, FootprintService
 from service.raster.footprints import FootprintOptions
 
@@ -60,7 +62,7 @@ async def _with_loop_lag(work: asyncio.Future[bytes] | asyncio.Task[bytes]) -> f
 
 
 def test_too_many_polygons_is_a_clear_422_and_the_loop_stays_free(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     job = _job(store, _noise(256))
     service = FootprintService(store, FootprintLimits(max_features=500, timeout_s=120))
     options = FootprintOptions(threshold=0.5, min_area_px=0, simplify_px=0)
@@ -79,7 +81,7 @@ def test_too_many_polygons_is_a_clear_422_and_the_loop_stays_free(tmp_path: Path
 
 
 def test_an_extraction_past_its_deadline_is_stopped_with_a_clear_422(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     # GDAL's polygonize alone takes seconds on this much noise.
     job = _job(store, _noise(2048))
     service = FootprintService(store, FootprintLimits(timeout_s=0.5))
@@ -101,7 +103,7 @@ def test_an_extraction_past_its_deadline_is_stopped_with_a_clear_422(tmp_path: P
 def test_answers_are_shared_cached_per_parameters_and_the_cache_is_bounded(
     tmp_path: Path,
 ) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     job = _job(store, _squares(200))
     service = FootprintService(store, FootprintLimits(cache_bytes=4000))
 
@@ -126,7 +128,7 @@ def test_answers_are_shared_cached_per_parameters_and_the_cache_is_bounded(
 
 
 def test_extractions_past_the_waiting_room_are_refused(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     job = _job(store, _squares(200))
     service = FootprintService(store, FootprintLimits(workers=1, max_waiting=1, timeout_s=20))
 
@@ -145,7 +147,7 @@ def test_extractions_past_the_waiting_room_are_refused(tmp_path: Path) -> None:
 def test_six_noisy_extractions_at_once_leave_the_loop_free_and_end_in_two_deadlines(
     tmp_path: Path,
 ) -> None:
-    store = JobStore(tmp_path, ttl_s=60, fsync=False)
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
     job = _job(store, _noise(2048))
     service = FootprintService(store, FootprintLimits(timeout_s=10, max_waiting=8))
 
