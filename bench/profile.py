@@ -25,7 +25,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("inference (session.run)", ("run (onnxruntime", "_run_bound (service/runtime/session")),
     (
         "job store write (np.save, fsync, meta)",
-        ("save (service/jobs/store", "update (service/jobs"),
+        ("save (service/jobs/local", "update (service/jobs"),
     ),
     (
         "GeoTIFF decode + checks",
