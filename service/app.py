@@ -12,7 +12,10 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import errors
-from service.api.middleware import Admission, ApiKeyAuth, BodyLimit, Observe
+from service.api.middleware.admission import Admission
+from service.api.middleware.auth import ApiKeyAuth
+from service.api.middleware.body_limit import BodyLimit
+from service.api.middleware.observe import Observe
 from service.api.routes import attention, health, jobs, metrics, models, predict, v2
 from service.api.state import AppState
 from service.config import Settings

@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from service.api.middleware import BodyLimit
+from service.api.middleware.body_limit import BodyLimit
 
 SCOPE: Scope = {
     "type": "http",
