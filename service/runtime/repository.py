@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 from service.errors import NotFound
-from service.runtime.batcher import BatchObserver, DynamicBatcher, Padding
+from service.runtime.batcher import BatchObserver, DynamicBatcher
 from service.runtime.cpus import usable_cpus
 from service.runtime.manifest import Manifest
-from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.session import ModelSession, SessionOptions
-from service.runtime.temporal import TemporalTask, temporal_padding
+from service.runtime.tasks import InferenceTask, inference_task
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class ServedModel:
     path: Path
     session: ModelSession
     batcher: DynamicBatcher
-    task: SegmentationTask | TemporalTask
+    task: InferenceTask
     load_s: float
     warmup_s: float
 
@@ -50,19 +49,6 @@ def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key that orders ``1.10.0`` after ``1.9.0`` and numbers before words."""
     parts = re.split(r"[.\-+]", version)
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
-
-
-def warmup_sizes(session: ModelSession) -> tuple[int | None, ...]:
-    """Image sides to warm up: the tile, and on CUDA also a scene tile with its halo.
-
-    On CUDA each new shape costs a cuDNN algorithm search (and, with CUDA graphs,
-    needs a graph of its own); on CPU the extra run would only slow the start.
-    """
-    tile = session.manifest.input.tile_size
-    if session.manifest.task != "segmentation" or tile is None or not session.cuda_active:
-        return (tile,)
-    halo = context_px(session.manifest)
-    return (tile, tile + 2 * halo) if halo else (tile,)
 
 
 class ModelRepository:
@@ -126,7 +112,7 @@ class ModelRepository:
                 served.load_s,
                 served.warmup_s,
                 served.session.activation_per_unit,
-                "pixel" if served.manifest.task == "segmentation" else "series row x date",
+                served.task.unit,
             )
         self.state = "ready" if self._models else "failed"
 
@@ -135,31 +121,31 @@ class ModelRepository:
         session = ModelSession(path, self.options)
         load_s = time.perf_counter() - start
         manifest = session.manifest
+        task_class = inference_task(manifest)
         helpers = self._helpers(path, session)
         if self._warmup:
             warmup_s = sum(
-                s.warmup(sizes=warmup_sizes(s), measure=s is session) for s in (session, *helpers)
+                s.warmup(
+                    sizes=task_class.warmup_sizes(manifest, s.cuda_active), measure=s is session
+                )
+                for s in (session, *helpers)
             )
         else:
             warmup_s = 0.0
         limits = self._limits(manifest)
-        padding = temporal_padding(manifest) if manifest.task == "temporal_classification" else None
         batcher = DynamicBatcher(
             manifest.ref,
             session.run,
             max_batch_size=limits.max_batch_size,
             max_queue_delay_ms=limits.max_queue_delay_ms,
             max_queue_size=limits.max_queue_size,
-            padding=padding or Padding(),
+            padding=task_class.padding(manifest),
             observer=self._observer(manifest),
             helpers=[h.run for h in helpers],
         )
-        task: SegmentationTask | TemporalTask
-        if manifest.task == "segmentation":
-            task = SegmentationTask(manifest, batcher)
-        else:
-            task = TemporalTask(manifest, batcher)
-        return ServedModel(manifest, path, session, batcher, task, load_s, warmup_s)
+        return ServedModel(
+            manifest, path, session, batcher, task_class(manifest, batcher), load_s, warmup_s
+        )
 
     def _helpers(self, path: Path, session: ModelSession) -> list[ModelSession]:
         """The CPU instances beside the main session, each with its share of the cores.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from service.runtime.batcher import DynamicBatcher
+from service.runtime.batcher import DynamicBatcher, Padding
 from service.runtime.manifest import Manifest
 
 
@@ -109,12 +110,74 @@ def coarse_valid(valid: np.ndarray, stride: int) -> np.ndarray:
 def band_means(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     """``(C,)`` float32 mean of each band over the valid pixels (all if none are)."""
     if valid is not None and valid.any():
-        return image[:, valid].mean(axis=1, dtype=np.float64).astype(np.float32)
-    return image.reshape(image.shape[0], -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+        means = image[:, valid].mean(axis=1, dtype=np.float64)
+    else:
+        means = image.reshape(image.shape[0], -1).mean(axis=1, dtype=np.float64)
+    return np.asarray(means, dtype=np.float32)
 
 
 class SegmentationTask:
     """Runs a segmentation model on whole images through its batcher."""
+
+    unit: ClassVar[str] = "pixel"
+    dated: ClassVar[bool] = False
+
+    @staticmethod
+    def padding(manifest: Manifest) -> Padding:
+        """Images of one batch share a shape: nothing to pad."""
+        return Padding()
+
+    @staticmethod
+    def warmup_sizes(manifest: Manifest, cuda_active: bool) -> tuple[int | None, ...]:
+        """Image sides to warm up: the tile, and on CUDA also a scene tile with its halo.
+
+        On CUDA each new shape costs a cuDNN algorithm search (and, with CUDA
+        graphs, needs a graph of its own); on CPU the extra run would only slow
+        the start.
+        """
+        tile = manifest.input.tile_size
+        if tile is None or not cuda_active:
+            return (tile,)
+        halo = context_px(manifest)
+        return (tile, tile + 2 * halo) if halo else (tile,)
+
+    @staticmethod
+    def scene_tile(manifest: Manifest) -> int:
+        """Side of a scene job's tiles when the job names none."""
+        return manifest.input.tile_size or 512
+
+    @staticmethod
+    def outputs_per_unit(manifest: Manifest) -> float:
+        """Bytes of every spatial output per input pixel."""
+        total = 0.0
+        for o in manifest.outputs:
+            if len(o.shape) == 4:
+                channels = o.shape[1] if isinstance(o.shape[1], int) else 1
+                total += 4.0 * channels / o.stride**2
+        return total
+
+    @classmethod
+    def scene_bytes(
+        cls,
+        manifest: Manifest,
+        per_unit: float,
+        max_batch: int,
+        tile: int,
+        dates: int,
+        in_flight: int,
+    ) -> int:
+        """Estimated peak bytes of a scene job's tiles of side ``tile`` plus their halo.
+
+        The batcher runs at most ``max_batch`` tiles at a time (``per_unit``:
+        working memory per pixel); up to ``in_flight`` tiles are read and wait
+        meanwhile, each with its float32 values, a copy made for the model and
+        the feed. ``dates`` does not apply.
+        """
+        bands = len(manifest.input.bands)
+        out = cls.outputs_per_unit(manifest)
+        side = tile + 2 * context_px(manifest)
+        running = max_batch * side * side * (per_unit + 3 * out + bands * 4)
+        return int(running + in_flight * side * side * (3 * bands * 4 + 2))
 
     def __init__(self, manifest: Manifest, batcher: DynamicBatcher) -> None:
         self.manifest = manifest

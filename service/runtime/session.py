@@ -231,7 +231,8 @@ class ModelSession:
         Per row x date a temporal model's first run needs about the same on a
         small feed as on a large one, so a small feed does.
         """
-        if self.manifest.task == "segmentation":
+        # Image models name their spatial input axes; series models do not.
+        if "height" in self.manifest.tensors[0].shape:
             multiple = self.manifest.input.size_multiple or 1
             return self._cast(self.example_feed(size=-(-256 // multiple) * multiple))
         return self._cast(self.example_feed(batch=1024, dates=16))

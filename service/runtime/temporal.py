@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import ClassVar
 
 import numpy as np
 
@@ -54,6 +55,60 @@ class SeriesOutputs:
 
 class TemporalTask:
     """Runs a temporal classifier on series through its batcher."""
+
+    unit: ClassVar[str] = "series row x date"
+    dated: ClassVar[bool] = True
+
+    @staticmethod
+    def padding(manifest: Manifest) -> Padding:
+        """Padding that lets series of different lengths share a batch."""
+        return temporal_padding(manifest)
+
+    @staticmethod
+    def warmup_sizes(manifest: Manifest, cuda_active: bool) -> tuple[int | None, ...]:
+        """Series have no image side: one warm-up size, the manifest's."""
+        return (manifest.input.tile_size,)
+
+    @staticmethod
+    def scene_tile(manifest: Manifest) -> int:
+        """Side of a scene job's tiles when the job names none."""
+        return 256
+
+    @staticmethod
+    def outputs_per_unit(manifest: Manifest) -> float:
+        """Bytes of every output per series row x date.
+
+        ``(N, heads, T)`` attention per date; ``(N, K)`` probabilities are
+        counted per date too.
+        """
+        return sum(
+            4.0 * (o.shape[1] if isinstance(o.shape[1], int) else 1)
+            for o in manifest.outputs
+            if len(o.shape) >= 2
+        )
+
+    @classmethod
+    def scene_bytes(
+        cls,
+        manifest: Manifest,
+        per_unit: float,
+        max_batch: int,
+        tile: int,
+        dates: int,
+        in_flight: int,
+    ) -> int:
+        """Estimated peak bytes of a scene job's tiles of side ``tile`` over ``dates`` dates.
+
+        The batcher runs at most ``max_batch`` series rows at a time
+        (``per_unit``: working memory per row x date); up to ``in_flight`` tiles
+        are read and wait meanwhile, each with its float32 values, a copy made
+        for the model, the feed and its outputs.
+        """
+        bands = len(manifest.input.bands)
+        out = cls.outputs_per_unit(manifest)
+        rows = min(tile * tile, max_batch)
+        running = rows * dates * (per_unit + bands * 4)
+        return int(running + in_flight * tile * tile * dates * (3 * bands * 4 + 2 + 2 * out))
 
     def __init__(self, manifest: Manifest, batcher: DynamicBatcher) -> None:
         self.manifest = manifest

@@ -6,6 +6,7 @@ import numpy as np
 
 from service.errors import UnsupportedRaster
 from service.runtime.manifest import Manifest
+from service.runtime.tasks import inference_task
 
 
 def check_layout(
@@ -24,6 +25,7 @@ def check_layout(
     """
     spec = manifest.input
     expected = len(spec.bands)
+    dated = inference_task(manifest).dated
     # A dtype that is no imagery at all (complex SAR, say) is the first thing to
     # name: its band count is beside the point.
     if not _known_dtype(dtype) or np.dtype(dtype).kind not in "uif":
@@ -34,7 +36,7 @@ def check_layout(
             got_dtype=dtype,
         )
     if bands != expected:
-        per = " per date" if manifest.task == "temporal_classification" else ""
+        per = " per date" if dated else ""
         raise UnsupportedRaster(
             f"band count {bands}{per} does not match model {manifest.name}, which takes "
             f"{expected} bands ({', '.join(spec.bands)})",
@@ -49,7 +51,7 @@ def check_layout(
             accepted_dtypes=spec.accepted_dtypes,
             got_dtype=dtype,
         )
-    if manifest.task == "temporal_classification":
+    if dated:
         lo, hi = spec.min_dates or 1, spec.max_dates or 10_000
         if not lo <= dates <= hi:
             raise UnsupportedRaster(

@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 
 from service.config import SHIPPED_MODELS
 from service.errors import UnsupportedRaster
-from service.pipeline.scene import check_scene
+from service.pipeline.scene_check import check_scene
 from service.raster.decode import RasterLimits
 from service.runtime.manifest import Manifest
 from service.runtime.session import ModelSession, SessionOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.pipeline.runner import statistics
+from service.pipeline.statistics import statistics
 
 
 def test_finite_layer() -> None:

@@ -1,0 +1,198 @@
+"""The grid loop of a scene job: tiles read, inferred and blended row by row, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from service.jobs.record import JobRecord
+from service.raster.cog import RasterSink
+from service.raster.decode import RasterInfo
+from service.runtime.repository import ServedModel
+from service.runtime.tiling import StripBlender, Tile, TileGrid
+
+# How often a job waiting on its tiles looks whether it was cancelled.
+CANCEL_POLL_S = 0.25
+
+T = TypeVar("T")
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while running."""
+
+
+@dataclass
+class SceneOptions:
+    """Per-job tiling and output options (stored with the job, so it can resume)."""
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    uint8: bool = False
+    compress: str = "deflate"
+    dates: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for the job record."""
+        return dict(self.__dict__)
+
+
+class SinkFactory(Protocol):
+    """Makes one of a job's output GeoTIFFs (see :meth:`SceneRunner.sink`)."""
+
+    def __call__(
+        self, file: str, info: RasterInfo, descriptions: list[str], **kwargs: Any
+    ) -> RasterSink: ...
+
+
+@dataclass
+class SceneWork:
+    """One scene job's run as its task sees it: inputs, options and the runner's services.
+
+    Attributes:
+        record: the job; its task fills ``layers`` and ``extra``.
+        served: the model.
+        paths: the job's input files, in upload order.
+        options: the job's tiling and output options.
+        progress: called with ``(tiles done, tiles in all)``.
+        cancelled: whether the job should stop.
+        timeout_s: each tile's deadline in the batcher.
+        in_flight_tiles: tiles read ahead of the batcher at most.
+        sink: makes an output GeoTIFF of the job.
+        check_disk: fails the job when its outputs outgrow the disk
+            (``finishing``: counting what finishing adds).
+    """
+
+    record: JobRecord
+    served: ServedModel
+    paths: list[Path]
+    options: SceneOptions
+    progress: Callable[[int, int], None]
+    cancelled: Callable[[], bool]
+    timeout_s: float
+    in_flight_tiles: int
+    sink: SinkFactory
+    check_disk: Callable[[Mapping[str, RasterSink], bool], None]
+
+
+Read = Callable[[Tile], "tuple[np.ndarray, np.ndarray] | None"]
+Infer = Callable[[Tile, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+Flush = Callable[[int, np.ndarray], None]
+
+
+async def run_grid(
+    work: SceneWork,
+    grid: TileGrid,
+    blender: StripBlender,
+    read: Read,
+    infer: Infer,
+    flush: Flush,
+    sinks: Mapping[str, RasterSink],
+) -> None:
+    """Read, infer and blend every tile of ``grid``, flushing finished rows in order.
+
+    ``read`` runs on one worker thread at a time (None: nothing to infer in the
+    tile); ``infer`` on the event loop; ``flush`` gets each finished block of
+    rows, on a worker thread.
+    """
+    total = len(grid)
+    done = 0
+    gate = asyncio.Semaphore(work.in_flight_tiles)
+    # One reader thread keeps GDAL's dataset handle single-threaded while the
+    # batcher's thread runs inference: reading and inference overlap.
+    read_lock = asyncio.Lock()
+
+    async def one(tile: Tile) -> tuple[Tile, np.ndarray | None]:
+        async with gate:
+            if work.cancelled():
+                raise JobCancelled
+            async with read_lock:
+                got = await asyncio.to_thread(read, tile)
+            if got is None:
+                return tile, None
+            return tile, await infer(tile, *got)
+
+    pending: dict[int, list[asyncio.Task[tuple[Tile, np.ndarray | None]]]] = {}
+    # Rows are started one ahead, so the next row's reads overlap this row's
+    # inference; blending stays in order, on this task.
+    next_row = 0
+
+    def start_row(row: int) -> None:
+        pending[row] = [asyncio.ensure_future(one(t)) for t in grid.row_tiles(row)]
+
+    async def landed(
+        task: asyncio.Task[tuple[Tile, np.ndarray | None]],
+    ) -> tuple[Tile, np.ndarray | None]:
+        # A cancel stops the job within a moment, not after the tiles in flight
+        # (queued tiles on a busy CPU can outlast the tile deadline).
+        while True:
+            finished, _ = await asyncio.wait({task}, timeout=CANCEL_POLL_S)
+            if finished:
+                return task.result()
+            if work.cancelled():
+                raise JobCancelled
+
+    def final_blocks(row: int) -> list[tuple[int, np.ndarray]]:
+        blender.row_done(row)
+        return list(blender.pop_final())
+
+    current: list[asyncio.Task[tuple[Tile, np.ndarray | None]]] = []
+    try:
+        for row in range(grid.rows):
+            while next_row <= min(row + 1, grid.rows - 1):
+                start_row(next_row)
+                next_row += 1
+            current = pending.pop(row)
+            for task in current:
+                tile, out = await landed(task)
+                # Blending a tile into scene-wide rows copies hundreds of MB
+                # on wide scenes: on a worker thread, one call at a time.
+                await asyncio.to_thread(blender.add, tile, out)
+                done += 1
+                work.progress(done, total)
+            for first, block in await asyncio.to_thread(final_blocks, row):
+                await asyncio.to_thread(flush, first, block)
+                await asyncio.to_thread(work.check_disk, sinks, False)
+    finally:
+        leftover = [*current, *(t for tasks in pending.values() for t in tasks)]
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+
+
+async def run_and_finish(
+    work: SceneWork,
+    grid: TileGrid,
+    blender: StripBlender,
+    read: Read,
+    infer: Infer,
+    flush: Flush,
+    sinks: Mapping[str, RasterSink],
+    finish: Callable[[], T],
+) -> T:
+    """:func:`run_grid`, then ``finish`` on a worker thread; unfinished outputs go on failure."""
+    try:
+        await run_grid(work, grid, blender, read, infer, flush, sinks)
+        await asyncio.to_thread(work.check_disk, sinks, True)
+        return await asyncio.to_thread(finish)
+    except BaseException:
+        await abort(sinks)
+        raise
+
+
+async def abort(sinks: Mapping[str, RasterSink]) -> None:
+    """Drop unfinished outputs on a worker thread: closing large files blocks for long."""
+
+    def drop() -> None:
+        for sink in sinks.values():
+            sink.abort()
+
+    dropping = asyncio.ensure_future(asyncio.to_thread(drop))
+    # A second cancellation must not leave the files behind: the thread goes on.
+    with contextlib.suppress(BaseException):
+        await asyncio.shield(dropping)

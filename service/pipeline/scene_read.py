@@ -1,0 +1,104 @@
+"""Reading a stored scene window by window: tiles, validity and band means."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from service.errors import InvalidRaster
+from service.raster.decode import UNREADABLE, RasterInfo
+from service.raster.gdal_env import HARDENED_GDAL
+from service.raster.resample import ModelGridSource
+from service.runtime.segmentation import band_means
+from service.runtime.tiling import Tile, read_bounds, reflect_pad
+
+
+@contextlib.contextmanager
+def open_scene(path: Path) -> Iterator[DatasetReader]:
+    """Open a scene file we wrote ourselves, GTiff driver only, hardened GDAL."""
+    with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            dataset = rasterio.open(path, driver="GTiff")
+        except RasterioError:
+            raise InvalidRaster("the uploaded file could not be opened as a GeoTIFF") from None
+        with dataset:
+            yield dataset
+
+
+def all_valid(dataset: DatasetReader) -> bool:
+    """Whether every band of a dataset is valid everywhere (no mask, nodata or alpha)."""
+    return all(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums)
+
+
+def scene_band_mean(ds: DatasetReader, info: RasterInfo, valid_everywhere: bool) -> np.ndarray:
+    """``(C,)`` mean of each band over the scene's valid pixels.
+
+    Read at most 2048 pixels a side (exact for smaller scenes), so that every
+    tile gets the band statistics the whole scene would.
+    """
+    scale = max(1, -(-max(info.width, info.height) // 2048))
+    shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
+    try:
+        data = ds.read(list(info.indexes) or None, out_shape=shape).astype(np.float32)
+        valid = None if valid_everywhere else ds.dataset_mask(out_shape=shape[1:]) > 0
+    except RasterioError:
+        raise InvalidRaster(UNREADABLE) from None
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data).all(axis=0)
+        valid = finite if valid is None else valid & finite
+    return band_means(np.nan_to_num(data), valid)
+
+
+def read_tile(
+    ds: DatasetReader,
+    tile: Tile,
+    info: RasterInfo,
+    valid_everywhere: bool,
+    pad: bool = True,
+    core: tuple[int, int, int] | None = None,
+    source: ModelGridSource | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A window's ``(C, size, size)`` data (reflect-padded) and ``(size, size)`` validity.
+
+    Returns None when the window's ``core`` (``dy, dx, size`` inside it; all of
+    it by default) has no valid pixel: the tile is skipped. With a ``source``,
+    the window is on the model's grid (``info``'s size) and read through it.
+    """
+    y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
+    window = Window(x0, y0, x1 - x0, y1 - y0)
+    try:
+        if source is not None:
+            data, valid = source.read(y0, y1, x0, x1)
+        else:
+            # Data bands only: an alpha band is read as the mask below.
+            data = ds.read(list(info.indexes) or None, window=window)
+            valid = (
+                np.ones(data.shape[1:], bool)
+                if valid_everywhere
+                else ds.dataset_mask(window=window) > 0
+            )
+    except RasterioError:
+        raise InvalidRaster(UNREADABLE) from None
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    dy, dx, size = core or (0, 0, tile.size)
+    cy0, cx0 = max(0, tile.y + dy) - y0, max(0, tile.x + dx) - x0
+    cy1 = min(info.height, tile.y + dy + size) - y0
+    cx1 = min(info.width, tile.x + dx + size) - x0
+    if not valid[cy0:cy1, cx0:cx1].any():
+        return None
+    if not pad:
+        return data.astype(np.float32), valid
+    data = reflect_pad(data.astype(np.float32), tile, info.height, info.width)
+    padded_valid = reflect_pad(valid[None].astype(np.uint8), tile, info.height, info.width)[0] > 0
+    return data, padded_valid

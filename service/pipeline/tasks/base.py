@@ -1,0 +1,90 @@
+"""What a model task decides in the pipeline: its results, scene jobs and scene checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.pipeline.inputs import RasterInput, SeriesInput
+from service.pipeline.scene_grid import SceneWork
+from service.pipeline.statistics import statistics
+from service.raster.decode import RasterInfo
+from service.runtime.manifest import Manifest, OutputSpec
+from service.runtime.repository import ServedModel
+
+# The class map's value where a pixel has no class (no valid date).
+CLASS_NODATA = 255
+
+
+@dataclass
+class Prediction:
+    """A synchronous result, ready to be stored as a job.
+
+    Attributes:
+        kind: the job's kind, ``raster`` or ``series``.
+        layers: one entry per array (see :class:`~service.jobs.record.JobRecord`).
+        arrays: layer name -> array to store.
+        georef: the georeference of raster results.
+        extra: what the job's answer needs besides its layers (dates, item ids).
+    """
+
+    kind: str
+    layers: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray]
+    georef: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """The behaviour of one model task (``manifest.task``) in the pipeline."""
+
+    async def predict(
+        self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
+    ) -> Prediction:
+        """Run one synchronous input through the model and lay out its result."""
+        ...
+
+    def check_scene_file(self, manifest: Manifest, info: RasterInfo) -> None:
+        """Refuse one scene file whose layout the model cannot take, from its header."""
+        ...
+
+    def check_scene_dates(
+        self, manifest: Manifest, infos: list[RasterInfo], dates: list[str]
+    ) -> None:
+        """Refuse a scene whose files and dates do not fit together."""
+        ...
+
+    async def run_scene(self, work: SceneWork) -> None:
+        """Process a scene job tile by tile and fill its record's layers."""
+        ...
+
+
+def output_layer(
+    spec: OutputSpec,
+    array: np.ndarray,
+    shape: tuple[int, ...] | None = None,
+    stats: dict[str, float | None] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The layer entry of a model output stored as an array."""
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "role": spec.role,
+        "kind": spec.kind,
+        "shape": list(shape or array.shape),
+        "dtype": str(array.dtype),
+        "statistics": stats or statistics(array),
+    }
+    if spec.level is not None:
+        entry["level"] = spec.level
+    if spec.description:
+        entry["description"] = spec.description
+    entry.update(extra)
+    return entry
+
+
+def wrong_input(task: str, inp: RasterInput | SeriesInput) -> TypeError:
+    """The error for an input of a kind the task does not take."""
+    return TypeError(f"a {task} model does not take {type(inp).__name__}")

@@ -1,0 +1,235 @@
+"""Segmentation models in the pipeline: one image's layers, and scenes tile by tile."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from service.pipeline.inputs import RasterInput, SeriesInput
+from service.pipeline.scene_grid import SceneWork, run_and_finish
+from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
+from service.pipeline.statistics import coarse_statistics
+from service.pipeline.tasks.base import Prediction, output_layer, wrong_input
+from service.raster.cog import RasterSink
+from service.raster.decode import RasterInfo, describe
+from service.raster.resample import (
+    ModelGridSource,
+    Resampling,
+    RowsBack,
+    input_valid_rows,
+    plan_resampling,
+)
+from service.runtime.manifest import Manifest, OutputSpec
+from service.runtime.repository import ServedModel
+from service.runtime.segmentation import SegmentationTask, context_px, upsample
+from service.runtime.tiling import StripBlender, Tile, TileGrid
+from service.runtime.validation import check_layout
+
+
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (at least one multiple)."""
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+class ImageSegmentation:
+    """Images in, per-pixel maps out: a probability map, gate maps and band weights."""
+
+    async def predict(
+        self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
+    ) -> Prediction:
+        """Segment one image; every output becomes a layer."""
+        if not isinstance(inp, RasterInput):
+            raise wrong_input("segmentation", inp)
+        manifest = served.manifest
+        model = SegmentationTask(manifest, served.batcher)
+        # Uploads come planned; an array without a georeference runs as is.
+        plan = inp.resampling or plan_resampling(None, manifest.input.gsd_m, 1.0)
+        if plan.applied:
+            data, valid = await asyncio.to_thread(plan.to_model, inp.data, inp.valid)
+            out = await model.predict(data, valid, timeout_s)
+            out = await asyncio.to_thread(plan.outputs_to_input, out, manifest, inp.valid)
+        else:
+            out = await model.predict(inp.data, inp.valid, timeout_s)
+        layers: list[dict[str, Any]] = []
+        arrays: dict[str, np.ndarray] = {}
+        h, w = inp.data.shape[1:]
+        # Where a coarse map's upsampled values are masked: the first full-resolution
+        # spatial output carries NaN exactly where the input had no data.
+        mask = next((o.name for o in manifest.outputs if len(o.shape) == 4 and o.stride == 1), None)
+        for spec in manifest.outputs:
+            array = out.layers[spec.name]
+            extra: dict[str, Any] = {}
+            if spec.kind == "channel":
+                extra["bands"] = list(manifest.input.bands)
+            elif array.ndim == 3 and array.shape[0] == 1:
+                array = array[0]
+            arrays[spec.name] = array
+            # Back on the input's grid, a resampled coarse map is at full resolution.
+            if spec.stride > 1 and array.ndim == 2 and not plan.applied:
+                extra["stride"] = spec.stride
+                if out.valid is not None and mask is not None:
+                    extra["mask"] = mask
+                stats = coarse_statistics(array, spec.stride, h, w, out.valid)
+                layers.append(output_layer(spec, array, (h, w), stats, **extra))
+            else:
+                layers.append(output_layer(spec, array, **extra))
+        if inp.georef is not None:
+            georef = inp.georef.to_json()
+        else:
+            georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": w, "height": h}
+        return Prediction("raster", layers, arrays, georef, extra={"resampling": plan.to_json()})
+
+    def check_scene_file(self, manifest: Manifest, info: RasterInfo) -> None:
+        """One image of the model's bands and dtype."""
+        check_layout(manifest, info.count, info.dtype)
+
+    def check_scene_dates(
+        self, manifest: Manifest, infos: list[RasterInfo], dates: list[str]
+    ) -> None:
+        """Images have no dates."""
+
+    async def run_scene(self, work: SceneWork) -> None:
+        """Tiles on the model's grid, blended back into COGs on the input's grid."""
+        record, served, options = work.record, work.served, work.options
+        manifest = served.manifest
+        model = SegmentationTask(manifest, served.batcher)
+        spatial = [o for o in manifest.outputs if len(o.shape) == 4]
+        channel = [o for o in manifest.outputs if o.kind == "channel"]
+        multiple = manifest.input.size_multiple or 1
+        size = round_up(options.tile_size or manifest.input.tile_size or 512, multiple)
+        overlap = (
+            options.overlap if options.overlap is not None else (manifest.input.tile_overlap or 0)
+        )
+        fill = np.float32(manifest.input.normalization.mean[0])
+        halo = context_px(manifest)
+        path = work.paths[0]
+        with open_scene(path) as ds, open_scene(path) as rows_ds:
+            info = describe(ds)
+            # Tiles are read and inferred on the model's grid (its resolution),
+            # outputs written on the input's; rows_ds reads the input's validity
+            # for them off the reader thread.
+            plan = Resampling.from_json(
+                record.extra.get("resampling") or {}, info.width, info.height
+            )
+            tiled = replace(info, width=plan.model_width, height=plan.model_height)
+            grid = TileGrid(tiled.height, tiled.width, size, min(overlap, size // 2), halo)
+            # Layers blended: every spatial output, then the input's validity.
+            blender = StripBlender(grid, len(spatial) + 1)
+            channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
+            channel_weight = 0.0
+            sinks = self._sinks(work, info, spatial)
+            valid_everywhere = all_valid(ds)
+            scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
+            source = ModelGridSource(ds, plan, valid_everywhere) if plan.applied else None
+            back = RowsBack(plan) if plan.applied else None
+
+            def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+                # The model reads the tile with its context; only the tile
+                # itself decides whether there is anything to predict.
+                window, dy, dx = tile.context(tiled.height, tiled.width)
+                return read_tile(
+                    ds, window, tiled, valid_everywhere, core=(dy, dx, tile.size), source=source
+                )
+
+            async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+                x = np.where(valid[None], data.astype(np.float32), fill)
+                out = await model.batcher.submit(model.feed(x, scene_mean), work.timeout_s)
+                nonlocal channel_weight
+                _, dy, dx = tile.context(tiled.height, tiled.width)
+                core = (slice(dy, dy + tile.size), slice(dx, dx + tile.size))
+                weight = float(valid[core].mean())
+                for o in channel:
+                    channel_sum[o.name] += out[o.name][0] * weight
+                channel_weight += weight
+                h, w = x.shape[1:]
+                stack = [
+                    upsample(out[o.name][0, 0], o.stride, h, w)[core]
+                    if o.stride > 1
+                    else out[o.name][0, 0][core]
+                    for o in spatial
+                ]
+                stack.append(valid[core].astype(np.float32))
+                return np.stack(stack)
+
+            def write(first: int, values: np.ndarray) -> None:
+                sinks["prediction"].write(first, values[:1])
+                if len(spatial) > 1:
+                    sinks["attention"].write(first, values[1:])
+
+            def flush(first: int, block: np.ndarray) -> None:
+                valid = block[-1] > 0.5
+                values = block[:-1]
+                values[:, ~valid] = np.nan
+                if back is None:
+                    write(first, values)
+                    return
+                for row, part in back.push(first, values):
+                    # Nodata of the input stays nodata, whatever the model's grid saw.
+                    mask = input_valid_rows(rows_ds, row, part.shape[1], valid_everywhere)
+                    if mask is not None:
+                        part[:, ~mask] = np.nan
+                    write(row, part)
+
+            def finish() -> list[dict[str, Any]]:
+                for sink in sinks.values():
+                    sink.finish()
+                return self._cog_layers(record.georef, spatial, sinks["prediction"].dtype)
+
+            record.layers = await run_and_finish(
+                work, grid, blender, read, infer, flush, sinks, finish
+            )
+        for o in channel:
+            weights = channel_sum[o.name] / max(channel_weight, 1e-9)
+            record.layers.append(
+                {
+                    "name": o.name,
+                    "role": o.role,
+                    "kind": o.kind,
+                    "shape": [len(weights)],
+                    "dtype": "float32",
+                    "storage": "inline",
+                    "values": [float(v) for v in weights],
+                    "bands": list(manifest.input.bands),
+                    "description": "per-band weights, averaged over tiles by valid pixels",
+                }
+            )
+        record.extra["tiling"] = {"tile_size": size, "overlap": grid.overlap, "tiles": len(grid)}
+
+    @staticmethod
+    def _sinks(
+        work: SceneWork, info: RasterInfo, spatial: list[OutputSpec]
+    ) -> dict[str, RasterSink]:
+        first = spatial[0]
+        sinks = {"prediction": work.sink("prediction.tif", info, [f"{first.name} ({first.kind})"])}
+        if len(spatial) > 1:
+            descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
+            sinks["attention"] = work.sink("attention.tif", info, descriptions)
+        return sinks
+
+    @staticmethod
+    def _cog_layers(
+        georef: dict[str, Any] | None, spatial: list[OutputSpec], dtype: str
+    ) -> list[dict[str, Any]]:
+        """The layers of the spatial outputs, stored as bands of the job's COGs."""
+        layers: list[dict[str, Any]] = []
+        for i, o in enumerate(spatial):
+            file = "prediction.tif" if i == 0 else "attention.tif"
+            band = 1 if i == 0 else i
+            layers.append(
+                {
+                    "name": o.name,
+                    "role": o.role,
+                    "kind": o.kind,
+                    "shape": [georef["height"], georef["width"]] if georef else [],
+                    "dtype": dtype,
+                    "storage": "cog",
+                    "file": file,
+                    "band": band,
+                    **({"level": o.level} if o.level is not None else {}),
+                    **({"description": o.description} if o.description else {}),
+                }
+            )
+        return layers
