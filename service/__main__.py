@@ -15,7 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from service.app import create_app
 from service.config import Settings
 from service.memory import limit_malloc_arenas
-from service.raster.decode import disable_risky_drivers
+from service.raster.gdal_env import disable_risky_drivers
 
 # h11 refuses (400) a request head still incomplete past this many buffered bytes. Heads
 # that arrive whole in one read pass it whatever their size, so the exact limit (431 past

@@ -28,7 +28,7 @@ from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
 from service.pipeline.service import JobService
-from service.raster.decode import disable_risky_drivers
+from service.raster.gdal_env import disable_risky_drivers
 from service.runtime.cpus import CpuBudget, process_cpus
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository

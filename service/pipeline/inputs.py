@@ -18,7 +18,7 @@ from pydantic import (
 
 from service.errors import InvalidInput
 from service.memory import segmentation_bytes, series_bytes
-from service.raster.decode import Georeference
+from service.raster.georef import Georeference
 from service.raster.resample import Resampling
 from service.runtime.manifest import Manifest
 from service.runtime.repository import ServedModel

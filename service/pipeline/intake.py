@@ -27,13 +27,13 @@ from service.pipeline.inputs import (
 from service.pipeline.scene_check import check_scene
 from service.pipeline.scene_grid import SceneOptions
 from service.raster.decode import (
-    Georeference,
     RasterInfo,
     RasterLimits,
     check_limits,
     describe,
     open_geotiff,
 )
+from service.raster.georef import Georeference
 from service.raster.resample import Resampling, check_grid, plan_resampling
 from service.runtime.repository import ServedModel
 from service.runtime.tiling import tiling_problem

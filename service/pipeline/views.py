@@ -13,8 +13,8 @@ from service.jobs.record import JobRecord
 from service.jobs.store import JobStore
 from service.jobs.write_behind import read_only
 from service.pipeline.layers import ArraySource, LayerReader, served_values
-from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff
+from service.raster.georef import Georeference
 
 # Larger layers are only served as GeoTIFF.
 MAX_JSON_PIXELS = 4096 * 4096

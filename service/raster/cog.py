@@ -22,7 +22,7 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from service.raster.decode import Georeference
+from service.raster.georef import Georeference
 from service.runtime.cpus import usable_cpus
 
 Resampling = Literal["average", "nearest", "mode"]

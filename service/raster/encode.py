@@ -9,7 +9,7 @@ import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 
-from service.raster.decode import Georeference
+from service.raster.georef import Georeference
 
 
 def encode_geotiff(

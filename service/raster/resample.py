@@ -14,170 +14,23 @@ of every weighted sum. rasterio (PROJ) measures the ground resolution.
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
-from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from service.errors import InvalidRaster, PayloadTooLarge
-from service.raster.decode import UNREADABLE, Georeference, RasterLimits
+from service.raster.decode import UNREADABLE, RasterLimits
+from service.raster.georef import Georeference
+from service.raster.gsd import ground_resolution
+from service.raster.kernels import Kernel, axis_kernel, finite_mask, resample_masked
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import RasterOutputs, upsample
 
-# Pixels finer than 0.1 mm or coarser than 10,000 km are not ground pixels:
-# such transforms (1e-300, 1e300) are treated as no georeference at all.
-GSD_LIMITS_M = (1e-4, 1e7)
 NOT_GEOREFERENCED = "not georeferenced: run as is"
-# WGS84 ellipsoid: metres per radian along a meridian and a parallel at a latitude.
-_A = 6_378_137.0
-_E2 = 6.694379990141317e-3
-
-
-def _metres_per_radian(lat_rad: float) -> tuple[float, float]:
-    """Meridional and prime-vertical radii of curvature (m) of WGS84 at a latitude."""
-    s = 1.0 - _E2 * math.sin(lat_rad) ** 2
-    return _A * (1.0 - _E2) / s**1.5, _A / math.sqrt(s)
-
-
-def ground_resolution(georef: Georeference | None) -> tuple[float, float] | None:
-    """Metres on the ground per pixel ``(along a row, down a column)`` at the image's centre.
-
-    The distance between the centre pixel's two edges along each pixel axis,
-    on the WGS84 ellipsoid: right for projected CRSs (including Web Mercator,
-    whose nominal metres shrink by the cosine of the latitude), for geographic
-    ones in degrees, for rotated or sheared transforms and non-square pixels.
-
-    Returns:
-        None where the raster has no usable georeference: no CRS, a CRS PROJ
-        cannot place on the Earth (e.g. ``LOCAL_CS``), a non-finite or
-        degenerate transform, or pixels outside :data:`GSD_LIMITS_M`.
-    """
-    if georef is None or not georef.crs:
-        return None
-    a, b, c, d, e, f = georef.transform
-    if not all(math.isfinite(v) for v in (a, b, c, d, e, f)) or a * e - b * d == 0:
-        return None
-    col, row = georef.width / 2, georef.height / 2
-
-    def at(dx: float, dy: float) -> tuple[float, float]:
-        x, y = col + dx, row + dy
-        return a * x + b * y + c, d * x + e * y + f
-
-    points = [at(-0.5, 0), at(0.5, 0), at(0, -0.5), at(0, 0.5)]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            crs = CRS.from_user_input(georef.crs)
-            lons, lats = warp_transform(
-                crs, CRS.from_epsg(4326), [p[0] for p in points], [p[1] for p in points]
-            )
-    except Exception:  # PROJ and GDAL raise many kinds (CPLE_*, CRSError)
-        # Whatever PROJ cannot place on the Earth is, for resampling, no georeference.
-        return None
-    if not all(math.isfinite(v) for v in (*lons, *lats)) or max(abs(v) for v in lats) > 90:
-        return None
-    meridian, parallel = _metres_per_radian(math.radians(sum(lats) / 4))
-    cos_lat = math.cos(math.radians(sum(lats) / 4))
-
-    def distance(i: int, j: int) -> float:
-        dlon = (lons[j] - lons[i] + 180.0) % 360.0 - 180.0  # across the antimeridian
-        east = math.radians(dlon) * parallel * cos_lat
-        north = math.radians(lats[j] - lats[i]) * meridian
-        return math.hypot(east, north)
-
-    gx, gy = distance(0, 1), distance(2, 3)
-    low, high = GSD_LIMITS_M
-    if not (low <= gx <= high and low <= gy <= high):
-        return None
-    return gx, gy
-
-
-def axis_kernel(n_in: int, n_out: int, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """Source indices and weights that resample one axis of ``n_in`` pixels to ``n_out``.
-
-    Pixel ``j`` of the output covers ``[j, j + 1) * n_in / n_out`` of the input.
-    ``bilinear`` samples the input at the output pixel's centre (half-pixel
-    centres, clamped at the edges, as ``Resize``); ``average`` weighs every input
-    pixel by how much of the output pixel it covers (bilinear where the axis
-    grows).
-
-    Returns:
-        ``(n_out, K)`` intp indices and ``(n_out, K)`` float32 weights summing to 1.
-    """
-    scale = n_in / n_out
-    if method == "bilinear" or scale <= 1:
-        pos = np.clip((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0, n_in - 1)
-        low = np.floor(pos).astype(np.intp)
-        high = np.minimum(low + 1, n_in - 1)
-        frac = pos - low
-        return np.stack([low, high], axis=1), np.stack([1 - frac, frac], axis=1).astype(np.float32)
-    start = np.arange(n_out, dtype=np.float64) * scale
-    stop = start + scale
-    k = math.ceil(scale) + 1
-    idx = np.floor(start).astype(np.intp)[:, None] + np.arange(k)[None]
-    cover = np.minimum(idx + 1, stop[:, None]) - np.maximum(idx, start[:, None])
-    weights = (np.clip(cover, 0, None) / scale).astype(np.float32)
-    return np.minimum(idx, n_in - 1), weights
-
-
-def _apply(array: np.ndarray, idx: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
-    """Resample ``array`` along ``axis`` with an :func:`axis_kernel`; float32 out."""
-    shape = [1] * array.ndim
-    shape[axis] = idx.shape[0]
-    out: np.ndarray | None = None
-    for k in range(idx.shape[1]):
-        w = weights[:, k].reshape(shape)
-        # take() returns a new array: scale it in place rather than allocate again.
-        term = np.take(array, idx[:, k], axis=axis).astype(np.float32, copy=False)
-        np.multiply(term, w, out=term)
-        if out is None:
-            out = term
-        else:
-            out += term
-    assert out is not None
-    return out
-
-
-Kernel = tuple[np.ndarray, np.ndarray]
-
-
-def resample_masked(
-    values: np.ndarray, valid: np.ndarray | None, rows: Kernel, cols: Kernel
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resample ``(C, H, W)`` values with only valid pixels in each weighted sum.
-
-    Args:
-        values: ``(C, H, W)`` any numeric dtype.
-        valid: ``(H, W)`` bool, or None where every pixel is valid.
-        rows: :func:`axis_kernel` of the rows; cols: of the columns.
-
-    Returns:
-        ``(C, h, w)`` float32 (NaN where no valid pixel contributed) and the
-        ``(h, w)`` float32 fraction of each output's weight that was valid
-        (None when ``valid`` is None).
-    """
-    if valid is None:
-        return _apply(_apply(values, *rows, axis=1), *cols, axis=2), None
-    masked = np.where(valid[None], values, 0).astype(np.float32, copy=False)
-    total = _apply(_apply(masked, *rows, axis=1), *cols, axis=2)
-    weight = _apply(_apply(valid.astype(np.float32), *rows, axis=0), *cols, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(weight > 1e-6, total / np.where(weight > 1e-6, weight, 1), np.nan)
-    return out.astype(np.float32, copy=False), weight
-
-
-def _finite_mask(values: np.ndarray) -> np.ndarray | None:
-    if values.dtype.kind != "f":
-        return None
-    finite = np.isfinite(values).all(axis=0)
-    return None if finite.all() else finite
 
 
 @dataclass(frozen=True)
@@ -261,7 +114,7 @@ class Resampling:
         A model pixel is valid where at least half of its weight came from
         valid input pixels; NaN counts as no data.
         """
-        finite = _finite_mask(data)
+        finite = finite_mask(data)
         if finite is not None:
             valid = finite if valid is None else valid & finite
         rows, cols = self._forward()
@@ -272,7 +125,7 @@ class Resampling:
         """``(L, h, w)`` outputs on the model's grid, bilinearly on the input's; NaN aware."""
         rows = axis_kernel(self.model_height, self.height, "bilinear")
         cols = axis_kernel(self.model_width, self.width, "bilinear")
-        out, _ = resample_masked(np.nan_to_num(values), _finite_mask(values), rows, cols)
+        out, _ = resample_masked(np.nan_to_num(values), finite_mask(values), rows, cols)
         return out
 
     def outputs_to_input(
@@ -409,7 +262,7 @@ class ModelGridSource:
             valid = None if self.all_valid else self.dataset.dataset_mask(window=window) > 0
         except RasterioError:
             raise InvalidRaster(UNREADABLE) from None
-        finite = _finite_mask(data)
+        finite = finite_mask(data)
         if finite is not None:
             valid = finite if valid is None else valid & finite
         out, weight = resample_masked(data, valid, (ridx - top, rw), (cidx - left, cw))
@@ -450,7 +303,7 @@ class RowsBack:
             return []
         idx, weights = self.rows[0][self._next : stop] - self._top, self.rows[1][self._next : stop]
         part = self._buffer
-        out, _ = resample_masked(np.nan_to_num(part), _finite_mask(part), (idx, weights), self.cols)
+        out, _ = resample_masked(np.nan_to_num(part), finite_mask(part), (idx, weights), self.cols)
         first_out, self._next = self._next, stop
         if stop < self.height:
             keep = int(self.rows[0][stop:, 0].min()) - self._top

@@ -21,7 +21,7 @@ from service.jobs.record import JobRecord
 from service.jobs.store import JobStore
 from service.pipeline.layers import served_values
 from service.raster.cog import read_band
-from service.raster.decode import HARDENED_GDAL
+from service.raster.gdal_env import HARDENED_GDAL
 
 MAX_SIDE = 1024
 # Kinds whose values are probabilities: shown on a fixed 0-1 scale, not stretched.

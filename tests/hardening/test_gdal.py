@@ -16,7 +16,7 @@ import sys, warnings
 warnings.simplefilter("ignore")
 from rasterio.io import MemoryFile
 import rasterio
-from service.raster.decode import HARDENED_GDAL, disable_risky_drivers
+from service.raster.gdal_env import HARDENED_GDAL, disable_risky_drivers
 if sys.argv[1] == "hardened":
     disable_risky_drivers()
 with rasterio.Env():  # something else in the process touched GDAL first

@@ -15,7 +15,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from service.raster.cog import RasterSink, overview_factors, read_band
-from service.raster.decode import Georeference
+from service.raster.georef import Georeference
 
 GEOREF = Georeference(
     crs=rasterio.crs.CRS.from_epsg(32631).to_wkt(),

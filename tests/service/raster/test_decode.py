@@ -83,7 +83,7 @@ def test_huge_declared_size_is_refused_before_reading() -> None:
 
 
 def test_encoded_geotiff_round_trips() -> None:
-    from service.raster.decode import Georeference
+    from service.raster.georef import Georeference
 
     georef = Georeference(
         rasterio.crs.CRS.from_epsg(32631).to_wkt(),

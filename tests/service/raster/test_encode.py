@@ -8,8 +8,8 @@ from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from service.raster.decode import Georeference
 from service.raster.encode import encode_geotiff
+from service.raster.georef import Georeference
 
 UTM = CRS.from_epsg(32631).to_wkt()
 

@@ -13,14 +13,14 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from service.errors import PayloadTooLarge
-from service.raster.decode import Georeference, RasterLimits
+from service.raster.decode import RasterLimits
+from service.raster.georef import Georeference
+from service.raster.gsd import ground_resolution
 from service.raster.resample import (
     NOT_GEOREFERENCED,
     ModelGridSource,
     RowsBack,
-    axis_kernel,
     check_grid,
-    ground_resolution,
     input_valid_rows,
     plan_resampling,
 )
@@ -37,32 +37,6 @@ LOCAL_CS = (
 
 def _utm(pixel: float, width: int = 100, height: int = 80) -> Georeference:
     return Georeference(UTM40, (pixel, 0, ORIGIN[0], 0, -pixel, ORIGIN[1]), width, height)
-
-
-def test_projected_metres_are_the_pixel_size() -> None:
-    gx, gy = ground_resolution(_utm(0.5)) or (0, 0)
-    assert gx == pytest.approx(0.5, rel=1e-3)
-    assert gy == pytest.approx(0.5, rel=1e-3)
-
-
-def test_degrees_are_metres_at_the_image_centre() -> None:
-    # 1e-5 degree pixels centred on 25 N: a degree of latitude is 110.77 km
-    # there on WGS84, a degree of longitude 111.32 km x cos(25) = 100.95 km.
-    deg = 1e-5
-    georef = Georeference(WGS84, (deg, 0, 55.0, 0, -deg, 25.0 + 50 * deg), 100, 100)
-    gx, gy = ground_resolution(georef) or (0, 0)
-    assert gx == pytest.approx(1.0095, rel=2e-3)
-    assert gy == pytest.approx(1.1077, rel=2e-3)
-    # Nearer the pole a degree of longitude is shorter: the centre counts.
-    north = Georeference(WGS84, (deg, 0, 55.0, 0, -deg, 60.0 + 50 * deg), 100, 100)
-    assert (ground_resolution(north) or (0, 0))[0] == pytest.approx(0.5583, rel=2e-3)
-
-
-def test_rotated_and_non_square_pixels() -> None:
-    rotated = Affine.translation(*ORIGIN) * Affine.rotation(30) * Affine.scale(0.5, -0.25)
-    gx, gy = ground_resolution(Georeference(UTM40, tuple(rotated)[:6], 50, 50)) or (0, 0)
-    assert gx == pytest.approx(0.5, rel=1e-3)
-    assert gy == pytest.approx(0.25, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -113,14 +87,6 @@ def test_the_model_grid_keeps_the_footprint() -> None:
     body = coarse.to_json()
     assert body["factor"] == [2.0, 2.0]
     assert body["model_grid"] == {"width": 200, "height": 160}
-
-
-def test_average_kernel_weighs_by_cover() -> None:
-    idx, w = axis_kernel(3, 2, "average")
-    dense = np.zeros((2, 3))
-    for k in range(idx.shape[1]):
-        np.add.at(dense, (np.arange(2), idx[:, k]), w[:, k])
-    np.testing.assert_allclose(dense, [[2 / 3, 1 / 3, 0], [0, 1 / 3, 2 / 3]], atol=1e-6)
 
 
 def test_to_model_averages_valid_pixels_only() -> None:
