@@ -1,0 +1,120 @@
+"""The grid loop: every tile blended once, rows flushed in order, cancel and failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from service.jobs.record import JobRecord
+from service.pipeline.scene_grid import (
+    JobCancelled,
+    SceneOptions,
+    SceneWork,
+    run_and_finish,
+    run_grid,
+)
+from service.raster.cog import RasterSink
+from service.raster.decode import RasterInfo
+from service.raster.georef import Georeference
+from service.runtime.tiling import StripBlender, Tile, TileGrid
+
+SIZE = 100
+
+
+def _work(tmp_path: Path, cancelled: bool = False) -> tuple[SceneWork, list[tuple[int, int]]]:
+    seen: list[tuple[int, int]] = []
+    wkt = CRS.from_epsg(32631).to_wkt()
+    georef = Georeference(wkt, tuple(from_origin(500_000, 4_000_000, 10, 10))[:6], SIZE, SIZE)
+
+    def sink(file: str, info: RasterInfo, descriptions: list[str], **kw: Any) -> RasterSink:
+        return RasterSink(tmp_path / file, georef, descriptions, **kw)
+
+    def check_disk(sinks: Mapping[str, RasterSink], finishing: bool) -> None:
+        pass
+
+    work = SceneWork(
+        record=JobRecord("x" * 24, {}, "raster", 0.0, 0.0),
+        served=None,  # type: ignore[arg-type]  # the loop never looks at the model
+        paths=[],
+        options=SceneOptions(),
+        progress=lambda done, total: seen.append((done, total)),
+        cancelled=lambda: cancelled,
+        timeout_s=10.0,
+        in_flight_tiles=3,
+        sink=sink,
+        check_disk=check_disk,
+    )
+    return work, seen
+
+
+def _read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+    if tile.y == 0 and tile.x == 0:
+        return None  # nothing to predict in the first tile
+    return np.full((1, tile.size, tile.size), tile.y + tile.x, np.float32), np.ones(
+        (tile.size, tile.size), bool
+    )
+
+
+async def _ones(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    await asyncio.sleep(0)
+    return np.ones((1, tile.size, tile.size), np.float32)
+
+
+def test_every_row_is_flushed_once_in_order_and_progress_counts_every_tile(
+    tmp_path: Path,
+) -> None:
+    work, seen = _work(tmp_path)
+    grid = TileGrid(SIZE, SIZE, 40, 8)
+    blender = StripBlender(grid, 1)
+    out = np.full((SIZE, SIZE), np.nan, np.float32)
+
+    def flush(first: int, block: np.ndarray) -> None:
+        assert np.isnan(out[first : first + block.shape[1]]).all()  # each row once
+        out[first : first + block.shape[1]] = block[0]
+
+    asyncio.run(run_grid(work, grid, blender, _read, _ones, flush, {}))
+    assert seen == [(i, len(grid)) for i in range(1, len(grid) + 1)]
+    # Blending ones gives ones; where only the skipped tile reached, no data.
+    assert np.isnan(out[:20, :20]).all()
+    assert np.allclose(out[40:], 1.0)
+    assert np.allclose(out[:, 40:], 1.0)
+
+
+def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
+    work, seen = _work(tmp_path, cancelled=True)
+    grid = TileGrid(SIZE, SIZE, 40, 8)
+    with pytest.raises(JobCancelled):
+        asyncio.run(run_grid(work, grid, StripBlender(grid, 1), _read, _ones, lambda *a: None, {}))
+    assert seen == []
+
+
+def test_a_failing_tile_drops_the_unfinished_outputs(tmp_path: Path) -> None:
+    work, _ = _work(tmp_path)
+    grid = TileGrid(SIZE, SIZE, 40, 8)
+    sinks = {"prediction": work.sink("prediction.tif", None, ["p"])}  # type: ignore[arg-type]
+
+    async def broken(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(
+            run_and_finish(
+                work,
+                grid,
+                StripBlender(grid, 1),
+                _read,
+                broken,
+                lambda first, block: sinks["prediction"].write(first, block),
+                sinks,
+                lambda: [s.finish() for s in sinks.values()],
+            )
+        )
+    assert not (tmp_path / "prediction.tif").exists()
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,69 @@
+"""Reading a scene window by window: validity, padded tiles and band means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import InvalidRaster
+from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
+from service.raster.decode import describe
+from service.runtime.tiling import TileGrid
+from tests.helpers.geotiff import noise, write_geotiff
+
+
+def _masked(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    data = noise(size=96)
+    mask = np.full((96, 96), 255, np.uint8)
+    mask[:, :32] = 0  # the left third has no data
+    path = tmp_path / "masked.tif"
+    write_geotiff(path, data, mask=mask)
+    return path, data, mask > 0
+
+
+def test_a_file_without_mask_is_valid_everywhere_and_one_with_is_not(tmp_path: Path) -> None:
+    plain = write_geotiff(tmp_path / "plain.tif", noise(size=32))
+    assert isinstance(plain, Path)
+    masked, _, _ = _masked(tmp_path)
+    with open_scene(plain) as ds:
+        assert all_valid(ds)
+    with open_scene(masked) as ds:
+        assert not all_valid(ds)
+
+
+def test_a_file_that_is_no_geotiff_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.tif"
+    path.write_bytes(b"not a tiff at all")
+    with pytest.raises(InvalidRaster), open_scene(path):
+        pass
+
+
+def test_tiles_come_padded_to_their_size_and_skipped_where_nothing_is_valid(
+    tmp_path: Path,
+) -> None:
+    path, data, _valid = _masked(tmp_path)
+    grid = TileGrid(96, 96, 32, 0)
+    with open_scene(path) as ds:
+        info = describe(ds)
+        tiles = list(grid.row_tiles(0))
+        assert read_tile(ds, tiles[0], info, False) is None  # all in the masked third
+        got = read_tile(ds, tiles[1], info, False)
+        assert got is not None
+        values, tile_valid = got
+        assert values.shape == (3, 32, 32)
+        assert values.dtype == np.float32
+        np.testing.assert_array_equal(values, data[:, :32, 32:64])
+        assert tile_valid.all()
+        # Told the file is valid everywhere, the mask is not read at all.
+        unmasked = read_tile(ds, tiles[0], info, True, pad=False)
+        assert unmasked is not None
+        assert unmasked[1].all()
+
+
+def test_band_means_count_only_valid_pixels(tmp_path: Path) -> None:
+    path, data, valid = _masked(tmp_path)
+    with open_scene(path) as ds:
+        means = scene_band_mean(ds, describe(ds), all_valid(ds))
+    np.testing.assert_allclose(means, data[:, valid].mean(axis=1), rtol=1e-5)
