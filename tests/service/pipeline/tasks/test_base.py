@@ -27,7 +27,7 @@ def test_an_output_layer_carries_its_spec_shape_and_statistics() -> None:
 
 def test_a_coarse_map_keeps_the_shape_and_statistics_it_is_given() -> None:
     spec = OutputSpec(name="gate", role="attention", kind="spatial", shape=["b", 1, "h", "w"])
-    stats = {"min": 0.2, "max": 0.2, "mean": 0.2, "valid_fraction": 1.0}
+    stats: dict[str, float | None] = {"min": 0.2, "max": 0.2, "mean": 0.2, "valid_fraction": 1.0}
     entry = output_layer(spec, np.zeros((2, 2), np.float32), (8, 8), stats, stride=4)
     assert entry["shape"] == [8, 8]
     assert entry["statistics"] == stats
