@@ -35,3 +35,21 @@ def test_message_and_detail_are_kept_apart() -> None:
     assert busy.retry_after_s == 2.5
     assert busy.detail == {"queue": "footprints"}
     assert e.Overloaded("queue full").retry_after_s == 1.0
+
+
+def test_a_code_is_its_class_name_in_snake_case() -> None:
+    assert e.NotFound.code == "not_found"
+    assert e.UnsupportedMediaType.code == "unsupported_media_type"
+    assert e.InvalidRaster("x").code == "invalid_raster"
+
+    class QuotaSpent(e.Overloaded):
+        """A refinement defined elsewhere: it reports its base's code."""
+
+    class Gone(e.NotFound):
+        """A refinement that names its own code."""
+
+        code = "gone_for_good"
+
+    assert QuotaSpent.code == "overloaded"
+    assert Gone.code == "gone_for_good"
+    assert e.AttnserveError.code == "error"
