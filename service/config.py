@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models" / "shipped"
@@ -15,16 +15,18 @@ KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 class CudaSettings(BaseModel):
     """Options handed to ONNX Runtime's CUDA execution provider."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     device_id: int = Field(0, ge=0)
-    gpu_mem_limit_mb: int | None = Field(None, gt=0, description="arena limit; none = no limit")
+    gpu_mem_limit_mb: int | None = Field(None, gt=0)
+    """Arena limit; none = no limit."""
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kNextPowerOfTwo"
     io_binding: bool = True
-    cuda_graph: bool = Field(
-        False,
-        description="capture CUDA graphs at warm-up for each warm-up batch size and replay "
-        "them; batches are padded up to the next warm-up batch size",
-    )
+    cuda_graph: bool = False
+    """Capture CUDA graphs at warm-up for each warm-up batch size and replay them; batches are
+    padded up to the next warm-up batch size.
+    """
 
 
 class BatchingSettings(BaseModel):
@@ -34,9 +36,8 @@ class BatchingSettings(BaseModel):
     series (parcels or pixels) for temporal models.
     """
 
-    # 4 by default: on CPU a larger batch adds memory (a scene job's 640-pixel
-    # tiles at batch 8 push the server past 2.4 GB) but no throughput; GPU
-    # deployments raise it (the Helm chart sets 8).
+    # 4 by default: on CPU a larger batch adds memory (scene tiles above all) but
+    # no throughput; GPU deployments raise it.
     max_batch_size: int = Field(4, ge=1, le=65536)
     max_queue_delay_ms: float = Field(5.0, ge=0, le=10_000)
     max_queue_size: int = Field(64, ge=1, le=100_000)
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="ignore",
         protected_namespaces=(),
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
@@ -57,54 +59,43 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     model_dir: Path = SHIPPED_MODELS
-    providers: list[str] = Field(
-        default_factory=lambda: list(KNOWN_PROVIDERS),
-        description="ONNX Runtime execution providers, in order of preference",
-    )
-    require_cuda: bool = Field(False, description="not ready unless CUDA is active")
+    providers: list[str] = Field(default_factory=lambda: list(KNOWN_PROVIDERS))
+    """ONNX Runtime execution providers, in order of preference."""
+    require_cuda: bool = False
+    """Not ready unless CUDA is active."""
     cuda: CudaSettings = Field(default_factory=CudaSettings)
-    intra_op_threads: int = Field(0, ge=0, description="0 = ONNX Runtime's default")
-    cpu_instances: int = Field(
-        0,
-        ge=0,
-        le=64,
-        description="on CPU, sessions per model that run batches side by side while requests "
-        "queue, each with its share of the cores; a request alone still runs on one session "
-        "with every core. Each instance holds its own working memory. 0: 2 where the server "
-        "has 2 or more cores, else 1",
-    )
-    malloc_arena_max: int = Field(
-        2,
-        ge=0,
-        description="most glibc malloc arenas (like MALLOC_ARENA_MAX); fewer arenas hold less "
-        "freed memory across threads; 0 leaves glibc's default (8 per core)",
-    )
-    gc_freeze: bool = Field(
-        True,
-        description="once models are loaded, exempt every object alive then from Python's "
-        "garbage collections (gc.freeze): shorter collection pauses under load",
-    )
-    gc_threshold: tuple[int, int, int] = Field(
-        (50_000, 20, 100),
-        description="Python's garbage collection thresholds per generation, set once models "
-        "are loaded: fewer collections under load ([700, 10, 10] is Python's own)",
-    )
-    memory_pattern: bool = Field(
-        True,
-        description="ONNX Runtime plans one memory block per run (its default); off lowers "
-        "peak memory of large batches (e.g. scene tiles) at some speed",
-    )
-    intra_op_spinning: bool = Field(
-        False,
-        description="operator threads spin-wait for work (ONNX Runtime's default) instead of "
-        "sleeping; spinning steals whole cores from the rest of the server on small CPUs",
-    )
+    intra_op_threads: int = Field(0, ge=0)
+    """0 = ONNX Runtime's default."""
+    cpu_instances: int = Field(0, ge=0, le=64)
+    """On CPU, sessions per model that run batches side by side while requests queue, each with its
+    share of the cores; a request alone still runs on one session with every core. Each instance
+    holds its own working memory. 0: 2 where the server has 2 or more cores, else 1.
+    """
+    malloc_arena_max: int = Field(2, ge=0)
+    """Most glibc malloc arenas (like MALLOC_ARENA_MAX); fewer arenas hold less freed memory across
+    threads; 0 leaves glibc's default (8 per core).
+    """
+    gc_freeze: bool = True
+    """Once models are loaded, exempt every object alive then from Python's garbage collections
+    (gc.freeze): shorter collection pauses under load.
+    """
+    gc_threshold: tuple[int, int, int] = (50_000, 20, 100)
+    """Python's garbage collection thresholds per generation, set once models are loaded: fewer
+    collections under load ([700, 10, 10] is Python's own).
+    """
+    memory_pattern: bool = True
+    """ONNX Runtime plans one memory block per run (its default); off lowers peak memory of large
+    batches (e.g. scene tiles) at some speed.
+    """
+    intra_op_spinning: bool = False
+    """Operator threads spin-wait for work (ONNX Runtime's default) instead of sleeping; spinning
+    steals whole cores from the rest of the server on small CPUs.
+    """
     warmup: bool = True
-    warmup_batch_sizes: list[int] = Field(
-        default_factory=lambda: [1],
-        description="batch sizes run at warm-up; with CUDA graphs, the buckets batches are "
-        "padded to (e.g. [1,2,4,8])",
-    )
+    warmup_batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    """Batch sizes run at warm-up; with CUDA graphs, the buckets batches are padded to (e.g.
+    [1,2,4,8]).
+    """
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     series_batching: BatchingSettings = Field(
@@ -116,157 +107,114 @@ class Settings(BaseSettings):
 
     job_dir: Path = Path("var/jobs")
     job_ttl_s: float = Field(24 * 3600.0, gt=0)
-    job_fsync: bool = Field(
-        True,
-        description="fsync each job's files before it becomes visible; off trades durability "
-        "across a power loss for less write latency per request",
-    )
-    job_write_behind: bool = Field(
-        False,
-        description="answer synchronous predictions before their job is on disk (this process "
-        "serves it from memory meanwhile, other replicas wait for it up to "
-        "job_write_behind_wait_s); a crash before then loses it",
-    )
-    job_write_behind_wait_s: float = Field(
-        2.0,
-        ge=0,
-        le=30,
-        description="with write-behind on: a request for a job made less than this long ago "
-        "that is not on disk yet waits up to this long for it (another replica may still "
-        "be writing it) before its 404",
-    )
+    job_fsync: bool = True
+    """Fsync each job's files before it becomes visible; off trades durability across a power loss
+    for less write latency per request.
+    """
+    job_write_behind: bool = False
+    """Answer synchronous predictions before their job is on disk (this process serves it from
+    memory meanwhile, other replicas wait for it up to job_write_behind_wait_s); a crash before
+    then loses it.
+    """
+    job_write_behind_wait_s: float = Field(2.0, ge=0, le=30)
+    """With write-behind on: a request for a job made less than this long ago that is not on disk
+    yet waits up to this long for it (another replica may still be writing it) before its 404.
+    """
     job_cleanup_interval_s: float = Field(300.0, gt=0)
-    job_min_free_mb: float = Field(
-        1024.0,
-        ge=0,
-        description="keep this much space free on the job volume: the oldest finished jobs "
-        "are deleted before their TTL to make room for new ones (0 = never)",
-    )
-    job_max_mb: float = Field(
-        0.0,
-        ge=0,
-        description="most space this server's jobs may take; the oldest finished jobs are "
-        "deleted before their TTL beyond it (0 = no cap). For volumes whose limit the "
-        "filesystem does not show, such as an emptyDir with a sizeLimit",
-    )
+    job_min_free_mb: float = Field(1024.0, ge=0)
+    """Keep this much space free on the job volume: the oldest finished jobs are deleted before
+    their TTL to make room for new ones (0 = never).
+    """
+    job_max_mb: float = Field(0.0, ge=0)
+    """Most space this server's jobs may take; the oldest finished jobs are deleted before their TTL
+    beyond it (0 = no cap). For volumes whose limit the filesystem does not show, such as an
+    emptyDir with a sizeLimit.
+    """
 
     max_upload_mb: float = Field(256.0, gt=0)
-    max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64, description="largest synchronous image")
-    max_sync_series_pixels: int = Field(
-        512 * 512, ge=1, description="largest synchronous dated raster stack, in pixels"
-    )
+    max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64)
+    """Largest synchronous image."""
+    max_sync_series_pixels: int = Field(512 * 512, ge=1)
+    """Largest synchronous dated raster stack, in pixels."""
     max_json_mb: float = Field(16.0, gt=0)
-    max_scene_pixels: int = Field(
-        30_000 * 30_000, ge=64 * 64, description="largest scene processed as a tiled job"
-    )
-    scene_workers: int = Field(1, ge=1, le=16, description="scene jobs run at the same time")
+    max_scene_pixels: int = Field(30_000 * 30_000, ge=64 * 64)
+    """Largest scene processed as a tiled job."""
+    scene_workers: int = Field(1, ge=1, le=16)
+    """Scene jobs run at the same time."""
     max_queued_jobs: int = Field(100, ge=1)
-    job_max_resumes: int = Field(
-        2,
-        ge=0,
-        le=100,
-        description="times a scene job that was running when the server stopped or died is "
-        "run again on start; after that it is failed with the reason",
-    )
-    scene_max_temp_mb: float = Field(
-        0.0,
-        ge=0,
-        description="most disk one scene job's unfinished outputs may take; past it the job "
-        "fails with the reason (0: no cap, but the job volume keeps job_min_free_mb free)",
-    )
-    footprints_max_features: int = Field(
-        50_000, ge=1, description="most polygons in one footprints answer (422 past it)"
-    )
-    footprints_timeout_s: float = Field(
-        30.0, gt=0, le=3600, description="longest one footprints extraction may take (422)"
-    )
-    footprints_cache_mb: float = Field(
-        64.0, ge=0, description="memory for footprints answers kept per job and parameters"
-    )
-    footprints_workers: int = Field(
-        2,
-        ge=1,
-        le=16,
-        description="footprints extractions run at the same time, each a process on one core",
-    )
-    footprints_max_waiting: int = Field(
-        8, ge=0, description="footprints extractions waiting for a worker; more get 503"
-    )
+    job_max_resumes: int = Field(2, ge=0, le=100)
+    """Times a scene job that was running when the server stopped or died is run again on start;
+    after that it is failed with the reason.
+    """
+    scene_max_temp_mb: float = Field(0.0, ge=0)
+    """Most disk one scene job's unfinished outputs may take; past it the job fails with the reason
+    (0: no cap, but the job volume keeps job_min_free_mb free).
+    """
+    footprints_max_features: int = Field(50_000, ge=1)
+    """Most polygons in one footprints answer (422 past it)."""
+    footprints_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Longest one footprints extraction may take (422)."""
+    footprints_cache_mb: float = Field(64.0, ge=0)
+    """Memory for footprints answers kept per job and parameters."""
+    footprints_workers: int = Field(2, ge=1, le=16)
+    """Footprints extractions run at the same time, each a process on one core."""
+    footprints_max_waiting: int = Field(8, ge=0)
+    """Footprints extractions waiting for a worker; more get 503."""
     scene_tiles_in_flight: int = Field(16, ge=1, le=1024)
     max_bands: int = Field(512, ge=1)
-    resample_tolerance: float = Field(
-        1.25,
-        ge=1.0,
-        description="an input whose ground resolution differs from a model's gsd_m by more "
-        "than this factor is resampled to the model's resolution (and outputs back)",
-    )
-    resample_max_factor: float = Field(
-        8.0,
-        ge=1.0,
-        description="an input further than this factor from a model's gsd_m runs as sent, "
-        "with a warning in the answer, instead of being resampled",
-    )
+    resample_tolerance: float = Field(1.25, ge=1.0)
+    """An input whose ground resolution differs from a model's gsd_m by more than this factor is
+    resampled to the model's resolution (and outputs back).
+    """
+    resample_max_factor: float = Field(8.0, ge=1.0)
+    """An input further than this factor from a model's gsd_m runs as sent, with a warning in the
+    answer, instead of being resampled.
+    """
     max_dates: int = Field(366, ge=1)
-    max_json_items: int = Field(10_000, ge=1, description="parcels in one JSON request")
-    memory_budget_mb: float = Field(
-        2048.0,
-        gt=0,
-        description="memory that requests and scene jobs in flight may hold together "
-        "(decoded pixels, model activations, outputs), reserved before anything is "
-        "decoded; a request waits for room, then gets 503",
-    )
-    request_memory_mb: float = Field(
-        1536.0,
-        gt=0,
-        description="most memory one request or scene job may hold: a larger upload runs "
-        "as a scene job, a larger /v2 tensor or scene tile is refused with 413",
-    )
+    max_json_items: int = Field(10_000, ge=1)
+    """Parcels in one JSON request."""
+    memory_budget_mb: float = Field(2048.0, gt=0)
+    """Memory that requests and scene jobs in flight may hold together (decoded pixels, model
+    activations, outputs), reserved before anything is decoded; a request waits for room, then
+    gets 503.
+    """
+    request_memory_mb: float = Field(1536.0, gt=0)
+    """Most memory one request or scene job may hold: a larger upload runs as a scene job, a larger
+    /v2 tensor or scene tile is refused with 413.
+    """
 
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="accepted Bearer API keys; empty = no auth"
-    )
-    api_keys_file: Path | None = Field(
-        None, description="file with one API key per line (e.g. a mounted secret)"
-    )
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Accepted Bearer API keys; empty = no auth."""
+    api_keys_file: Path | None = None
+    """File with one API key per line (e.g. a mounted secret)."""
 
     docs_enabled: bool = True
     shutdown_grace_s: float = Field(30.0, ge=0)
-    drain_delay_s: float = Field(
-        0.0,
-        ge=0,
-        le=300,
-        description="after SIGTERM, seconds to keep answering (readyz 503, new work 503) "
-        "before refusing connections, so load balancers notice first",
-    )
-    max_concurrent_requests: int = Field(
-        64, ge=0, description="in-flight requests (probes and metrics aside); 0 = no limit"
-    )
-    body_read_timeout_s: float = Field(
-        30.0, gt=0, le=3600, description="longest wait for the next chunk of a request body (408)"
-    )
-    keep_alive_s: int = Field(5, ge=1, le=300, description="idle keep-alive connection timeout")
-    request_head_timeout_s: float = Field(
-        10.0, gt=0, le=600, description="longest a client may take to send a request's headers"
-    )
-    body_min_rate_bps: float = Field(
-        1024.0,
-        ge=0,
-        description="slowest a request body may arrive, in bytes/s over each window of "
-        "body_rate_window_s (the first window is the grace period); slower gets 408. 0: off",
-    )
+    drain_delay_s: float = Field(0.0, ge=0, le=300)
+    """After SIGTERM, seconds to keep answering (readyz 503, new work 503) before refusing
+    connections, so load balancers notice first.
+    """
+    max_concurrent_requests: int = Field(64, ge=0)
+    """In-flight requests (probes and metrics aside); 0 = no limit."""
+    body_read_timeout_s: float = Field(30.0, gt=0, le=3600)
+    """Longest wait for the next chunk of a request body (408)."""
+    keep_alive_s: int = Field(5, ge=1, le=300)
+    """Idle keep-alive connection timeout."""
+    request_head_timeout_s: float = Field(10.0, gt=0, le=600)
+    """Longest a client may take to send a request's headers."""
+    body_min_rate_bps: float = Field(1024.0, ge=0)
+    """Slowest a request body may arrive, in bytes/s over each window of body_rate_window_s (the
+    first window is the grace period); slower gets 408. 0: off.
+    """
     body_rate_window_s: float = Field(10.0, gt=0, le=600)
-    max_concurrent_uploads: int = Field(
-        256,
-        ge=0,
-        description="request bodies being received at once (they hold no request slot "
-        "meanwhile); more get 503. 0 = no limit",
-    )
-    max_uploads_per_ip: int = Field(
-        128, ge=0, description="bodies being received at once from one client address (429)"
-    )
-    max_uploads_per_key: int = Field(
-        128, ge=0, description="bodies being received at once with one API key (429)"
-    )
+    max_concurrent_uploads: int = Field(256, ge=0)
+    """Request bodies being received at once (they hold no request slot meanwhile); more get 503. 0
+    = no limit.
+    """
+    max_uploads_per_ip: int = Field(128, ge=0)
+    """Bodies being received at once from one client address (429)."""
+    max_uploads_per_key: int = Field(128, ge=0)
+    """Bodies being received at once with one API key (429)."""
 
     @field_validator("providers")
     @classmethod
