@@ -9,8 +9,9 @@ connections from this origin only, no inline code, no framing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query
 from starlette.responses import Response
@@ -48,6 +49,14 @@ _JOB_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter(prefix="/viewer", tags=["viewer"])
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Response]])
+
+
+def _png_route(
+    path: str, summary: str, errors: dict[int | str, dict[str, Any]]
+) -> Callable[[Handler], Handler]:
+    """A GET route answering a PNG preview, documented with its errors."""
+    return router.get(path, summary=summary, response_class=Response, responses={**_PNG, **errors})
 
 
 def _page(name: str) -> Response:
@@ -83,12 +92,10 @@ async def job_page(job_id: str) -> Response:
     return _page("job.html")
 
 
-@router.get(
+@_png_route(
     "/{job_id}/layers/{name}.png",
-    summary="Viewer: a raster layer as a grey PNG",
-    response_class=Response,
-    responses={
-        **_PNG,
+    "Viewer: a raster layer as a grey PNG",
+    {
         **_JOB_ERRORS,
         422: _error(422, "invalid_input", "band: Input should be greater than or equal to 0"),
     },
@@ -119,14 +126,10 @@ async def layer_png(
     return Response(data, media_type="image/png", headers=headers)
 
 
-@router.get(
+@_png_route(
     "/{job_id}/input.png",
-    summary="Viewer: the job's input image",
-    response_class=Response,
-    responses={
-        **_PNG,
-        404: _error(404, "not_found", "this job kept no input image to preview"),
-    },
+    "Viewer: the job's input image",
+    {404: _error(404, "not_found", "this job kept no input image to preview")},
 )
 async def input_preview(job: Job, state: State) -> Response:
     """An RGB preview of the uploaded image (for jobs that keep their input)."""
