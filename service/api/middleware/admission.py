@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +14,7 @@ from service.api.errors import error_response
 from service.api.middleware.auth import bearer
 
 
+@dataclass(eq=False)
 class Admission:
     """Refuses new work with 503 while draining or when too many requests are in flight.
 
@@ -26,25 +29,17 @@ class Admission:
     app's state (set by the lifespan, and by the signal handler on SIGTERM).
     """
 
-    EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+    EXEMPT_PATHS: ClassVar[frozenset[str]] = frozenset({"/healthz", "/readyz", "/metrics"})
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_in_flight: int,
-        max_uploads: int = 0,
-        max_uploads_per_ip: int = 0,
-        max_uploads_per_key: int = 0,
-    ) -> None:
-        self.app = app
-        self.max_in_flight = max_in_flight
-        self.max_uploads = max_uploads
-        self.max_uploads_per_ip = max_uploads_per_ip
-        self.max_uploads_per_key = max_uploads_per_key
-        self.in_flight = 0
-        self.uploads = 0
-        self._per_ip: collections.Counter[str] = collections.Counter()
-        self._per_key: collections.Counter[str] = collections.Counter()
+    app: ASGIApp
+    max_in_flight: int
+    max_uploads: int = 0
+    max_uploads_per_ip: int = 0
+    max_uploads_per_key: int = 0
+    in_flight: int = field(default=0, init=False)
+    uploads: int = field(default=0, init=False)
+    _per_ip: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
+    _per_key: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT_PATHS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +18,12 @@ class BodyRefused(Exception):
 _JSON_TYPES = (b"application/json",)
 
 
+def _refusal(status: int, code: str, message: str) -> Response:
+    """An error answer that closes the connection: the rest of the body is never read."""
+    return error_response(status, code, message, headers={"Connection": "close"})
+
+
+@dataclass(eq=False)
 class BodyLimit:
     """Refuses bodies over their limit (413) and bodies that stall or trickle (408).
 
@@ -30,28 +37,18 @@ class BodyLimit:
     may have turned the error into a 422) is replaced by the refusal.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_bytes: int,
-        max_json_bytes: int | None = None,
-        read_timeout_s: float | None = None,
-        max_head_bytes: int = 64 * 1024,
-        min_rate_bps: float = 0.0,
-        rate_window_s: float = 10.0,
-    ) -> None:
-        self.app = app
-        self.min_rate_bps = min_rate_bps
-        self.rate_window_s = rate_window_s
-        self.max_bytes = max_bytes
-        self.max_head_bytes = max_head_bytes
-        self.max_json_bytes = max_json_bytes or max_bytes
-        self.read_timeout_s = read_timeout_s
+    app: ASGIApp
+    max_bytes: int
+    max_json_bytes: int | None = None
+    read_timeout_s: float | None = None
+    max_head_bytes: int = 64 * 1024
+    min_rate_bps: float = 0.0
+    rate_window_s: float = 10.0
 
     def _limit_for(self, scope: Scope) -> int:
         for name, value in scope["headers"]:
             if name == b"content-type" and value.split(b";")[0].strip().lower() in _JSON_TYPES:
-                return min(self.max_bytes, self.max_json_bytes)
+                return min(self.max_bytes, self.max_json_bytes or self.max_bytes)
         return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -63,11 +60,10 @@ class BodyLimit:
         if head > self.max_head_bytes:
             # The HTTP parser's own bound is looser and depends on how the bytes
             # arrived; this one is exact.
-            await error_response(
+            await _refusal(
                 431,
                 "request_header_fields_too_large",
                 f"request line and headers are over the {self.max_head_bytes // 1024} KiB limit",
-                headers={"Connection": "close"},
             )(scope, receive, send)
             return
         limit = self._limit_for(scope)
@@ -165,26 +161,16 @@ class BodyLimit:
                 await refusal(scope, receive, send)
 
     def _too_large(self, limit: int) -> Response:
-        return error_response(
-            413,
-            "payload_too_large",
-            f"request body is over the {limit / 2**20:g} MB limit",
-            headers={"Connection": "close"},
-        )
+        message = f"request body is over the {limit / 2**20:g} MB limit"
+        return _refusal(413, "payload_too_large", message)
 
     def _trickling(self) -> Response:
-        return error_response(
-            408,
-            "request_timeout",
+        message = (
             f"the request body is arriving too slowly: under {self.min_rate_bps:g} bytes/s "
-            f"over {self.rate_window_s:g} s",
-            headers={"Connection": "close"},
+            f"over {self.rate_window_s:g} s"
         )
+        return _refusal(408, "request_timeout", message)
 
     def _too_slow(self) -> Response:
-        return error_response(
-            408,
-            "request_timeout",
-            f"the request body stalled: no data for {self.read_timeout_s:g} s",
-            headers={"Connection": "close"},
-        )
+        message = f"the request body stalled: no data for {self.read_timeout_s:g} s"
+        return _refusal(408, "request_timeout", message)
