@@ -59,14 +59,18 @@ def _png_route(
     return router.get(path, summary=summary, response_class=Response, responses={**_PNG, **errors})
 
 
-def _page(name: str) -> Response:
-    return Response((STATIC / name).read_bytes(), media_type="text/html", headers=HEADERS)
+def _page(body: str, title: str, page: str) -> Response:
+    """One page: the shared shell (head, stylesheet, script) around the page's body."""
+    shell = (STATIC / "page.html").read_text()
+    html = shell.replace("{title}", title).replace("{page}", page)
+    html = html.replace("{body}", (STATIC / body).read_text())
+    return Response(html, media_type="text/html", headers=HEADERS)
 
 
 @router.get("", summary="Viewer: upload form", response_class=Response)
 async def upload_page() -> Response:
     """A form to pick a model and a GeoTIFF; the job view follows."""
-    return _page("index.html")
+    return _page("index.html", "attnserve viewer", "upload")
 
 
 @router.get("/static/{name}", include_in_schema=False)
@@ -89,7 +93,7 @@ async def job_page(job_id: str) -> Response:
     The page itself holds no data (the job is fetched by its script with the
     caller's key), so an unknown id still gets the page, which then says so.
     """
-    return _page("job.html")
+    return _page("job.html", "attnserve job", "job")
 
 
 @_png_route(

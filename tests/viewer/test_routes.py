@@ -110,3 +110,20 @@ def test_input_preview_of_a_scene_job(server: LiveServer) -> None:
     while httpx.get(f"{server.url}/jobs/{job_id}").json()["state"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.5)
+
+
+def test_both_pages_share_one_shell_with_their_own_title_and_body(server: LiveServer) -> None:
+    pages = {path: httpx.get(f"{server.url}{path}").text for path in ("/viewer", "/viewer/j1")}
+    upload_page, job_page = pages["/viewer"], pages["/viewer/j1"]
+    for html in (upload_page, job_page):
+        assert html.startswith("<!doctype html>")
+        assert '<script type="module" src="/viewer/static/viewer.js"></script>' in html
+        assert '<link rel="stylesheet" href="/viewer/static/viewer.css">' in html
+        assert "{" not in html.split("<body")[0]
+        assert html.rstrip().endswith("</html>")
+    assert "<title>attnserve viewer</title>" in upload_page
+    assert '<body data-page="upload">' in upload_page
+    assert '<form id="upload">' in upload_page
+    assert "<title>attnserve job</title>" in job_page
+    assert '<body data-page="job">' in job_page
+    assert '<form id="upload">' not in job_page
