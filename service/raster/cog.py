@@ -1,9 +1,7 @@
-"""Scene outputs: tiled GeoTIFFs written block by block, then made Cloud-Optimized.
+"""Scene outputs: tiled GeoTIFFs written block by block, then made Cloud-Optimized."""
 
-Partial files are sparse: a block that holds only nodata is never written, so a
-mostly empty scene takes disk for its data only (an all-nodata 30000 x 30000
-scene used to write 18.8 GB of temporary files while finishing).
-"""
+# Partial files are sparse: a block that holds only nodata is never written, so a
+# mostly empty scene takes disk for its data only.
 
 from __future__ import annotations
 
@@ -63,12 +61,9 @@ def _build_overviews(path: str, factors: list[int], resampling: str) -> None:
 
 
 def _overviews_in_child(path: Path, factors: list[int], resampling: str) -> None:
-    """Build a file's overviews in a child process.
-
-    GDAL's overview builder holds Python's GIL while it runs (4096 x 4096, two
-    float bands: 5.5 s in which no other thread ran), which would stop the
-    server's event loop; the COG driver's copy does not.
-    """
+    """Build a file's overviews in a child process."""
+    # GDAL's overview builder holds Python's GIL for the whole build, which would
+    # stop the server's event loop for seconds; the COG driver's copy does not.
     context = multiprocessing.get_context("forkserver")
     child = context.Process(
         target=_build_overviews, args=(str(path), factors, resampling), daemon=True
@@ -209,13 +204,10 @@ class RasterSink:
         self._dst.update_tags(**tags)
 
     def finish(self) -> Path:
-        """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path.
-
-        The overviews are built in the (uncompressed) partial file first, and the
-        COG driver then copies them. Left to build them itself, the COG driver
-        took 3 to 5 times as long for the same values (4096 x 4096, 4 float
-        bands: 11.4 s against 1.5 s + 2.4 s; every overview pixel identical).
-        """
+        """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path."""
+        # The overviews are built in the (uncompressed) partial file first and the
+        # COG driver copies them: left to build them itself it takes several times
+        # as long for the same overview pixels.
         width, height = self._dst.width, self._dst.height
         with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB):
             self._dst.close()

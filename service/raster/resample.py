@@ -3,13 +3,8 @@
 A model's manifest states the metres per pixel it learned (``input.gsd_m``). An
 input whose pixels are more than a set factor finer or coarser is resampled to
 that resolution before inference, and every output is resampled back, so
-answers keep the input's CRS, transform and size.
-
-The pixel resampling is separable kernels applied with numpy rather than GDAL
-warping: a scene's tiles must be resampled exactly as the whole image would be
-(the same weights, in the image's own pixel coordinates, whichever window is
-read), outputs go back block of rows by block of rows, and nodata must stay out
-of every weighted sum. rasterio (PROJ) measures the ground resolution.
+answers keep the input's CRS, transform and size (kernels in
+:mod:`service.raster.kernels`, ground resolution in :mod:`service.raster.gsd`).
 """
 
 from __future__ import annotations
