@@ -54,6 +54,81 @@ def owner_of(api_key: str | None) -> str | None:
 
 
 @dataclass
+class Layer:
+    """One stored result of a job: an array, a band of a COG, or values kept inline.
+
+    Attributes:
+        name: the output's name (unique in the job).
+        role: ``prediction`` or ``attention``.
+        kind: what the values are (``probability``, ``class``, ``spatial``, ...).
+        shape: the layer's shape on the job's grid.
+        dtype: the stored values' dtype.
+        statistics: ``min``, ``max``, ``mean`` and ``valid_fraction``.
+        level: the decoder level of an attention gate.
+        description: what the output shows, in words.
+        bands: the input bands a per-band layer weighs.
+        stride: a coarse map's stride (kept at its own resolution).
+        classes: the class names of class and probability layers.
+        nodata: the class map's value where there is no class.
+        dates: ISO dates of per-date layers.
+        values: the values of a layer kept inline.
+        mask: the layer whose NaN masks an upsampled coarse map.
+        days: day of year of each date (for the model; not served).
+        storage: ``cog`` or ``inline``; None for an array of its own.
+        file: the COG holding the layer.
+        band: the layer's band in its COG (None: all of it).
+    """
+
+    name: str
+    role: str
+    kind: str
+    shape: list[int]
+    dtype: str
+    statistics: dict[str, float | None] | None = None
+    level: int | None = None
+    description: str | None = None
+    bands: list[str] | None = None
+    stride: int | None = None
+    classes: list[str] | None = None
+    nodata: int | None = None
+    dates: list[str] | None = None
+    values: list[float] | None = None
+    mask: str | None = None
+    days: list[float] | None = None
+    storage: str | None = None
+    file: str | None = None
+    band: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The layer as a job's answers show it: no storage details, nothing unset."""
+        entry: dict[str, Any] = {}
+        for name in PUBLIC_LAYER_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                entry[name] = value
+        return entry
+
+
+# What clients see of a layer, in this order; the rest says where and how it is stored.
+PUBLIC_LAYER_FIELDS = (
+    "name",
+    "role",
+    "kind",
+    "shape",
+    "dtype",
+    "statistics",
+    "level",
+    "description",
+    "bands",
+    "stride",
+    "classes",
+    "nodata",
+    "dates",
+    "values",
+)
+
+
+@dataclass
 class JobRecord:
     """A stored job's metadata (its arrays live beside it).
 
@@ -63,8 +138,8 @@ class JobRecord:
         kind: ``raster`` or ``series``.
         created: epoch seconds.
         expires: epoch seconds.
-        layers: one entry per stored array: ``name``, ``role``, ``kind``,
-            ``shape``, ``dtype`` and extras such as ``level`` or ``dates``.
+        layers: one per stored result (plain dicts, as read from JSON, become
+            :class:`Layer`).
         georef: the input's georeference (rasters).
         extra: anything else the response needs later (dates, item ids).
         owner: hash of the API key that made it, or None.
@@ -76,7 +151,7 @@ class JobRecord:
     kind: str
     created: float
     expires: float
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=list)
     georef: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
@@ -87,18 +162,22 @@ class JobRecord:
     updated: float = 0.0
     packed: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Records read back from their JSON carry their layers as dicts.
+        self.layers = [la if isinstance(la, Layer) else Layer(**la) for la in self.layers]
+
     @property
     def finished(self) -> bool:
         """Whether the job reached a final state."""
         return self.state in FINAL_STATES
 
-    def layer(self, name: str) -> dict[str, Any]:
+    def layer(self, name: str) -> Layer:
         """The layer called ``name``."""
         for layer in self.layers:
-            if layer["name"] == name:
+            if layer.name == name:
                 return layer
         raise NotFound(f"job has no layer {name!r}; layers: {', '.join(self.layer_names())}")
 
     def layer_names(self) -> list[str]:
         """Names of the stored layers."""
-        return [layer["name"] for layer in self.layers]
+        return [layer.name for layer in self.layers]

@@ -79,7 +79,7 @@ def footprints_of(
     deadline: float | None = None,
 ) -> dict[str, Any]:
     """A segmentation job's building polygons as a GeoJSON FeatureCollection."""
-    prediction = next(la["name"] for la in job.layers if la["role"] == "prediction")
+    prediction = next(la.name for la in job.layers if la.role == "prediction")
     attention = views.spatial_attention_names(job)
     georef = job.georef or {}
     with LayerReader(job, store) as reader:

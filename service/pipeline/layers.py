@@ -34,13 +34,13 @@ def served_values(record: JobRecord, source: ArraySource, name: str) -> np.ndarr
     """
     layer = record.layer(name)
     array = source.array(record, name)
-    stride = int(layer.get("stride") or 1)
+    stride = layer.stride or 1
     if stride == 1:
         return array
-    height, width = layer["shape"][-2:]
+    height, width = layer.shape[-2:]
     values = upsample(array, stride, height, width)
-    if layer.get("mask"):
-        values[np.isnan(source.array(record, layer["mask"]))] = np.nan
+    if layer.mask:
+        values[np.isnan(source.array(record, layer.mask))] = np.nan
     return values
 
 
@@ -73,11 +73,11 @@ class LayerReader:
     def read(self, name: str, rows: slice, cols: slice, band: int | None = None) -> np.ndarray:
         """``(h, w)`` float32 of a layer's window (one band of 3-D layers)."""
         layer = self.record.layer(name)
-        if layer.get("storage") == "cog":
-            ds = self._dataset(layer["file"])
-            index = band + 1 if band is not None else int(layer.get("band") or 1)
+        if layer.storage == "cog" and layer.file is not None:
+            ds = self._dataset(layer.file)
+            index = band + 1 if band is not None else (layer.band or 1)
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-            return read_band(ds, index, layer["kind"] == "class", window=window)
+            return read_band(ds, index, layer.kind == "class", window=window)
         if name not in self._values:
             self._values[name] = served_values(self.record, self.store, name)
         array = self._values[name]

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
 from service.jobs.write_behind import read_only
 from service.pipeline.layers import ArraySource, LayerReader, served_values
+from service.pipeline.tasks.base import CLASS_NODATA
 from service.raster.encode import encode_geotiff
 from service.raster.georef import Georeference
 
@@ -69,20 +70,17 @@ class Fresh:
         return self.store.array(record, name)
 
 
-INTERNAL_KEYS = frozenset({"days", "storage", "file", "band", "mask"})
-
-
-def _public(layer: dict[str, Any], record: JobRecord) -> dict[str, Any]:
-    entry = {k: v for k, v in layer.items() if k not in INTERNAL_KEYS}
-    if layer["role"] == "attention":
-        entry["url"] = f"/attention/{record.id}/{layer['name']}"
+def _public(layer: Layer, record: JobRecord) -> dict[str, Any]:
+    entry = layer.public()
+    if layer.role == "attention":
+        entry["url"] = f"/attention/{record.id}/{layer.name}"
     return entry
 
 
 def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     """A job as the JSON answer of ``/predict`` and ``GET /jobs/{id}``."""
-    prediction = [layer for layer in record.layers if layer["role"] == "prediction"]
-    attention = [layer for layer in record.layers if layer["role"] == "attention"]
+    prediction = [layer for layer in record.layers if layer.role == "prediction"]
+    attention = [layer for layer in record.layers if layer.role == "attention"]
     body: dict[str, Any] = {
         "job_id": record.id,
         "state": record.state,
@@ -110,7 +108,7 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
         body["days"] = record.extra.get("days", [])
         body["prediction"] = series_prediction(record, store)
         body["attention"] = [
-            {**_public(layer, record), "items": series_attention(record, store, layer["name"])}
+            {**_public(layer, record), "items": series_attention(record, store, layer.name)}
             for layer in attention
         ]
     else:
@@ -128,8 +126,8 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
 
 def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     """Class and probabilities for each series of a series job."""
-    layer = next(la for la in record.layers if la["role"] == "prediction")
-    probs = np.asarray(store.array(record, layer["name"]))
+    layer = next(la for la in record.layers if la.role == "prediction")
+    probs = np.asarray(store.array(record, layer.name))
     classes: list[str] = record.extra["classes"]
     ids: list[str] = record.extra["ids"]
     best = probs.argmax(axis=1).tolist()
@@ -142,7 +140,7 @@ def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
         }
         for item_id, b, row in zip(ids, best, probs.tolist(), strict=True)
     ]
-    return {"name": layer["name"], "kind": layer["kind"], "classes": classes, "items": items}
+    return {"name": layer.name, "kind": layer.kind, "classes": classes, "items": items}
 
 
 def series_attention(record: JobRecord, store: ArraySource, name: str) -> list[dict[str, Any]]:
@@ -160,11 +158,11 @@ def attention_listing(record: JobRecord) -> dict[str, Any]:
     """``GET /attention/{id}``: every attention layer with its URLs."""
     layers = []
     for layer in record.layers:
-        if layer["role"] != "attention":
+        if layer.role != "attention":
             continue
         entry = _public(layer, record)
-        if record.kind == "raster" and len(layer["shape"]) >= 2:
-            entry["geotiff_url"] = f"/attention/{record.id}/{layer['name']}?format=geotiff"
+        if record.kind == "raster" and len(layer.shape) >= 2:
+            entry["geotiff_url"] = f"/attention/{record.id}/{layer.name}?format=geotiff"
         layers.append(entry)
     body: dict[str, Any] = {"job_id": record.id, "model": record.model, "layers": layers}
     if record.extra.get("dates"):
@@ -179,27 +177,27 @@ def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
     """One layer's metadata and values as JSON (NaN becomes null)."""
     layer = record.layer(name)
     body = {"job_id": record.id, **_public(layer, record)}
-    if record.kind == "series" and layer["role"] == "attention":
+    if record.kind == "series" and layer.role == "attention":
         body["items"] = series_attention(record, store, name)
     elif record.kind == "series":
         body.update(series_prediction(record, store))
-    elif layer.get("storage") == "inline":
-        body["values"] = layer["values"]
-    elif layer.get("storage") == "cog":
-        pixels = int(np.prod(layer["shape"]))
+    elif layer.storage == "inline":
+        body["values"] = layer.values
+    elif layer.storage == "cog":
+        pixels = int(np.prod(layer.shape))
         if pixels > MAX_JSON_PIXELS:
             raise PayloadTooLarge(
                 f"layer {name!r} has {pixels} values, too many for JSON; ask for format=geotiff"
             )
         with LayerReader(record, store) as reader:
             h, w = reader.size
-            if len(layer["shape"]) == 2:
+            if len(layer.shape) == 2:
                 body["values"] = reader.read(name, slice(0, h), slice(0, w))
             else:
                 body["values"] = np.stack(
                     [
                         reader.read(name, slice(0, h), slice(0, w), band=b)
-                        for b in range(layer["shape"][0])
+                        for b in range(layer.shape[0])
                     ]
                 )
         body["georeference"] = record.georef
@@ -211,21 +209,21 @@ def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
 
 
 def _spatial_bands(
-    record: JobRecord, store: JobStore, layer: dict[str, Any], head: int | None
+    record: JobRecord, store: JobStore, layer: Layer, head: int | None
 ) -> tuple[list[np.ndarray], list[str], list[dict[str, str]]]:
     """A raster layer as 2-D bands with descriptions and per-band tags."""
-    array = served_values(record, store, layer["name"])
-    name = layer["name"]
+    array = served_values(record, store, layer.name)
+    name = layer.name
     if array.ndim == 2:
-        kind = layer["kind"]
-        level = f", level {layer['level']}" if "level" in layer else ""
+        kind = layer.kind
+        level = f", level {layer.level}" if layer.level is not None else ""
         return [np.asarray(array, dtype=np.float32)], [f"{name} ({kind}{level})"], [{}]
     if array.ndim == 3:  # (K, H, W) class probabilities
-        classes = layer.get("classes") or [str(i) for i in range(array.shape[0])]
+        classes = layer.classes or [str(i) for i in range(array.shape[0])]
         descs = [f"{name}: {c}" for c in classes]
         return [np.asarray(b) for b in array], descs, [{"CLASS": c} for c in classes]
     if array.ndim == 4:  # (heads, T, H, W) temporal attention
-        dates = layer.get("dates") or [f"date {i}" for i in range(array.shape[1])]
+        dates = layer.dates or [f"date {i}" for i in range(array.shape[1])]
         if head is None:
             stack = np.asarray(array).mean(axis=0)
             label = "mean over heads"
@@ -249,11 +247,11 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
     with LayerReader(record, store) as reader:
         for name in names:
             layer = record.layer(name)
-            if len(layer["shape"]) < 2:
+            if len(layer.shape) < 2:
                 continue
-            if layer.get("storage") == "cog":
+            if layer.storage == "cog":
                 h, w = reader.size
-                count = layer["shape"][0] if len(layer["shape"]) == 3 else None
+                count = layer.shape[0] if len(layer.shape) == 3 else None
                 for i in range(count or 1):
                     bands.append(
                         reader.read(name, slice(0, h), slice(0, w), band=i if count else None)
@@ -261,11 +259,11 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
                     descriptions.append(name if count is None else f"{name} {i}")
                     tags.append({})
                 continue
-            if layer["kind"] == "class":
+            if layer.kind == "class":
                 cls = np.asarray(store.array(record, name)).astype(np.float32)
-                cls[cls == layer.get("nodata", 255)] = np.nan
+                cls[cls == (CLASS_NODATA if layer.nodata is None else layer.nodata)] = np.nan
                 bands.append(cls)
-                descriptions.append(f"{name} (index into {', '.join(layer.get('classes', []))})")
+                descriptions.append(f"{name} (index into {', '.join(layer.classes or [])})")
                 tags.append({})
                 continue
             more_bands, more_desc, more_tags = _spatial_bands(record, store, layer, head)
@@ -293,8 +291,8 @@ def prediction_names(record: JobRecord) -> list[str]:
     Scene jobs keep prediction and attention in separate COGs; their prediction
     GeoTIFF is the first prediction COG (probabilities, or the class map).
     """
-    pred = [la["name"] for la in record.layers if la["role"] == "prediction"]
-    if any(la.get("storage") == "cog" for la in record.layers):
+    pred = [la.name for la in record.layers if la.role == "prediction"]
+    if any(la.storage == "cog" for la in record.layers):
         return pred[:1]
     return pred + spatial_attention_names(record)
 
@@ -302,22 +300,22 @@ def prediction_names(record: JobRecord) -> list[str]:
 def spatial_attention_names(record: JobRecord) -> list[str]:
     """Names of attention layers that are rasters."""
     return [
-        la["name"]
+        la.name
         for la in record.layers
-        if la["role"] == "attention" and len(la["shape"]) >= 2 and record.kind == "raster"
+        if la.role == "attention" and len(la.shape) >= 2 and record.kind == "raster"
     ]
 
 
 def stored_file(record: JobRecord, names: list[str]) -> str | None:
     """The stored COG holding exactly these layers, in order, if there is one."""
-    files = {layer.get("file") for layer in record.layers if layer["name"] in names}
+    files = {layer.file for layer in record.layers if layer.name in names}
     if len(files) != 1 or None in files:
         return None
     file = files.pop()
-    in_file = [la["name"] for la in record.layers if la.get("file") == file]
+    in_file = [la.name for la in record.layers if la.file == file]
     return str(file) if in_file == names else None
 
 
 def output_files(record: JobRecord) -> list[str]:
     """Names of the stored output COGs of a scene job."""
-    return sorted({str(la["file"]) for la in record.layers if la.get("storage") == "cog"})
+    return sorted({str(la.file) for la in record.layers if la.storage == "cog"})

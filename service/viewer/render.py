@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
     ``(heads, T, H, W)`` temporal attention (then averaged over heads).
     """
     layer = record.layer(name)
-    shape = layer["shape"]
+    shape = layer.shape
     if record.kind != "raster" or len(shape) < 2:
         raise NotFound(f"layer {name!r} is not a raster layer")
     band = band or 0
@@ -50,10 +51,10 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
         if not 0 <= band < count:
             raise NotFound(f"layer {name!r} has bands 0 to {count - 1}")
     h, w = preview_shape(shape[-2], shape[-1])
-    if layer.get("storage") == "cog":
-        with open_raster(store, record, layer["file"], driver="GTiff") as ds:
-            index = (band + 1) if len(shape) > 2 else int(layer.get("band") or 1)
-            return read_band(ds, index, layer["kind"] == "class", out_shape=(h, w))
+    if layer.storage == "cog" and layer.file is not None:
+        with open_raster(store, record, layer.file, driver="GTiff") as ds:
+            index = (band + 1) if len(shape) > 2 else (layer.band or 1)
+            return read_band(ds, index, layer.kind == "class", out_shape=(h, w))
     array = served_values(record, store, name)
     step = max(1, math.ceil(max(shape[-2], shape[-1]) / MAX_SIDE))
     picked: np.ndarray
@@ -63,12 +64,12 @@ def layer_values(record: JobRecord, store: JobStore, name: str, band: int | None
         picked = np.asarray(array[band, ::step, ::step], dtype=np.float32)
     else:
         picked = np.asarray(array[::step, ::step], dtype=np.float32)
-    if layer["kind"] == "class":
-        picked[picked == layer.get("nodata", 255)] = np.nan
+    if layer.kind == "class":
+        picked[picked == (255 if layer.nodata is None else layer.nodata)] = np.nan
     return picked
 
 
-def scale_of(layer: dict[str, Any], values: np.ndarray) -> tuple[float, float]:
+def scale_of(layer: Mapping[str, Any], values: np.ndarray) -> tuple[float, float]:
     """The value range mapped to 0-255: fixed for probabilities, else the layer's own."""
     if layer["kind"] in FIXED_SCALE:
         return 0.0, 1.0

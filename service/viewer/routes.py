@@ -122,7 +122,7 @@ async def layer_png(
 
     def draw() -> tuple[bytes, float, float]:
         values = render.layer_values(job, state.store, name, band)
-        lo, hi = render.scale_of(layer, values)
+        lo, hi = render.scale_of(layer.public(), values)
         return render.grey_png(values, lo, hi), lo, hi
 
     data, lo, hi = await asyncio.to_thread(draw)

@@ -24,6 +24,7 @@ from service.config import Settings
 from service.errors import NotFound, StorageFailed
 from service.jobs import pack
 from service.jobs.local import LocalJobStore
+from service.jobs.record import Layer
 from tests.hardening.test_bad_inputs import geotiff
 from tests.helpers.asgi import in_process
 
@@ -121,7 +122,7 @@ def test_a_reader_never_sees_a_half_written_job(tmp_path: Path) -> None:
     ]
     arrays = {f"layer{i}": np.random.default_rng(i).random((64, 64)) for i in range(6)}
     for r in records:
-        r.layers = [{"name": name, "role": "attention"} for name in arrays]
+        r.layers = [Layer(name, "attention", "spatial", [64, 64], "float64") for name in arrays]
     seen_partial: list[str] = []
     done = threading.Event()
 

@@ -51,7 +51,7 @@ async def get_layer(
     """One layer's weights as JSON, or as a GeoTIFF for raster layers."""
     views.require_done(job)
     entry = job.layer(layer)
-    if entry["role"] != "attention":
+    if entry.role != "attention":
         raise NotFound(f"{layer!r} is not an attention layer")
     if wants_geotiff(format, accept):
         data = await asyncio.to_thread(views.geotiff, job, state.store, [layer], head)

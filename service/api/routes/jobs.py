@@ -52,7 +52,7 @@ async def get_prediction(
             return await asyncio.to_thread(file_response, state.store, job, file)
         data = await asyncio.to_thread(views.geotiff, job, state.store, names)
         return geotiff_response(data, f"{job.id}-prediction.tif")
-    name = next(la["name"] for la in job.layers if la["role"] == "prediction")
+    name = next(la.name for la in job.layers if la.role == "prediction")
     return result_json(await asyncio.to_thread(views.layer_json, job, state.store, name))
 
 

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service.jobs.record import Layer
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.pipeline.scene_grid import SceneWork
 from service.pipeline.statistics import statistics
@@ -24,14 +25,14 @@ class Prediction:
 
     Attributes:
         kind: the job's kind, ``raster`` or ``series``.
-        layers: one entry per array (see :class:`~service.jobs.record.JobRecord`).
+        layers: one per array.
         arrays: layer name -> array to store.
         georef: the georeference of raster results.
         extra: what the job's answer needs besides its layers (dates, item ids).
     """
 
     kind: str
-    layers: list[dict[str, Any]]
+    layers: list[Layer]
     arrays: dict[str, np.ndarray]
     georef: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,22 +68,19 @@ def output_layer(
     shape: tuple[int, ...] | None = None,
     stats: dict[str, float | None] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
-    """The layer entry of a model output stored as an array."""
-    entry: dict[str, Any] = {
-        "name": spec.name,
-        "role": spec.role,
-        "kind": spec.kind,
-        "shape": list(shape or array.shape),
-        "dtype": str(array.dtype),
-        "statistics": stats or statistics(array),
-    }
-    if spec.level is not None:
-        entry["level"] = spec.level
-    if spec.description:
-        entry["description"] = spec.description
-    entry.update(extra)
-    return entry
+) -> Layer:
+    """The layer of a model output stored as an array of its own."""
+    return Layer(
+        name=spec.name,
+        role=spec.role,
+        kind=spec.kind,
+        shape=list(shape or array.shape),
+        dtype=str(array.dtype),
+        statistics=stats or statistics(array),
+        level=spec.level,
+        description=spec.description or None,
+        **extra,
+    )
 
 
 def wrong_input(task: str, inp: RasterInput | SeriesInput) -> TypeError:

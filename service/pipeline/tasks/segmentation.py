@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from service.jobs.record import Layer
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
@@ -53,7 +54,7 @@ class ImageSegmentation:
             out = await asyncio.to_thread(plan.outputs_to_input, out, manifest, inp.valid)
         else:
             out = await model.predict(inp.data, inp.valid, timeout_s)
-        layers: list[dict[str, Any]] = []
+        layers: list[Layer] = []
         arrays: dict[str, np.ndarray] = {}
         h, w = inp.data.shape[1:]
         # Where a coarse map's upsampled values are masked: the first full-resolution
@@ -173,7 +174,7 @@ class ImageSegmentation:
                         part[:, ~mask] = np.nan
                     write(row, part)
 
-            def finish() -> list[dict[str, Any]]:
+            def finish() -> list[Layer]:
                 for sink in sinks.values():
                     sink.finish()
                 return self._cog_layers(record.georef, spatial, sinks["prediction"].dtype)
@@ -184,17 +185,17 @@ class ImageSegmentation:
         for o in channel:
             weights = channel_sum[o.name] / max(channel_weight, 1e-9)
             record.layers.append(
-                {
-                    "name": o.name,
-                    "role": o.role,
-                    "kind": o.kind,
-                    "shape": [len(weights)],
-                    "dtype": "float32",
-                    "storage": "inline",
-                    "values": [float(v) for v in weights],
-                    "bands": list(manifest.input.bands),
-                    "description": "per-band weights, averaged over tiles by valid pixels",
-                }
+                Layer(
+                    name=o.name,
+                    role=o.role,
+                    kind=o.kind,
+                    shape=[len(weights)],
+                    dtype="float32",
+                    storage="inline",
+                    values=[float(v) for v in weights],
+                    bands=list(manifest.input.bands),
+                    description="per-band weights, averaged over tiles by valid pixels",
+                )
             )
         record.extra["tiling"] = {"tile_size": size, "overlap": grid.overlap, "tiles": len(grid)}
 
@@ -212,24 +213,22 @@ class ImageSegmentation:
     @staticmethod
     def _cog_layers(
         georef: dict[str, Any] | None, spatial: list[OutputSpec], dtype: str
-    ) -> list[dict[str, Any]]:
+    ) -> list[Layer]:
         """The layers of the spatial outputs, stored as bands of the job's COGs."""
-        layers: list[dict[str, Any]] = []
+        layers: list[Layer] = []
         for i, o in enumerate(spatial):
-            file = "prediction.tif" if i == 0 else "attention.tif"
-            band = 1 if i == 0 else i
             layers.append(
-                {
-                    "name": o.name,
-                    "role": o.role,
-                    "kind": o.kind,
-                    "shape": [georef["height"], georef["width"]] if georef else [],
-                    "dtype": dtype,
-                    "storage": "cog",
-                    "file": file,
-                    "band": band,
-                    **({"level": o.level} if o.level is not None else {}),
-                    **({"description": o.description} if o.description else {}),
-                }
+                Layer(
+                    name=o.name,
+                    role=o.role,
+                    kind=o.kind,
+                    shape=[georef["height"], georef["width"]] if georef else [],
+                    dtype=dtype,
+                    level=o.level,
+                    description=o.description or None,
+                    storage="cog",
+                    file="prediction.tif" if i == 0 else "attention.tif",
+                    band=1 if i == 0 else i,
+                )
             )
         return layers

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInput
+from service.jobs.record import Layer
 from service.pipeline.inputs import RasterInput, SeriesInput, pixel_series
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile
@@ -36,7 +38,7 @@ class TemporalClassification:
         out = await model.predict(inp.series, inp.days, inp.valid, timeout_s)
         days = inp.days.tolist()
         extra: dict[str, Any] = {"dates": inp.dates, "days": days, "classes": manifest.classes}
-        layers: list[dict[str, Any]] = []
+        layers: list[Layer] = []
         arrays: dict[str, np.ndarray] = {}
         pred = manifest.prediction
         if inp.pixels is None:
@@ -157,33 +159,31 @@ class TemporalClassification:
             await run_and_finish(work, grid, blender, read, infer, flush, sinks, finish)
         shape = [info.height, info.width]
         record.layers = [
-            {**class_layer(manifest, shape), "storage": "cog", "file": "class.tif", "band": 1},
-            {
-                "name": manifest.prediction.name,
-                "role": "prediction",
-                "kind": "class_probabilities",
-                "shape": [k, *shape],
-                "dtype": sinks["probabilities"].dtype,
-                "classes": classes,
-                "storage": "cog",
-                "file": "probabilities.tif",
-                "band": None,
-            },
+            replace(class_layer(manifest, shape), storage="cog", file="class.tif", band=1),
+            Layer(
+                name=manifest.prediction.name,
+                role="prediction",
+                kind="class_probabilities",
+                shape=[k, *shape],
+                dtype=sinks["probabilities"].dtype,
+                classes=classes,
+                storage="cog",
+                file="probabilities.tif",
+            ),
         ]
         for spec in manifest.attention:
             record.layers.append(
-                {
-                    "name": spec.name,
-                    "role": "attention",
-                    "kind": spec.kind,
-                    "shape": [t, *shape],
-                    "dtype": sinks["attention"].dtype,
-                    "dates": options.dates,
-                    "storage": "cog",
-                    "file": "attention.tif",
-                    "band": None,
-                    "description": "attention per date, mean over heads",
-                }
+                Layer(
+                    name=spec.name,
+                    role="attention",
+                    kind=spec.kind,
+                    shape=[t, *shape],
+                    dtype=sinks["attention"].dtype,
+                    dates=options.dates,
+                    description="attention per date, mean over heads",
+                    storage="cog",
+                    file="attention.tif",
+                )
             )
         record.extra.update({"dates": options.dates, "days": days.tolist(), "classes": classes})
         record.extra["tiling"] = {"tile_size": size, "overlap": 0, "tiles": len(grid)}
@@ -217,14 +217,14 @@ class TemporalClassification:
         }
 
 
-def class_layer(manifest: Manifest, shape: list[int]) -> dict[str, Any]:
-    """The layer entry of a class map: ``uint8`` indices into the model's classes."""
-    return {
-        "name": "class",
-        "role": "prediction",
-        "kind": "class",
-        "shape": shape,
-        "dtype": "uint8",
-        "nodata": CLASS_NODATA,
-        "classes": manifest.classes,
-    }
+def class_layer(manifest: Manifest, shape: list[int]) -> Layer:
+    """The layer of a class map: ``uint8`` indices into the model's classes."""
+    return Layer(
+        name="class",
+        role="prediction",
+        kind="class",
+        shape=shape,
+        dtype="uint8",
+        nodata=CLASS_NODATA,
+        classes=manifest.classes,
+    )

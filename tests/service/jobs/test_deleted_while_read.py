@@ -18,7 +18,7 @@ from rasterio.transform import from_origin
 from service.api.downloads import StoredFileResponse, file_response
 from service.errors import NotFound
 from service.jobs.local import LocalJobStore
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
 from service.pipeline.layers import LayerReader
 
@@ -29,9 +29,9 @@ def _job_with_array_and_cog(store: JobStore, tmp_path: Path) -> str:
     record = store.new_record(MODEL, "raster", None)
     record.georef = {"crs": None, "transform": [1, 0, 0, 0, -1, 0], "width": 4, "height": 4}
     record.layers += [
-        {"name": "p", "role": "prediction", "kind": "probability", "shape": [4, 4]},
-        {"name": "a", "role": "attention", "kind": "spatial", "shape": [4, 4],
-         "storage": "cog", "file": "attention.tif", "band": 1},
+        Layer("p", "prediction", "probability", [4, 4], "float32"),
+        Layer("a", "attention", "spatial", [4, 4], "float32",
+              storage="cog", file="attention.tif", band=1),
     ]  # fmt: skip
     cog = tmp_path / "attention.tif"
     profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "float32",

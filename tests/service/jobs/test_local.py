@@ -12,16 +12,14 @@ import pytest
 
 from service.errors import NotFound, StorageFailed
 from service.jobs.local import LocalJobStore
-from service.jobs.record import owner_of
+from service.jobs.record import Layer, owner_of
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
 
 
 def _save(store: LocalJobStore, owner: str | None = None) -> str:
     record = store.new_record(MODEL, "raster", owner)
-    record.layers.append(
-        {"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2, 2]}
-    )
+    record.layers.append(Layer("gate_1", "attention", "spatial", [2, 2], "float32"))
     store.save(record, {"gate_1": np.eye(2, dtype=np.float32)})
     return record.id
 
@@ -118,7 +116,7 @@ def test_the_record_a_write_behind_caller_holds_reads_the_job_once_it_is_on_disk
     # possibly after the background write has taken the job out of memory.
     store = LocalJobStore(tmp_path, ttl_s=60, write_behind=True)
     record = store.new_record(MODEL, "raster", None)
-    record.layers.append({"name": "p", "role": "prediction", "kind": "probability", "shape": [2]})
+    record.layers.append(Layer("p", "prediction", "probability", [2], "float32"))
     store.save_soon(record, {"p": np.arange(2, dtype=np.float32)})
     store.flush()
     np.testing.assert_array_equal(store.array(record, "p"), [0, 1])
@@ -139,7 +137,7 @@ def test_write_behind_serves_the_job_from_memory_until_it_is_on_disk(
 
     monkeypatch.setattr(store, "save", slow_save)
     record = store.new_record(MODEL, "raster", owner_of("key-of-sixteen-chars"))
-    record.layers.append({"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [2]})
+    record.layers.append(Layer("gate_1", "attention", "spatial", [2], "float32"))
     store.save_soon(record, {"gate_1": np.arange(2, dtype=np.float32)})
     # Not on disk yet, but this process answers for it (owner checks included).
     assert not LocalJobStore(tmp_path, ttl_s=60, write_behind=True).count
@@ -183,7 +181,7 @@ def test_arrays_of_any_shape_and_dtype_round_trip_through_the_pack(tmp_path: Pat
     store = LocalJobStore(tmp_path, ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     for name in arrays:
-        record.layers.append({"name": name, "role": "prediction", "kind": "x"})
+        record.layers.append(Layer(name, "prediction", "x", [], "float32"))
     store.save(record, arrays)
     job_dir = tmp_path / record.id[:2] / record.id
     # One file for all arrays beside the metadata, each image 64-byte aligned.
@@ -211,7 +209,7 @@ def test_object_arrays_are_refused_and_leave_no_job(tmp_path: Path) -> None:
 def _save_sized(store: LocalJobStore, kib: int, state: str = "done") -> str:
     record = store.new_record(MODEL, "raster", None)
     record.state = state
-    record.layers.append({"name": "p", "role": "prediction", "kind": "probability"})
+    record.layers.append(Layer("p", "prediction", "probability", [], "float32"))
     store.save(record, {"p": np.zeros(kib * 256, dtype=np.float32)})  # kib KiB of data
     return record.id
 

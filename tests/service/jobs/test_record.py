@@ -8,7 +8,15 @@ import json
 import pytest
 
 from service.errors import NotFound
-from service.jobs.record import FINAL_STATES, JobRecord, id_age_s, is_job_id, new_id, owner_of
+from service.jobs.record import (
+    FINAL_STATES,
+    JobRecord,
+    Layer,
+    id_age_s,
+    is_job_id,
+    new_id,
+    owner_of,
+)
 
 
 def _record(**fields: object) -> JobRecord:
@@ -40,14 +48,31 @@ def test_finished_means_a_final_state(state: str) -> None:
 
 
 def test_layers_are_found_by_name_or_named_in_the_error() -> None:
-    record = _record(layers=[{"name": "p", "role": "prediction"}, {"name": "a", "role": "x"}])
-    assert record.layer("a")["role"] == "x"
+    record = _record(
+        layers=[
+            Layer("p", "prediction", "probability", [1], "float32"),
+            Layer("a", "x", "y", [1], "float32"),
+        ]
+    )
+    assert record.layer("a").role == "x"
     assert record.layer_names() == ["p", "a"]
     with pytest.raises(NotFound, match="layers: p, a"):
         record.layer("nope")
 
 
 def test_a_record_round_trips_through_json() -> None:
-    record = _record(layers=[{"name": "p"}], packed={"p": 0}, state="running")
+    layer = Layer("p", "prediction", "class", [2, 2], "uint8", nodata=255, classes=["a", "b"])
+    record = _record(layers=[layer], packed={"p": 0}, state="running")
     again = JobRecord(**json.loads(json.dumps(dataclasses.asdict(record))))
     assert again == record
+
+
+def test_a_layer_shows_clients_no_storage_details() -> None:
+    layer = Layer(
+        "attention", "attention", "temporal", [3, 4, 4], "float32",
+        dates=[], days=[1.0], storage="cog", file="attention.tif", band=None, mask="p",
+    )  # fmt: skip
+    assert layer.public() == {
+        "name": "attention", "role": "attention", "kind": "temporal",
+        "shape": [3, 4, 4], "dtype": "float32", "dates": [],
+    }  # fmt: skip

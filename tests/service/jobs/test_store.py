@@ -11,6 +11,7 @@ import pytest
 from service.config import Settings
 from service.errors import NotFound
 from service.jobs.local import LocalJobStore
+from service.jobs.record import Layer
 from service.jobs.store import JobStore, StoredFile, open_reader, open_store
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
@@ -42,7 +43,7 @@ def test_the_settings_open_a_local_store_on_the_job_dir(tmp_path: Path) -> None:
     assert store.room.max_bytes == 2**20
     for _ in range(3):  # 400 KiB each against a 1 MiB cap
         record = store.new_record(MODEL, "raster", None)
-        record.layers.append({"name": "p", "role": "prediction"})
+        record.layers.append(Layer("p", "prediction", "probability", [100 * 1024], "float32"))
         store.save(record, {"p": np.zeros(100 * 1024, np.float32)})
     assert sum(evicted) == 1
 
@@ -50,7 +51,7 @@ def test_the_settings_open_a_local_store_on_the_job_dir(tmp_path: Path) -> None:
 def test_a_reader_opens_the_same_store_by_its_address(tmp_path: Path) -> None:
     store = open_store(Settings(job_dir=tmp_path / "jobs"))
     record = store.new_record(MODEL, "raster", None)
-    record.layers.append({"name": "p", "role": "prediction"})
+    record.layers.append(Layer("p", "prediction", "probability", [4], "float64"))
     store.save(record, {"p": np.arange(4.0)}, {"input_0.tif": b"bytes of a file"})
     reader = open_reader(store.address)
     loaded = reader.load(record.id)

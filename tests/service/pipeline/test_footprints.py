@@ -13,7 +13,7 @@ import rasterio.crs
 
 from service.errors import InvalidInput, Overloaded
 from service.jobs.local import LocalJobStore
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
 from service.pipeline.footprints import FootprintLimits, FootprintService
 from service.raster.footprints import FootprintOptions
@@ -32,8 +32,8 @@ def _job(store: JobStore, probability: np.ndarray) -> JobRecord:
         "height": height,
     }
     record.layers = [
-        {"name": "building", "role": "prediction", "kind": "probability", "shape": [height, width]},
-        {"name": "gate_1", "role": "attention", "kind": "spatial", "shape": [height, width]},
+        Layer("building", "prediction", "probability", [height, width], "float32"),
+        Layer("gate_1", "attention", "spatial", [height, width], "float32"),
     ]
     store.save(record, {"building": probability, "gate_1": np.full_like(probability, 0.3)})
     return record

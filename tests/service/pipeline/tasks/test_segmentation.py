@@ -33,7 +33,7 @@ def test_every_output_becomes_a_layer_of_a_raster_job(tmp_path: Path) -> None:
     valid[:, :8] = False
     result, names = _predict(tmp_path, RasterInput(image, valid, None))
     assert result.kind == "raster"
-    assert [la["name"] for la in result.layers] == names
+    assert [la.name for la in result.layers] == names
     assert set(result.arrays) == set(names)
     # Without a georeference the job lies on pixel coordinates.
     assert result.georef == {
@@ -48,11 +48,11 @@ def test_every_output_becomes_a_layer_of_a_raster_job(tmp_path: Path) -> None:
     assert np.isnan(prediction[:, :8]).all()
     assert not np.isnan(prediction[:, 8:]).any()
     for layer in result.layers:
-        assert layer["shape"][-2:] == [64, 64] or layer["kind"] == "channel"
-        if layer.get("stride", 1) > 1:
+        assert layer.shape[-2:] == [64, 64] or layer.kind == "channel"
+        if (layer.stride or 1) > 1:
             # Coarse maps are kept small; their mask is the prediction's NaN.
-            assert result.arrays[layer["name"]].shape[0] < 64
-            assert layer["mask"] == names[0]
+            assert result.arrays[layer.name].shape[0] < 64
+            assert layer.mask == names[0]
 
 
 def test_series_are_not_images(tmp_path: Path) -> None:

@@ -51,9 +51,9 @@ def test_parcels_become_a_series_job_with_their_ids(tmp_path: Path) -> None:
     probs = result.arrays[manifest.prediction.name]
     assert probs.shape == (3, len(manifest.classes))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
-    attention = [la for la in result.layers if la["role"] == "attention"]
+    attention = [la for la in result.layers if la.role == "attention"]
     assert attention
-    assert all(la["days"] == [10, 40, 70, 100] for la in attention)
+    assert all(la.days == [10, 40, 70, 100] for la in attention)
 
 
 def test_pixels_become_class_and_probability_maps_with_nodata_outside(tmp_path: Path) -> None:
