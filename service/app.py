@@ -33,6 +33,7 @@ from service.runtime.cpus import CpuBudget, process_cpus
 from service.runtime.manifest import Manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
+from service.runtime.tasks import inference_task
 from service.viewer import routes as viewer
 
 log = logging.getLogger("attnserve")
@@ -70,11 +71,8 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     """Everything the handlers share, not yet loaded."""
 
     def limits(manifest: Manifest) -> BatchLimits:
-        b = (
-            settings.series_batching
-            if manifest.task == "temporal_classification"
-            else settings.batching
-        )
+        # Models of dated series batch series rows, not images.
+        b = settings.series_batching if inference_task(manifest).dated else settings.batching
         return BatchLimits(b.max_batch_size, b.max_queue_delay_ms, b.max_queue_size)
 
     cpus = process_cpus()
