@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -24,3 +25,37 @@ async def in_process(app: FastAPI, ready_s: float = 60) -> AsyncIterator[httpx.A
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         yield client
+
+
+class SyncClient:
+    """Blocking requests to an ASGI app in this process, without its lifespan.
+
+    Args:
+        app: the app.
+        raise_app_exceptions: re-raise an app's unhandled errors; False answers them
+            as a server would (the app's own 500).
+    """
+
+    def __init__(self, app: Any, raise_app_exceptions: bool = True) -> None:
+        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request on an event loop of its own."""
+
+        async def send() -> httpx.Response:
+            async with httpx.AsyncClient(transport=self.transport, base_url="http://app") as c:
+                return await c.request(method, url, **kwargs)
+
+        return asyncio.run(send())
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        """GET ``url``."""
+        return self.request("GET", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> httpx.Response:
+        """HEAD ``url``."""
+        return self.request("HEAD", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        """POST to ``url``."""
+        return self.request("POST", url, **kwargs)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from starlette.applications import Starlette
@@ -17,6 +14,7 @@ from starlette.routing import Route
 from service.api.downloads import byte_range, file_response
 from service.errors import NotFound
 from service.jobs.local import LocalJobStore
+from tests.helpers.asgi import SyncClient
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
 DATA = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
@@ -45,29 +43,8 @@ def test_ranges_past_the_end_are_not_satisfiable(header: str) -> None:
         byte_range(header, 1000)
 
 
-class Client:
-    """Requests to an ASGI app in this process."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                return await c.request(method, url, **kwargs)
-
-        return asyncio.run(send())
-
-    def get(self, url: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", url, **kwargs)
-
-    def head(self, url: str, **kwargs: Any) -> httpx.Response:
-        return self.request("HEAD", url, **kwargs)
-
-
 @pytest.fixture
-def client(tmp_path: Path) -> Client:
+def client(tmp_path: Path) -> SyncClient:
     store = LocalJobStore(tmp_path / "jobs", ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     store.save(record, {}, {"prediction.tif": DATA})
@@ -79,10 +56,10 @@ def client(tmp_path: Path) -> Client:
             return response
         return file_response(store, record, "prediction.tif")
 
-    return Client(Starlette(routes=[Route("/file", download, methods=["GET", "HEAD"])]))
+    return SyncClient(Starlette(routes=[Route("/file", download, methods=["GET", "HEAD"])]))
 
 
-def test_the_whole_file_with_its_headers(client: Client) -> None:
+def test_the_whole_file_with_its_headers(client: SyncClient) -> None:
     response = client.get("/file")
     assert response.status_code == 200
     assert response.content == DATA
@@ -93,7 +70,7 @@ def test_the_whole_file_with_its_headers(client: Client) -> None:
     assert "-prediction.tif" in response.headers["content-disposition"]
 
 
-def test_a_range_is_a_206_with_just_those_bytes(client: Client) -> None:
+def test_a_range_is_a_206_with_just_those_bytes(client: SyncClient) -> None:
     response = client.get("/file", headers={"Range": "bytes=70000-70099"})
     assert response.status_code == 206
     assert response.content == DATA[70_000:70_100]
@@ -101,20 +78,20 @@ def test_a_range_is_a_206_with_just_those_bytes(client: Client) -> None:
     assert response.headers["content-length"] == "100"
 
 
-def test_a_range_past_the_end_is_a_416(client: Client) -> None:
+def test_a_range_past_the_end_is_a_416(client: SyncClient) -> None:
     response = client.get("/file", headers={"Range": f"bytes={len(DATA)}-"})
     assert response.status_code == 416
     assert response.headers["content-range"] == f"bytes */{len(DATA)}"
 
 
-def test_head_has_the_headers_and_no_body(client: Client) -> None:
+def test_head_has_the_headers_and_no_body(client: SyncClient) -> None:
     response = client.head("/file")
     assert response.status_code == 200
     assert response.headers["content-length"] == str(len(DATA))
     assert response.content == b""
 
 
-def test_a_job_deleted_after_the_answer_still_downloads_whole(client: Client) -> None:
+def test_a_job_deleted_after_the_answer_still_downloads_whole(client: SyncClient) -> None:
     response = client.get("/file?delete=1")
     assert response.status_code == 200
     assert response.content == DATA

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
-import httpx
 import pytest
 from fastapi import FastAPI
 
 from service import errors as e
 from service.api.errors import ERROR_RESPONSES, STATUS, install, status_of
+from tests.helpers.asgi import SyncClient
 
 
 class StaleJob(e.NotFound):
@@ -47,29 +44,9 @@ def _app() -> FastAPI:
     return app
 
 
-class Client:
-    """Requests to the app in process, as a server would pass them (errors not re-raised)."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        async def send() -> httpx.Response:
-            async with httpx.AsyncClient(transport=self.transport, base_url="http://app") as c:
-                return await c.request(method, path, **kwargs)
-
-        return asyncio.run(send())
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, **kwargs)
-
-
 @pytest.fixture(scope="module")
-def client() -> Client:
-    return Client(_app())
+def client() -> SyncClient:
+    return SyncClient(_app(), raise_app_exceptions=False)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +63,7 @@ def client() -> Client:
     ],
 )
 def test_each_domain_error_has_its_status_and_code(
-    client: Client, name: str, status: int, code: str
+    client: SyncClient, name: str, status: int, code: str
 ) -> None:
     resp = client.get(f"/raise/{name}")
     assert resp.status_code == status
@@ -97,14 +74,14 @@ def test_each_domain_error_has_its_status_and_code(
     assert resp.headers["cache-control"] == "no-store"
 
 
-def test_detail_travels_with_the_message(client: Client) -> None:
+def test_detail_travels_with_the_message(client: SyncClient) -> None:
     error = client.get("/raise/invalid").json()["error"]
     assert error["message"] == "band count 4 does not match"
     assert error["detail"] == {"field": "image"}
     assert "detail" not in client.get("/raise/raster").json()["error"]
 
 
-def test_retry_and_auth_headers(client: Client) -> None:
+def test_retry_and_auth_headers(client: SyncClient) -> None:
     assert client.get("/raise/busy").headers["retry-after"] == "3"
     # Never "retry after 0 seconds".
     assert client.get("/raise/soon").headers["retry-after"] == "1"
@@ -112,7 +89,7 @@ def test_retry_and_auth_headers(client: Client) -> None:
     assert client.get("/raise/key").headers["www-authenticate"] == "Bearer"
 
 
-def test_unexpected_errors_are_500_without_their_text(client: Client) -> None:
+def test_unexpected_errors_are_500_without_their_text(client: SyncClient) -> None:
     resp = client.get("/crash")
     assert resp.status_code == 500
     assert resp.json() == {
@@ -121,7 +98,7 @@ def test_unexpected_errors_are_500_without_their_text(client: Client) -> None:
     assert "secret" not in resp.text
 
 
-def test_validation_and_routing_errors_keep_the_shape(client: Client) -> None:
+def test_validation_and_routing_errors_keep_the_shape(client: SyncClient) -> None:
     bad = client.get("/count", params={"n": "many"})
     assert bad.status_code == 422
     error = bad.json()["error"]

@@ -6,27 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from service.config import SHIPPED_MODELS
 from service.runtime.manifest import TASKS, Manifest
 from service.runtime.segmentation import SegmentationTask, context_px
-from service.runtime.session import ModelSession, SessionOptions
 from service.runtime.tasks import INFERENCE_TASKS, inference_task
 from service.runtime.temporal import TemporalTask
-
-
-def _manifest(pattern: str) -> Manifest:
-    path = next(SHIPPED_MODELS.glob(pattern))
-    return ModelSession(path, SessionOptions(providers=("CPUExecutionProvider",))).manifest
-
-
-@pytest.fixture(scope="module")
-def footprints() -> Manifest:
-    return _manifest("footprints-*.onnx")
-
-
-@pytest.fixture(scope="module")
-def crops() -> Manifest:
-    return _manifest("crops-1*.onnx")
 
 
 def test_every_known_task_has_one_class(footprints: Manifest, crops: Manifest) -> None:
