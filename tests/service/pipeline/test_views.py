@@ -1,0 +1,50 @@
+"""Views of a stored job: links, the attention listing, band choices and one layer's JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.api.state import AppState
+from service.errors import Conflict
+from service.pipeline import views
+from service.pipeline.intake import SyncRequest, UploadOptions
+from tests.helpers.geotiff import geotiff, noise, read_geotiff
+from tests.service.pipeline.test_intake import FOOTPRINTS, run
+
+
+def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> None:
+    async def scenario(state: AppState) -> None:
+        served = state.repository.get("footprints")
+        request = await state.intake.upload(served, [geotiff(noise(3, 64))], UploadOptions())
+        assert isinstance(request, SyncRequest)
+        stored = await state.jobs.run(request, None)
+        request.held.release()
+        state.store.flush()
+        record = state.store.load(stored.record.id, None)
+
+        links = views.links(record)
+        assert links["self"] == f"/jobs/{record.id}"
+        assert links["footprints"] == f"/jobs/{record.id}/footprints"
+        assert links["prediction_geotiff"].endswith("?format=geotiff")
+        assert views.output_files(record) == []  # a sync job keeps no COGs
+
+        spatial = views.spatial_attention_names(record)
+        assert "gate_1" in spatial
+        assert views.prediction_names(record) == [served.manifest.prediction.name, *spatial]
+        listing = views.attention_listing(record)
+        assert listing["georeference"]["width"] == 64
+        gate = next(la for la in listing["layers"] if la["name"] == "gate_1")
+        assert gate["geotiff_url"] == f"/attention/{record.id}/gate_1?format=geotiff"
+
+        one = views.layer_json(record, state.store, "gate_1")
+        assert one["shape"] == [64, 64]  # served on the input's grid
+        bands = read_geotiff(views.geotiff(record, state.store, ["gate_1"]))
+        assert bands.shape == (1, 64, 64)
+
+        record.state = "running"
+        with pytest.raises(Conflict, match="job is running"):
+            views.require_done(record)
+
+    run(tmp_path, (FOOTPRINTS,), scenario)
