@@ -2,62 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from rasterio.io import DatasetReader
 
 from service.api.state import AppState
-from service.app import build_state
-from service.config import SHIPPED_MODELS, Settings
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedRaster
-from service.metrics import Metrics
 from service.pipeline import intake as intake_module
 from service.pipeline.inputs import RasterInput, SeriesInput, validate_json
 from service.pipeline.intake import DECODE_RATIO, SceneRequest, SyncRequest, UploadOptions
 from service.raster.decode import open_geotiff
 from tests.helpers.geotiff import geotiff, noise
+from tests.helpers.state import CROPS, FOOTPRINTS, run
 
-FOOTPRINTS = "footprints-2.0.0.onnx"
-CROPS = "crops-1.0.0.onnx"
 DATES = ["2024-04-03", "2024-05-20"]
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, *models: str, **settings: Any) -> AsyncIterator[AppState]:
-    """The server's state with ``models`` loaded (not warmed up), as the lifespan builds it."""
-    model_dir = tmp_path / "models"
-    model_dir.mkdir(exist_ok=True)
-    for name in models:
-        (model_dir / name).symlink_to(SHIPPED_MODELS / name)
-    config = Settings(model_dir=model_dir, job_dir=tmp_path / "jobs", warmup=False, **settings)
-    state = build_state(config, Metrics())
-    await state.repository.load()
-    try:
-        yield state
-    finally:
-        await state.repository.stop(1.0)
-
-
-def run(
-    tmp_path: Path,
-    models: tuple[str, ...],
-    scenario: Callable[[AppState], Any],
-    **settings: Any,
-) -> Any:
-    """Run ``scenario(state)`` on a fresh event loop with ``models`` served."""
-
-    async def main() -> Any:
-        async with serving(tmp_path, *models, **settings) as state:
-            return await scenario(state)
-
-    return asyncio.run(main())
 
 
 def dated_stack(size: int, dates: list[str], tagged: bool = True, seed: int = 0) -> bytes:

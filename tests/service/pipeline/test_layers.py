@@ -10,7 +10,7 @@ from service.api.state import AppState
 from service.pipeline.intake import SyncRequest, UploadOptions
 from service.pipeline.layers import LayerReader, served_values
 from tests.helpers.geotiff import geotiff, noise
-from tests.service.pipeline.test_intake import FOOTPRINTS, run
+from tests.helpers.state import FOOTPRINTS, run
 
 
 def test_layers_are_read_on_the_job_s_grid_by_window_and_by_block(tmp_path: Path) -> None:

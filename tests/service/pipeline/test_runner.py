@@ -12,7 +12,7 @@ from service.pipeline.intake import SyncRequest, UploadOptions
 from service.pipeline.runner import PredictionRunner, model_ref
 from tests.helpers.bodies import parcels
 from tests.helpers.geotiff import geotiff, noise
-from tests.service.pipeline.test_intake import CROPS, FOOTPRINTS, run
+from tests.helpers.state import CROPS, FOOTPRINTS, run
 
 
 def test_an_image_becomes_a_raster_job_with_a_layer_per_output(tmp_path: Path) -> None:

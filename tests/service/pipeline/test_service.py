@@ -13,7 +13,7 @@ from service.api.state import AppState
 from service.errors import NotFound, Overloaded, UnsupportedRaster
 from service.pipeline.intake import SceneRequest, SyncRequest, UploadOptions
 from tests.helpers.geotiff import geotiff, noise
-from tests.service.pipeline.test_intake import FOOTPRINTS, run
+from tests.helpers.state import FOOTPRINTS, run
 
 
 async def _sync(state: AppState, image: bytes) -> SyncRequest:

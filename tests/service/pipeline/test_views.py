@@ -11,7 +11,7 @@ from service.errors import Conflict
 from service.pipeline import views
 from service.pipeline.intake import SyncRequest, UploadOptions
 from tests.helpers.geotiff import geotiff, noise, read_geotiff
-from tests.service.pipeline.test_intake import FOOTPRINTS, run
+from tests.helpers.state import FOOTPRINTS, run
 
 
 def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> None:
