@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from service.errors import Overloaded, PayloadTooLarge
@@ -275,3 +276,22 @@ def series_bytes(
     running = min(rows, batch_rows) * dates * activation_per_row_date
     outputs = int(2 * rows * dates * outputs_per_row_date)
     return int(decoded + copies + running + outputs)
+
+
+@dataclass(frozen=True)
+class SceneLoad:
+    """What a scene job's tiles cost besides the model: how they are cut and run.
+
+    Attributes:
+        per_unit: the model's working memory per unit of input (pixel, or row x date).
+        max_batch: units (tiles or series rows) the batcher runs at a time.
+        tile: side of a tile, in pixels, without its halo.
+        dates: dates per series (1 for images).
+        in_flight: tiles read and waiting for the model at a time.
+    """
+
+    per_unit: float
+    max_batch: int
+    tile: int
+    dates: int
+    in_flight: int

@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from service.errors import InvalidInput
-from service.memory import segmentation_bytes, series_bytes
+from service.memory import SceneLoad, segmentation_bytes, series_bytes
 from service.raster.georef import Georeference
 from service.raster.resample import Resampling
 from service.runtime.manifest import Manifest
@@ -152,14 +152,10 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def scene_bytes(served: ServedModel, tile: int, dates: int, in_flight: int) -> int:
     """Estimated peak bytes of a scene job's tiles of side ``tile`` (``dates``: temporal models)."""
-    return served.task.scene_bytes(
-        served.manifest,
-        served.session.activation_per_unit,
-        served.batcher.max_batch_size,
-        tile,
-        dates,
-        in_flight,
+    load = SceneLoad(
+        served.session.activation_per_unit, served.batcher.max_batch_size, tile, dates, in_flight
     )
+    return served.task.scene_bytes(served.manifest, load)
 
 
 class Parcel(BaseModel):

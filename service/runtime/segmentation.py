@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher, Padding
 from service.runtime.manifest import Manifest
 
@@ -157,27 +158,19 @@ class SegmentationTask:
         return total
 
     @classmethod
-    def scene_bytes(
-        cls,
-        manifest: Manifest,
-        per_unit: float,
-        max_batch: int,
-        tile: int,
-        dates: int,
-        in_flight: int,
-    ) -> int:
-        """Estimated peak bytes of a scene job's tiles of side ``tile`` plus their halo.
+    def scene_bytes(cls, manifest: Manifest, load: SceneLoad) -> int:
+        """Estimated peak bytes of a scene job's tiles plus their halo.
 
-        The batcher runs at most ``max_batch`` tiles at a time (``per_unit``:
-        working memory per pixel); up to ``in_flight`` tiles are read and wait
-        meanwhile, each with its float32 values, a copy made for the model and
-        the feed. ``dates`` does not apply.
+        The batcher runs at most ``load.max_batch`` tiles at a time
+        (``load.per_unit``: working memory per pixel); up to ``load.in_flight``
+        tiles are read and wait meanwhile, each with its float32 values, a copy
+        made for the model and the feed. ``load.dates`` does not apply.
         """
         bands = len(manifest.input.bands)
         out = cls.outputs_per_unit(manifest)
-        side = tile + 2 * context_px(manifest)
-        running = max_batch * side * side * (per_unit + 3 * out + bands * 4)
-        return int(running + in_flight * side * side * (3 * bands * 4 + 2))
+        side = load.tile + 2 * context_px(manifest)
+        running = load.max_batch * side * side * (load.per_unit + 3 * out + bands * 4)
+        return int(running + load.in_flight * side * side * (3 * bands * 4 + 2))
 
     def __init__(self, manifest: Manifest, batcher: DynamicBatcher) -> None:
         self.manifest = manifest

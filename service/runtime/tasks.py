@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
+from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher, Padding
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask
@@ -39,15 +40,7 @@ class InferenceTask(Protocol):
         ...
 
     @classmethod
-    def scene_bytes(
-        cls,
-        manifest: Manifest,
-        per_unit: float,
-        max_batch: int,
-        tile: int,
-        dates: int,
-        in_flight: int,
-    ) -> int:
+    def scene_bytes(cls, manifest: Manifest, load: SceneLoad) -> int:
         """Estimated peak bytes of a scene job's tiles in flight."""
         ...
 

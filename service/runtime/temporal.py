@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from service.errors import InvalidInput
+from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher, Padding
 from service.runtime.manifest import Manifest
 
@@ -88,27 +89,20 @@ class TemporalTask:
         )
 
     @classmethod
-    def scene_bytes(
-        cls,
-        manifest: Manifest,
-        per_unit: float,
-        max_batch: int,
-        tile: int,
-        dates: int,
-        in_flight: int,
-    ) -> int:
-        """Estimated peak bytes of a scene job's tiles of side ``tile`` over ``dates`` dates.
+    def scene_bytes(cls, manifest: Manifest, load: SceneLoad) -> int:
+        """Estimated peak bytes of a scene job's tiles over ``load.dates`` dates.
 
-        The batcher runs at most ``max_batch`` series rows at a time
-        (``per_unit``: working memory per row x date); up to ``in_flight`` tiles
-        are read and wait meanwhile, each with its float32 values, a copy made
-        for the model, the feed and its outputs.
+        The batcher runs at most ``load.max_batch`` series rows at a time
+        (``load.per_unit``: working memory per row x date); up to
+        ``load.in_flight`` tiles are read and wait meanwhile, each with its
+        float32 values, a copy made for the model, the feed and its outputs.
         """
         bands = len(manifest.input.bands)
         out = cls.outputs_per_unit(manifest)
-        rows = min(tile * tile, max_batch)
-        running = rows * dates * (per_unit + bands * 4)
-        return int(running + in_flight * tile * tile * dates * (3 * bands * 4 + 2 + 2 * out))
+        pixels = load.tile * load.tile
+        running = min(pixels, load.max_batch) * load.dates * (load.per_unit + bands * 4)
+        held = load.in_flight * pixels * load.dates * (3 * bands * 4 + 2 + 2 * out)
+        return int(running + held)
 
     def __init__(self, manifest: Manifest, batcher: DynamicBatcher) -> None:
         self.manifest = manifest

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from service.memory import SceneLoad
 from service.runtime.manifest import TASKS, Manifest
 from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.tasks import INFERENCE_TASKS, inference_task
@@ -52,9 +53,9 @@ def test_scene_memory_grows_with_tile_and_tiles_in_flight(
     task: type[SegmentationTask] | type[TemporalTask], footprints: Manifest, crops: Manifest
 ) -> None:
     manifest = footprints if task is SegmentationTask else crops
-    small = task.scene_bytes(manifest, 1000.0, 8, 256, 4, 4)
-    assert task.scene_bytes(manifest, 1000.0, 8, 512, 4, 4) > small > 0
-    assert task.scene_bytes(manifest, 1000.0, 8, 256, 4, 16) > small
+    small = task.scene_bytes(manifest, SceneLoad(1000.0, 8, 256, 4, 4))
+    assert task.scene_bytes(manifest, SceneLoad(1000.0, 8, 512, 4, 4)) > small > 0
+    assert task.scene_bytes(manifest, SceneLoad(1000.0, 8, 256, 4, 16)) > small
 
 
 def test_scene_tiles_default_to_the_model_tile_for_images_only(
