@@ -89,15 +89,18 @@ INFER_ERRORS: dict[int | str, dict[str, Any]] = {
     504: error_example(504, "deadline_exceeded", f"model {EXAMPLE_REF} did not answer in time"),
 }
 
+
+def _parameters(name: str, kind: str) -> dict[str, Any]:
+    """Schema of a tensor's or request's ``parameters`` object with one known field."""
+    return {"type": "object", "properties": {name: {"type": kind}}}
+
+
 INFER_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["inputs"],
     "properties": {
         "id": {"type": "string"},
-        "parameters": {
-            "type": "object",
-            "properties": {"binary_data_output": {"type": "boolean"}},
-        },
+        "parameters": _parameters("binary_data_output", "boolean"),
         "inputs": {
             "type": "array",
             "items": {
@@ -107,10 +110,7 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
                     "name": {"type": "string"},
                     "shape": {"type": "array", "items": {"type": "integer"}},
                     "datatype": {"type": "string", "enum": list(DATATYPES)},
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"binary_data_size": {"type": "integer"}},
-                    },
+                    "parameters": _parameters("binary_data_size", "integer"),
                     "data": {"type": "array", "items": {}},
                 },
             },
@@ -122,10 +122,7 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
                 "required": ["name"],
                 "properties": {
                     "name": {"type": "string"},
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"binary_data": {"type": "boolean"}},
-                    },
+                    "parameters": _parameters("binary_data", "boolean"),
                 },
             },
         },
