@@ -19,6 +19,10 @@ from service import errors as e
 
 log = logging.getLogger(__name__)
 
+# The status nginx logs for a client that closed its connection before the
+# answer: the request was not served, and no one is there to tell.
+CLIENT_CLOSED = 499
+
 STATUS: dict[type[e.AttnserveError], int] = {
     e.InvalidInput: 422,
     e.InvalidRaster: 422,
@@ -113,6 +117,14 @@ def error_response(
         status_code=status,
         media_type="application/json",
         headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def client_closed(request: Request) -> Response:
+    """The answer to a client that hung up before its body was read: logged, never a 500."""
+    log.info("client closed the connection during %s %s", request.method, request.url.path)
+    return error_response(
+        CLIENT_CLOSED, "client_closed_request", "the client closed the connection"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
@@ -12,19 +11,14 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service.api.deps import Owner, State, resolve_model
-from service.api.errors import error_response
+from service.api.errors import client_closed
 from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import InvalidInput, UnsupportedMediaType
 from service.pipeline.inputs import validate_json
 from service.pipeline.intake import SceneRequest, SyncRequest, UploadOptions
 from service.pipeline.runner import Stored
 
-log = logging.getLogger(__name__)
 router = APIRouter(tags=["predict"])
-
-# The status nginx logs for a client that closed its connection before the
-# answer: the request was not served, and no one is there to tell.
-CLIENT_CLOSED = 499
 
 MAX_FORM_FILES = 400
 MAX_FORM_FIELDS = 32
@@ -86,14 +80,6 @@ _JSON_SCHEMA = {
         },
     },
 }
-
-
-def client_closed(request: Request) -> Response:
-    """The answer to a client that hung up before its body was read: logged, never a 500."""
-    log.info("client closed the connection during %s %s", request.method, request.url.path)
-    return error_response(
-        CLIENT_CLOSED, "client_closed_request", "the client closed the connection"
-    )
 
 
 async def _read_form(request: Request) -> tuple[str, list[bytes], UploadOptions]:

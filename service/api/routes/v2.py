@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.deps import State, resolve_model
+from service.api.errors import client_closed
 from service.api.openapi_v2 import (
     INFER_OPENAPI,
     INFER_RESPONSES,
@@ -35,7 +36,6 @@ from service.api.openapi_v2 import (
 )
 from service.api.responses import JSONBody
 from service.api.routes.health import readiness
-from service.api.routes.predict import client_closed
 from service.api.state import AppState
 from service.errors import NotReady
 from service.pipeline import tensors

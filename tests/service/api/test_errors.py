@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import Response
 
 from service import errors as e
-from service.api.errors import ERROR_RESPONSES, STATUS, install, status_of
+from service.api.errors import ERROR_RESPONSES, STATUS, client_closed, install, status_of
 from tests.helpers.asgi import SyncClient
 
 
@@ -36,6 +37,10 @@ def _app() -> FastAPI:
     @app.get("/crash")
     async def crash() -> None:
         raise RuntimeError("/secret/path/model.onnx exploded")
+
+    @app.post("/hung-up")
+    async def hung_up(request: Request) -> Response:
+        return client_closed(request)
 
     @app.get("/count")
     async def count(n: int) -> dict[str, int]:
@@ -109,6 +114,20 @@ def test_validation_and_routing_errors_keep_the_shape(client: SyncClient) -> Non
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
     assert client.post("/count").json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_client_that_hung_up_gets_the_499_in_the_same_shape(
+    client: SyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="service.api.errors"):
+        resp = client.post("/hung-up")
+    assert resp.status_code == 499
+    assert resp.json()["error"] == {
+        "code": "client_closed_request",
+        "message": "the client closed the connection",
+        "status": 499,
+    }
+    assert "POST /hung-up" in caplog.text
 
 
 def test_the_most_specific_class_decides_and_unknown_ones_are_500() -> None:
