@@ -40,6 +40,9 @@ from service.pipeline import views
 from service.pipeline.layers import LayerReader
 from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
 
+# Routes build their options from here, not from the raster package.
+__all__ = ["FootprintLimits", "FootprintOptions", "FootprintService", "footprints_of"]
+
 log = logging.getLogger(__name__)
 
 # Errors a worker reports by code; anything else is the server's failure.

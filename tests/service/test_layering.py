@@ -29,11 +29,6 @@ NOT_IN_API = (
     "service.runtime.graphs",
     "service.pipeline.scene",
 )
-# Modules that break a rule today while their part of the service is reshaped:
-# strict, so each case turns red once its module is clean and the mark must go.
-RESHAPING: dict[tuple[str, str], str] = {
-    ("api", "service.api.routes.jobs"): "takes footprint options from service.raster",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -85,28 +80,26 @@ def _breaks(names: dict[str, str] | frozenset[str], forbidden: tuple[str, ...]) 
     return sorted(n for n in names if any(n == f or n.startswith(f + ".") for f in forbidden))
 
 
-def _cases(rule: str, package: str) -> Iterator[object]:
+def _cases(package: str) -> Iterator[str]:
     for module in _modules():
         if module == package or module.startswith(package + "."):
-            reason = RESHAPING.get((rule, module))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(module, marks=marks, id=module)
+            yield module
 
 
-@pytest.mark.parametrize("module", list(_cases("runtime", "service.runtime")))
+@pytest.mark.parametrize("module", list(_cases("service.runtime")))
 def test_runtime_reaches_no_web_stack_or_raster_io(module: str) -> None:
     via = reachable(module)
     bad = _breaks(via, NOT_IN_RUNTIME)
     assert not bad, [f"{name} (imported by {via[name]})" for name in bad]
 
 
-@pytest.mark.parametrize("module", list(_cases("torch", "service")))
+@pytest.mark.parametrize("module", list(_cases("service")))
 def test_service_imports_no_torch(module: str) -> None:
     bad = _breaks(imports_of(module), ("torch",))
     assert not bad, bad
 
 
-@pytest.mark.parametrize("module", list(_cases("api", "service.api")))
+@pytest.mark.parametrize("module", list(_cases("service.api")))
 def test_api_imports_no_raster_io_engine_or_array_internals(module: str) -> None:
     bad = _breaks(imports_of(module), NOT_IN_API)
     assert not bad, bad

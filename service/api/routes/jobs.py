@@ -12,7 +12,7 @@ from service.api.downloads import file_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
 from service.pipeline import views
-from service.raster.footprints import FootprintOptions
+from service.pipeline.footprints import FootprintOptions
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
