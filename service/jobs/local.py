@@ -11,7 +11,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,11 +20,11 @@ import numpy as np
 
 from service.errors import NotFound, StorageFailed
 from service.jobs import eviction
-from service.jobs.eviction import Room, expired
+from service.jobs.base import BaseJobStore
+from service.jobs.eviction import Room
 from service.jobs.pack import PACK, read_packed, write_chunked, write_pack
-from service.jobs.record import FINAL_STATES, JobRecord, is_job_id, new_id
-from service.jobs.store import GONE, StoredFile
-from service.jobs.write_behind import WriteBehind
+from service.jobs.record import JobRecord, is_job_id, new_id
+from service.jobs.store import GONE, Arrays, FileCheck, Files, StoredFile
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-class LocalJobStore:
+class LocalJobStore(BaseJobStore):
     """Jobs in a directory: ``<root>/<id[:2]>/<id>/`` holds ``meta.json``, the pack and files.
 
     A job is written whole under ``.tmp`` and renamed into place, so a reader
@@ -83,13 +83,9 @@ class LocalJobStore:
         on_evict: Callable[[int], None] | None = None,
         scan: bool = True,
     ) -> None:
+        super().__init__(ttl_s, write_behind, Room(root, min_free_bytes, max_bytes, on_evict))
         self.root = root
-        self.ttl_s = ttl_s
         self.fsync = fsync
-        self.write_behind = write_behind
-        self.room = Room(root, min_free_bytes, max_bytes, on_evict)
-        # Late-bound, so the write a background thread makes is always this store's save.
-        self.pending = WriteBehind(lambda record, arrays: self.save(record, arrays))
         self._tmp = root / ".tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
         found = self._job_dirs() if scan else []
@@ -109,38 +105,20 @@ class LocalJobStore:
         """A fresh unguessable job id (see :func:`service.jobs.record.new_id`)."""
         return new_id()
 
-    def new_record(
-        self, model: dict[str, str], kind: str, owner: str | None, job_id: str | None = None
-    ) -> JobRecord:
-        """A record for a job created now, expiring after the TTL."""
-        now = time.time()
-        return JobRecord(
-            id=job_id or new_id(),
-            model=model,
-            kind=kind,
-            created=now,
-            expires=now + self.ttl_s,
-            owner=owner,
-        )
-
-    @property
-    def count(self) -> int:
-        """Jobs currently stored (as counted by this process)."""
-        return self._count
-
-    @property
-    def evicted(self) -> int:
-        """Jobs deleted before their TTL to make room."""
-        return self.room.evicted
-
     def _dir(self, job_id: str) -> Path:
         if not is_job_id(job_id):
             raise NotFound("no such job")
         return self.root / job_id[:2] / job_id
 
-    def exists(self, job_id: str) -> bool:
-        """Whether a job is on disk or being written behind here (one stat; no owner check)."""
-        return job_id in self.pending or (self._dir(job_id) / "meta.json").exists()
+    def _has(self, job_id: str) -> bool:
+        return (self._dir(job_id) / "meta.json").exists()
+
+    def _meta(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self._dir(job_id) / "meta.json").read_bytes())
+        return data
+
+    def _job_ids(self) -> Iterator[str]:
+        return (path.name for path in self._job_dirs())
 
     def _job_dirs(self) -> list[Path]:
         return [
@@ -152,11 +130,7 @@ class LocalJobStore:
         ]
 
     def save(
-        self,
-        record: JobRecord,
-        arrays: dict[str, np.ndarray],
-        files: dict[str, bytes] | None = None,
-        check: Callable[[list[Path]], None] | None = None,
+        self, record: JobRecord, arrays: Arrays, files: Files | None = None, check: FileCheck = None
     ) -> None:
         """Write a job whole, then make it visible in one rename.
 
@@ -197,41 +171,6 @@ class LocalJobStore:
         if self.room.enabled:
             # The data plus about what headers and meta.json add (no stat calls).
             self.room.track(record.id, size + 1024 * (len(arrays) + 1))
-
-    def make_room(self, size: int) -> int:
-        """Delete the oldest finished jobs until ``size`` more bytes fit; returns how many.
-
-        Jobs still queued or running, and jobs being written behind, are kept.
-        """
-        return self.room.make_room(size, self._evictable, self.delete)
-
-    def _evictable(self, job_id: str) -> bool:
-        if job_id in self.pending:
-            return False
-        try:
-            state = json.loads((self._dir(job_id) / "meta.json").read_bytes())["state"]
-        except (OSError, ValueError, KeyError, TypeError):
-            self.room.untrack(job_id)  # gone (another replica deleted it) or unreadable
-            return False
-        return state in FINAL_STATES
-
-    def save_soon(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
-        """Save a job: in the background with write-behind on, else now (as :meth:`save`).
-
-        A failed background write is logged; the job then disappears.
-        """
-        if self.write_behind:
-            self.pending.submit(record, arrays)
-        else:
-            self.save(record, arrays)
-
-    def settle(self, job_id: str) -> None:
-        """Wait until a job written behind is on disk, for a reader in another process."""
-        self.pending.settle(job_id)
-
-    def flush(self) -> None:
-        """Wait for every job being written behind (on shutdown)."""
-        self.pending.flush()
 
     def update(self, record: JobRecord) -> None:
         """Replace a job's record atomically (state, progress, layers)."""
@@ -292,18 +231,6 @@ class LocalJobStore:
             return path, False
         return pinned, True
 
-    def unfinished(self) -> list[JobRecord]:
-        """Jobs left queued or running (e.g. by a stopped server), oldest first."""
-        found = []
-        for path in self._job_dirs():
-            try:
-                record = JobRecord(**json.loads((path / "meta.json").read_bytes()))
-            except (OSError, ValueError, TypeError):
-                continue
-            if not record.finished:
-                found.append(record)
-        return sorted(found, key=lambda r: r.created)
-
     def _write(self, path: Path, write: Callable[[BinaryIO], Any]) -> Any:
         """Create ``path``, fill it with ``write(file)`` and return what that returned."""
         with open(path, "wb") as f:
@@ -313,39 +240,10 @@ class LocalJobStore:
                 os.fsync(f.fileno())
         return result
 
-    def load(self, job_id: str, owner: str | None = None, any_owner: bool = False) -> JobRecord:
-        """The job's record.
-
-        Raises:
-            NotFound: no such job, expired, or made with another API key.
-        """
-        path = self._dir(job_id) / "meta.json"
-        record = self.pending.record(job_id)
-        if record is None:
-            try:
-                data = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                raise NotFound(
-                    "no such job (it may have expired, or been deleted early to make room)"
-                ) from None
-            record = JobRecord(**data)
-        if expired(record.expires, record.state, time.time()):
-            self.delete(job_id)
-            raise NotFound("no such job (it may have expired)")
-        if record.owner is not None and record.owner != owner and not any_owner:
-            raise NotFound("no such job (it may have expired)")
-        return record
-
-    def array(self, record: JobRecord, name: str) -> np.ndarray:
-        """One stored array of a job, memory-mapped (read-only)."""
-        record.layer(name)
-        held = self.pending.array(record.id, name)
-        if held is not None:
-            return held
-        if name not in record.packed:
-            raise NotFound(f"job has no stored array {name!r}")
+    def _read_array(self, record: JobRecord, offset: int) -> np.ndarray:
+        """An array of the job's pack, memory-mapped (read-only)."""
         try:
-            return read_packed(self._dir(record.id) / PACK, record.packed[name])
+            return read_packed(self._dir(record.id) / PACK, offset)
         except FileNotFoundError:
             # Deleted (TTL, DELETE, or to make room) after its record was read.
             raise NotFound(GONE) from None
@@ -368,18 +266,8 @@ class LocalJobStore:
         self.room.untrack(job_id)
         return True
 
-    def cleanup(self) -> int:
-        """Delete expired jobs and stale temporary files; returns jobs deleted."""
-        now = time.time()
-        removed = 0
-        for path in self._job_dirs():
-            try:
-                meta = json.loads((path / "meta.json").read_bytes())
-                over = expired(meta["expires"], meta["state"], now)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if over and self.delete(path.name):
-                removed += 1
+    def _sweep(self, now: float) -> None:
+        """Remove staging directories and download pins a crash left."""
         for stale in self._tmp.iterdir():
             # A pin's ctime is when it was linked.
             try:
@@ -392,5 +280,3 @@ class LocalJobStore:
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-        self._count = sum(1 for _ in self._job_dirs())
-        return removed

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 GONE = "no such job (it was deleted while being read)"
 CHUNK = 64 * 1024
 
+Arrays = dict[str, np.ndarray]
+"""A job's arrays by layer name."""
+Files = dict[str, bytes]
+"""A job's files by name (e.g. a scene's input)."""
+FileCheck = Callable[[list[Path]], None] | None
+"""Called with local copies of a job's files before the job becomes visible; raises to refuse."""
+
 
 class StoredFile:
     """A job's file opened for reading: a seekable binary stream that knows its size.
@@ -106,16 +113,12 @@ class JobStore(Protocol):
         ...
 
     def save(
-        self,
-        record: JobRecord,
-        arrays: dict[str, np.ndarray],
-        files: dict[str, bytes] | None = None,
-        check: Callable[[list[Path]], None] | None = None,
+        self, record: JobRecord, arrays: Arrays, files: Files | None = None, check: FileCheck = None
     ) -> None:
         """Store a job whole; ``check`` sees local copies of ``files`` before it is visible."""
         ...
 
-    def save_soon(self, record: JobRecord, arrays: dict[str, np.ndarray]) -> None:
+    def save_soon(self, record: JobRecord, arrays: Arrays) -> None:
         """Store a job, in the background where write-behind is on."""
         ...
 
@@ -141,6 +144,10 @@ class JobStore(Protocol):
 
     def open_file(self, record: JobRecord, name: str) -> StoredFile:
         """One of a job's files for reading; NotFound when it is not there."""
+        ...
+
+    def presign(self, record: JobRecord, name: str) -> str | None:
+        """A URL a client may fetch one of a job's files from directly; None where not offered."""
         ...
 
     def workspace(self, record: JobRecord) -> Path:
