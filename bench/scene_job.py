@@ -153,8 +153,8 @@ def run_scene_job(
     if state != "done":
         raise RuntimeError(f"scene job ended {state}: {job.get('error')}")
     meta = json.loads((job_dir / job_id[:2] / job_id / "meta.json").read_text())
-    tiles = int(meta["extra"]["tiling"]["tiles"])
-    server_s = float(meta["extra"]["seconds"])
+    tiles = int(meta["tiling"]["tiles"])
+    server_s = float(meta["seconds"])
     increasing = all(b >= a for a, b in itertools.pairwise(progress))
     files = sorted({la["file"] for la in meta["layers"] if la.get("storage") == "cog"})
     cogs = []

@@ -7,7 +7,7 @@ import hashlib
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from typing import Any
 
 from service.errors import NotFound
@@ -129,6 +129,79 @@ PUBLIC_LAYER_FIELDS = (
 
 
 @dataclass
+class Series:
+    """The dates of a temporal job's inputs, its classes and, for series jobs, the items' ids.
+
+    Attributes:
+        dates: ISO dates of the inputs, in order.
+        days: day of year of each date (counted from 1 January of the first year).
+        classes: the model's class names.
+        ids: the id of each series (series jobs; None for rasters).
+    """
+
+    dates: list[str] = field(default_factory=list)
+    days: list[float] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    ids: list[str] | None = None
+
+
+@dataclass
+class Tiling:
+    """How a scene job was cut into tiles."""
+
+    tile_size: int
+    overlap: int
+    tiles: int
+
+
+@dataclass
+class ModelGrid:
+    """An input's size on its model's grid."""
+
+    width: int
+    height: int
+
+
+@dataclass
+class ResamplingSummary:
+    """Whether a raster job ran at its model's ground resolution, and how, as clients see it.
+
+    Attributes:
+        applied: whether the input ran on the model's grid.
+        model_gsd_m: the model's metres per pixel, if it states them.
+        input_gsd_m: the input's metres per pixel ``(x, y)``, if known.
+        tolerance: largest factor between the resolutions run as sent.
+        reason: why it was not resampled, when not.
+        factor: model grid size over input size ``(x, y)`` (applied only).
+        model_grid: the input's size on the model's grid (applied only).
+        method: imagery resampling to the model's grid (applied only).
+        method_back: output resampling back to the input's grid (applied only).
+    """
+
+    applied: bool
+    model_gsd_m: float | None = None
+    input_gsd_m: list[float] | None = None
+    tolerance: float = 1.25
+    reason: str | None = None
+    factor: list[float] | None = None
+    model_grid: ModelGrid | None = None
+    method: str | None = None
+    method_back: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model_grid, dict):  # read back from JSON
+            self.model_grid = ModelGrid(**self.model_grid)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a job's answer shows it: what was not decided is left out."""
+        body = asdict(self)
+        for name in ("reason", "factor", "model_grid", "method", "method_back"):
+            if body[name] is None:
+                del body[name]
+        return body
+
+
+@dataclass
 class JobRecord:
     """A stored job's metadata (its arrays live beside it).
 
@@ -141,9 +214,17 @@ class JobRecord:
         layers: one per stored result (plain dicts, as read from JSON, become
             :class:`Layer`).
         georef: the input's georeference (rasters).
-        extra: anything else the response needs later (dates, item ids).
         owner: hash of the API key that made it, or None.
         packed: array name -> byte offset of its ``.npy`` image in ``arrays.npk``.
+        series: dates, classes and item ids of temporal jobs.
+        tiling: how a scene job was tiled.
+        resampling: how a raster job went to its model's ground resolution.
+        runs: scene runs started and not (yet) ended cleanly.
+        resumed: times a scene job was queued again after a server stopped.
+        eta_s: a running scene job's estimated seconds left.
+        seconds: how long a finished scene job ran.
+        extra: only when read back: the one dict that records written by
+            earlier versions kept the fields above in.
     """
 
     id: str
@@ -153,7 +234,6 @@ class JobRecord:
     expires: float
     layers: list[Layer] = field(default_factory=list)
     georef: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
     state: str = "done"
     progress: dict[str, Any] = field(default_factory=dict)
@@ -161,10 +241,44 @@ class JobRecord:
     params: dict[str, Any] = field(default_factory=dict)
     updated: float = 0.0
     packed: dict[str, int] = field(default_factory=dict)
+    series: Series | None = None
+    tiling: Tiling | None = None
+    resampling: ResamplingSummary | None = None
+    runs: int = 0
+    resumed: int = 0
+    eta_s: float | None = None
+    seconds: float | None = None
+    extra: InitVar[dict[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
-        # Records read back from their JSON carry their layers as dicts.
+    def __post_init__(self, extra: dict[str, Any] | None) -> None:
+        # Records read back from their JSON carry their parts as dicts.
         self.layers = [la if isinstance(la, Layer) else Layer(**la) for la in self.layers]
+        if isinstance(self.series, dict):
+            self.series = Series(**self.series)
+        if isinstance(self.tiling, dict):
+            self.tiling = Tiling(**self.tiling)
+        if isinstance(self.resampling, dict):
+            self.resampling = ResamplingSummary(**self.resampling)
+        if extra:
+            # Jobs stored before these fields were typed still answer until they expire.
+            self._from_extra(extra)
+
+    def _from_extra(self, extra: dict[str, Any]) -> None:
+        if any(key in extra for key in ("dates", "days", "classes", "ids")):
+            self.series = Series(
+                dates=list(extra.get("dates") or []),
+                days=[float(d) for d in extra.get("days") or []],
+                classes=list(extra.get("classes") or []),
+                ids=extra.get("ids"),
+            )
+        if extra.get("tiling"):
+            self.tiling = Tiling(**extra["tiling"])
+        if extra.get("resampling"):
+            self.resampling = ResamplingSummary(**extra["resampling"])
+        self.runs = int(extra.get("runs", 0))
+        self.resumed = int(extra.get("resumed", 0))
+        self.eta_s = extra.get("eta_s")
+        self.seconds = extra.get("seconds")
 
     @property
     def finished(self) -> bool:

@@ -106,7 +106,7 @@ class JobManager:
         if self._poisoned(record):
             return False
         if record.state == "running":
-            record.extra["resumed"] = record.extra.get("resumed", 0) + 1
+            record.resumed += 1
         record.state = "queued"
         record.progress = {"done": 0, "total": record.progress.get("total", 0)}
         try:
@@ -122,7 +122,7 @@ class JobManager:
         ends cleanly (done, failed, or stopped on shutdown), so what is left
         counts the runs that never got to their end.
         """
-        crashed = int(record.extra.get("runs", 0))
+        crashed = record.runs
         if crashed <= self.max_resumes:
             return False
         self._fail(
@@ -208,7 +208,7 @@ class JobManager:
         record.state = "running"
         record.progress = {"done": 0, "total": 0, "fraction": 0.0}
         # Counted on disk before the run: if it takes the server down, the count stays.
-        record.extra["runs"] = int(record.extra.get("runs", 0)) + 1
+        record.runs += 1
         try:
             await asyncio.to_thread(self.store.update, record)
         except NotFound:
@@ -219,7 +219,7 @@ class JobManager:
         def progress(done: int, total: int) -> None:
             nonlocal last_write, writing
             record.progress = {"done": done, "total": total, "fraction": round(done / total, 4)}
-            record.extra["eta_s"] = elapsed_eta(started, done, total)
+            record.eta_s = elapsed_eta(started, done, total)
             now = time.monotonic()
             if writing is not None and not writing.done():
                 return  # the disk is slow: skip this one, the next progress catches up
@@ -257,8 +257,8 @@ class JobManager:
         await self._settle_write(writing)
         record.state = "done"
         self._ran(record)
-        record.extra["eta_s"] = 0.0
-        record.extra["seconds"] = round(time.time() - started, 2)
+        record.eta_s = 0.0
+        record.seconds = round(time.time() - started, 2)
         record.expires = time.time() + self.store.ttl_s
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self.store.update, record)
@@ -282,7 +282,7 @@ class JobManager:
     def _ran(record: JobRecord) -> None:
         # The run reached its end (done, failed, cancelled, stopped on shutdown):
         # it does not count towards max_resumes.
-        record.extra["runs"] = max(0, int(record.extra.get("runs", 1)) - 1)
+        record.runs = max(0, record.runs - 1)
 
     def _interrupted(self, record: JobRecord) -> None:
         self._ran(record)

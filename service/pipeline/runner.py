@@ -41,5 +41,6 @@ class PredictionRunner:
         record = self.store.new_record(model_ref(served.manifest), result.kind, owner)
         record.layers = result.layers
         record.georef = result.georef
-        record.extra.update(result.extra)
+        record.series = result.series
+        record.resampling = result.resampling
         return Stored(record, result.arrays)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, ResamplingSummary
 from service.jobs.store import JobStore
 from service.pipeline import views
 from service.pipeline.intake import SceneRequest, SyncRequest
@@ -70,7 +70,8 @@ class JobService:
         record.progress = {"done": 0, "total": 0, "fraction": 0.0}
         record.georef = request.georef.to_json()
         if request.resampling is not None:
-            record.extra["resampling"] = request.resampling.to_json()  # the scene runner follows it
+            # The scene runner follows it.
+            record.resampling = ResamplingSummary(**request.resampling.to_json())
         files = dict(zip(names, request.parts, strict=True))
         await asyncio.to_thread(self.store.save, record, {}, files, request.check)
         try:

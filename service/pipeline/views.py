@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
-from service.jobs.record import JobRecord, Layer
+from service.jobs.record import JobRecord, Layer, Series
 from service.jobs.store import JobStore
 from service.jobs.write_behind import read_only
 from service.pipeline.layers import ArraySource, LayerReader, served_values
@@ -91,21 +92,22 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     if record.params:
         progress = {"done": 0, "total": 0, "fraction": 0.0, **record.progress}
         body["progress"] = progress
-        body["eta_s"] = record.extra.get("eta_s")
+        body["eta_s"] = record.eta_s
         body["error"] = record.error
-        if "tiling" in record.extra:
-            body["tiling"] = record.extra["tiling"]
-    if "resampling" in record.extra:
+        if record.tiling is not None:
+            body["tiling"] = asdict(record.tiling)
+    if record.resampling is not None:
         # Whether the model ran on its own ground resolution, and how.
-        body["resampling"] = record.extra["resampling"]
+        body["resampling"] = record.resampling.to_json()
     if record.state != "done":
         body["links"] = {"self": f"/jobs/{record.id}"}
         if record.georef:
             body["georeference"] = record.georef
         return body
     if record.kind == "series":
-        body["dates"] = record.extra.get("dates", [])
-        body["days"] = record.extra.get("days", [])
+        series = record.series or Series()
+        body["dates"] = series.dates
+        body["days"] = series.days
         body["prediction"] = series_prediction(record, store)
         body["attention"] = [
             {**_public(layer, record), "items": series_attention(record, store, layer.name)}
@@ -113,8 +115,8 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
         ]
     else:
         body["georeference"] = record.georef
-        if record.extra.get("dates"):
-            body["dates"] = record.extra["dates"]
+        if record.series is not None and record.series.dates:
+            body["dates"] = record.series.dates
         body["prediction"] = {
             "layers": [_public(layer, record) for layer in prediction],
             "url": f"/jobs/{record.id}/prediction?format=geotiff",
@@ -124,12 +126,18 @@ def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     return body
 
 
+def _series_items(record: JobRecord) -> tuple[list[str], list[str]]:
+    """The classes and item ids of a series job."""
+    if record.series is None or record.series.ids is None:
+        raise NotFound("this job holds no series")
+    return record.series.classes, record.series.ids
+
+
 def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     """Class and probabilities for each series of a series job."""
     layer = next(la for la in record.layers if la.role == "prediction")
     probs = np.asarray(store.array(record, layer.name))
-    classes: list[str] = record.extra["classes"]
-    ids: list[str] = record.extra["ids"]
+    classes, ids = _series_items(record)
     best = probs.argmax(axis=1).tolist()
     items = [
         {
@@ -146,7 +154,7 @@ def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
 def series_attention(record: JobRecord, store: ArraySource, name: str) -> list[dict[str, Any]]:
     """Per-series attention weights: per head and mean over heads, per date."""
     weights = np.asarray(store.array(record, name))  # (N, heads, T)
-    ids: list[str] = record.extra["ids"]
+    _, ids = _series_items(record)
     means = weights.mean(axis=1).tolist()
     return [
         {"id": item_id, "weights": w, "mean": m}
@@ -165,8 +173,8 @@ def attention_listing(record: JobRecord) -> dict[str, Any]:
             entry["geotiff_url"] = f"/attention/{record.id}/{layer.name}?format=geotiff"
         layers.append(entry)
     body: dict[str, Any] = {"job_id": record.id, "model": record.model, "layers": layers}
-    if record.extra.get("dates"):
-        body["dates"] = record.extra["dates"]
+    if record.series is not None and record.series.dates:
+        body["dates"] = record.series.dates
     if record.kind == "raster":
         body["georeference"] = record.georef
         body["geotiff_url"] = f"/attention/{record.id}?format=geotiff"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from service.jobs.record import Layer
+from service.jobs.record import Layer, ResamplingSummary, Series
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.pipeline.scene_grid import SceneWork
 from service.pipeline.statistics import statistics
@@ -28,14 +28,16 @@ class Prediction:
         layers: one per array.
         arrays: layer name -> array to store.
         georef: the georeference of raster results.
-        extra: what the job's answer needs besides its layers (dates, item ids).
+        series: dates, classes and item ids (temporal models).
+        resampling: how the input went to the model's ground resolution (images).
     """
 
     kind: str
     layers: list[Layer]
     arrays: dict[str, np.ndarray]
     georef: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    series: Series | None = None
+    resampling: ResamplingSummary | None = None
 
 
 class Task(Protocol):

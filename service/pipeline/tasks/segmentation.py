@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from service.jobs.record import Layer
+from service.jobs.record import Layer, ResamplingSummary, Tiling
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
@@ -81,7 +81,9 @@ class ImageSegmentation:
             georef = inp.georef.to_json()
         else:
             georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": w, "height": h}
-        return Prediction("raster", layers, arrays, georef, extra={"resampling": plan.to_json()})
+        return Prediction(
+            "raster", layers, arrays, georef, resampling=ResamplingSummary(**plan.to_json())
+        )
 
     def check_scene_file(self, manifest: Manifest, info: RasterInfo) -> None:
         """One image of the model's bands and dtype."""
@@ -112,9 +114,8 @@ class ImageSegmentation:
             # Tiles are read and inferred on the model's grid (its resolution),
             # outputs written on the input's; rows_ds reads the input's validity
             # for them off the reader thread.
-            plan = Resampling.from_json(
-                record.extra.get("resampling") or {}, info.width, info.height
-            )
+            asked = record.resampling.to_json() if record.resampling else {}
+            plan = Resampling.from_json(asked, info.width, info.height)
             tiled = replace(info, width=plan.model_width, height=plan.model_height)
             grid = TileGrid(tiled.height, tiled.width, size, min(overlap, size // 2), halo)
             # Layers blended: every spatial output, then the input's validity.
@@ -197,7 +198,7 @@ class ImageSegmentation:
                     description="per-band weights, averaged over tiles by valid pixels",
                 )
             )
-        record.extra["tiling"] = {"tile_size": size, "overlap": grid.overlap, "tiles": len(grid)}
+        record.tiling = Tiling(size, grid.overlap, len(grid))
 
     @staticmethod
     def _sinks(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from datetime import date
-from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInput
-from service.jobs.record import Layer
+from service.jobs.record import Layer, Series, Tiling
 from service.pipeline.inputs import RasterInput, SeriesInput, pixel_series
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile
@@ -37,12 +36,12 @@ class TemporalClassification:
         model = TemporalTask(manifest, served.batcher)
         out = await model.predict(inp.series, inp.days, inp.valid, timeout_s)
         days = inp.days.tolist()
-        extra: dict[str, Any] = {"dates": inp.dates, "days": days, "classes": manifest.classes}
+        series = Series(inp.dates, days, manifest.classes)
         layers: list[Layer] = []
         arrays: dict[str, np.ndarray] = {}
         pred = manifest.prediction
         if inp.pixels is None:
-            extra["ids"] = inp.ids
+            series.ids = inp.ids
             arrays[pred.name] = out.probabilities
             layers.append(output_layer(pred, out.probabilities))
             for spec in manifest.attention:
@@ -50,7 +49,7 @@ class TemporalClassification:
                 layers.append(
                     output_layer(spec, out.attention[spec.name], dates=inp.dates, days=days)
                 )
-            return Prediction("series", layers, arrays, None, extra)
+            return Prediction("series", layers, arrays, None, series)
         if inp.georef is None:
             raise InvalidInput("the pixels of a series need the raster's georeference")
         pixels = inp.pixels
@@ -69,7 +68,7 @@ class TemporalClassification:
             cube[:, :, pixels] = att.transpose(1, 2, 0)
             arrays[spec.name] = cube
             layers.append(output_layer(spec, cube, dates=inp.dates, days=days))
-        return Prediction("raster", layers, arrays, inp.georef.to_json(), extra)
+        return Prediction("raster", layers, arrays, inp.georef.to_json(), series)
 
     def check_scene_file(self, manifest: Manifest, info: RasterInfo) -> None:
         """A whole number of dates of the model's bands."""
@@ -185,8 +184,8 @@ class TemporalClassification:
                     file="attention.tif",
                 )
             )
-        record.extra.update({"dates": options.dates, "days": days.tolist(), "classes": classes})
-        record.extra["tiling"] = {"tile_size": size, "overlap": 0, "tiles": len(grid)}
+        record.series = Series(options.dates, days.tolist(), classes)
+        record.tiling = Tiling(size, 0, len(grid))
 
     @staticmethod
     def _sinks(

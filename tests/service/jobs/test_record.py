@@ -12,6 +12,10 @@ from service.jobs.record import (
     FINAL_STATES,
     JobRecord,
     Layer,
+    ModelGrid,
+    ResamplingSummary,
+    Series,
+    Tiling,
     id_age_s,
     is_job_id,
     new_id,
@@ -65,6 +69,63 @@ def test_a_record_round_trips_through_json() -> None:
     record = _record(layers=[layer], packed={"p": 0}, state="running")
     again = JobRecord(**json.loads(json.dumps(dataclasses.asdict(record))))
     assert again == record
+
+
+def test_typed_parts_round_trip_through_json() -> None:
+    record = _record(
+        series=Series(["2024-03-02"], [61.0], ["wheat", "maize"], ids=["field-7"]),
+        tiling=Tiling(tile_size=256, overlap=32, tiles=9),
+        resampling=ResamplingSummary(
+            applied=True, model_gsd_m=0.5, input_gsd_m=[0.25, 0.25], factor=[0.5, 0.5],
+            model_grid=ModelGrid(width=48, height=48), method="average", method_back="bilinear",
+        ),
+        runs=2, resumed=1, eta_s=3.5, seconds=12.25,
+    )  # fmt: skip
+    text = json.dumps(dataclasses.asdict(record))
+    assert '"extra"' not in text
+    again = JobRecord(**json.loads(text))
+    assert again == record
+    assert again.resampling is not None
+    assert again.resampling.model_grid == ModelGrid(48, 48)
+
+
+def test_a_resampling_summary_leaves_out_what_was_not_decided() -> None:
+    kept = ResamplingSummary(applied=False, model_gsd_m=0.5, reason="not georeferenced: run as is")
+    assert kept.to_json() == {
+        "applied": False, "model_gsd_m": 0.5, "input_gsd_m": None, "tolerance": 1.25,
+        "reason": "not georeferenced: run as is",
+    }  # fmt: skip
+    done = ResamplingSummary(
+        True, 0.5, [1.0, 1.0], 1.25, None, [2.0, 2.0], ModelGrid(8, 6), "bilinear", "bilinear"
+    )
+    assert done.to_json()["model_grid"] == {"width": 8, "height": 6}
+    assert "reason" not in done.to_json()
+
+
+def test_a_record_stored_with_one_extra_dict_loads_into_the_typed_fields() -> None:
+    stored = dataclasses.asdict(_record(state="done"))
+    stored["extra"] = {
+        "dates": ["2024-03-02", "2024-03-19"], "days": [61, 78], "classes": ["a", "b"],
+        "ids": ["p1"], "tiling": {"tile_size": 512, "overlap": 64, "tiles": 4},
+        "resampling": {"applied": True, "model_gsd_m": 0.5, "input_gsd_m": [1.0, 1.0],
+                       "tolerance": 1.25, "factor": [2.0, 2.0],
+                       "model_grid": {"width": 64, "height": 64},
+                       "method": "bilinear", "method_back": "bilinear"},
+        "runs": 1, "resumed": 2, "eta_s": 0.0, "seconds": 4.5,
+    }  # fmt: skip
+    record = JobRecord(**json.loads(json.dumps(stored)))
+    assert record.series == Series(["2024-03-02", "2024-03-19"], [61.0, 78.0], ["a", "b"], ["p1"])
+    assert record.tiling == Tiling(512, 64, 4)
+    assert record.resampling is not None
+    assert record.resampling.to_json() == stored["extra"]["resampling"]
+    assert (record.runs, record.resumed, record.eta_s, record.seconds) == (1, 2, 0.0, 4.5)
+    # Written again, it has the typed fields only.
+    assert "extra" not in dataclasses.asdict(record)
+    # A segmentation job of then: no series, nothing else made up.
+    plain = JobRecord(**{**dataclasses.asdict(_record()), "extra": {}})
+    assert plain.series is None
+    assert plain.tiling is None
+    assert plain.runs == 0
 
 
 def test_a_layer_shows_clients_no_storage_details() -> None:

@@ -106,7 +106,7 @@ def test_a_job_the_server_dies_on_is_failed_with_its_reason_after_the_resume_lim
         assert _run_and_kill(store.root, marks, max_resumes=2) == 1, f"run {attempt + 1}"
         record = store.load(job_id)
         assert record.state == "running"
-        assert record.extra["runs"] == attempt + 1
+        assert record.runs == attempt + 1
     # The next start fails the job instead of running it a fourth time.
     process = multiprocessing.get_context("spawn").Process(
         target=_serve_jobs, args=(store.root, marks, 2)
@@ -143,7 +143,7 @@ def test_a_clean_stop_does_not_count_towards_the_resume_limit(tmp_path: Path) ->
         assert asyncio.run(run_then_stop()) == [job_id]
     record = store.load(job_id)
     assert record.state == "queued"
-    assert record.extra["runs"] == 0
+    assert record.runs == 0
 
 
 def test_start_up_does_not_wait_for_unfinished_jobs(tmp_path: Path) -> None:

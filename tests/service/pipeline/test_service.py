@@ -67,7 +67,7 @@ def test_a_scene_job_is_stored_with_its_input_and_queued(tmp_path: Path) -> None
         assert kept.params["options"]["uint8"] is True
         assert kept.georef is not None
         assert kept.georef["width"] == 96
-        assert "resampling" in kept.extra
+        assert kept.resampling is not None
         body = state.jobs.status(kept)
         assert body["state"] == "queued"
         cancelled = state.jobs.cancel(kept)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.api.state import AppState
 from service.errors import Conflict
+from service.jobs.record import JobRecord
 from service.pipeline import views
+from service.pipeline.inputs import validate_json
 from service.pipeline.intake import SyncRequest, UploadOptions
+from tests.helpers.bodies import parcels
 from tests.helpers.geotiff import geotiff, noise, read_geotiff
-from tests.helpers.state import FOOTPRINTS, run
+from tests.helpers.state import CROPS, FOOTPRINTS, run
 
 
 def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> None:
@@ -48,3 +54,28 @@ def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> No
             views.require_done(record)
 
     run(tmp_path, (FOOTPRINTS,), scenario)
+
+
+def test_a_series_job_stored_with_one_extra_dict_answers_as_it_did(tmp_path: Path) -> None:
+    async def scenario(state: AppState) -> None:
+        served = state.repository.get("crops")
+        bands = len(served.manifest.input.bands)
+        series = np.random.default_rng(3).uniform(500, 4000, (2, 3, bands))
+        dates = ["2024-03-02", "2024-03-19", "2024-04-08"]
+        request = await state.intake.json(served, validate_json(parcels(series, dates=dates)))
+        stored = await state.jobs.run(request, None)
+        request.held.release()
+        state.store.flush()
+        record = state.store.load(stored.record.id, None)
+        answer = views.job_json(record, state.store)
+        assert answer["prediction"]["items"][1]["id"] == "p1"
+
+        # The same job as earlier versions wrote it: its dates, classes and ids in "extra".
+        old = dataclasses.asdict(record)
+        old["extra"] = {**old.pop("series"), "runs": old.pop("runs")}
+        for name in ("tiling", "resampling", "resumed", "eta_s", "seconds"):
+            del old[name]
+        legacy = JobRecord(**json.loads(json.dumps(old)))
+        assert views.job_json(legacy, state.store) == answer
+
+    run(tmp_path, (CROPS,), scenario)

@@ -42,7 +42,7 @@ def test_every_output_becomes_a_layer_of_a_raster_job(tmp_path: Path) -> None:
         "width": 64,
         "height": 64,
     }
-    assert result.extra["resampling"]["applied"] is False
+    assert result.resampling.applied is False
     prediction = result.arrays[names[0]]
     assert prediction.shape == (64, 64)
     assert np.isnan(prediction[:, :8]).all()

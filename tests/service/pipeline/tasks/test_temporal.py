@@ -45,9 +45,9 @@ def test_parcels_become_a_series_job_with_their_ids(tmp_path: Path) -> None:
     result, manifest = _run(tmp_path, make)
     assert result.kind == "series"
     assert result.georef is None
-    assert result.extra["ids"] == ["a", "b", "c"]
-    assert result.extra["days"] == [10, 40, 70, 100]
-    assert result.extra["classes"] == manifest.classes
+    assert result.series.ids == ["a", "b", "c"]
+    assert result.series.days == [10, 40, 70, 100]
+    assert result.series.classes == manifest.classes
     probs = result.arrays[manifest.prediction.name]
     assert probs.shape == (3, len(manifest.classes))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
