@@ -25,16 +25,16 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from service.errors import AttnserveError, DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.runtime.feeds import Feed, Padding, rows_of
 
 log = logging.getLogger(__name__)
 
-Feed = dict[str, np.ndarray]
 RunFn = Callable[[Feed], Feed]
 
 
@@ -49,19 +49,6 @@ class BatchObserver(Protocol):
 
     def batch_failed(self, rows: int) -> None:
         """A batch failed in the session."""
-
-
-@dataclass(frozen=True)
-class Padding:
-    """Lets requests whose inputs differ in length along one axis share a batch.
-
-    Attributes:
-        inputs: input name -> (axis, fill value) to pad to the batch's longest.
-        outputs: output name -> axis to trim back to each request's own length.
-    """
-
-    inputs: dict[str, tuple[int, float | bool]] = field(default_factory=dict)
-    outputs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,7 +159,7 @@ class DynamicBatcher:
             DeadlineExceeded: no result within ``timeout_s``.
             InferenceFailed: the session failed on the batch.
         """
-        rows = _rows(feed)
+        rows = rows_of(feed)
         deadline = time.monotonic() + timeout_s
         if rows <= self.max_batch_size:
             return await self._submit_one(feed, rows, deadline)
@@ -182,7 +169,7 @@ class DynamicBatcher:
         async def chunk(start: int) -> Feed:
             async with gate:
                 part = {k: v[start : start + self.max_batch_size] for k, v in feed.items()}
-                return await self._submit_one(part, _rows(part), deadline)
+                return await self._submit_one(part, rows_of(part), deadline)
 
         tasks = [asyncio.ensure_future(chunk(s)) for s in starts]
         try:
@@ -201,13 +188,8 @@ class DynamicBatcher:
                 f"model {self.name} queue is full ({self.max_queue_size} requests waiting)",
                 retry_after_s=self._retry_after(),
             )
-        lengths = {name: feed[name].shape[axis] for name, (axis, _) in self.padding.inputs.items()}
-        # Requests share a batch when all dimensions but the batch (and padded) axes agree.
-        key = tuple(
-            (name, str(a.dtype), tuple(d for i, d in enumerate(a.shape) if i not in (0, pad)))
-            for name, a in sorted(feed.items())
-            for pad in [self._pad_axis(name)]
-        )
+        lengths = self.padding.lengths(feed)
+        key = self.padding.batch_key(feed)
         future: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
         now = time.monotonic()
         self._queue.append(_Pending(feed, rows, key, lengths, future, deadline, now))
@@ -220,10 +202,6 @@ class DynamicBatcher:
             return await asyncio.wait_for(future, max(0.0, deadline - now))
         except TimeoutError:
             raise DeadlineExceeded(f"model {self.name} did not answer in time") from None
-
-    def _pad_axis(self, name: str) -> int | None:
-        spec = self.padding.inputs.get(name)
-        return spec[0] if spec else None
 
     def _retry_after(self) -> float:
         waiting_rows = sum(p.rows for p in self._queue)
@@ -333,7 +311,7 @@ class DynamicBatcher:
         started = time.monotonic()
         rows = sum(p.rows for p in batch)
         arrivals = self._arrivals
-        feed = self._merge(batch)
+        feed = self.padding.merge([p.feed for p in batch])
         try:
             outputs = await loop.run_in_executor(self._executor, run, feed)
         except AttnserveError as exc:
@@ -348,7 +326,10 @@ class DynamicBatcher:
             self._alone = len(batch) == 1 and self._arrivals == arrivals
         run_s = time.monotonic() - started
         self._row_seconds = 0.8 * self._row_seconds + 0.2 * (run_s / max(rows, 1))
-        self._split(batch, outputs)
+        owns = self.padding.split(outputs, [(p.rows, p.lengths) for p in batch])
+        for pending, own in zip(batch, owns, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(own)
         if self.observer is not None:
             self.observer.batch_done(rows, [started - p.enqueued for p in batch], run_s)
 
@@ -358,48 +339,3 @@ class DynamicBatcher:
         for pending in batch:
             if not pending.future.done():
                 pending.future.set_exception(exc)
-
-    def _merge(self, batch: list[_Pending]) -> Feed:
-        if len(batch) == 1 and not self.padding.inputs:
-            return batch[0].feed
-        merged: Feed = {}
-        for name in batch[0].feed:
-            arrays = [p.feed[name] for p in batch]
-            pad = self.padding.inputs.get(name)
-            if pad is not None:
-                axis, fill = pad
-                longest = max(a.shape[axis] for a in arrays)
-                arrays = [_pad_to(a, axis, longest, fill) for a in arrays]
-            merged[name] = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        return merged
-
-    def _split(self, batch: list[_Pending], outputs: Feed) -> None:
-        start = 0
-        for pending in batch:
-            own: Feed = {}
-            for name, array in outputs.items():
-                part = array[start : start + pending.rows]
-                axis = self.padding.outputs.get(name)
-                if axis is not None:
-                    length = next(iter(pending.lengths.values()))
-                    part = np.take(part, np.arange(length), axis=axis)
-                own[name] = part
-            start += pending.rows
-            if not pending.future.done():
-                pending.future.set_result(own)
-
-
-def _rows(feed: Feed) -> int:
-    rows = {a.shape[0] for a in feed.values()}
-    if len(rows) != 1:
-        raise ValueError(f"inputs disagree on batch size: {sorted(rows)}")
-    return int(rows.pop())
-
-
-def _pad_to(array: np.ndarray, axis: int, length: int, fill: float | bool) -> np.ndarray:
-    missing = length - array.shape[axis]
-    if missing == 0:
-        return array
-    shape = list(array.shape)
-    shape[axis] = missing
-    return np.concatenate([array, np.full(shape, fill, dtype=array.dtype)], axis=axis)

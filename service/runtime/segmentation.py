@@ -8,7 +8,8 @@ from typing import ClassVar
 import numpy as np
 
 from service.memory import SceneLoad
-from service.runtime.batcher import DynamicBatcher, Padding
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.feeds import Padding
 from service.runtime.manifest import Manifest
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import ClassVar, Protocol
 
 from service.memory import SceneLoad
-from service.runtime.batcher import DynamicBatcher, Padding
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.feeds import Padding
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask
 from service.runtime.temporal import TemporalTask

@@ -10,7 +10,8 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.memory import SceneLoad
-from service.runtime.batcher import DynamicBatcher, Padding
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.feeds import Padding
 from service.runtime.manifest import Manifest
 
 

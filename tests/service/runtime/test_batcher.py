@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
-from service.runtime.batcher import DynamicBatcher, Feed, Padding
+from service.runtime.batcher import DynamicBatcher
+from service.runtime.feeds import Feed, Padding
 
 
 class Recorder:
