@@ -11,6 +11,7 @@ import torch
 
 from models.registry import get_family
 from service.runtime.manifest import MANIFEST_KEY, Manifest
+from service.runtime.manifest_embed import embed_manifest
 
 OPSET = 17
 
@@ -34,17 +35,6 @@ def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
     model = family.build(ckpt["config"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
-
-
-def embed_manifest(model: onnx.ModelProto, manifest: Manifest) -> None:
-    """Store the manifest as JSON in the model's metadata (replacing any old one)."""
-    manifest.validate()
-    kept = [p for p in model.metadata_props if p.key != MANIFEST_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
-    model.doc_string = manifest.description
-    model.producer_name = "attnserve"
 
 
 def export_checkpoint(
@@ -88,6 +78,7 @@ def export_checkpoint(
     proto = onnx.load(str(tmp))
     manifest = family.manifest(ckpt)
     embed_manifest(proto, manifest)
+    proto.producer_name = "attnserve"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(out))
     tmp.unlink(missing_ok=True)

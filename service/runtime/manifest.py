@@ -8,10 +8,13 @@ import with onnxruntime and numpy alone.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 MANIFEST_KEY = "attnserve.manifest"
+# A plain NAME.onnx is served with the manifest in NAME.manifest.json beside it.
+SIDECAR_SUFFIX = ".manifest.json"
 # Set by `attnserve fp16` on half-precision copies; absent means float32.
 PRECISION_KEY = "attnserve.precision"
 SCHEMA_VERSION = 1
@@ -155,90 +158,190 @@ class Manifest:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        """Parse and validate a manifest from JSON text."""
+    def from_json(cls, text: str, *, validate: bool = True) -> Manifest:
+        """Parse and validate a manifest from JSON text (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ManifestError(f"manifest is not valid JSON: {exc.msg}") from exc
-        return cls.from_dict(data)
+            raise ManifestError(
+                f"manifest is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            ) from exc
+        return cls.from_dict(data, validate=validate)
 
     @classmethod
-    def from_dict(cls, data: Any) -> Manifest:
-        """Build a manifest from plain data, refusing anything inconsistent."""
-        if not isinstance(data, dict):
-            raise ManifestError("manifest must be a JSON object")
+    def from_dict(cls, data: Any, *, validate: bool = True) -> Manifest:
+        """Build a manifest from plain data, refusing anything inconsistent.
+
+        Errors name the field at fault (``input.bands``, ``outputs[1].kind``).
+        ``validate=False`` only builds it, for tools that list every problem
+        (:meth:`problems`) rather than stop at the first.
+        """
+        data = _fields(cls, data, "manifest", optional=("description",))
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ManifestError(f"schema_version must be an integer, not {version!r}")
+        if version > SCHEMA_VERSION:
+            raise ManifestError(f"manifest schema_version {version} is newer than supported")
+        inp = _fields(InputSpec, data["input"], "input")
+        inp["normalization"] = Normalization(
+            **_fields(Normalization, inp["normalization"], "input.normalization")
+        )
+        for key in ("tensors", "outputs"):
+            if not isinstance(data[key], list):
+                raise ManifestError(f"{key} must be a list of objects")
         try:
-            version = int(data.get("schema_version", SCHEMA_VERSION))
-            if version > SCHEMA_VERSION:
-                raise ManifestError(f"manifest schema_version {version} is newer than supported")
-            inp = dict(data["input"])
-            inp["normalization"] = Normalization(**inp["normalization"])
             manifest = cls(
                 name=str(data["name"]),
                 version=str(data["version"]),
                 task=data["task"],
                 description=str(data.get("description", "")),
                 input=InputSpec(**inp),
-                tensors=[TensorSpec(**t) for t in data["tensors"]],
-                outputs=[OutputSpec(**o) for o in data["outputs"]],
+                tensors=[
+                    TensorSpec(**_fields(TensorSpec, t, f"tensors[{i}]"))
+                    for i, t in enumerate(data["tensors"])
+                ],
+                outputs=[
+                    OutputSpec(**_fields(OutputSpec, o, f"outputs[{i}]"))
+                    for i, o in enumerate(data["outputs"])
+                ],
                 classes=[str(c) for c in data.get("classes", [])],
                 training=dict(data.get("training", {})),
                 metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
                 schema_version=version,
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ManifestError):
-                raise
-            raise ManifestError(f"manifest is malformed: {exc!r}") from exc
-        manifest.validate()
+        except ManifestError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"manifest is malformed: {exc}") from exc
+        if validate:
+            manifest.validate()
         return manifest
 
     def validate(self) -> None:
-        """Check the manifest's internal consistency."""
+        """Check the manifest's internal consistency.
+
+        Raises:
+            ManifestError: every problem found, each naming its field.
+        """
+        found = self.problems()
+        if found:
+            raise ManifestError("; ".join(found))
+
+    def problems(self) -> list[str]:
+        """Every internal inconsistency, each as ``field: what is wrong``."""
+        found: list[str] = []
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ManifestError(f"model name {self.name!r} must be alphanumeric with - or _")
+            found.append(f"name: model name {self.name!r} must be alphanumeric with - or _")
         if not self.version or any(c in self.version for c in "/:\\ "):
-            raise ManifestError(f"model version {self.version!r} is not a plain version string")
+            found.append(f"version: model version {self.version!r} is not a plain version string")
         if self.task not in TASKS:
-            raise ManifestError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+            found.append(f"task: unknown task {self.task!r}; known: {', '.join(TASKS)}")
         predictions = [o for o in self.outputs if o.role == "prediction"]
         if len(predictions) != 1:
-            raise ManifestError("manifest must name exactly one prediction output")
-        for out in self.outputs:
-            if out.role not in ("prediction", "attention"):
-                raise ManifestError(f"output {out.name!r} has unknown role {out.role!r}")
-            if out.kind not in OUTPUT_KINDS:
-                raise ManifestError(f"output {out.name!r} has unknown kind {out.kind!r}")
-            if not isinstance(out.stride, int) or out.stride < 1:
-                raise ManifestError(f"output {out.name!r} stride must be a positive integer")
-            if out.stride > 1 and (len(out.shape) != 4 or out.role == "prediction"):
-                raise ManifestError(
-                    f"output {out.name!r}: only 4-D attention maps may have a stride"
-                )
-            if out.stride > 1 and (self.input.size_multiple or 1) % out.stride:
-                raise ManifestError(
-                    f"output {out.name!r} stride {out.stride} must divide the input's "
-                    f"size_multiple ({self.input.size_multiple})"
-                )
+            found.append(
+                f"outputs: manifest must name exactly one prediction output, not {len(predictions)}"
+            )
+        for i, out in enumerate(self.outputs):
+            found.extend(f"outputs[{i}].{p}" for p in _output_problems(out, self.input))
         norm = self.input.normalization
         n_bands = len(self.input.bands)
-        if n_bands == 0 or len(norm.mean) != n_bands or len(norm.std) != n_bands:
-            raise ManifestError("normalization mean/std must have one value per band")
+        if n_bands == 0:
+            found.append("input.bands: no bands listed; name each band the model takes")
+        elif len(norm.mean) != n_bands or len(norm.std) != n_bands:
+            found.append(
+                f"input.normalization: mean/std must have one value per band ({n_bands}), "
+                f"not {len(norm.mean)}/{len(norm.std)}"
+            )
         if any(s <= 0 for s in norm.std):
-            raise ManifestError("normalization std must be positive")
+            found.append("input.normalization.std: normalization std must be positive")
         gsd = self.input.gsd_m
         if gsd is not None and (
             isinstance(gsd, bool) or not isinstance(gsd, int | float) or not 0 < gsd < 1e6
         ):
-            raise ManifestError(f"input gsd_m must be a positive number of metres, not {gsd!r}")
+            found.append(f"input.gsd_m: gsd_m must be a positive number of metres, not {gsd!r}")
         if (
             len(self.input.value_range) != 2
             or self.input.value_range[0] >= self.input.value_range[1]
         ):
-            raise ManifestError("input value_range must be [low, high] with low < high")
-        for tensor in self.tensors:
+            found.append("input.value_range: must be [low, high] with low < high")
+        for i, tensor in enumerate(self.tensors):
             if tensor.default is not None and tensor.default not in TENSOR_DEFAULTS:
-                raise ManifestError(f"input {tensor.name!r} has unknown default {tensor.default!r}")
+                found.append(
+                    f"tensors[{i}].default: input {tensor.name!r} has unknown default "
+                    f"{tensor.default!r}; known: {', '.join(TENSOR_DEFAULTS)}"
+                )
         if self.task == "temporal_classification" and not self.classes:
-            raise ManifestError("a classification model must list its classes")
+            found.append("classes: a classification model must list its classes")
+        return found
+
+
+def sidecar_path(model: Path) -> Path:
+    """Where the sidecar manifest of a model file lies: ``NAME.onnx`` -> ``NAME.manifest.json``."""
+    return model.with_name(model.stem + SIDECAR_SUFFIX)
+
+
+def load_manifest(model: Path, embedded: str | None) -> tuple[Manifest, str]:
+    """A model's manifest and where it came from: ``embedded`` or ``sidecar``.
+
+    The manifest embedded in the ONNX metadata wins over a sidecar file; a model
+    with neither cannot be served.
+
+    Args:
+        model: the ``.onnx`` file.
+        embedded: the JSON text stored in its metadata, if any.
+    """
+    if embedded is not None:
+        return Manifest.from_json(embedded), "embedded"
+    sidecar = sidecar_path(model)
+    if not sidecar.is_file():
+        raise ManifestError(
+            f"model carries no attnserve manifest in its metadata and no {sidecar.name} "
+            "lies beside it (`attnserve manifest draft` writes one to start from)"
+        )
+    try:
+        return Manifest.from_json(sidecar.read_text(encoding="utf-8")), "sidecar"
+    except (ManifestError, OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{sidecar.name}: {exc}") from exc
+
+
+def _fields(cls: type, data: Any, where: str, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``data`` as keyword arguments of dataclass ``cls``; a missing or unknown key is named."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where} must be a JSON object, not {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ManifestError(
+            f"{where}.{unknown[0]} is not a manifest field; {where} takes {', '.join(known)}"
+        )
+    for name, f in known.items():
+        required = f.default is MISSING and f.default_factory is MISSING
+        if name not in data and required and name not in optional:
+            raise ManifestError(f"{where}.{name} is missing")
+    return dict(data)
+
+
+def _output_problems(out: OutputSpec, inp: InputSpec) -> list[str]:
+    """What is wrong with one output spec, each starting with the field's name."""
+    found: list[str] = []
+    if out.role not in ("prediction", "attention"):
+        found.append(f"role: output {out.name!r} has unknown role {out.role!r}")
+    if out.kind not in OUTPUT_KINDS:
+        found.append(
+            f"kind: output {out.name!r} has unknown kind {out.kind!r}; "
+            f"known: {', '.join(OUTPUT_KINDS)}"
+        )
+    if not isinstance(out.shape, list):
+        found.append(f"shape: output {out.name!r} shape must be a list of dimensions")
+        return found
+    if isinstance(out.stride, bool) or not isinstance(out.stride, int) or out.stride < 1:
+        found.append(f"stride: output {out.name!r} stride must be a positive integer")
+        return found
+    if out.stride > 1 and (len(out.shape) != 4 or out.role == "prediction"):
+        found.append(f"stride: output {out.name!r}: only 4-D attention maps may have a stride")
+    elif out.stride > 1 and (inp.size_multiple or 1) % out.stride:
+        found.append(
+            f"stride: output {out.name!r} stride {out.stride} must divide the input's "
+            f"size_multiple ({inp.size_multiple})"
+        )
+    return found

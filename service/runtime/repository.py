@@ -14,7 +14,8 @@ from typing import Literal
 from service.errors import NotFound
 from service.runtime.batcher import BatchObserver, DynamicBatcher
 from service.runtime.cpus import usable_cpus
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import Manifest, ManifestError, sidecar_path
+from service.runtime.manifest_check import check_manifest
 from service.runtime.session import ModelSession, SessionOptions
 from service.runtime.tasks import InferenceTask, inference_task
 
@@ -121,6 +122,15 @@ class ModelRepository:
         session = ModelSession(path, self.options)
         load_s = time.perf_counter() - start
         manifest = session.manifest
+        sidecar = sidecar_path(path)
+        if session.manifest_source == "embedded" and sidecar.is_file():
+            log.warning(
+                "%s carries its own manifest, which wins over %s beside it", path.name, sidecar.name
+            )
+        problems = check_manifest(manifest, session.graph)
+        if problems:
+            where = sidecar.name if session.manifest_source == "sidecar" else "embedded manifest"
+            raise ManifestError(f"{where}: {'; '.join(problems)}")
         task_class = inference_task(manifest)
         helpers = self._helpers(path, session)
         if self._warmup:

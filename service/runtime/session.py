@@ -14,7 +14,13 @@ import onnxruntime as ort
 from service.errors import InferenceFailed, InvalidInput
 from service.memory import malloc_trim
 from service.runtime.graphs import ORT_TYPES, CudaGraphs
-from service.runtime.manifest import MANIFEST_KEY, PRECISION_KEY, Manifest, ManifestError
+from service.runtime.manifest import (
+    MANIFEST_KEY,
+    PRECISION_KEY,
+    Manifest,
+    ManifestError,
+    load_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +124,11 @@ class ModelSession:
         self._session = ort.InferenceSession(
             str(path), sess_options=so, providers=_provider_list(options)
         )
-        self.manifest = read_manifest(self._session)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        # The embedded manifest, else NAME.manifest.json beside the file.
+        self.manifest, self.manifest_source = load_manifest(path, meta.get(MANIFEST_KEY))
         # float16 for copies made by `attnserve fp16` (computed in half precision).
-        self.precision = self._session.get_modelmeta().custom_metadata_map.get(
-            PRECISION_KEY, "float32"
-        )
+        self.precision = meta.get(PRECISION_KEY, "float32")
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         missing = {o.name for o in self.manifest.outputs} - set(self.output_names)
@@ -151,6 +157,11 @@ class ModelSession:
             self._bind = True  # CUDA graphs need bound inputs and outputs
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("gpu_graph_id", "-1")
+
+    @property
+    def graph(self) -> ort.InferenceSession:
+        """The ONNX Runtime session itself (for checks of the graph against the manifest)."""
+        return self._session
 
     @property
     def cuda_active(self) -> bool:

@@ -48,6 +48,10 @@ def readiness(state: State) -> tuple[bool, dict[str, Any]]:
         "reasons": reasons,
         "models": models,
         "failed_files": sorted(repo.failures),
+        # Each model file not served, with the reason (a manifest field at fault, say).
+        "skipped": [
+            {"file": name, "reason": repo.failures[name]} for name in sorted(repo.failures)
+        ],
     }
     return not reasons, body
 

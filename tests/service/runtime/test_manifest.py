@@ -5,11 +5,18 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.runtime.manifest import SCHEMA_VERSION, Manifest, ManifestError
+from service.runtime.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    sidecar_path,
+)
 
 
 def test_the_shipped_manifests_round_trip_and_describe_themselves(
@@ -52,7 +59,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("input.gsd_m", True), "gsd_m must be a positive number"),
         (_set("input.value_range", [255, 0]), "low < high"),
         (_set("tensors.0.default", "zeros"), "unknown default 'zeros'"),
-        (lambda d: d.pop("outputs"), "manifest is malformed"),
+        (lambda d: d.pop("outputs"), "manifest.outputs is missing"),
     ],
 )
 def test_inconsistent_manifests_are_refused(
@@ -76,3 +83,53 @@ def test_text_that_is_not_a_manifest_is_refused() -> None:
         Manifest.from_json("{name: footprints")
     with pytest.raises(ManifestError, match="must be a JSON object"):
         Manifest.from_json(json.dumps(["footprints"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["input"].pop("bands"), r"^input\.bands is missing$"),
+        (lambda d: d["outputs"][1].pop("kind"), r"^outputs\[1\]\.kind is missing$"),
+        (
+            lambda d: d["outputs"][0].update(colour="red"),
+            r"^outputs\[0\]\.colour is not a manifest",
+        ),
+        (lambda d: d.update(outputs={"probability": {}}), r"^outputs must be a list"),
+        (
+            lambda d: d["input"].update(normalization=[0, 1]),
+            r"^input\.normalization must be a JSON",
+        ),
+    ],
+)
+def test_a_malformed_manifest_names_the_field(
+    footprints: Manifest, change: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    data = copy.deepcopy(footprints.to_dict())
+    change(data)
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_every_inconsistency_is_listed_with_its_field(footprints: Manifest) -> None:
+    data = copy.deepcopy(footprints.to_dict())
+    data["outputs"][1]["kind"] = "hologram"
+    data["input"]["gsd_m"] = -1
+    manifest = Manifest.from_dict(data, validate=False)
+    assert [p.split(":")[0] for p in manifest.problems()] == ["outputs[1].kind", "input.gsd_m"]
+    with pytest.raises(ManifestError, match=r"hologram.*; input\.gsd_m"):
+        manifest.validate()
+
+
+def test_the_embedded_manifest_wins_over_a_sidecar(footprints: Manifest, tmp_path: Path) -> None:
+    model = tmp_path / "roofs-1.0.onnx"
+    assert sidecar_path(model) == tmp_path / "roofs-1.0.manifest.json"
+    sidecar_path(model).write_text("{not even json")
+    manifest, source = load_manifest(model, footprints.to_json())
+    assert (manifest, source) == (footprints, "embedded")
+    with pytest.raises(ManifestError, match=r"^roofs-1\.0\.manifest\.json: .*not valid JSON"):
+        load_manifest(model, None)
+    sidecar_path(model).write_text(footprints.to_json())
+    assert load_manifest(model, None) == (footprints, "sidecar")
+    sidecar_path(model).unlink()
+    with pytest.raises(ManifestError, match=r"no roofs-1\.0\.manifest\.json lies beside it"):
+        load_manifest(model, None)

@@ -1,0 +1,92 @@
+"""Plain ONNX files written with ``onnx.helper``: models from another project, no torch."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def binary_segmenter(path: Path, bands: int = 3) -> Path:
+    """A building-style segmenter with no manifest: ``image (N, bands, H, W)`` float32 raw 0-255.
+
+    Outputs ``probability (N, 1, H, W)``, the sigmoid of a 3 x 3 convolution, and
+    ``attention (N, 1, H/2, W/2)``, a sigmoid map at half the input's resolution
+    (an average pool of another convolution): what the shipped footprints model's
+    manifest describes, in a graph its exporter never saw.
+    """
+    rng = np.random.default_rng(7)
+    weights = (rng.normal(0, 0.01, (2, bands, 3, 3))).astype(np.float32)
+    bias = np.array([-0.5, 0.2], dtype=np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["features"], pads=[1, 1, 1, 1]),
+        helper.make_node("Split", ["features"], ["logit", "gate_logit"], axis=1, num_outputs=2),
+        helper.make_node("Sigmoid", ["logit"], ["probability"]),
+        helper.make_node(
+            "AveragePool", ["gate_logit"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Sigmoid", ["pooled"], ["attention"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "foreign-segmenter",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", bands, "H", "W"])],
+        [
+            helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1, "H", "W"]),
+            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 1, "h", "w"]),
+        ],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def edited_draft(draft: dict[str, Any], name: str = "roofs") -> dict[str, Any]:
+    """A drafted manifest of :func:`binary_segmenter` as its user would edit it."""
+    data = copy.deepcopy(draft)
+    data["name"] = name
+    data["description"] = "roof segmentation from another project, served through a sidecar"
+    data["classes"] = ["building"]
+    data["input"]["units"] = "8-bit digital numbers"
+    data["input"]["accepted_dtypes"] = ["uint8"]
+    return data
+
+
+def _set_output(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        data["outputs"][1][key] = value
+
+    return change
+
+
+def _wrong_stride(data: dict[str, Any]) -> None:
+    data["outputs"][1]["stride"] = 1
+    data["outputs"][1]["shape"] = ["batch", 1, "height", "width"]
+
+
+# Six ways a user gets the manifest of binary_segmenter wrong, and a word that
+# the check's and the server's message about each must hold.
+WRONG_MANIFESTS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "wrong-output-name": (_set_output("name", "gate"), "'gate'"),
+    "wrong-rank": (_set_output("shape", ["batch", "height_2", "width_2"]), "dimensions"),
+    "wrong-stride": (_wrong_stride, "its stride is 2"),
+    "class-count": (lambda d: d.update(classes=["building", "road", "water"]), "3 classes"),
+    "unknown-kind": (_set_output("kind", "heatmap"), "unknown kind 'heatmap'"),
+    "missing-bands": (lambda d: d["input"].pop("bands"), "input.bands"),
+}
+
+
+def wrong_manifest(good: dict[str, Any], case: str) -> dict[str, Any]:
+    """``good`` with the mistake ``case`` of :data:`WRONG_MANIFESTS`, named after it."""
+    data = copy.deepcopy(good)
+    data["name"] = case
+    WRONG_MANIFESTS[case][0](data)
+    return data
