@@ -53,8 +53,6 @@ JSON_IMAGE_MAX_PIXELS = 512 * 512
 TILE_SIZES = (64, 4096)
 OVERLAPS = (0, 2048)
 COMPRESSIONS = ("deflate", "zstd")
-# Temporal scene tiles: their default side and the step a too-large tile shrinks by.
-SERIES_TILE, SERIES_TILE_STEP = 256, 16
 
 
 def flag(value: str | None, name: str) -> bool:
@@ -167,9 +165,8 @@ class Intake:
     def sync_limits(self, served: ServedModel) -> RasterLimits:
         """The limits of an upload answered synchronously by ``served``."""
         s = self.settings
-        segmentation = served.manifest.task == "segmentation"
         return RasterLimits(
-            max_pixels=s.max_sync_pixels if segmentation else s.max_sync_series_pixels,
+            max_pixels=s.max_sync_series_pixels if served.task.dated else s.max_sync_pixels,
             max_bands=s.max_bands,
             max_bytes=int(s.max_upload_mb * 2**20 * DECODE_RATIO),
         )
@@ -183,7 +180,7 @@ class Intake:
         decoded, and the memory of a synchronous request is reserved before.
         """
         manifest = served.manifest
-        if manifest.task == "segmentation":
+        if not served.task.dated:
             if len(parts) != 1:
                 raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
             image = await asyncio.to_thread(self._image, served, parts[0], options)
@@ -272,7 +269,7 @@ class Intake:
     ) -> SceneRequest:
         manifest = served.manifest
         dates: list[str] = []
-        if manifest.task == "temporal_classification":
+        if served.task.dated:
             if options.dates is not None:
                 dates = [d.isoformat() for d in options.dates]
             else:
@@ -298,14 +295,9 @@ class Intake:
         the largest that does); the model's default tile shrinks to fit instead.
         Returns None to keep the model's default.
         """
-        manifest = served.manifest
         budget = self.budget
-        if manifest.task == "segmentation":
-            default = manifest.input.tile_size or 512
-            multiple = manifest.input.size_multiple or 1
-        else:
-            default, multiple = SERIES_TILE, SERIES_TILE_STEP
-        tile = asked or default
+        tile = asked or served.task.scene_tile(served.manifest)
+        multiple = served.task.tile_step(served.manifest)
 
         def need(side: int) -> int:
             return scene_bytes(served, side, dates, self.settings.scene_tiles_in_flight)
@@ -329,7 +321,7 @@ class Intake:
         manifest = served.manifest
         s = self.settings
         inp: RasterInput | SeriesInput
-        if manifest.task == "temporal_classification":
+        if served.task.dated:
             if req.parcels is None:
                 raise InvalidInput(f"model {manifest.name} takes parcels (series), not an image")
             inp = series_from_json(req, manifest, s.max_json_items, s.max_dates)

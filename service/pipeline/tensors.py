@@ -35,7 +35,7 @@ def check_shape(
     """
     manifest = served.manifest
     name = manifest.tensors[0].name
-    if manifest.task == "segmentation":
+    if not served.task.dated:
         if len(shape) != 4:
             return 0  # decoding names the problem
         batch, bands, height, width = shape
@@ -74,7 +74,7 @@ def check_feed(served: ServedModel, feed: dict[str, np.ndarray], limits: TensorL
                 f"input {name!r}: values must be finite and within +-{FLOAT32_MAX:.4g}"
             )
     need = check_shape(served, feed[manifest.tensors[0].name].shape, limits)
-    if manifest.task == "segmentation":
+    if not served.task.dated:
         return need
     for spec in manifest.tensors[1:]:
         mask = feed.get(spec.name)  # an input with a default may be filled later

@@ -149,6 +149,11 @@ class SegmentationTask:
         return manifest.input.tile_size or 512
 
     @staticmethod
+    def tile_step(manifest: Manifest) -> int:
+        """The model's size multiple, which every tile side must be."""
+        return manifest.input.size_multiple or 1
+
+    @staticmethod
     def outputs_per_unit(manifest: Manifest) -> float:
         """Bytes of every spatial output per input pixel."""
         total = 0.0

@@ -36,6 +36,11 @@ class InferenceTask(Protocol):
         ...
 
     @staticmethod
+    def tile_step(manifest: Manifest) -> int:
+        """Pixels a scene tile's side is a multiple of, and shrinks by to fit the memory budget."""
+        ...
+
+    @staticmethod
     def outputs_per_unit(manifest: Manifest) -> float:
         """Bytes of every output per unit of input (pixel, or series row x date)."""
         ...

@@ -77,6 +77,11 @@ class TemporalTask:
         return 256
 
     @staticmethod
+    def tile_step(manifest: Manifest) -> int:
+        """Series are per pixel: any side works, and a tile too large shrinks 16 pixels a step."""
+        return 16
+
+    @staticmethod
     def outputs_per_unit(manifest: Manifest) -> float:
         """Bytes of every output per series row x date.
 

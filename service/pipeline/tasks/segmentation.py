@@ -101,8 +101,7 @@ class ImageSegmentation:
         model = SegmentationTask(manifest, served.batcher)
         spatial = [o for o in manifest.outputs if len(o.shape) == 4]
         channel = [o for o in manifest.outputs if o.kind == "channel"]
-        multiple = manifest.input.size_multiple or 1
-        size = round_up(options.tile_size or manifest.input.tile_size or 512, multiple)
+        size = round_up(options.tile_size or model.scene_tile(manifest), model.tile_step(manifest))
         overlap = (
             options.overlap if options.overlap is not None else (manifest.input.tile_overlap or 0)
         )

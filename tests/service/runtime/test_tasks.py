@@ -63,3 +63,14 @@ def test_scene_tiles_default_to_the_model_tile_for_images_only(
 ) -> None:
     assert SegmentationTask.scene_tile(footprints) == (footprints.input.tile_size or 512)
     assert TemporalTask.scene_tile(crops) == 256
+
+
+def test_image_tiles_step_by_the_size_multiple_series_tiles_by_16(
+    footprints: Manifest, crops: Manifest
+) -> None:
+    multiple = footprints.input.size_multiple
+    assert multiple is not None
+    assert multiple > 1
+    assert SegmentationTask.tile_step(footprints) == multiple
+    assert SegmentationTask.scene_tile(footprints) % SegmentationTask.tile_step(footprints) == 0
+    assert TemporalTask.tile_step(crops) == 16
