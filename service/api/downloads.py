@@ -6,7 +6,7 @@ import re
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from service.api.responses import GEOTIFF
@@ -90,12 +90,18 @@ class StoredFileResponse(Response):
         await send({"type": "http.response.body", "body": b""})
 
 
-def file_response(store: JobStore, job: JobRecord, name: str) -> StoredFileResponse:
+def file_response(store: JobStore, job: JobRecord, name: str) -> Response:
     """A job's stored file as a download, opened now: a job deleted meanwhile still streams whole.
+
+    Where the store presigns URLs (an object store with ``ATTNSERVE_PRESIGN``), a
+    307 redirect to the object instead: its bytes never pass through this server.
 
     Raises:
         NotFound: the job (or the file) is already gone.
     """
+    url = store.presign(job, name)
+    if url is not None:
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     stored = store.open_file(job, name)
     return StoredFileResponse(
         stored, f"{job.id}/{name}", f"{job.id}-{name}", headers={"Cache-Control": "no-store"}

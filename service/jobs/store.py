@@ -172,12 +172,28 @@ class JobStore(Protocol):
 
 
 def open_store(settings: Settings, on_evict: Callable[[int], None] | None = None) -> JobStore:
-    """The job store the settings name: a local directory (``ATTNSERVE_JOB_DIR``)."""
+    """The job store the settings name: ``ATTNSERVE_JOB_STORE`` or the local ``ATTNSERVE_JOB_DIR``.
+
+    With an object store (``s3://bucket/prefix``) the job directory holds only
+    running scene jobs' files.
+    """
     # Backends are imported where chosen, so one needs no other's client libraries.
+    if settings.job_store is not None and settings.job_store.startswith("s3://"):
+        from service.jobs.s3 import S3JobStore
+
+        return S3JobStore(
+            settings.job_store,
+            settings.job_dir,
+            settings.job_ttl_s,
+            write_behind=settings.job_write_behind,
+            max_bytes=int(settings.job_max_mb * 2**20),
+            on_evict=on_evict,
+            presign_s=settings.presign_ttl_s if settings.presign else 0.0,
+        )
     from service.jobs.local import LocalJobStore
 
     return LocalJobStore(
-        settings.job_dir,
+        Path(settings.job_store or settings.job_dir),
         settings.job_ttl_s,
         fsync=settings.job_fsync,
         write_behind=settings.job_write_behind,
@@ -189,6 +205,10 @@ def open_store(settings: Settings, on_evict: Callable[[int], None] | None = None
 
 def open_reader(address: str) -> JobStore:
     """A store at ``address`` for a short-lived reader (it does not walk the jobs at start)."""
+    if address.startswith("s3://"):
+        from service.jobs.s3 import S3JobStore
+
+        return S3JobStore(address, None, ttl_s=1.0, scan=False)
     from service.jobs.local import LocalJobStore
 
     return LocalJobStore(Path(address), ttl_s=1.0, scan=False)

@@ -67,3 +67,17 @@ def test_keys_come_from_settings_and_the_keys_file(tmp_path: Path) -> None:
     assert settings.all_api_keys() == [KEY, f"{KEY}-file"]
     with pytest.raises(ValidationError, match="api_keys_file cannot be read"):
         Settings(api_keys_file=tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("s3://bucket/jobs/", "s3://bucket/jobs"), ("/srv/jobs", "/srv/jobs"), ("", None)],
+)
+def test_the_job_store_is_an_s3_url_or_a_directory(given: str, kept: str | None) -> None:
+    assert Settings(job_store=given).job_store == kept
+
+
+@pytest.mark.parametrize("bad", ["gs://bucket/jobs", "s3:///jobs", "http://host/jobs"])
+def test_other_job_store_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ValidationError, match="s3://bucket"):
+        Settings(job_store=bad)

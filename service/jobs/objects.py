@@ -1,0 +1,170 @@
+"""Objects in an S3-API store: the client, ranged reads as a file, arrays of a pack, downloads.
+
+The client is obstore (Rust's ``object_store``): one small wheel with no
+dependencies, typed, that reads the standard AWS variables (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, and web-identity
+tokens as Kubernetes mounts them) and signs URLs without a network call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import obstore
+from obstore.exceptions import BaseError, NotFoundError
+from obstore.store import S3Store
+
+from service.errors import NotFound, StorageFailed
+from service.jobs.store import GONE, StoredFile
+
+# What a read of an object that is not there raises (obstore raises the builtin
+# for some operations and its own class for others).
+MISSING = (NotFoundError, FileNotFoundError)
+# Bytes fetched for an array's .npy header: a header is 64-byte aligned and
+# rarely over 128 bytes, and a small array comes along in the same request.
+HEADER_PROBE = 64 * 1024
+# A GET per this many bytes when a file is read in small pieces (GDAL's reads
+# of a COG's header, downloads in 64 KiB chunks).
+READ_BUFFER = 1024 * 1024
+
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def reading(missing: str = GONE) -> Iterator[None]:
+    """Turn a missing object into NotFound(``missing``), other store errors into StorageFailed."""
+    try:
+        yield
+    except MISSING:
+        raise NotFound(missing) from None
+    except BaseError as exc:
+        log.error("object store read failed: %s", str(exc).splitlines()[0][:300])
+        raise StorageFailed("the job store could not be read (object store error)") from None
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """``(bucket, prefix)`` of ``s3://bucket/prefix``; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"not an s3://bucket/prefix URL: {url!r}")
+    return parts.netloc, parts.path.strip("/")
+
+
+def connect(url: str) -> S3Store:
+    """A client for ``s3://bucket/prefix``, configured from the standard AWS variables.
+
+    Plain ``http://`` endpoints (MinIO, SeaweedFS in a cluster) are allowed
+    when the endpoint variable names one; requests give up after 30 s of retries.
+    """
+    bucket, prefix = parse_url(url)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+    return S3Store(
+        bucket,
+        prefix=prefix or None,
+        client_options={
+            "allow_http": endpoint.startswith("http://"),
+            "connect_timeout": timedelta(seconds=5),
+            "timeout": timedelta(seconds=120),
+        },
+        retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
+    )
+
+
+class RangedObject(io.RawIOBase):
+    """An object read through ranged GETs, as a seekable raw file (buffer it for small reads)."""
+
+    def __init__(self, store: S3Store, key: str, size: int) -> None:
+        super().__init__()
+        self.store = store
+        self.key = key
+        self.size = size
+        self._at = 0
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def seekable(self) -> bool:
+        """Always seekable."""
+        return True
+
+    def tell(self) -> int:
+        """The current position."""
+        return self._at
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Move the position, as :meth:`io.IOBase.seek`."""
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._at = base + offset
+        return self._at
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill ``buffer`` from the current position with one ranged GET."""
+        want = min(len(buffer), self.size - self._at)
+        if want <= 0:
+            return 0
+        with reading():
+            data = obstore.get_range(self.store, self.key, start=self._at, length=want)
+        got = len(data)
+        memoryview(buffer).cast("B")[:got] = memoryview(data)
+        self._at += got
+        return got
+
+
+def open_object(store: S3Store, key: str, name: str) -> StoredFile:
+    """An object open for reading, one GET per ``READ_BUFFER`` bytes; NotFound if it is not there.
+
+    Unlike a local file, an object deleted while it is read cannot be read to its end.
+    """
+    with reading():
+        size = obstore.head(store, key)["size"]
+    raw = RangedObject(store, key, size)
+    return StoredFile(name, size, io.BufferedReader(raw, buffer_size=READ_BUFFER))
+
+
+def read_array(store: S3Store, key: str, offset: int) -> np.ndarray:
+    """The array whose ``.npy`` image starts at ``offset`` in the pack ``key``, read-only.
+
+    One ranged GET for the header (and a small array with it), one more for a larger array.
+    """
+    with reading():
+        head = memoryview(obstore.get_range(store, key, start=offset, length=HEADER_PROBE))
+        stream = io.BytesIO(head)
+        version = np.lib.format.read_magic(stream)
+        if version != (1, 0):
+            raise ValueError(f"unexpected .npy version {version} in {key}")
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        data_at = stream.tell()
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes == 0:
+            data: memoryview | bytes = b""
+        elif data_at + nbytes <= len(head):
+            data = head[data_at : data_at + nbytes]
+        else:
+            data = memoryview(obstore.get_range(store, key, start=offset + data_at, length=nbytes))
+    array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    array.flags.writeable = False
+    return array
+
+
+def download(store: S3Store, key: str, path: Path) -> None:
+    """Copy an object to a local file, streamed; the file appears whole or not at all."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        with reading(), open(part, "wb") as f:
+            for chunk in obstore.get(store, key).stream(min_chunk_size=READ_BUFFER):
+                f.write(chunk)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
