@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from service.pipeline.statistics import statistics
 from service.raster.decode import RasterInfo
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.repository import ServedModel
+from service.runtime.tasks import InferenceTask
 
 # The class map's value where a pixel has no class (no valid date).
 CLASS_NODATA = 255
@@ -62,6 +64,36 @@ class Task(Protocol):
     async def run_scene(self, work: SceneWork) -> None:
         """Process a scene job tile by tile and fill its record's layers."""
         ...
+
+
+InputT = TypeVar("InputT", RasterInput, SeriesInput)
+ModelT = TypeVar("ModelT", bound=InferenceTask)
+
+
+class SyncTask(ABC, Generic[InputT, ModelT]):
+    """A task's synchronous side: inputs of one kind, run by the task's runtime class.
+
+    Attributes:
+        name: what the task is called in errors.
+        takes: the input kind the task runs.
+        runtime: the runtime task that runs it through the model's batcher.
+    """
+
+    name: ClassVar[str]
+    takes: type[InputT]
+    runtime: type[ModelT]
+
+    async def predict(
+        self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
+    ) -> Prediction:
+        """Run one synchronous input through the model and lay out its result."""
+        if not isinstance(inp, self.takes):
+            raise wrong_input(self.name, inp)
+        return await self.lay_out(self.runtime(served.manifest, served.batcher), inp, timeout_s)
+
+    @abstractmethod
+    async def lay_out(self, model: ModelT, inp: InputT, timeout_s: float) -> Prediction:
+        """Run ``inp`` through ``model``; every output becomes a layer of the result."""
 
 
 def output_layer(

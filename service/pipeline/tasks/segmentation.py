@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from service.jobs.record import Layer, ResamplingSummary, Tiling
-from service.pipeline.inputs import RasterInput, SeriesInput
+from service.pipeline.inputs import RasterInput
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.pipeline.statistics import coarse_statistics
-from service.pipeline.tasks.base import Prediction, output_layer, wrong_input
+from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo, describe
 from service.raster.resample import (
@@ -24,7 +24,6 @@ from service.raster.resample import (
     plan_resampling,
 )
 from service.runtime.manifest import Manifest, OutputSpec
-from service.runtime.repository import ServedModel
 from service.runtime.segmentation import SegmentationTask, context_px, upsample
 from service.runtime.tiling import StripBlender, Tile, TileGrid
 from service.runtime.validation import check_layout
@@ -35,17 +34,18 @@ def round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
 
-class ImageSegmentation:
+class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
     """Images in, per-pixel maps out: a probability map, gate maps and band weights."""
 
-    async def predict(
-        self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
+    name = "segmentation"
+    takes = RasterInput
+    runtime = SegmentationTask
+
+    async def lay_out(
+        self, model: SegmentationTask, inp: RasterInput, timeout_s: float
     ) -> Prediction:
         """Segment one image; every output becomes a layer."""
-        if not isinstance(inp, RasterInput):
-            raise wrong_input("segmentation", inp)
-        manifest = served.manifest
-        model = SegmentationTask(manifest, served.batcher)
+        manifest = model.manifest
         # Uploads come planned; an array without a georeference runs as is.
         plan = inp.resampling or plan_resampling(None, manifest.input.gsd_m, 1.0)
         if plan.applied:

@@ -10,30 +10,28 @@ import numpy as np
 
 from service.errors import InvalidInput
 from service.jobs.record import Layer, Series, Tiling
-from service.pipeline.inputs import RasterInput, SeriesInput, pixel_series
+from service.pipeline.inputs import SeriesInput, pixel_series
 from service.pipeline.scene_grid import SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile
-from service.pipeline.tasks.base import CLASS_NODATA, Prediction, output_layer, wrong_input
+from service.pipeline.tasks.base import CLASS_NODATA, Prediction, SyncTask, output_layer
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo, describe
 from service.runtime.manifest import Manifest
-from service.runtime.repository import ServedModel
 from service.runtime.temporal import TemporalTask, days_from_dates
 from service.runtime.tiling import StripBlender, Tile, TileGrid
 from service.runtime.validation import check_layout
 
 
-class TemporalClassification:
+class TemporalClassification(SyncTask[SeriesInput, TemporalTask]):
     """Dated series in, a class per series (or pixel) and attention per date out."""
 
-    async def predict(
-        self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
-    ) -> Prediction:
+    name = "temporal classification"
+    takes = SeriesInput
+    runtime = TemporalTask
+
+    async def lay_out(self, model: TemporalTask, inp: SeriesInput, timeout_s: float) -> Prediction:
         """Classify series (parcels, or the pixels of dated rasters)."""
-        if not isinstance(inp, SeriesInput):
-            raise wrong_input("temporal classification", inp)
-        manifest = served.manifest
-        model = TemporalTask(manifest, served.batcher)
+        manifest = model.manifest
         out = await model.predict(inp.series, inp.days, inp.valid, timeout_s)
         days = inp.days.tolist()
         series = Series(inp.dates, days, manifest.classes)
