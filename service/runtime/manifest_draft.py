@@ -232,7 +232,8 @@ def _outputs(
                 None,
             ),
         )
-    if prediction is None or guessed.get(prediction) is None:
+    guess = guessed.get(prediction) if prediction is not None else None
+    if guess is None or guess[0] not in ("probability", "class_probabilities"):
         raise ValueError(
             "no output looks like a prediction (class probabilities summing to 1 over K, or one "
             f"map in [0, 1] at the input's resolution): {_shapes(outputs)}; name it"

@@ -72,11 +72,16 @@ def _wrong_stride(data: dict[str, Any]) -> None:
     data["outputs"][1]["shape"] = ["batch", 1, "height", "width"]
 
 
+def _wrong_rank(data: dict[str, Any]) -> None:
+    data["outputs"][1]["stride"] = 1
+    data["outputs"][1]["shape"] = ["batch", "height", "width"]
+
+
 # Six ways a user gets the manifest of binary_segmenter wrong, and a word that
 # the check's and the server's message about each must hold.
 WRONG_MANIFESTS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "wrong-output-name": (_set_output("name", "gate"), "'gate'"),
-    "wrong-rank": (_set_output("shape", ["batch", "height_2", "width_2"]), "dimensions"),
+    "wrong-rank": (_wrong_rank, "has 3 dimensions in the manifest"),
     "wrong-stride": (_wrong_stride, "its stride is 2"),
     "class-count": (lambda d: d.update(classes=["building", "road", "water"]), "3 classes"),
     "unknown-kind": (_set_output("kind", "heatmap"), "unknown kind 'heatmap'"),
