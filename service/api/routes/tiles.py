@@ -1,0 +1,116 @@
+"""Maps of a job's results: XYZ tiles, TileJSON and a WMTS capabilities document."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response
+
+from service.api.deps import Job, State
+from service.api.responses import JSONBody
+from service.jobs.record import JobRecord
+from service.pipeline import views
+from service.pipeline.tile_workers import TileWorkers
+from service.pipeline.tiles import tile_layers
+from service.runtime.cpus import usable_cpus
+
+router = APIRouter(prefix="/jobs", tags=["maps"])
+
+MEDIA = {"png": "image/png", "webp": "image/webp"}
+# A finished job's results never change: clients may keep them until the job expires.
+MAX_AGE_S = 86400
+
+
+async def get_tiles(request: Request, state: State) -> TileWorkers:
+    """The app's tile workers (a pool started on first use, over the lifespan's job store)."""
+    tiles: TileWorkers | None = getattr(request.app.state, "tiles", None)
+    if tiles is None or tiles.address != state.store.address:
+        tiles = TileWorkers(state.store.address, usable_cpus())
+        request.app.state.tiles = tiles
+    return tiles
+
+
+Tiles = Annotated[TileWorkers, Depends(get_tiles)]
+
+
+def _immutable(job: JobRecord) -> dict[str, str]:
+    left = int(min(MAX_AGE_S, max(0.0, job.expires - time.time())))
+    return {"Cache-Control": f"private, max-age={left}, immutable"}
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@router.get("/{job_id}/tiles", summary="A job's map layers")
+async def list_tiles(job: Job, request: Request) -> Response:
+    """Every map layer of a job (each raster layer; per class or date where it has bands)."""
+    views.require_done(job)
+    base = _base(request)
+    layers = [
+        {
+            "name": tl.name,
+            "title": tl.title,
+            "legend": tl.legend(),
+            "tilejson": f"{base}/jobs/{job.id}/tilejson/{tl.name}.json",
+            "tiles": f"{base}/jobs/{job.id}/tiles/{tl.name}/{{z}}/{{x}}/{{y}}.png",
+        }
+        for tl in tile_layers(job)
+    ]
+    body = {
+        "job_id": job.id,
+        "layers": layers,
+        "wmts": f"{base}/jobs/{job.id}/WMTSCapabilities.xml",
+    }
+    return JSONBody(body, headers=_immutable(job))
+
+
+@router.get(
+    "/{job_id}/tiles/{layer}/{z}/{x}/{y}.{fmt}",
+    summary="A Web Mercator tile of a job's layer",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/webp": {}}}},
+)
+async def get_tile(
+    job: Job,
+    tiles: Tiles,
+    layer: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: Annotated[str, Path(pattern="^(png|webp)$", description="png or webp")],
+) -> Response:
+    """256-pixel tile ``z/x/y`` (XYZ scheme): probabilities and attention in viridis over 0-1,
+    class maps in the model's class colours, nodata and pixels off the raster transparent."""
+    views.require_done(job)
+    data = await tiles.tile(job, layer, z, x, y, fmt)
+    return Response(data, media_type=MEDIA[fmt], headers=_immutable(job))
+
+
+@router.get("/{job_id}/tilejson/{layer}.json", summary="TileJSON of a job's layer")
+async def get_tilejson(
+    job: Job,
+    tiles: Tiles,
+    layer: str,
+    request: Request,
+    format: Annotated[str, Query(pattern="^(png|webp)$", description="png or webp")] = "png",
+) -> Response:
+    """TileJSON 3.0.0: tile URL template, bounds in EPSG:4326, zoom range, legend."""
+    views.require_done(job)
+    body = await tiles.tilejson(job, layer, _base(request), format)
+    return JSONBody(body, headers=_immutable(job))
+
+
+@router.get(
+    "/{job_id}/WMTSCapabilities.xml",
+    summary="WMTS capabilities of a job's layers",
+    response_class=Response,
+    responses={200: {"content": {"application/xml": {}}}},
+)
+async def get_wmts(job: Job, tiles: Tiles, request: Request) -> Response:
+    """OGC WMTS 1.0.0 (RESTful), one layer per map layer, for QGIS, ArcGIS or GDAL."""
+    views.require_done(job)
+    xml = await tiles.wmts(job, _base(request))
+    return Response(xml, media_type="application/xml", headers=_immutable(job))

@@ -1,0 +1,114 @@
+"""Tiles are drawn in worker processes, where GDAL may warp.
+
+rio-tiler reprojects through GDAL's warped VRT, which needs GDAL's VRT driver.
+The server process never registers that driver (a user's upload must never be
+read as a VRT that points at other files: see ``service.raster.gdal_env``), so
+tiles are drawn in a small pool of processes that register it and open nothing
+but jobs' own rasters, with the GTiff driver. A tile costs the pool about a
+millisecond of hand-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from service.jobs.record import JobRecord
+
+if TYPE_CHECKING:
+    from service.pipeline.tiles import JobTiles
+
+# The process's job tiles, set by ``_start`` in each worker.
+_worker: JobTiles | None = None
+
+
+def _start(address: str, skipped: str) -> None:
+    """A worker's start: GDAL may register VRT (before anything registers drivers)."""
+    os.environ["GDAL_SKIP"] = skipped
+    from service.jobs.store import open_reader
+    from service.pipeline.tiles import JobTiles
+
+    global _worker
+    _worker = JobTiles(open_reader(address))
+
+
+def _call(method: str, *args: Any) -> Any:
+    if _worker is None:
+        raise RuntimeError("tile worker not started")
+    return getattr(_worker, method)(*args)
+
+
+def worker_skip_list() -> str:
+    """GDAL_SKIP for workers: the server's list, less the VRT driver their warps need."""
+    from service.raster.gdal_env import SKIPPED_DRIVERS
+
+    skipped = os.environ.get("GDAL_SKIP", SKIPPED_DRIVERS)
+    return " ".join(d for d in skipped.split() if d.upper() != "VRT")
+
+
+class TileWorkers:
+    """A pool of processes drawing tiles of one job store's jobs (started on first use).
+
+    Args:
+        address: the job store's address (:func:`service.jobs.store.open_reader`).
+        processes: pool size.
+    """
+
+    def __init__(self, address: str, processes: int) -> None:
+        self.address = address
+        self.processes = max(1, processes)
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.processes,
+                    # A fresh interpreter: nothing has registered GDAL's drivers yet.
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start,
+                    initargs=(self.address, worker_skip_list()),
+                )
+            return self._pool
+
+    async def _run(self, method: str, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        pool = self._executor()
+        try:
+            return await loop.run_in_executor(pool, _call, method, *args)
+        except concurrent.futures.process.BrokenProcessPool:
+            # A worker died (killed for memory, say): the next request gets a new pool.
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    async def tile(self, record: JobRecord, name: str, z: int, x: int, y: int, fmt: str) -> bytes:
+        """Tile ``z/x/y`` of a job's map layer, as PNG or WEBP."""
+        data: bytes = await self._run("tile", record, name, z, x, y, fmt)
+        return data
+
+    async def tilejson(
+        self, record: JobRecord, name: str, base_url: str, fmt: str
+    ) -> dict[str, Any]:
+        """TileJSON of a job's map layer."""
+        body: dict[str, Any] = await self._run("tilejson", record, name, base_url, fmt)
+        return body
+
+    async def wmts(self, record: JobRecord, base_url: str) -> str:
+        """WMTS capabilities of a job's map layers."""
+        xml: str = await self._run("wmts", record, base_url)
+        return xml
+
+    def close(self) -> None:
+        """Stop the workers."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

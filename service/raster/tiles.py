@@ -1,0 +1,220 @@
+"""Web Mercator map tiles of a raster band, coloured by what its values are, with rio-tiler."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import morecantile
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.io import DatasetReader, MemoryFile
+from rio_tiler.colormap import cmap
+from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
+from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+from rio_tiler.types import ColorMapType
+from rio_tiler.utils import render
+
+from service.raster.georef import Georeference
+
+WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
+TILE_SIZE = 256
+MAX_ZOOM = 24
+FORMATS = {"png": "PNG", "webp": "WEBP"}
+# Probabilities and attention: a perceptual map over the fixed range 0-1, so
+# that the same colour means the same value in every job and every tile.
+CONTINUOUS = cmap.get("viridis")
+# Class maps: Tableau's ten categorical colours, by class index (repeating past
+# ten). Manifests carry class names but no colours.
+CLASS_COLOURS = (
+    "4e79a7",
+    "f28e2b",
+    "e15759",
+    "76b7b2",
+    "59a14f",
+    "edc948",
+    "b07aa1",
+    "ff9da7",
+    "9c755f",
+    "bab0ac",
+)
+# The value a class raster holds where there is no class.
+CLASS_NODATA = 255
+
+
+def class_colour(index: int) -> str:
+    """The ``RRGGBB`` colour of class ``index``."""
+    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+
+
+def class_colormap(count: int) -> dict[int, tuple[int, int, int, int]]:
+    """RGBA colours of classes ``0 .. count - 1``."""
+    out = {}
+    for i in range(count):
+        hex_ = class_colour(i)
+        out[i] = (int(hex_[:2], 16), int(hex_[2:4], 16), int(hex_[4:], 16), 255)
+    return out
+
+
+@dataclass(frozen=True)
+class BandStyle:
+    """How one band becomes coloured pixels.
+
+    Attributes:
+        band: the band's index in its raster (1-based).
+        classes: the class count of a class map (its values are class indices);
+            None for continuous values in 0-1 (float, or uint8 0-255 = 0-1).
+    """
+
+    band: int
+    classes: int | None = None
+
+
+@functools.cache
+def _transparent(size: int, fmt: str) -> bytes:
+    """An RGBA tile with nothing on it."""
+    return render(
+        np.zeros((3, size, size), np.uint8), np.zeros((size, size), np.uint8), img_format=fmt
+    )
+
+
+def colour(image: ImageData, style: BandStyle, fmt: str) -> bytes:
+    """A one-band tile as an RGBA image: nodata and pixels outside the raster transparent."""
+    data = image.array[0]
+    valid = ~np.ma.getmaskarray(data)
+    colormap: ColorMapType
+    if style.classes is not None:
+        index = np.where(valid, data.filled(CLASS_NODATA), CLASS_NODATA).astype(np.uint8)
+        colormap = class_colormap(style.classes)
+    else:
+        values = np.ma.getdata(data)
+        if values.dtype != np.uint8:
+            # Floats in 0-1 (NaN where there is no data) to the colour map's 256 steps.
+            finite = np.isfinite(values)
+            valid &= finite
+            values = np.clip(np.where(finite, values, 0) * 255.0 + 0.5, 0, 255)
+        index = values.astype(np.uint8)
+        colormap = CONTINUOUS
+    mask = np.where(valid, 255, 0).astype(np.uint8)
+    return render(index[None], mask, img_format=fmt, colormap=colormap)
+
+
+def check_tile(z: int, x: int, y: int) -> None:
+    """Refuse tile indices outside Web Mercator's matrix at zoom ``z`` (ValueError)."""
+    if not 0 <= z <= MAX_ZOOM:
+        raise ValueError(f"zoom must be 0 to {MAX_ZOOM}, not {z}")
+    side = 2**z
+    if not (0 <= x < side and 0 <= y < side):
+        raise ValueError(f"tile x and y must be 0 to {side - 1} at zoom {z}")
+
+
+class TileReader:
+    """Tiles, bounds and zoom levels of one open raster (rio-tiler's Reader over it)."""
+
+    def __init__(self, dataset: DatasetReader) -> None:
+        with warnings.catch_warnings():
+            # Small rasters need no overviews.
+            warnings.simplefilter("ignore", NoOverviewWarning)
+            self._reader = Reader(None, dataset=dataset)
+
+    @property
+    def minzoom(self) -> int:
+        """The coarsest zoom worth serving (the raster covers about one tile)."""
+        return int(self._reader.minzoom)
+
+    @property
+    def maxzoom(self) -> int:
+        """The zoom whose pixels match the raster's resolution."""
+        return int(self._reader.maxzoom)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(west, south, east, north)`` in EPSG:4326 degrees."""
+        west, south, east, north = self._reader.get_geographic_bounds(
+            rasterio.crs.CRS.from_epsg(4326)
+        )
+        return float(west), float(south), float(east), float(north)
+
+    def tile(self, z: int, x: int, y: int, style: BandStyle, fmt: str) -> bytes:
+        """Tile ``z/x/y`` of a band as PNG or WEBP; a tile off the raster is transparent."""
+        check_tile(z, x, y)
+        try:
+            image = self._reader.tile(
+                x,
+                y,
+                z,
+                tilesize=TILE_SIZE,
+                indexes=style.band,
+                resampling_method="nearest",
+                reproject_method="nearest",
+            )
+        except TileOutsideBounds:
+            return _transparent(TILE_SIZE, FORMATS[fmt])
+        return colour(image, style, FORMATS[fmt])
+
+
+def array_raster(bands: np.ndarray, georef: Georeference, categorical: bool) -> bytes:
+    """``(n, h, w)`` values as a tiled GeoTIFF with overviews, in memory, for tiling.
+
+    Continuous values in 0-1 (NaN: no data) are kept as uint8 0-255 with a mask
+    (the colour map has 256 steps anyway); class indices as uint8 with
+    ``CLASS_NODATA``.
+    """
+    count, height, width = bands.shape
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": "uint8",
+        "crs": rasterio.crs.CRS.from_wkt(georef.crs) if georef.crs else None,
+        "transform": Affine(*georef.transform),
+        "tiled": True,
+        "blockxsize": TILE_SIZE,
+        "blockysize": TILE_SIZE,
+        "compress": "deflate",
+        "zlevel": 1,
+    }
+    if categorical:
+        profile["nodata"] = CLASS_NODATA
+        values = np.where(np.isfinite(bands), bands, CLASS_NODATA).astype(np.uint8)
+        valid = None
+    else:
+        finite = np.isfinite(bands)
+        values = np.clip(np.where(finite, bands, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        valid = np.where(finite.all(axis=0), 255, 0).astype(np.uint8)
+    factors = []
+    factor = 2
+    while max(width, height) // (factor // 2) > TILE_SIZE:
+        factors.append(factor)
+        factor *= 2
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        MemoryFile() as memory,
+    ):
+        with memory.open(**profile) as dst:
+            dst.write(values)
+            if valid is not None:
+                dst.write_mask(valid)
+            if factors:
+                dst.build_overviews(factors, Resampling.mode if categorical else Resampling.average)
+        return bytes(memory.read())
+
+
+@contextlib.contextmanager
+def open_bytes(data: bytes) -> Iterator[DatasetReader]:
+    """A raster held in memory, open for reading."""
+    with MemoryFile(data) as memory, memory.open() as dataset:
+        yield dataset
+
+
+def web_mercator_matrices(maxzoom: int) -> Sequence[Any]:
+    """Web Mercator's tile matrices from zoom 0 to ``maxzoom`` (morecantile's)."""
+    return [WEB_MERCATOR.matrix(z) for z in range(maxzoom + 1)]

@@ -1,0 +1,193 @@
+"""Maps over HTTP on a live server with API keys: tiles, TileJSON, WMTS (read by GDAL), owners."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+import rasterio.warp
+
+from tests.helpers.bodies import upload
+from tests.helpers.geotiff import ORIGIN, UTM, geotiff, noise
+from tests.helpers.server import LiveServer, start
+from tests.helpers.tiles import rgba, tile_at, tile_bounds
+
+KEY, OTHER = "key-of-the-owner", "key-of-someone-else"
+SIDE = 600
+NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[LiveServer]:
+    live = start(model_dir, tmp_path_factory.mktemp("maps"), api_keys=json.dumps([KEY, OTHER]))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def owner(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def scene(owner: httpx.Client) -> dict[str, Any]:
+    """A footprints scene job (COG outputs) of a 600 x 600 image at 0.5 m."""
+    made = owner.post(
+        "/predict", timeout=120, **upload(geotiff(noise(3, SIDE)), **{"async": "true"})
+    )
+    assert made.status_code == 202, made.text
+    job_id = made.json()["job_id"]
+    deadline = time.monotonic() + 300
+    while (body := owner.get(f"/jobs/{job_id}").json())["state"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert body["state"] == "done", body
+    return dict(body)
+
+
+def _centre(owner: httpx.Client, job_id: str, layer: str) -> tuple[dict[str, Any], tuple[int, ...]]:
+    tilejson = owner.get(f"/jobs/{job_id}/tilejson/{layer}.json")
+    assert tilejson.status_code == 200, tilejson.text
+    body = tilejson.json()
+    west, south, east, north = body["bounds"]
+    return body, tile_at((west + east) / 2, (south + north) / 2, body["maxzoom"])
+
+
+def test_a_scene_tile_is_its_cog_warped_to_web_mercator(
+    owner: httpx.Client, scene: dict[str, Any], tmp_path: Path
+) -> None:
+    job_id = scene["job_id"]
+    cog = tmp_path / "prediction.tif"
+    cog.write_bytes(owner.get(f"/jobs/{job_id}/files/prediction.tif", timeout=60).content)
+    _, tile = _centre(owner, job_id, "probability")
+    answer = owner.get(f"/jobs/{job_id}/tiles/probability/{'/'.join(map(str, tile))}.png")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/png"
+    assert "immutable" in answer.headers["cache-control"]
+    got = rgba(answer.content)
+    want = np.full((256, 256), np.nan, np.float32)
+    with rasterio.open(cog) as ds:
+        rasterio.warp.reproject(
+            rasterio.band(ds, 1),
+            want,
+            dst_transform=rasterio.transform.from_bounds(*tile_bounds(*tile), 256, 256),
+            dst_crs="EPSG:3857",
+            dst_nodata=np.nan,
+            resampling=rasterio.warp.Resampling.nearest,
+        )
+    valid = np.isfinite(want)
+    assert valid.mean() > 0.2
+    assert (got[3] == np.where(valid, 255, 0)).mean() > 0.98
+    # The colour map's 256 steps over 0-1, and viridis is monotonic in lightness:
+    # one step of rounding apart at most, a few pixels along GDAL's pixel edges aside.
+    shown = valid & (got[3] == 255)
+    lut = _viridis()
+    index = np.abs(got[:3, shown].T[:, None, :].astype(int) - lut[None]).sum(axis=2).argmin(axis=1)
+    step = np.abs(index - np.clip(want[shown] * 255 + 0.5, 0, 255).astype(int))
+    assert (step <= 1).mean() > 0.97
+
+
+def _viridis() -> np.ndarray:
+    from rio_tiler.colormap import cmap
+
+    colours = cmap.get("viridis")
+    return np.array([colours[i][:3] for i in range(256)], dtype=int)
+
+
+def test_tiles_off_the_data_are_transparent(owner: httpx.Client, scene: dict[str, Any]) -> None:
+    job_id = scene["job_id"]
+    _, (z, x, y) = _centre(owner, job_id, "gate_1")
+    for path in (f"{z}/{x + 40}/{y}.png", f"{z}/{x}/{y + 40}.webp", f"{z - 9}/{x >> 9}/{0}.png"):
+        answer = owner.get(f"/jobs/{job_id}/tiles/gate_1/{path}")
+        assert answer.status_code == 200, path
+        assert not rgba(answer.content)[3].any(), path
+
+
+def test_tilejson_bounds_are_the_inputs_bounds_in_wgs84(
+    owner: httpx.Client, scene: dict[str, Any]
+) -> None:
+    body, _ = _centre(owner, scene["job_id"], "probability")
+    left, top = ORIGIN.c, ORIGIN.f
+    want = rasterio.warp.transform_bounds(
+        UTM, "EPSG:4326", left, top - SIDE * 0.5, left + SIDE * 0.5, top, densify_pts=21
+    )
+    np.testing.assert_allclose(body["bounds"], want, rtol=0, atol=1e-9)
+    assert body["tiles"][0].endswith(
+        f"/jobs/{scene['job_id']}/tiles/probability/{{z}}/{{x}}/{{y}}.png"
+    )
+
+
+def test_the_wmts_layer_opens_with_gdal(
+    server: LiveServer, owner: httpx.Client, scene: dict[str, Any]
+) -> None:
+    url = f"{server.url}/jobs/{scene['job_id']}/WMTSCapabilities.xml"
+    document = owner.get(url)
+    assert document.status_code == 200
+    root = ET.fromstring(document.content)
+    names = [e.text for e in root.findall("w:Contents/w:Layer/ows:Identifier", NS)]
+    assert names == ["probability", "gate_1", "gate_2", "gate_3", "gate_4"]
+    # GDAL in a process of its own: in-process app tests leave GDAL_SKIP set here.
+    script = (
+        "import sys, rasterio\n"
+        f"with rasterio.Env(GDAL_HTTP_HEADERS='Authorization: Bearer {KEY}'):\n"
+        "    with rasterio.open('WMTS:' + sys.argv[1] + ',layer=probability') as ds:\n"
+        "        w = rasterio.windows.Window(ds.width // 2 - 32, ds.height // 2 - 32, 64, 64)\n"
+        "        alpha = ds.read(4, window=w)\n"
+        "        print(ds.driver, ds.crs.to_epsg(), ds.count, int((alpha == 255).sum()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GDAL_SKIP"}
+    ran = subprocess.run(
+        [sys.executable, "-c", script, url], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    driver, epsg, count, opaque = ran.stdout.split()
+    assert (driver, epsg, count) == ("WMTS", "3857", "4")
+    assert int(opaque) == 64 * 64  # the middle of the job is data
+
+
+def test_another_keys_maps_are_404(server: LiveServer, scene: dict[str, Any]) -> None:
+    job_id = scene["job_id"]
+    paths = [
+        f"/jobs/{job_id}/tiles",
+        f"/jobs/{job_id}/tiles/probability/18/0/0.png",
+        f"/jobs/{job_id}/tilejson/probability.json",
+        f"/jobs/{job_id}/WMTSCapabilities.xml",
+    ]
+    for path in paths:
+        other = httpx.get(server.url + path, headers={"Authorization": f"Bearer {OTHER}"})
+        assert other.status_code == 404, path
+        assert other.json()["error"]["code"] == "not_found"
+        assert httpx.get(server.url + path).status_code == 401, path
+
+
+def test_a_synchronous_jobs_layers_are_tiled_too(owner: httpx.Client) -> None:
+    made = owner.post("/predict", **upload(geotiff(noise(3, 256, seed=3))))
+    assert made.status_code == 200, made.text
+    job_id = made.json()["job_id"]
+    listing = owner.get(f"/jobs/{job_id}/tiles").json()
+    names = [la["name"] for la in listing["layers"]]
+    assert names == ["probability", "gate_1", "gate_2", "gate_3", "gate_4"]
+    for layer in ("probability", "gate_4"):
+        _, tile = _centre(owner, job_id, layer)
+        answer = owner.get(f"/jobs/{job_id}/tiles/{layer}/{'/'.join(map(str, tile))}.webp")
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "image/webp"
+        assert (rgba(answer.content)[3] == 255).any()
+    bad = owner.get(f"/jobs/{job_id}/tiles/probability/99/0/0.png")
+    assert bad.status_code == 422
+    assert "zoom" in bad.json()["error"]["message"]
+    assert owner.get(f"/jobs/{job_id}/tiles/channel/1/0/0.png").status_code == 404

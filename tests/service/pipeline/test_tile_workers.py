@@ -1,0 +1,48 @@
+"""Tiles drawn in worker processes, which may warp where the server process may not."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.jobs.store import open_store
+from service.pipeline.tile_workers import TileWorkers, worker_skip_list
+from service.raster.gdal_env import SKIPPED_DRIVERS
+from tests.helpers.tiles import rgba, tile_at
+from tests.service.pipeline.test_tiles import _crops_job
+
+
+def test_workers_skip_the_servers_drivers_but_vrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GDAL_SKIP", SKIPPED_DRIVERS)
+    kept = worker_skip_list().split()
+    assert "VRT" not in kept
+    assert set(kept) == set(SKIPPED_DRIVERS.split()) - {"VRT"}
+
+
+def test_a_server_without_vrt_gets_tiles_from_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server's own setting, inherited by the workers' fresh interpreters.
+    monkeypatch.setenv("GDAL_SKIP", SKIPPED_DRIVERS)
+    store = open_store(Settings(job_dir=tmp_path / "jobs"))
+    record = _crops_job(store)
+    workers = TileWorkers(store.address, 1)
+
+    async def draw() -> tuple[dict, bytes]:
+        body = await workers.tilejson(record, "probs:wheat", "http://h", "png")
+        west, south, east, north = body["bounds"]
+        z, x, y = tile_at((west + east) / 2, (south + north) / 2, body["maxzoom"])
+        return body, await workers.tile(record, "probs:wheat", z, x, y, "png")
+
+    try:
+        body, png = asyncio.run(draw())
+    finally:
+        workers.close()
+    assert body["name"] == "probs:wheat"
+    alpha = rgba(png)[3]
+    # The 32 m job covers part of the tile; the rest is transparent.
+    assert 0 < (alpha == 255).mean() < 0.5
+    assert set(alpha.ravel().tolist()) == {0, 255}
