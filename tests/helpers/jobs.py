@@ -21,13 +21,16 @@ def submit(server: LiveServer, paths: list[Path], **fields: str) -> dict[str, An
 
 
 def follow(
-    server: LiveServer, job_id: str, timeout_s: float = 300
+    server: LiveServer,
+    job_id: str,
+    timeout_s: float = 300,
+    headers: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """Poll a job until it ends: its last answer, and the tiles done at every poll."""
     seen: list[int] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        body = httpx.get(f"{server.url}/jobs/{job_id}", timeout=30).json()
+        body = httpx.get(f"{server.url}/jobs/{job_id}", headers=headers, timeout=30).json()
         seen.append(body["progress"]["done"])
         if body["state"] in ("done", "failed", "cancelled"):
             return body, seen

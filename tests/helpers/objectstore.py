@@ -162,7 +162,7 @@ class SeaweedS3:
             with_group = os.getpgid(self.proc.pid)
             os.killpg(with_group, signal.SIGTERM)
             try:
-                self.proc.wait(5)
+                self.proc.wait(2)
             except subprocess.TimeoutExpired:
                 os.killpg(with_group, signal.SIGKILL)
                 self.proc.wait()
