@@ -15,6 +15,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from service.errors import AttnserveError, Conflict, NotFound, Overloaded
 from service.jobs.record import JobRecord
@@ -31,10 +32,11 @@ log = logging.getLogger(__name__)
 PROGRESS_WRITE_S = 0.5
 
 
+@dataclass(eq=False)
 class JobManager:
     """Runs scene jobs one (or a few) at a time, in submission order.
 
-    Args:
+    Attributes:
         store: the job store.
         runner: runs one job.
         resolve: finds the served model for a job's model reference.
@@ -44,27 +46,18 @@ class JobManager:
             died) is run again; once more and it is failed instead.
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        runner: SceneRunner,
-        resolve: Callable[[str], ServedModel],
-        workers: int = 1,
-        max_queued: int = 100,
-        max_resumes: int = 2,
-    ) -> None:
-        self.store = store
-        self.runner = runner
-        self.resolve = resolve
-        self.workers = workers
-        self.max_queued = max_queued
-        self.max_resumes = max_resumes
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._cancel: set[str] = set()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
-        self._resumer: asyncio.Task[None] | None = None
+    store: JobStore
+    runner: SceneRunner
+    resolve: Callable[[str], ServedModel]
+    workers: int = 1
+    max_queued: int = 100
+    max_resumes: int = 2
+    _queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _cancel: set[str] = field(default_factory=set, init=False)
+    _running: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
+    _resumer: asyncio.Task[None] | None = field(default=None, init=False)
 
     @property
     def queued(self) -> int:

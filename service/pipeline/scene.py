@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import StorageFailed
@@ -28,26 +29,29 @@ from service.runtime.repository import ServedModel
 __all__ = ["SceneOptions", "SceneRunner"]
 
 
+@dataclass(eq=False)
 class SceneRunner:
-    """Runs one scene job through a served model, tile by tile."""
+    """Runs one scene job through a served model, tile by tile.
 
-    def __init__(
-        self,
-        store: JobStore,
-        timeout_s: float,
-        in_flight_tiles: int = 16,
-        max_temp_bytes: int = 0,
-        min_free_bytes: int = 0,
-    ) -> None:
-        self.store = store
-        self.timeout_s = timeout_s
-        self.in_flight_tiles = in_flight_tiles
-        # Set by the app to the budget requests reserve from; unbounded alone.
-        self.budget = MemoryBudget(2**62, 2**62)
-        # A job fails (with the reason) rather than let its unfinished outputs
-        # pass max_temp_bytes (0: no cap) or leave less than min_free_bytes free.
-        self.max_temp_bytes = max_temp_bytes
-        self.min_free_bytes = min_free_bytes
+    A job fails (with the reason) rather than let its unfinished outputs pass
+    ``max_temp_bytes`` or leave less than ``min_free_bytes`` free.
+
+    Attributes:
+        store: where jobs, their inputs and outputs are kept.
+        timeout_s: longest one tile may wait for the model.
+        in_flight_tiles: a job's tiles read, inferred or written at once.
+        max_temp_bytes: most disk a job's unfinished outputs may take (0: no cap).
+        min_free_bytes: free disk a job must leave on the job volume.
+        budget: the memory budget requests reserve from (set by the app;
+            unbounded alone).
+    """
+
+    store: JobStore
+    timeout_s: float
+    in_flight_tiles: int = 16
+    max_temp_bytes: int = 0
+    min_free_bytes: int = 0
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62), init=False)
 
     async def run(
         self,
