@@ -1,8 +1,9 @@
 """The model manifest: the JSON a model carries in its ONNX metadata.
 
 The exporter writes it and the server reads it, so that code never special-cases
-model names. Only the standard library is used here: the inference runtime must
-import with onnxruntime and numpy alone.
+model names. Only the standard library is imported here: the inference runtime must
+import with onnxruntime and numpy alone. Which tasks exist, and what each asks of
+a manifest, is the task classes' (:mod:`service.runtime.tasks`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ SIDECAR_SUFFIX = ".manifest.json"
 PRECISION_KEY = "attnserve.precision"
 SCHEMA_VERSION = 1
 
-Task = Literal["segmentation", "temporal_classification"]
-TASKS: tuple[str, ...] = ("segmentation", "temporal_classification")
 OutputRole = Literal["prediction", "attention"]
 OutputKind = Literal["probability", "class_probabilities", "spatial", "channel", "temporal"]
 OUTPUT_KINDS: tuple[str, ...] = (
@@ -124,7 +123,7 @@ class Manifest:
 
     name: str
     version: str
-    task: Task
+    task: str
     description: str
     input: InputSpec
     tensors: list[TensorSpec]
@@ -229,13 +228,18 @@ class Manifest:
 
     def problems(self) -> list[str]:
         """Every internal inconsistency, each as ``field: what is wrong``."""
+        # The task classes import this module, so their registry is looked up here.
+        from service.runtime.tasks import INFERENCE_TASKS
+
         found: list[str] = []
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             found.append(f"name: model name {self.name!r} must be alphanumeric with - or _")
         if not self.version or any(c in self.version for c in "/:\\ "):
             found.append(f"version: model version {self.version!r} is not a plain version string")
-        if self.task not in TASKS:
-            found.append(f"task: unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        task = INFERENCE_TASKS.get(self.task)
+        if task is None:
+            known = ", ".join(INFERENCE_TASKS)
+            found.append(f"task: unknown task {self.task!r}; known: {known}")
         predictions = [o for o in self.outputs if o.role == "prediction"]
         if len(predictions) != 1:
             found.append(
@@ -270,8 +274,8 @@ class Manifest:
                     f"tensors[{i}].default: input {tensor.name!r} has unknown default "
                     f"{tensor.default!r}; known: {', '.join(TENSOR_DEFAULTS)}"
                 )
-        if self.task == "temporal_classification" and not self.classes:
-            found.append("classes: a classification model must list its classes")
+        if task is not None:
+            found.extend(task.manifest_problems(self))
         return found
 
 

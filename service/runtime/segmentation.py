@@ -125,6 +125,11 @@ class SegmentationTask:
     dated: ClassVar[bool] = False
 
     @staticmethod
+    def manifest_problems(manifest: Manifest) -> list[str]:
+        """Nothing beyond the common checks: outputs and strides are checked for every task."""
+        return []
+
+    @staticmethod
     def padding(manifest: Manifest) -> Padding:
         """Images of one batch share a shape: nothing to pad."""
         return Padding()

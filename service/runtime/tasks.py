@@ -21,6 +21,11 @@ class InferenceTask(Protocol):
     def __init__(self, manifest: Manifest, batcher: DynamicBatcher) -> None: ...
 
     @staticmethod
+    def manifest_problems(manifest: Manifest) -> list[str]:
+        """What the task asks of a manifest beyond the common checks, each as ``field: what``."""
+        ...
+
+    @staticmethod
     def padding(manifest: Manifest) -> Padding:
         """How inputs of one batch are padded to a common shape."""
         ...

@@ -62,6 +62,11 @@ class TemporalTask:
     dated: ClassVar[bool] = True
 
     @staticmethod
+    def manifest_problems(manifest: Manifest) -> list[str]:
+        """A classifier names its classes."""
+        return [] if manifest.classes else ["classes: a classification model must list its classes"]
+
+    @staticmethod
     def padding(manifest: Manifest) -> Padding:
         """Padding that lets series of different lengths share a batch."""
         return temporal_padding(manifest)

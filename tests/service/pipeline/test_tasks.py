@@ -8,13 +8,12 @@ from service.config import SHIPPED_MODELS
 from service.pipeline.tasks import TASKS, task_for
 from service.pipeline.tasks.segmentation import ImageSegmentation
 from service.pipeline.tasks.temporal import TemporalClassification
-from service.runtime.manifest import TASKS as MANIFEST_TASKS
 from service.runtime.session import ModelSession, SessionOptions
 from service.runtime.tasks import INFERENCE_TASKS
 
 
 def test_every_task_a_manifest_may_name_has_a_pipeline_and_a_runtime_class() -> None:
-    assert set(TASKS) == set(MANIFEST_TASKS) == set(INFERENCE_TASKS)
+    assert set(TASKS) == set(INFERENCE_TASKS)
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 
 from service.memory import SceneLoad
-from service.runtime.manifest import TASKS, Manifest
+from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.tasks import INFERENCE_TASKS, inference_task
 from service.runtime.temporal import TemporalTask
 
 
 def test_every_known_task_has_one_class(footprints: Manifest, crops: Manifest) -> None:
-    assert set(INFERENCE_TASKS) == set(TASKS)
+    assert set(INFERENCE_TASKS) == {"segmentation", "temporal_classification"}
     assert inference_task(footprints) is SegmentationTask
     assert inference_task(crops) is TemporalTask
     assert not SegmentationTask.dated
@@ -74,3 +74,20 @@ def test_image_tiles_step_by_the_size_multiple_series_tiles_by_16(
     assert SegmentationTask.tile_step(footprints) == multiple
     assert SegmentationTask.scene_tile(footprints) % SegmentationTask.tile_step(footprints) == 0
     assert TemporalTask.tile_step(crops) == 16
+
+
+def test_a_manifest_names_a_task_of_the_registry_and_meets_its_demands(
+    footprints: Manifest, crops: Manifest
+) -> None:
+    for task in INFERENCE_TASKS:
+        named = replace(crops, task=task)
+        assert not [p for p in named.problems() if p.startswith("task:")]
+    unknown = replace(footprints, task="regression").problems()
+    assert unknown == [
+        "task: unknown task 'regression'; known: segmentation, temporal_classification"
+    ]
+    assert SegmentationTask.manifest_problems(replace(footprints, classes=[])) == []
+    assert TemporalTask.manifest_problems(crops) == []
+    assert TemporalTask.manifest_problems(replace(crops, classes=[])) == [
+        "classes: a classification model must list its classes"
+    ]
