@@ -154,7 +154,8 @@ def _probe(
     strides = {
         name: PROBE_SIDE // v.shape[-1]
         for name, v in outputs.items()
-        if v.ndim == 4 and v.shape[-1] and PROBE_SIDE % v.shape[-1] == 0
+        # A map pooled to one value per channel has no grid to hold to a stride.
+        if v.ndim == 4 and v.shape[-1] > 1 and PROBE_SIDE % v.shape[-1] == 0
     }
     for multiple in MULTIPLES:
         side = PROBE_SIDE + multiple
