@@ -14,6 +14,7 @@ from service.jobs.record import JobRecord, Layer, Series
 from service.jobs.store import JobStore
 from service.jobs.write_behind import read_only
 from service.pipeline.layers import ArraySource, LayerReader, served_values
+from service.pipeline.tasks import TASKS
 from service.pipeline.tasks.base import CLASS_NODATA
 from service.raster.encode import encode_geotiff
 from service.raster.georef import Georeference
@@ -32,6 +33,12 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+def has_footprints(record: JobRecord) -> bool:
+    """Whether a job has footprints: a raster job of a task whose maps outline objects."""
+    task = TASKS.get(record.model.get("task", ""))
+    return record.kind == "raster" and task is not None and task.footprints
+
+
 def links(record: JobRecord) -> dict[str, str]:
     """URLs of a job's resources."""
     base = {
@@ -42,7 +49,7 @@ def links(record: JobRecord) -> dict[str, str]:
     if record.kind == "raster":
         base["prediction_geotiff"] = f"/jobs/{record.id}/prediction?format=geotiff"
         base["attention_geotiff"] = f"/attention/{record.id}?format=geotiff"
-    if record.model.get("task") == "segmentation":
+    if has_footprints(record):
         base["footprints"] = f"/jobs/{record.id}/footprints"
     for file in output_files(record):
         base[f"file:{file}"] = f"/jobs/{record.id}/files/{file}"

@@ -83,7 +83,7 @@ async def get_footprints(
     ``ATTNSERVE_FOOTPRINTS_TIMEOUT_S``, is a 422 that says which parameters to raise.
     """
     views.require_done(job)
-    if job.model.get("task") != "segmentation" or job.kind != "raster":
+    if not views.has_footprints(job):
         raise NotFound("footprints exist for segmentation jobs only")
     options = FootprintOptions(threshold, min_area_px, simplify_px, native_crs=crs == "native")
     # Made in a worker process, bounded in polygons and time, kept per parameters.

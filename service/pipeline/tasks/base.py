@@ -43,7 +43,14 @@ class Prediction:
 
 
 class Task(Protocol):
-    """The behaviour of one model task (``manifest.task``) in the pipeline."""
+    """The behaviour of one model task (``manifest.task``) in the pipeline.
+
+    Attributes:
+        footprints: whether the probability maps of its raster jobs outline
+            objects that footprints (polygons) are made of.
+    """
+
+    footprints: ClassVar[bool]
 
     async def predict(
         self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
@@ -75,11 +82,13 @@ class SyncTask(ABC, Generic[InputT, ModelT]):
 
     Attributes:
         name: what the task is called in errors.
+        footprints: see :class:`Task` (none unless a task says so).
         takes: the input kind the task runs.
         runtime: the runtime task that runs it through the model's batcher.
     """
 
     name: ClassVar[str]
+    footprints: ClassVar[bool] = False
     takes: type[InputT]
     runtime: type[ModelT]
 

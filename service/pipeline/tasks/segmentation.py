@@ -38,6 +38,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
     """Images in, per-pixel maps out: a probability map, gate maps and band weights."""
 
     name = "segmentation"
+    footprints = True
     takes = RasterInput
     runtime = SegmentationTask
 

@@ -33,6 +33,7 @@ def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> No
         links = views.links(record)
         assert links["self"] == f"/jobs/{record.id}"
         assert links["footprints"] == f"/jobs/{record.id}/footprints"
+        assert views.has_footprints(record)
         assert links["prediction_geotiff"].endswith("?format=geotiff")
         assert views.output_files(record) == []  # a sync job keeps no COGs
 
@@ -69,6 +70,8 @@ def test_a_series_job_stored_with_one_extra_dict_answers_as_it_did(tmp_path: Pat
         record = state.store.load(stored.record.id, None)
         answer = views.job_json(record, state.store)
         assert answer["prediction"]["items"][1]["id"] == "p1"
+        assert not views.has_footprints(record)
+        assert "footprints" not in answer["links"]
 
         # The same job as earlier versions wrote it: its dates, classes and ids in "extra".
         old = dataclasses.asdict(record)
