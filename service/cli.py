@@ -200,7 +200,8 @@ def _manifest_check(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.model.name}: {source} agrees with the graph")
         return 0
-    print(f"{args.model.name}: {source} disagrees with the graph in {len(problems)} places:")
+    places = "1 place" if len(problems) == 1 else f"{len(problems)} places"
+    print(f"{args.model.name}: {source} disagrees with the graph in {places}:")
     for problem in problems:
         print(f"  - {problem}")
     return 1

@@ -50,7 +50,7 @@ def test_check_exits_non_zero_and_lists_what_disagrees(
     wrong.write_text(json.dumps(wrong_manifest(good, "wrong-stride")))
     assert main(["manifest", "check", str(model), "--manifest", str(wrong)]) == 1
     out = capsys.readouterr().out
-    assert out.startswith("roofs.onnx: wrong.json disagrees with the graph in 1 places:")
+    assert out.startswith("roofs.onnx: wrong.json disagrees with the graph in 1 place:")
     assert "so its stride is 2, but the manifest's stride 1" in out
     # Without --manifest it checks what the server would serve: here, nothing.
     assert main(["manifest", "check", str(model)]) == 1
