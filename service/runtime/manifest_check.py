@@ -20,6 +20,7 @@ from service.runtime.manifest import (
     Manifest,
     ManifestError,
     OutputSpec,
+    TensorSpec,
     sidecar_path,
 )
 
@@ -146,20 +147,8 @@ def check_manifest(manifest: Manifest, session: ort.InferenceSession) -> list[st
     inputs = graph_tensors(session.get_inputs())
     outputs = graph_tensors(session.get_outputs())
     found += _input_problems(manifest, inputs)
+    found += _declared_problems("outputs", manifest.outputs, outputs)
     declared = {t.name: t for t in outputs}
-    for i, spec in enumerate(manifest.outputs):
-        graph = declared.get(spec.name)
-        if graph is None:
-            found.append(
-                f"outputs[{i}].name: output {spec.name!r} is not in the graph; the graph's "
-                f"outputs are {_names(outputs)}"
-            )
-        elif graph.rank and len(spec.shape) != graph.rank:
-            found.append(
-                f"outputs[{i}].shape: output {spec.name!r} has {len(spec.shape)} dimensions in "
-                f"the manifest {_dims(spec.shape)} but {graph.rank} in the graph "
-                f"{_dims(graph.shape)}"
-            )
     named = {t.name for t in manifest.tensors} <= {t.name for t in inputs}
     if not named or not {o.name for o in manifest.outputs} <= set(declared):
         return found  # the server could not feed or read this graph: nothing to run for
@@ -211,21 +200,7 @@ def check_file(model: Path, manifest: Path | None = None) -> tuple[str, list[str
 
 
 def _input_problems(manifest: Manifest, inputs: list[GraphTensor]) -> list[str]:
-    found: list[str] = []
-    by_name = {t.name: t for t in inputs}
-    for i, spec in enumerate(manifest.tensors):
-        graph = by_name.get(spec.name)
-        if graph is None:
-            found.append(
-                f"tensors[{i}].name: input {spec.name!r} is not a graph input; the graph's "
-                f"inputs are {_names(inputs)}"
-            )
-        elif graph.rank and len(spec.shape) != graph.rank:
-            found.append(
-                f"tensors[{i}].shape: input {spec.name!r} has {len(spec.shape)} dimensions in "
-                f"the manifest {_dims(spec.shape)} but {graph.rank} in the graph "
-                f"{_dims(graph.shape)}"
-            )
+    found = _declared_problems("tensors", manifest.tensors, inputs)
     listed = {t.name for t in manifest.tensors}
     for graph in inputs:
         if graph.name not in listed:
@@ -241,6 +216,29 @@ def _input_problems(manifest: Manifest, inputs: list[GraphTensor]) -> list[str]:
             found.append(
                 f"input.bands: the manifest lists {len(bands)} bands ({', '.join(bands)}) but "
                 f"the graph's input {main.name!r} takes {taken}"
+            )
+    return found
+
+
+def _declared_problems(
+    field: str, specs: Sequence[TensorSpec | OutputSpec], graph: Sequence[GraphTensor]
+) -> list[str]:
+    """Manifest inputs (``tensors``) or ``outputs`` the graph lacks, or has at another rank."""
+    what = "input" if field == "tensors" else "output"
+    declared = {t.name: t for t in graph}
+    found: list[str] = []
+    for i, spec in enumerate(specs):
+        tensor = declared.get(spec.name)
+        if tensor is None:
+            found.append(
+                f"{field}[{i}].name: {what} {spec.name!r} is not in the graph; the graph's "
+                f"{what}s are {_names(graph)}"
+            )
+        elif tensor.rank and len(spec.shape) != tensor.rank:
+            found.append(
+                f"{field}[{i}].shape: {what} {spec.name!r} has {len(spec.shape)} dimensions in "
+                f"the manifest {_dims(spec.shape)} but {tensor.rank} in the graph "
+                f"{_dims(tensor.shape)}"
             )
     return found
 
