@@ -94,6 +94,18 @@ ACCEPTED = {
     "strategy": [_set("strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0}})],
     "helm-global": [_set("global", {"imageRegistry": "example.org"})],
     "float-queue-delay": [_set("config.batching.maxQueueDelayMs", 2.5)],
+    "object-store-keys": [
+        _set("objectStore.enabled", True),
+        _set("objectStore.bucket", "my-jobs"),
+        _set("objectStore.endpoint", "http://minio.storage:9000"),
+        _set("objectStore.credentials.existingSecret", "s3-keys"),
+    ],
+    "object-store-irsa": [
+        _set("objectStore.enabled", True),
+        _set("objectStore.bucket", "my-jobs"),
+        _set("objectStore.irsaRoleArn", "arn:aws:iam::123456789012:role/attnserve"),
+        _set("replicaCount", 3),
+    ],
 }
 
 
@@ -130,6 +142,10 @@ REJECTED = {
     "gpu-count-float": _set("gpu.count", 1.5),
     "bad-resource-name": _set("gpu.resourceName", "gpu"),
     "bad-scrape-interval": _set("serviceMonitor.interval", "often"),
+    "object-store-without-bucket": _set("objectStore.enabled", True),
+    "object-store-bad-bucket": _set("objectStore.bucket", "My_Bucket"),
+    "object-store-bad-endpoint": _set("objectStore.endpoint", "minio:9000"),
+    "object-store-bad-role": _set("objectStore.irsaRoleArn", "attnserve-role"),
 }
 
 
@@ -335,6 +351,8 @@ CONTRACT_ENV = {
     "ATTNSERVE_JOB_TTL_S",
     "ATTNSERVE_JOB_MIN_FREE_MB",
     "ATTNSERVE_JOB_MAX_MB",
+    "ATTNSERVE_JOB_STORE",
+    "ATTNSERVE_PRESIGN",
     "ATTNSERVE_PROVIDERS",
     "ATTNSERVE_REQUIRE_CUDA",
     "ATTNSERVE_CUDA__DEVICE_ID",

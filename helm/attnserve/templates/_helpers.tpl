@@ -134,12 +134,13 @@ pod may share it, else ReadWriteOnce.
 
 {{/*
 Deployment strategy: as set, else Recreate while the job store is a
-ReadWriteOnce claim, else a surge-first rolling update.
+ReadWriteOnce claim, else (an object store, or a shared claim) a surge-first
+rolling update.
 */}}
 {{- define "attnserve.strategy" -}}
 {{- if .Values.strategy }}
 {{- toYaml .Values.strategy }}
-{{- else if and .Values.persistence.enabled (eq (include "attnserve.jobsAccessMode" .) "ReadWriteOnce") }}
+{{- else if and .Values.persistence.enabled (not .Values.objectStore.enabled) (eq (include "attnserve.jobsAccessMode" .) "ReadWriteOnce") }}
 type: Recreate
 {{- else }}
 type: RollingUpdate
