@@ -8,7 +8,7 @@ manifest check`` prints them all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +135,20 @@ def dummy_feed(
     return feed
 
 
-def check_manifest(manifest: Manifest, session: ort.InferenceSession) -> list[str]:
+def check_manifest(
+    manifest: Manifest,
+    session: ort.InferenceSession,
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+) -> list[str]:
     """Every disagreement between ``manifest`` and the graph of ``session``, in plain words.
 
     The manifest's own inconsistencies come first (:meth:`Manifest.problems`),
     then its inputs and outputs against the graph's declared names and ranks,
     then what one run on a dummy input shows: map sizes against strides,
     class counts, and values a probability cannot take.
+
+    ``run`` runs the dummy feed (a served model's own ``ModelSession.run``, which
+    keeps to its IO binding and CUDA graphs); the bare session by default.
     """
     found = manifest.problems()
     inputs = graph_tensors(session.get_inputs())
@@ -161,7 +168,10 @@ def check_manifest(manifest: Manifest, session: ort.InferenceSession) -> list[st
         value_range=manifest.input.value_range if len(manifest.input.value_range) == 2 else (0, 1),
     )
     try:
-        ran = dict(zip([o.name for o in outputs], session.run(None, feed), strict=True))
+        if run is not None:
+            ran = run(feed)
+        else:
+            ran = dict(zip([o.name for o in outputs], session.run(None, feed), strict=True))
     except Exception as exc:  # any failure of the graph is the finding
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feed.items())
         return [*found, f"the graph does not run on a dummy input ({shapes}): {exc}"]

@@ -127,7 +127,7 @@ class ModelRepository:
             log.warning(
                 "%s carries its own manifest, which wins over %s beside it", path.name, sidecar.name
             )
-        problems = check_manifest(manifest, session.graph)
+        problems = check_manifest(manifest, session.graph, session.run)
         if problems:
             where = sidecar.name if session.manifest_source == "sidecar" else "embedded manifest"
             raise ManifestError(f"{where}: {'; '.join(problems)}")
