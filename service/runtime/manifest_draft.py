@@ -82,6 +82,12 @@ def draft_manifest(
     if channels is None:
         channels = 3
         notes.append(f"the graph does not fix the band count of {main.name!r}: drafted 3")
+    if main.fixed(0) is not None:
+        notes.append(
+            f"the graph fixes the batch of {main.name!r} at {main.fixed(0)}: the server batches "
+            "requests, so re-export it with a dynamic batch (or serve with "
+            "ATTNSERVE_BATCHING__MAX_BATCH_SIZE=1)"
+        )
     multiple, outputs = _probe(session, inputs, notes) if image else (1, _run(session, inputs))
     task = "segmentation" if image else "temporal_classification"
     specs, classes = _outputs(outputs, task, channels, multiple, prediction, set(attention), notes)

@@ -82,3 +82,13 @@ def test_a_graph_without_an_image_or_series_input_cannot_be_drafted(tmp_path: Pa
     onnx.save(model, str(tmp_path / "tokens.onnx"))
     with pytest.raises(ValueError, match=r"no float image \(B, C, H, W\) or series"):
         draft_manifest(tmp_path / "tokens.onnx")
+
+
+def test_a_graph_with_a_fixed_batch_gets_a_note(tmp_path: Path) -> None:
+    path = binary_segmenter(tmp_path / "single.onnx")
+    model = onnx.load(str(path))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    notes = draft_manifest(path).notes
+    assert notes[0].startswith("the graph fixes the batch of 'image' at 1")
