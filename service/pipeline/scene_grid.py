@@ -55,7 +55,7 @@ class SceneWork:
     """One scene job's run as its task sees it: inputs, options and the runner's services.
 
     Attributes:
-        record: the job; its task fills ``layers`` and ``extra``.
+        record: the job; its task fills ``layers``, ``series`` and ``tiling``.
         served: the model.
         paths: the job's input files, in upload order.
         options: the job's tiling and output options.
