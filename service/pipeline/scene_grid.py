@@ -85,21 +85,27 @@ Infer = Callable[[Tile, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 Flush = Callable[[int, np.ndarray], None]
 
 
-async def run_grid(
-    work: SceneWork,
-    grid: TileGrid,
-    blender: StripBlender,
-    read: Read,
-    infer: Infer,
-    flush: Flush,
-    sinks: Mapping[str, RasterSink],
-) -> None:
-    """Read, infer and blend every tile of ``grid``, flushing finished rows in order.
+@dataclass
+class GridPass:
+    """One pass over a scene's tiles: the grid, where they blend, and what each tile goes through.
 
     ``read`` runs on one worker thread at a time (None: nothing to infer in the
     tile); ``infer`` on the event loop; ``flush`` gets each finished block of
-    rows, on a worker thread.
+    rows, on a worker thread; ``sinks`` are the outputs the rows go to.
     """
+
+    grid: TileGrid
+    blender: StripBlender
+    read: Read
+    infer: Infer
+    flush: Flush
+    sinks: Mapping[str, RasterSink]
+
+
+async def run_grid(work: SceneWork, grid_pass: GridPass) -> None:
+    """Read, infer and blend every tile of the pass's grid, flushing finished rows in order."""
+    grid, blender, read, infer = grid_pass.grid, grid_pass.blender, grid_pass.read, grid_pass.infer
+    flush, sinks = grid_pass.flush, grid_pass.sinks
     total = len(grid)
     done = 0
     gate = asyncio.Semaphore(work.in_flight_tiles)
@@ -165,23 +171,14 @@ async def run_grid(
         await asyncio.gather(*leftover, return_exceptions=True)
 
 
-async def run_and_finish(
-    work: SceneWork,
-    grid: TileGrid,
-    blender: StripBlender,
-    read: Read,
-    infer: Infer,
-    flush: Flush,
-    sinks: Mapping[str, RasterSink],
-    finish: Callable[[], T],
-) -> T:
+async def run_and_finish(work: SceneWork, grid_pass: GridPass, finish: Callable[[], T]) -> T:
     """:func:`run_grid`, then ``finish`` on a worker thread; unfinished outputs go on failure."""
     try:
-        await run_grid(work, grid, blender, read, infer, flush, sinks)
-        await asyncio.to_thread(work.check_disk, sinks, True)
+        await run_grid(work, grid_pass)
+        await asyncio.to_thread(work.check_disk, grid_pass.sinks, True)
         return await asyncio.to_thread(finish)
     except BaseException:
-        await abort(sinks)
+        await abort(grid_pass.sinks)
         raise
 
 

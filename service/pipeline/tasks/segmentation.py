@@ -10,7 +10,7 @@ import numpy as np
 
 from service.jobs.record import Layer, ResamplingSummary, Tiling
 from service.pipeline.inputs import RasterInput
-from service.pipeline.scene_grid import SceneWork, run_and_finish
+from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.pipeline.statistics import coarse_statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
@@ -180,9 +180,8 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                     sink.finish()
                 return self._cog_layers(record.georef, spatial, sinks["prediction"].dtype)
 
-            record.layers = await run_and_finish(
-                work, grid, blender, read, infer, flush, sinks, finish
-            )
+            grid_pass = GridPass(grid, blender, read, infer, flush, sinks)
+            record.layers = await run_and_finish(work, grid_pass, finish)
         for o in channel:
             weights = channel_sum[o.name] / max(channel_weight, 1e-9)
             record.layers.append(

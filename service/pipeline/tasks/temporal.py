@@ -11,7 +11,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.jobs.record import Layer, Series, Tiling
 from service.pipeline.inputs import SeriesInput, pixel_series
-from service.pipeline.scene_grid import SceneWork, run_and_finish
+from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile
 from service.pipeline.tasks.base import CLASS_NODATA, Prediction, SyncTask, output_layer
 from service.raster.cog import RasterSink
@@ -153,7 +153,8 @@ class TemporalClassification(SyncTask[SeriesInput, TemporalTask]):
                 for sink in sinks.values():
                     sink.finish()
 
-            await run_and_finish(work, grid, blender, read, infer, flush, sinks, finish)
+            grid_pass = GridPass(grid, blender, read, infer, flush, sinks)
+            await run_and_finish(work, grid_pass, finish)
         shape = [info.height, info.width]
         record.layers = [
             replace(class_layer(manifest, shape), storage="cog", file="class.tif", band=1),

@@ -14,6 +14,7 @@ from rasterio.transform import from_origin
 
 from service.jobs.record import JobRecord
 from service.pipeline.scene_grid import (
+    GridPass,
     JobCancelled,
     SceneOptions,
     SceneWork,
@@ -79,7 +80,7 @@ def test_every_row_is_flushed_once_in_order_and_progress_counts_every_tile(
         assert np.isnan(out[first : first + block.shape[1]]).all()  # each row once
         out[first : first + block.shape[1]] = block[0]
 
-    asyncio.run(run_grid(work, grid, blender, _read, _ones, flush, {}))
+    asyncio.run(run_grid(work, GridPass(grid, blender, _read, _ones, flush, {})))
     assert seen == [(i, len(grid)) for i in range(1, len(grid) + 1)]
     # Blending ones gives ones; where only the skipped tile reached, no data.
     assert np.isnan(out[:20, :20]).all()
@@ -90,8 +91,9 @@ def test_every_row_is_flushed_once_in_order_and_progress_counts_every_tile(
 def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
     work, seen = _work(tmp_path, cancelled=True)
     grid = TileGrid(SIZE, SIZE, 40, 8)
+    nothing = GridPass(grid, StripBlender(grid, 1), _read, _ones, lambda *a: None, {})
     with pytest.raises(JobCancelled):
-        asyncio.run(run_grid(work, grid, StripBlender(grid, 1), _read, _ones, lambda *a: None, {}))
+        asyncio.run(run_grid(work, nothing))
     assert seen == []
 
 
@@ -107,12 +109,14 @@ def test_a_failing_tile_drops_the_unfinished_outputs(tmp_path: Path) -> None:
         asyncio.run(
             run_and_finish(
                 work,
-                grid,
-                StripBlender(grid, 1),
-                _read,
-                broken,
-                lambda first, block: sinks["prediction"].write(first, block),
-                sinks,
+                GridPass(
+                    grid,
+                    StripBlender(grid, 1),
+                    _read,
+                    broken,
+                    lambda first, block: sinks["prediction"].write(first, block),
+                    sinks,
+                ),
                 lambda: [s.finish() for s in sinks.values()],
             )
         )
