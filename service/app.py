@@ -16,7 +16,7 @@ from service.api.middleware.admission import Admission
 from service.api.middleware.auth import ApiKeyAuth
 from service.api.middleware.body_limit import BodyLimit
 from service.api.middleware.observe import Observe
-from service.api.routes import attention, health, jobs, metrics, models, predict, tiles, v2
+from service.api.routes import attention, health, jobs, metrics, models, predict, stac, tiles, v2
 from service.api.state import AppState
 from service.config import Settings
 from service.jobs.store import open_store
@@ -208,6 +208,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.router,
         attention.router,
         tiles.router,
+        stac.router,
     ):
         app.include_router(router, responses=errors.ERROR_RESPONSES)
     app.include_router(metrics.router)

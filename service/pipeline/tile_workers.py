@@ -94,6 +94,11 @@ class TileWorkers:
         data: bytes = await self._run("tile", record, name, z, x, y, fmt)
         return data
 
+    async def preview(self, record: JobRecord, name: str, fmt: str) -> bytes:
+        """The whole of a job's map layer as one image, in the job's own CRS."""
+        data: bytes = await self._run("preview", record, name, fmt)
+        return data
+
     async def tilejson(
         self, record: JobRecord, name: str, base_url: str, fmt: str
     ) -> dict[str, Any]:

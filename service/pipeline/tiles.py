@@ -93,8 +93,13 @@ def tile_layers(record: JobRecord) -> list[TileLayer]:
     """A job's map layers: every raster layer, per class or per date where it has bands."""
     if record.kind != "raster" or not record.georef or not record.georef.get("crs"):
         return []
+    return band_layers(record.layers)
+
+
+def band_layers(layers: list[Layer]) -> list[TileLayer]:
+    """One entry per raster band of ``layers``, in order: 2-D layers, then each class or date."""
     out: list[TileLayer] = []
-    for layer in record.layers:
+    for layer in layers:
         if len(layer.shape) < 2 or layer.storage == "inline":
             continue
         if len(layer.shape) == 2:
@@ -202,6 +207,13 @@ class JobTiles:
         with self._open(record, tl) as (dataset, band):
             classes = len(tl.classes) if tl.classes is not None else None
             return TileReader(dataset).tile(z, x, y, BandStyle(band, classes), fmt)
+
+    def preview(self, record: JobRecord, name: str, fmt: str) -> bytes:
+        """The whole of map layer ``name`` in the job's own CRS, coloured as its tiles."""
+        tl = tile_layer(record, name)
+        with self._open(record, tl) as (dataset, band):
+            classes = len(tl.classes) if tl.classes is not None else None
+            return TileReader(dataset).preview(BandStyle(band, classes), fmt)
 
     def extent(self, record: JobRecord, name: str) -> tuple[tuple[float, ...], int, int]:
         """Bounds in EPSG:4326 and the zoom range of a map layer."""

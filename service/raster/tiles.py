@@ -27,6 +27,8 @@ from service.raster.georef import Georeference
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 TILE_SIZE = 256
 MAX_ZOOM = 24
+# Largest side of a whole-layer preview image.
+PREVIEW_SIZE = 1024
 FORMATS = {"png": "PNG", "webp": "WEBP"}
 # Probabilities and attention: a perceptual map over the fixed range 0-1, so
 # that the same colour means the same value in every job and every tile.
@@ -157,6 +159,13 @@ class TileReader:
             )
         except TileOutsideBounds:
             return _transparent(TILE_SIZE, FORMATS[fmt])
+        return colour(image, style, FORMATS[fmt])
+
+    def preview(self, style: BandStyle, fmt: str, max_size: int = PREVIEW_SIZE) -> bytes:
+        """The whole band in its own CRS, at most ``max_size`` pixels a side (from overviews)."""
+        image = self._reader.preview(
+            indexes=style.band, max_size=max_size, resampling_method="nearest"
+        )
         return colour(image, style, FORMATS[fmt])
 
 

@@ -35,12 +35,14 @@ async def get_tiles(request: Request, state: State) -> TileWorkers:
 Tiles = Annotated[TileWorkers, Depends(get_tiles)]
 
 
-def _immutable(job: JobRecord) -> dict[str, str]:
+def immutable(job: JobRecord) -> dict[str, str]:
+    """Cache-Control of a finished job's results: kept until it expires, at most a day."""
     left = int(min(MAX_AGE_S, max(0.0, job.expires - time.time())))
     return {"Cache-Control": f"private, max-age={left}, immutable"}
 
 
-def _base(request: Request) -> str:
+def base_url(request: Request) -> str:
+    """The server's URL as the client reached it, without a trailing slash."""
     return str(request.base_url).rstrip("/")
 
 
@@ -48,7 +50,7 @@ def _base(request: Request) -> str:
 async def list_tiles(job: Job, request: Request) -> Response:
     """Every map layer of a job (each raster layer; per class or date where it has bands)."""
     views.require_done(job)
-    base = _base(request)
+    base = base_url(request)
     layers = [
         {
             "name": tl.name,
@@ -64,7 +66,7 @@ async def list_tiles(job: Job, request: Request) -> Response:
         "layers": layers,
         "wmts": f"{base}/jobs/{job.id}/WMTSCapabilities.xml",
     }
-    return JSONBody(body, headers=_immutable(job))
+    return JSONBody(body, headers=immutable(job))
 
 
 @router.get(
@@ -86,7 +88,25 @@ async def get_tile(
     class maps in the model's class colours, nodata and pixels off the raster transparent."""
     views.require_done(job)
     data = await tiles.tile(job, layer, z, x, y, fmt)
-    return Response(data, media_type=MEDIA[fmt], headers=_immutable(job))
+    return Response(data, media_type=MEDIA[fmt], headers=immutable(job))
+
+
+@router.get(
+    "/{job_id}/preview/{layer}.{fmt}",
+    summary="A whole layer of a job as one image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/webp": {}}}},
+)
+async def get_preview(
+    job: Job,
+    tiles: Tiles,
+    layer: str,
+    fmt: Annotated[str, Path(pattern="^(png|webp)$", description="png or webp")],
+) -> Response:
+    """The layer in the job's own CRS, at most 1024 pixels a side, coloured as its tiles."""
+    views.require_done(job)
+    data = await tiles.preview(job, layer, fmt)
+    return Response(data, media_type=MEDIA[fmt], headers=immutable(job))
 
 
 @router.get("/{job_id}/tilejson/{layer}.json", summary="TileJSON of a job's layer")
@@ -99,8 +119,8 @@ async def get_tilejson(
 ) -> Response:
     """TileJSON 3.0.0: tile URL template, bounds in EPSG:4326, zoom range, legend."""
     views.require_done(job)
-    body = await tiles.tilejson(job, layer, _base(request), format)
-    return JSONBody(body, headers=_immutable(job))
+    body = await tiles.tilejson(job, layer, base_url(request), format)
+    return JSONBody(body, headers=immutable(job))
 
 
 @router.get(
@@ -112,5 +132,5 @@ async def get_tilejson(
 async def get_wmts(job: Job, tiles: Tiles, request: Request) -> Response:
     """OGC WMTS 1.0.0 (RESTful), one layer per map layer, for QGIS, ArcGIS or GDAL."""
     views.require_done(job)
-    xml = await tiles.wmts(job, _base(request))
-    return Response(xml, media_type="application/xml", headers=_immutable(job))
+    xml = await tiles.wmts(job, base_url(request))
+    return Response(xml, media_type="application/xml", headers=immutable(job))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from service.api.state import AppState
 from service.app import create_app
 from service.config import Settings
 from tests.helpers.asgi import in_process
+from tests.helpers.server import LiveServer, start
 
 Scenario = Callable[[httpx.AsyncClient, AppState], Awaitable[None]]
 
@@ -34,3 +36,26 @@ def served(model_dir: Path, tmp_path: Path) -> Callable[..., None]:
         asyncio.run(main())
 
     return run
+
+
+OWNER_KEY, OTHER_KEY = "key-of-the-owner", "key-of-someone-else"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[LiveServer]:
+    """A live server with two API keys (``OWNER_KEY``, ``OTHER_KEY``), shared by a module."""
+    live = start(
+        model_dir, tmp_path_factory.mktemp("keyed"), api_keys=json.dumps([OWNER_KEY, OTHER_KEY])
+    )
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def owner(keyed_server: LiveServer) -> Iterator[httpx.Client]:
+    """A client of ``keyed_server`` with ``OWNER_KEY``."""
+    headers = {"Authorization": f"Bearer {OWNER_KEY}"}
+    with httpx.Client(base_url=keyed_server.url, headers=headers) as client:
+        yield client

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +18,13 @@ import rasterio.warp
 
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff, noise
-from tests.helpers.server import LiveServer, start
+from tests.helpers.server import LiveServer
 from tests.helpers.tiles import rgba, tile_at, tile_bounds
+from tests.service.api.routes.conftest import OTHER_KEY as OTHER
+from tests.service.api.routes.conftest import OWNER_KEY as KEY
 
-KEY, OTHER = "key-of-the-owner", "key-of-someone-else"
 SIDE = 600
 NS = {"w": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[LiveServer]:
-    live = start(model_dir, tmp_path_factory.mktemp("maps"), api_keys=json.dumps([KEY, OTHER]))
-    try:
-        yield live
-    finally:
-        live.stop()
-
-
-@pytest.fixture(scope="module")
-def owner(server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +116,9 @@ def test_tilejson_bounds_are_the_inputs_bounds_in_wgs84(
 
 
 def test_the_wmts_layer_opens_with_gdal(
-    server: LiveServer, owner: httpx.Client, scene: dict[str, Any]
+    keyed_server: LiveServer, owner: httpx.Client, scene: dict[str, Any]
 ) -> None:
-    url = f"{server.url}/jobs/{scene['job_id']}/WMTSCapabilities.xml"
+    url = f"{keyed_server.url}/jobs/{scene['job_id']}/WMTSCapabilities.xml"
     document = owner.get(url)
     assert document.status_code == 200
     root = ET.fromstring(document.content)
@@ -159,7 +143,7 @@ def test_the_wmts_layer_opens_with_gdal(
     assert int(opaque) == 64 * 64  # the middle of the job is data
 
 
-def test_another_keys_maps_are_404(server: LiveServer, scene: dict[str, Any]) -> None:
+def test_another_keys_maps_are_404(keyed_server: LiveServer, scene: dict[str, Any]) -> None:
     job_id = scene["job_id"]
     paths = [
         f"/jobs/{job_id}/tiles",
@@ -168,10 +152,10 @@ def test_another_keys_maps_are_404(server: LiveServer, scene: dict[str, Any]) ->
         f"/jobs/{job_id}/WMTSCapabilities.xml",
     ]
     for path in paths:
-        other = httpx.get(server.url + path, headers={"Authorization": f"Bearer {OTHER}"})
+        other = httpx.get(keyed_server.url + path, headers={"Authorization": f"Bearer {OTHER}"})
         assert other.status_code == 404, path
         assert other.json()["error"]["code"] == "not_found"
-        assert httpx.get(server.url + path).status_code == 401, path
+        assert httpx.get(keyed_server.url + path).status_code == 401, path
 
 
 def test_a_synchronous_jobs_layers_are_tiled_too(owner: httpx.Client) -> None:
