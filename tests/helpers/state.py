@@ -11,7 +11,9 @@ from typing import Any
 from service.api.state import AppState
 from service.app import build_state
 from service.config import SHIPPED_MODELS, Settings
+from service.jobs.record import JobRecord
 from service.metrics import Metrics
+from service.pipeline.intake import SyncRequest, UploadOptions
 
 FOOTPRINTS = "footprints-2.0.0.onnx"
 CROPS = "crops-1.0.0.onnx"
@@ -46,3 +48,13 @@ def run(
             return await scenario(state)
 
     return asyncio.run(main())
+
+
+async def stored_upload(state: AppState, model: str, image: bytes) -> JobRecord:
+    """Run one upload synchronously through intake and the job service; its stored record."""
+    request = await state.intake.upload(state.repository.get(model), [image], UploadOptions())
+    assert isinstance(request, SyncRequest)
+    stored = await state.jobs.run(request, None)
+    request.held.release()
+    state.store.flush()
+    return state.store.load(stored.record.id, None)

@@ -7,21 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from service.api.state import AppState
-from service.pipeline.intake import SyncRequest, UploadOptions
 from service.pipeline.layers import LayerReader, served_values
 from tests.helpers.geotiff import geotiff, noise
-from tests.helpers.state import FOOTPRINTS, run
+from tests.helpers.state import FOOTPRINTS, run, stored_upload
 
 
 def test_layers_are_read_on_the_job_s_grid_by_window_and_by_block(tmp_path: Path) -> None:
     async def scenario(state: AppState) -> None:
         served = state.repository.get("footprints")
-        request = await state.intake.upload(served, [geotiff(noise(3, 96))], UploadOptions())
-        assert isinstance(request, SyncRequest)
-        stored = await state.jobs.run(request, None)
-        request.held.release()
-        state.store.flush()
-        record = state.store.load(stored.record.id, None)
+        record = await stored_upload(state, "footprints", geotiff(noise(3, 96)))
         coarse = next(la for la in record.layers if (la.stride or 1) > 1)
         kept = state.store.array(record, coarse.name)
         assert kept.shape[-1] == 96 // coarse.stride  # stored at its own resolution

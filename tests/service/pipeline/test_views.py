@@ -14,21 +14,15 @@ from service.errors import Conflict
 from service.jobs.record import JobRecord
 from service.pipeline import views
 from service.pipeline.inputs import validate_json
-from service.pipeline.intake import SyncRequest, UploadOptions
 from tests.helpers.bodies import parcels
 from tests.helpers.geotiff import geotiff, noise, read_geotiff
-from tests.helpers.state import CROPS, FOOTPRINTS, run
+from tests.helpers.state import CROPS, FOOTPRINTS, run, stored_upload
 
 
 def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> None:
     async def scenario(state: AppState) -> None:
         served = state.repository.get("footprints")
-        request = await state.intake.upload(served, [geotiff(noise(3, 64))], UploadOptions())
-        assert isinstance(request, SyncRequest)
-        stored = await state.jobs.run(request, None)
-        request.held.release()
-        state.store.flush()
-        record = state.store.load(stored.record.id, None)
+        record = await stored_upload(state, "footprints", geotiff(noise(3, 64)))
 
         links = views.links(record)
         assert links["self"] == f"/jobs/{record.id}"
