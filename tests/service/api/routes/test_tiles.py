@@ -171,6 +171,9 @@ def test_a_synchronous_jobs_layers_are_tiled_too(owner: httpx.Client) -> None:
         assert answer.status_code == 200
         assert answer.headers["content-type"] == "image/webp"
         assert (rgba(answer.content)[3] == 255).any()
+    preview = owner.get(f"/jobs/{job_id}/preview/probability.png")
+    assert preview.status_code == 200
+    assert rgba(preview.content).shape == (4, 256, 256)  # the job's own grid, whole
     bad = owner.get(f"/jobs/{job_id}/tiles/probability/99/0/0.png")
     assert bad.status_code == 422
     assert "zoom" in bad.json()["error"]["message"]
