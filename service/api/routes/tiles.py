@@ -21,13 +21,15 @@ router = APIRouter(prefix="/jobs", tags=["maps"])
 MEDIA = {"png": "image/png", "webp": "image/webp"}
 # A finished job's results never change: clients may keep them until the job expires.
 MAX_AGE_S = 86400
+# Tile worker processes at most (each holds about 150 MB once it has drawn a tile).
+MAX_TILE_WORKERS = 4
 
 
 async def get_tiles(request: Request, state: State) -> TileWorkers:
     """The app's tile workers (a pool started on first use, over the lifespan's job store)."""
     tiles: TileWorkers | None = getattr(request.app.state, "tiles", None)
     if tiles is None or tiles.address != state.store.address:
-        tiles = TileWorkers(state.store.address, usable_cpus())
+        tiles = TileWorkers(state.store.address, min(MAX_TILE_WORKERS, usable_cpus()))
         request.app.state.tiles = tiles
     return tiles
 
