@@ -15,6 +15,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.jobs.record import JobRecord
@@ -56,11 +57,16 @@ class TileWorkers:
     Args:
         address: the job store's address (:func:`service.jobs.store.open_reader`).
         processes: pool size.
+        settle: waits until a job written behind is stored (the workers read the
+            store, not this process's memory); None where nothing is written behind.
     """
 
-    def __init__(self, address: str, processes: int) -> None:
+    def __init__(
+        self, address: str, processes: int, settle: Callable[[str], None] | None = None
+    ) -> None:
         self.address = address
         self.processes = max(1, processes)
+        self.settle = settle
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -76,11 +82,13 @@ class TileWorkers:
                 )
             return self._pool
 
-    async def _run(self, method: str, *args: Any) -> Any:
+    async def _run(self, method: str, record: JobRecord, *args: Any) -> Any:
+        if self.settle is not None:
+            await asyncio.to_thread(self.settle, record.id)
         loop = asyncio.get_running_loop()
         pool = self._executor()
         try:
-            return await loop.run_in_executor(pool, _call, method, *args)
+            return await loop.run_in_executor(pool, _call, method, record, *args)
         except concurrent.futures.process.BrokenProcessPool:
             # A worker died (killed for memory, say): the next request gets a new pool.
             with self._lock:

@@ -29,7 +29,9 @@ async def get_tiles(request: Request, state: State) -> TileWorkers:
     """The app's tile workers (a pool started on first use, over the lifespan's job store)."""
     tiles: TileWorkers | None = getattr(request.app.state, "tiles", None)
     if tiles is None or tiles.address != state.store.address:
-        tiles = TileWorkers(state.store.address, min(MAX_TILE_WORKERS, usable_cpus()))
+        store = state.store
+        settle = store.settle if store.write_behind else None
+        tiles = TileWorkers(store.address, min(MAX_TILE_WORKERS, usable_cpus()), settle)
         request.app.state.tiles = tiles
     return tiles
 

@@ -29,7 +29,8 @@ def test_a_server_without_vrt_gets_tiles_from_its_workers(
     monkeypatch.setenv("GDAL_SKIP", SKIPPED_DRIVERS)
     store = open_store(Settings(job_dir=tmp_path / "jobs"))
     record = _crops_job(store)
-    workers = TileWorkers(store.address, 1)
+    settled: list[str] = []
+    workers = TileWorkers(store.address, 1, settle=settled.append)
 
     async def draw() -> tuple[dict, bytes]:
         body = await workers.tilejson(record, "probs:wheat", "http://h", "png")
@@ -42,6 +43,7 @@ def test_a_server_without_vrt_gets_tiles_from_its_workers(
     finally:
         workers.close()
     assert body["name"] == "probs:wheat"
+    assert settled == [record.id, record.id]  # written before a worker reads it
     alpha = rgba(png)[3]
     # The 32 m job covers part of the tile; the rest is transparent.
     assert 0 < (alpha == 255).mean() < 0.5
