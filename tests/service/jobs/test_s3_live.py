@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import obstore
+import pytest
 
 from service.jobs.objects import connect
 from tests.helpers.bodies import upload
@@ -133,3 +134,39 @@ def test_ttl_and_eviction_delete_the_objects(
     evicted = [ln for ln in metrics.splitlines() if ln.startswith("attnserve_jobs_evicted_total")]
     assert evicted, metrics[:500]
     assert float(evicted[0].split()[-1]) >= 1
+
+
+@pytest.mark.slow
+def test_a_job_killed_with_its_server_is_never_half_visible_and_resumes_on_another(
+    s3_store_url: str, start_server: Callable[..., LiveServer], tmp_path: Path
+) -> None:
+    first = start_server(job_store=s3_store_url, job_dir=str(tmp_path / "a"))
+    image = geotiff(noise(size=1024, seed=5))
+    scene = httpx.post(
+        f"{first.url}/predict", timeout=60, **upload(image, **{"async": "true", "tile_size": "256"})
+    )
+    assert scene.status_code == 202, scene.text
+    job_id = scene.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{first.url}/jobs/{job_id}").json()
+        if body["progress"].get("done", 0) > 0:
+            break
+        time.sleep(0.05)
+    assert body["state"] == "running", body
+    first.proc.kill()  # SIGKILL: no cleanup, no final write
+    first.proc.wait()
+    # Its record says running and no output was uploaded: nothing half-made is served.
+    left = {key.split("/")[1] for key in _keys(s3_store_url, job_id)}
+    assert left == {"meta.json", "input_0.tif"}
+
+    second = start_server(job_store=s3_store_url, job_dir=str(tmp_path / "b"))
+    done, _ = follow(second, job_id, 120)
+    assert done["state"] == "done", done
+    meta = json.loads(bytes(obstore.get(connect(s3_store_url), f"{job_id}/meta.json").bytes()))
+    assert meta["resumed"] == 1
+    outputs = [url for url in done["links"].values() if "/files/" in url]
+    assert outputs
+    for url in outputs:
+        assert httpx.get(second.url + url).status_code == 200
+    assert not (tmp_path / "b" / job_id).exists()  # the scratch is gone once uploaded
