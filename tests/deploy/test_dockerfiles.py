@@ -170,7 +170,7 @@ def test_dockerignore_keeps_the_context_lean() -> None:
     for needed in [
         "pyproject.toml",
         "README.md",
-        "service/cli.py",
+        "service/cli/__init__.py",
         "service/api/app.py",
         "models/__init__.py",
         "models/shipped/footprints.onnx",
