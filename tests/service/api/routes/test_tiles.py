@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import rasterio.warp
 
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff, noise
+from tests.helpers.jobs import follow, submit
 from tests.helpers.server import LiveServer
 from tests.helpers.tiles import rgba, tile_at, tile_bounds
 from tests.service.api.routes.conftest import OTHER_KEY as OTHER
@@ -41,6 +43,11 @@ def scene(owner: httpx.Client) -> dict[str, Any]:
         time.sleep(0.2)
     assert body["state"] == "done", body
     return dict(body)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _centre(owner: httpx.Client, job_id: str, layer: str) -> tuple[dict[str, Any], tuple[int, ...]]:
@@ -178,3 +185,22 @@ def test_a_synchronous_jobs_layers_are_tiled_too(owner: httpx.Client) -> None:
     assert bad.status_code == 422
     assert "zoom" in bad.json()["error"]["message"]
     assert owner.get(f"/jobs/{job_id}/tiles/channel/1/0/0.png").status_code == 404
+
+
+def test_jobs_in_an_object_store_are_tiled_through_the_store(
+    start_server: Callable[..., LiveServer], s3_store_url: str, tmp_path: Path
+) -> None:
+    server = start_server(job_store=s3_store_url, job_dir=str(tmp_path / "work"))
+    scene = _write(tmp_path / "scene.tif", geotiff(noise(3, SIDE)))
+    job = submit(server, [scene], model="footprints", **{"async": "true"})
+    body, _ = follow(server, job["job_id"])
+    assert body["state"] == "done", body
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for job_id in (
+            job["job_id"],
+            client.post("/predict", **upload(geotiff(noise(3, 64)))).json()["job_id"],
+        ):
+            _, tile = _centre(client, job_id, "probability")
+            answer = client.get(f"/jobs/{job_id}/tiles/probability/{'/'.join(map(str, tile))}.png")
+            assert answer.status_code == 200, answer.text
+            assert (rgba(answer.content)[3] == 255).any()
