@@ -41,6 +41,8 @@ META = "meta.json"
 _FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Objects of a job without its meta.json older than this were left by a crash.
 _STALE_S = 3600.0
+# Leeway between this server's clock and the object store's timestamps.
+_CLOCK_SKEW_S = 300.0
 # What a running job writes to its scratch directory and never keeps.
 _TEMPORARY = (".partial.tif", ".tmp", ".part", ".ovr")
 
@@ -52,6 +54,7 @@ class _Listed:
     visible: bool = False
     size: int = 0
     modified: float = 0.0
+    meta_modified: float = 0.0
 
 
 def _storage_failed(job_id: str, exc: BaseException) -> StorageFailed:
@@ -124,7 +127,9 @@ class S3JobStore(BaseJobStore):
                     if not is_job_id(job_id):
                         continue
                     job = jobs.setdefault(job_id, _Listed())
-                    job.visible |= name == META
+                    if name == META:
+                        job.visible = True
+                        job.meta_modified = meta["last_modified"].timestamp()
                     job.size += meta["size"]
                     job.modified = max(job.modified, meta["last_modified"].timestamp())
         except BaseError as exc:
@@ -136,6 +141,17 @@ class S3JobStore(BaseJobStore):
 
     def _job_ids(self) -> Iterator[str]:
         return (job_id for job_id, job in self._listing().items() if job.visible)
+
+    def _expiry_candidates(self, now: float) -> list[str]:
+        """Jobs whose ``meta.json`` is older than the TTL: only theirs are read.
+
+        A record is written with an expiry at most the TTL ahead, so a younger
+        one has not expired (under a replica with a shorter TTL it may have:
+        that replica's cleanup deletes it, and reads refuse it meanwhile).
+        """
+        oldest = now - self.ttl_s + _CLOCK_SKEW_S
+        listed = self._listing().items()
+        return [job_id for job_id, job in listed if job.visible and job.meta_modified <= oldest]
 
     def _has(self, job_id: str) -> bool:
         key = self._key(job_id, META)

@@ -224,3 +224,23 @@ def test_an_unreachable_store_fails_with_storage_failed(
         store.save(record, {"p": np.ones(2)})
     with pytest.raises(StorageFailed):
         store.load(record.id)
+
+
+def test_cleanup_reads_only_records_old_enough_to_have_expired(
+    s3_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = S3JobStore(s3_store_url, tmp_path / "scratch", ttl_s=3600)
+    ids = [_scene(store) for _ in range(3)]
+    read: list[str] = []
+    real = S3JobStore._meta
+
+    def counted(self: S3JobStore, job_id: str) -> dict[str, object]:
+        read.append(job_id)
+        return real(self, job_id)
+
+    monkeypatch.setattr(S3JobStore, "_meta", counted)
+    assert store.cleanup() == 0
+    assert read == []  # a day's jobs cost one listing, not a read each
+    short = S3JobStore(s3_store_url, tmp_path / "scratch", ttl_s=1)
+    assert short.cleanup() == 0  # queued jobs never expire
+    assert sorted(read) == sorted(ids)
