@@ -1,10 +1,10 @@
-"""The ``attnserve`` command: serve, train and export models, and use a server.
+"""The ``attnserve`` command: serve, train, export and quantise models, and use a server.
 
 One module per command group declares its commands: :mod:`~service.cli.serve`,
 :mod:`~service.cli.train`, :mod:`~service.cli.export` (``export``, ``fp16``),
-:mod:`~service.cli.manifest` and
+:mod:`~service.cli.quantize`, :mod:`~service.cli.manifest` and
 :mod:`~service.cli.client` (``predict``, ``predict-series``, ``models``).
-Training and export import their heavy packages only when they
+Training, export and quantisation import their heavy packages only when they
 run, so ``attnserve serve`` works on an install without the ``train`` extra;
 the client commands import only httpx and the standard library.
 """
@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import client, export, manifest, serve, train
+from service.cli import client, export, manifest, quantize, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     train.add_parser(sub)
     export.add_parsers(sub)
+    quantize.add_parser(sub)
     manifest.add_parser(sub)
     client.add_parsers(sub)
     return parser

@@ -19,6 +19,8 @@ SIDECAR_SUFFIX = ".manifest.json"
 # Set by `attnserve fp16` on half-precision copies; absent means float32.
 PRECISION_KEY = "attnserve.precision"
 SCHEMA_VERSION = 1
+# What a model computes in: ``int8`` for copies made by `attnserve quantize`.
+PRECISIONS = ("float32", "float16", "int8")
 
 OutputRole = Literal["prediction", "attention"]
 OutputKind = Literal["probability", "class_probabilities", "spatial", "channel", "temporal"]
@@ -131,6 +133,9 @@ class Manifest:
     classes: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # ``quantization`` records how an int8 copy was made and what it lost against float32.
+    precision: str = "float32"
+    quantization: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -206,6 +211,8 @@ class Manifest:
                 classes=[str(c) for c in data.get("classes", [])],
                 training=dict(data.get("training", {})),
                 metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+                precision=str(data.get("precision", "float32")),
+                quantization=dict(data.get("quantization", {})),
                 schema_version=version,
             )
         except ManifestError:
@@ -247,6 +254,10 @@ class Manifest:
             )
         for i, out in enumerate(self.outputs):
             found.extend(f"outputs[{i}].{p}" for p in _output_problems(out, self.input))
+        if self.precision not in PRECISIONS:
+            found.append(
+                f"precision: unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
+            )
         norm = self.input.normalization
         n_bands = len(self.input.bands)
         if n_bands == 0:

@@ -9,7 +9,7 @@ import pytest
 
 from service.cli import build_parser, main
 
-COMMANDS = ["serve", "train", "export", "fp16", "manifest", "predict",
+COMMANDS = ["serve", "train", "export", "fp16", "quantize", "manifest", "predict",
             "predict-series", "models"]  # fmt: skip
 
 

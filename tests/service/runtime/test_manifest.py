@@ -59,6 +59,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("input.gsd_m", True), "gsd_m must be a positive number"),
         (_set("input.value_range", [255, 0]), "low < high"),
         (_set("tensors.0.default", "zeros"), "unknown default 'zeros'"),
+        (_set("precision", "int4"), "unknown precision 'int4'"),
         (lambda d: d.pop("outputs"), "manifest.outputs is missing"),
         (lambda d: d["input"].pop("bands"), r"^input\.bands is missing$"),
         (lambda d: d["outputs"][1].pop("kind"), r"^outputs\[1\]\.kind is missing$"),
@@ -80,6 +81,15 @@ def test_inconsistent_manifests_are_refused(
     change(data)
     with pytest.raises(ManifestError, match=message):
         Manifest.from_dict(data)
+
+
+def test_a_quantised_copy_s_precision_and_record_round_trip(footprints: Manifest) -> None:
+    assert footprints.precision == "float32"
+    data = copy.deepcopy(footprints.to_dict())
+    data.update(precision="int8", quantization={"pixel_iou_vs_float32": 0.97})
+    manifest = Manifest.from_json(json.dumps(data))
+    assert (manifest.precision, manifest.quantization) == ("int8", {"pixel_iou_vs_float32": 0.97})
+    assert Manifest.from_json(manifest.to_json()) == manifest
 
 
 def test_a_classifier_must_name_its_classes(crops: Manifest) -> None:
