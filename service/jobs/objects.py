@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -31,9 +32,9 @@ MISSING = (NotFoundError, FileNotFoundError)
 # Bytes fetched for an array's .npy header: a header is 64-byte aligned and
 # rarely over 128 bytes, and a small array comes along in the same request.
 HEADER_PROBE = 64 * 1024
-# A GET per this many bytes when a file is read in small pieces (GDAL's reads
-# of a COG's header, downloads in 64 KiB chunks).
-READ_BUFFER = 1024 * 1024
+# The least and most one ranged GET of a file fetches (see RangedReader).
+MIN_FETCH = 64 * 1024
+MAX_FETCH = 8 * 1024 * 1024
 
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,14 @@ def connect(url: str) -> S3Store:
     )
 
 
-class RangedObject(io.RawIOBase):
-    """An object read through ranged GETs, as a seekable raw file (buffer it for small reads)."""
+class RangedReader(io.RawIOBase):
+    """An object read through ranged GETs that grow while the reading runs on.
+
+    A read after a jump elsewhere fetches what it asks for, at least
+    ``MIN_FETCH``; each further read that carries on where the fetched bytes
+    end doubles the next fetch, up to ``MAX_FETCH``. So GDAL's scattered reads
+    of a COG's header and tiles fetch little, and a download streams in large GETs.
+    """
 
     def __init__(self, store: S3Store, key: str, size: int) -> None:
         super().__init__()
@@ -88,6 +95,9 @@ class RangedObject(io.RawIOBase):
         self.key = key
         self.size = size
         self._at = 0
+        self._held = memoryview(b"")
+        self._held_at = 0
+        self._fetch = MIN_FETCH // 2
 
     def readable(self) -> bool:
         """Always readable."""
@@ -109,28 +119,47 @@ class RangedObject(io.RawIOBase):
         self._at = base + offset
         return self._at
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        """Fill ``buffer`` from the current position with one ranged GET."""
-        want = min(len(buffer), self.size - self._at)
-        if want <= 0:
-            return 0
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes from the current position (all that is left for -1)."""
+        left = self.size - self._at
+        want = left if size is None or size < 0 else min(size, left)
+        parts = []
+        while want > 0:
+            offset = self._at - self._held_at
+            if not 0 <= offset < len(self._held):
+                self._get(want)
+                continue
+            piece = self._held[offset : offset + want]
+            parts.append(bytes(piece))
+            self._at += len(piece)
+            want -= len(piece)
+        return b"".join(parts)
+
+    def _get(self, want: int) -> None:
+        carries_on = self._at == self._held_at + len(self._held)
+        self._fetch = min(2 * self._fetch, MAX_FETCH) if carries_on else MIN_FETCH
+        length = min(max(want, self._fetch), self.size - self._at)
         with reading():
-            data = obstore.get_range(self.store, self.key, start=self._at, length=want)
-        got = len(data)
-        memoryview(buffer).cast("B")[:got] = memoryview(data)
-        self._at += got
-        return got
+            data = obstore.get_range(self.store, self.key, start=self._at, length=length)
+        if not len(data):
+            raise OSError(f"{self.key} ended before its size")
+        self._held, self._held_at = memoryview(data), self._at
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        """Fill ``buffer`` from the current position."""
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
 
 
 def open_object(store: S3Store, key: str, name: str) -> StoredFile:
-    """An object open for reading, one GET per ``READ_BUFFER`` bytes; NotFound if it is not there.
+    """An object open for reading through ranged GETs; NotFound if it is not there.
 
     Unlike a local file, an object deleted while it is read cannot be read to its end.
     """
     with reading():
         size = obstore.head(store, key)["size"]
-    raw = RangedObject(store, key, size)
-    return StoredFile(name, size, io.BufferedReader(raw, buffer_size=READ_BUFFER))
+    return StoredFile(name, size, cast(BinaryIO, RangedReader(store, key, size)))
 
 
 def read_array(store: S3Store, key: str, offset: int) -> np.ndarray:
@@ -163,7 +192,7 @@ def download(store: S3Store, key: str, path: Path) -> None:
     part = path.with_name(f".{path.name}.part")
     try:
         with reading(), open(part, "wb") as f:
-            for chunk in obstore.get(store, key).stream(min_chunk_size=READ_BUFFER):
+            for chunk in obstore.get(store, key).stream(min_chunk_size=MAX_FETCH):
                 f.write(chunk)
         os.replace(part, path)
     finally:

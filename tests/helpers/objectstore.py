@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -141,6 +142,10 @@ class SeaweedS3:
                 with urllib.request.urlopen(urllib.request.Request(url, method="PUT")) as answer:
                     if answer.status == 200:
                         break
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or time.monotonic() > deadline:
+                    raise  # a refused name or signature will not change on retry
+                time.sleep(0.5)
             except OSError:
                 if time.monotonic() > deadline:
                     raise

@@ -11,7 +11,16 @@ import pytest
 from obstore.store import S3Store
 
 from service.errors import NotFound
-from service.jobs.objects import HEADER_PROBE, connect, download, open_object, parse_url, read_array
+from service.jobs.objects import (
+    HEADER_PROBE,
+    MAX_FETCH,
+    MIN_FETCH,
+    connect,
+    download,
+    open_object,
+    parse_url,
+    read_array,
+)
 from service.jobs.pack import write_pack
 
 
@@ -75,3 +84,27 @@ def test_a_download_appears_whole_or_not_at_all(objects: S3Store, tmp_path: Path
     with pytest.raises(NotFound):
         download(objects, "j/none.tif", tmp_path / "none.tif")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_reads_that_carry_on_fetch_more_at_a_time(
+    objects: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytes(range(256)) * (20 * 4096)  # 20 MiB
+    obstore.put(objects, "j/big.tif", data)
+    fetched: list[int] = []
+    real = obstore.get_range
+
+    def counted(*args: object, **kwargs: object) -> object:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
+        fetched.append(len(got))
+        return got
+
+    monkeypatch.setattr(obstore, "get_range", counted)
+    with open_object(objects, "j/big.tif", "big.tif") as stored:
+        assert b"".join(stored.chunks()) == data  # a download, 64 KiB at a time
+        assert len(fetched) <= 9
+        assert max(fetched) == MAX_FETCH
+        fetched.clear()
+        stored.seek(5_000_000)
+        assert stored.read(100) == data[5_000_000:5_000_100]  # a jump: a small GET again
+        assert fetched == [MIN_FETCH]

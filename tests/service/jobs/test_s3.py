@@ -13,13 +13,16 @@ import httpx
 import numpy as np
 import obstore
 import pytest
+from rasterio.windows import Window
 
 from service.config import Settings
 from service.errors import NotFound, StorageFailed
 from service.jobs import s3
+from service.jobs.rasters import open_raster
 from service.jobs.record import Layer
 from service.jobs.s3 import S3JobStore
 from service.jobs.store import open_reader, open_store
+from tests.helpers.geotiff import geotiff
 from tests.helpers.server import REPO
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
@@ -244,3 +247,26 @@ def test_cleanup_reads_only_records_old_enough_to_have_expired(
     short = S3JobStore(s3_store_url, tmp_path / "scratch", ttl_s=1)
     assert short.cleanup() == 0  # queued jobs never expire
     assert sorted(read) == sorted(ids)
+
+
+def test_a_window_of_a_stored_cog_costs_a_small_part_of_it(
+    s3_store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = np.random.default_rng(1).random((1, 2048, 2048)).astype(np.float32)
+    cog = geotiff(data, tiled=True, blockxsize=256, blockysize=256)  # 16 MiB, uncompressed
+    store = S3JobStore(s3_store_url, tmp_path / "scratch", ttl_s=60)
+    record = store.new_record(MODEL, "raster", None)
+    store.save(record, {}, {"prediction.tif": cog})
+    fetched: list[int] = []
+    real = obstore.get_range
+
+    def counted(*args: object, **kwargs: object) -> object:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
+        fetched.append(len(got))
+        return got
+
+    monkeypatch.setattr(obstore, "get_range", counted)
+    with open_raster(store, record, "prediction.tif", driver="GTiff") as ds:
+        window = ds.read(1, window=Window(1024, 1536, 256, 256))
+    np.testing.assert_array_equal(window, data[0, 1536:1792, 1024:1280])
+    assert sum(fetched) < len(cog) / 20, (sum(fetched), len(cog))
