@@ -5,6 +5,8 @@ ONNX Runtime's own tools do the quantisation (``onnxruntime.quantization``:
 activations, int8 weights per output channel, min-max ranges); what this module
 adds is what a served model needs from them:
 
+* learned upsampling (``ConvTranspose`` with kernel = stride) rewritten as an
+  equal ``Conv`` + ``DepthToSpace``, so that it runs in INT8 too;
 * calibration on real imagery: centre crops of a directory's images, read the
   way the server feeds them (raw band values as float32, the band means as the
   model's second input where it has one);
@@ -53,7 +55,7 @@ from service.runtime.segmentation import band_means
 IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 METHOD = (
     "onnxruntime.quantization static QDQ: uint8 activations, int8 weights per channel, "
-    "min-max calibration"
+    "min-max calibration; ConvTranspose (kernel = stride) as Conv + DepthToSpace"
 )
 # Prediction probabilities above this count as the positive class for the IoU.
 THRESHOLD = 0.5
@@ -215,13 +217,82 @@ def _source_manifest(src: Path) -> tuple[onnx.ModelProto, Manifest]:
     return model, manifest
 
 
-def _name_nodes(path: Path, patterns: Sequence[str]) -> list[str]:
-    """Name the graph's unnamed nodes (rewriting ``path``); returns those ``patterns`` match.
+def upsampling_as_depth_to_space(graph: onnx.GraphProto) -> int:
+    """Rewrite each ``ConvTranspose`` whose kernel equals its stride as Conv + DepthToSpace.
+
+    Such a transposed convolution (a U-Net's learned 2x upsampling) gives every
+    input pixel its own ``k x k`` output block, which is a 1 x 1 convolution to
+    ``k*k*C_out`` channels rearranged by ``DepthToSpace`` (DCR order); the
+    results are identical in float32. ONNX Runtime has no INT8 kernel for
+    ``ConvTranspose`` on CPU, so left alone it runs in float32 between a
+    dequantisation and a quantisation and layout transposes; a 1 x 1 ``Conv``
+    becomes a ``QLinearConv``. Returns how many were rewritten.
+    """
+    weights = {i.name: i for i in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    rewritten = 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kernel = list(attrs.get("kernel_shape", []))
+        if (
+            node.op_type != "ConvTranspose"
+            or node.input[1] not in weights
+            or len(kernel) != 2
+            or kernel[0] != kernel[1]
+            or list(attrs.get("strides", [])) != kernel
+            or any(attrs.get("pads", [0]))
+            or any(attrs.get("output_padding", [0]))
+            or "output_shape" in attrs
+            or attrs.get("group", 1) != 1
+            or any(d != 1 for d in attrs.get("dilations", [1]))
+        ):
+            nodes.append(node)
+            continue
+        k = kernel[0]
+        w = onnx.numpy_helper.to_array(weights[node.input[1]])  # (C_in, C_out, k, k)
+        c_in, c_out = w.shape[:2]
+        # Output channel (dy * k + dx) * C_out + c holds block offset (dy, dx) of channel c.
+        conv_w = w.transpose(2, 3, 1, 0).reshape(k * k * c_out, c_in, 1, 1)
+        inputs = [node.input[0], f"{node.input[1]}_as_conv"]
+        graph.initializer.append(onnx.numpy_helper.from_array(conv_w, inputs[1]))
+        if len(node.input) > 2 and node.input[2]:
+            bias = np.tile(onnx.numpy_helper.to_array(weights[node.input[2]]), k * k)
+            inputs.append(f"{node.input[2]}_as_conv")
+            graph.initializer.append(onnx.numpy_helper.from_array(bias, inputs[2]))
+        blocks = f"{node.output[0]}_blocks"
+        nodes.append(
+            onnx.helper.make_node(
+                "Conv", inputs, [blocks], name=f"{node.name}_as_conv", kernel_shape=[1, 1]
+            )
+        )
+        nodes.append(
+            onnx.helper.make_node(
+                "DepthToSpace",
+                [blocks],
+                list(node.output),
+                name=f"{node.name}_depth_to_space",
+                blocksize=k,
+                mode="DCR",
+            )
+        )
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    unused = [i for i in graph.initializer if i.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    return rewritten
+
+
+def _prepare(path: Path, patterns: Sequence[str]) -> list[str]:
+    """Rewrite upsampling and name unnamed nodes in ``path``; returns the nodes to keep float.
 
     A pattern matches a node whose name or operator type contains it; nodes are
     kept in float32 by name, and graphs from other exporters often leave names empty.
     """
     model = onnx.load(str(path))
+    upsampling_as_depth_to_space(model.graph)
     taken = {n.name for n in model.graph.node}
     for i, node in enumerate(model.graph.node):
         if not node.name:
@@ -280,7 +351,7 @@ def quantize_model(
         # symbolic pass cannot follow the footprints graph's size arithmetic, and
         # ONNX's own inference suffices for QDQ.
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        kept = _name_nodes(prepared, keep_float)
+        kept = _prepare(prepared, keep_float)
         if keep_float and not kept:
             raise ValueError(f"no node's name or operator contains any of {', '.join(keep_float)}")
         quantize_static(
@@ -293,8 +364,6 @@ def quantize_model(
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=kept,
-            # Ranges are folded in every few images rather than all activations kept.
-            extra_options={"CalibMaxIntermediateOutputs": 4},
         )
         loss = compare(src, quantized, manifest, held_out, eval_size)
         record = {

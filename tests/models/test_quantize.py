@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
-from models.quantize import find_images, model_feed, quantize_model, read_crop, split_images
+from models.quantize import (
+    find_images,
+    model_feed,
+    quantize_model,
+    read_crop,
+    split_images,
+    upsampling_as_depth_to_space,
+)
 from service.runtime.manifest import MANIFEST_KEY, Manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +73,24 @@ def test_the_feed_is_what_the_server_gives_the_model() -> None:
     feed = model_feed(footprints, crop)
     assert feed["image"].shape == (1, 3, 32, 32)
     np.testing.assert_allclose(feed["band_mean"], [[10.0, 20.0, 30.0]])
+
+
+def test_upsampling_rewritten_for_int8_gives_the_same_float32_outputs(tmp_path: Path) -> None:
+    source = SHIPPED / "footprints-2.0.0.onnx"
+    model = onnx.load(str(source))
+    assert upsampling_as_depth_to_space(model.graph) == 4
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvTranspose" not in ops
+    assert ops.count("DepthToSpace") == 4
+    rewritten = tmp_path / "rewritten.onnx"
+    onnx.save(model, str(rewritten))
+    image = read_crop(DUBAI / "Tile 7" / "images" / "image_part_001.jpg", 3, 128, 16)
+    feed = {"image": image[None], "band_mean": image.mean(axis=(1, 2))[None]}
+    cpu = ["CPUExecutionProvider"]
+    before = ort.InferenceSession(str(source), providers=cpu).run(None, feed)
+    after = ort.InferenceSession(str(rewritten), providers=cpu).run(None, feed)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.slow
