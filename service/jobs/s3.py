@@ -252,11 +252,14 @@ class S3JobStore(BaseJobStore):
             raise _storage_failed(record.id, exc) from None
         if record.finished:
             self._remove_scratch(record.id)
-            if self.room.max_bytes:
-                self.room.track(record.id, uploaded)
+            if self.room.max_bytes and uploaded:
+                self.room.track(record.id, uploaded)  # its outputs are in now
 
     def _upload_outputs(self, record: JobRecord) -> int:
-        """Upload the files a running job wrote to its scratch directory; their bytes."""
+        """Upload the files a running job wrote to its scratch directory; the job's bytes.
+
+        The bytes count its input too (0 when the scratch is already gone).
+        """
         if self.scratch is None:
             return 0
         directory = self.scratch / record.id
@@ -265,12 +268,13 @@ class S3JobStore(BaseJobStore):
         paths = sorted(directory.iterdir()) if directory.is_dir() else []
         for path in paths:
             name = path.name
-            if name in inputs or name.startswith(".") or name.endswith(_TEMPORARY):
+            if name.startswith(".") or name.endswith(_TEMPORARY) or not _FILE.match(name):
                 continue
-            if not _FILE.match(name) or not path.is_file():
+            if not path.is_file():
                 continue
-            # A path is streamed in parts: a COG of gigabytes never sits in memory.
-            obstore.put(self.objects, self._key(record.id, name), path)
+            if name not in inputs:
+                # A path is streamed in parts: a COG of gigabytes never sits in memory.
+                obstore.put(self.objects, self._key(record.id, name), path)
             total += path.stat().st_size
         return total
 

@@ -126,7 +126,7 @@ def test_another_replica_runs_a_scene_job_and_uploads_its_outputs(
     s3_store_url: str, tmp_path: Path
 ) -> None:
     job_id = _scene(S3JobStore(s3_store_url, tmp_path / "a", ttl_s=60))
-    runner = S3JobStore(s3_store_url, tmp_path / "b", ttl_s=60)
+    runner = S3JobStore(s3_store_url, tmp_path / "b", ttl_s=60, max_bytes=2**30)
     record = runner.load(job_id)
     work = runner.workspace(record)
     assert work.parent == tmp_path / "b"
@@ -142,6 +142,7 @@ def test_another_replica_runs_a_scene_job_and_uploads_its_outputs(
         f"{job_id}/{name}" for name in ("meta.json", "input_0.tif", "prediction.tif")
     }
     assert not work.exists()
+    assert runner.room.tracked_bytes == 14_000 + 5  # input and outputs count against the cap
     reader = open_reader(s3_store_url)
     with reader.open_file(reader.load(job_id), "prediction.tif") as stored:
         assert stored.read() == b"a COG"
