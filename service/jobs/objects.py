@@ -162,6 +162,45 @@ def open_object(store: S3Store, key: str, name: str) -> StoredFile:
     return StoredFile(name, size, cast(BinaryIO, RangedReader(store, key, size)))
 
 
+class PackParts:
+    """A write-only file that keeps what is written as views, uncopied: a pack to upload.
+
+    ``write_pack`` writes each array's memory in slices; those slices are kept
+    as they are, so a job's arrays are never copied whole to be uploaded.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[memoryview] = []
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Keep ``data`` (a view of it) as the next part."""
+        view = memoryview(data).cast("B")
+        self.parts.append(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self.size
+
+
+def upload_parts(store: S3Store, key: str, parts: PackParts) -> None:
+    """Upload what a :class:`PackParts` holds: in one PUT, or in parts past ``MAX_FETCH``."""
+    if parts.size <= MAX_FETCH:
+        obstore.put(store, key, b"".join(parts.parts))
+    else:
+        # A multipart upload holds a few parts at a time, never the whole pack.
+        obstore.put(
+            store,
+            key,
+            iter(parts.parts),
+            use_multipart=True,
+            chunk_size=MAX_FETCH,
+            max_concurrency=2,
+        )
+
+
 def read_array(store: S3Store, key: str, offset: int) -> np.ndarray:
     """The array whose ``.npy`` image starts at ``offset`` in the pack ``key``, read-only.
 

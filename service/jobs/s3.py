@@ -9,7 +9,6 @@ directory; their outputs are uploaded when they finish.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import obstore
@@ -30,7 +29,15 @@ from service.errors import NotFound, StorageFailed
 from service.jobs import eviction
 from service.jobs.base import BaseJobStore
 from service.jobs.eviction import Room
-from service.jobs.objects import connect, download, open_object, read_array, reading
+from service.jobs.objects import (
+    PackParts,
+    connect,
+    download,
+    open_object,
+    read_array,
+    reading,
+    upload_parts,
+)
 from service.jobs.pack import PACK, write_pack
 from service.jobs.record import FINAL_STATES, JobRecord, is_job_id
 from service.jobs.store import Arrays, FileCheck, Files, StoredFile
@@ -202,9 +209,9 @@ class S3JobStore(BaseJobStore):
                 for name, data in files.items():
                     obstore.put(self.objects, self._key(record.id, name), data)
             if arrays:
-                pack = io.BytesIO()
-                record.packed = write_pack(pack, arrays)
-                obstore.put(self.objects, self._key(record.id, PACK), pack.getbuffer())
+                pack = PackParts()
+                record.packed = write_pack(cast(BinaryIO, pack), arrays)
+                upload_parts(self.objects, self._key(record.id, PACK), pack)
             self._put_meta(record)
         except BaseException as exc:
             self._forget(record.id)

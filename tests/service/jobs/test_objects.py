@@ -15,11 +15,13 @@ from service.jobs.objects import (
     HEADER_PROBE,
     MAX_FETCH,
     MIN_FETCH,
+    PackParts,
     connect,
     download,
     open_object,
     parse_url,
     read_array,
+    upload_parts,
 )
 from service.jobs.pack import write_pack
 
@@ -108,3 +110,19 @@ def test_reads_that_carry_on_fetch_more_at_a_time(
         stored.seek(5_000_000)
         assert stored.read(100) == data[5_000_000:5_000_100]  # a jump: a small GET again
         assert fetched == [MIN_FETCH]
+
+
+@pytest.mark.parametrize("side", [64, 2048])  # one PUT; a multipart upload past MAX_FETCH
+def test_a_pack_uploads_from_its_arrays_memory(objects: S3Store, side: int) -> None:
+    arrays = {
+        "a": np.random.default_rng(0).random((side, side), dtype=np.float32),
+        "b": np.arange(10, dtype=np.int64),
+    }
+    parts = PackParts()
+    offsets = write_pack(parts, arrays)  # type: ignore[arg-type]
+    views = [np.frombuffer(part, np.uint8) for part in parts.parts]
+    assert any(np.shares_memory(view, arrays["a"]) for view in views)  # not copied
+    upload_parts(objects, "j/arrays.npk", parts)
+    assert obstore.head(objects, "j/arrays.npk")["size"] == parts.size
+    for name, expected in arrays.items():
+        np.testing.assert_array_equal(read_array(objects, "j/arrays.npk", offsets[name]), expected)
