@@ -15,6 +15,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,24 @@ if TYPE_CHECKING:
 _worker: JobTiles | None = None
 
 
+# How often a worker checks that the server that started it is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker once ``parent`` is gone (a killed server must not leave workers behind)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
 def _start(address: str, skipped: str) -> None:
     """A worker's start: GDAL may register VRT (before anything registers drivers)."""
     os.environ["GDAL_SKIP"] = skipped
+    # A server that exits without shutting its pool down (killed, or stopped
+    # before its pool's threads run) leaves its workers waiting on a queue no one
+    # writes to: they watch for it instead.
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     from service.jobs.store import open_reader
     from service.pipeline.tiles import JobTiles
 

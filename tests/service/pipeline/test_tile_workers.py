@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from service.config import Settings
 from service.jobs.store import open_store
 from service.pipeline.tile_workers import TileWorkers, worker_skip_list
 from service.raster.gdal_env import SKIPPED_DRIVERS
+from tests.helpers.server import REPO
 from tests.helpers.tiles import rgba, tile_at
 from tests.service.pipeline.test_tiles import _crops_job
 
@@ -48,3 +52,31 @@ def test_a_server_without_vrt_gets_tiles_from_its_workers(
     # The 32 m job covers part of the tile; the rest is transparent.
     assert 0 < (alpha == 255).mean() < 0.5
     assert set(alpha.ravel().tolist()) == {0, 255}
+
+
+def test_workers_end_when_their_server_dies(tmp_path: Path) -> None:
+    # A server killed outright (no pool shutdown): its workers must not stay behind.
+    script = f"""
+import asyncio, os
+from service.pipeline.tile_workers import TileWorkers
+from service.jobs.store import open_store
+from service.config import Settings
+from tests.service.pipeline.test_tiles import _crops_job
+
+store = open_store(Settings(job_dir={str(tmp_path / "jobs")!r}))
+record = _crops_job(store)
+workers = TileWorkers(store.address, 2)
+asyncio.run(workers.tilejson(record, "class", "http://h", "png"))
+print(" ".join(str(p) for p in workers._executor()._processes), flush=True)
+os._exit(0)
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert ran.returncode == 0, ran.stderr
+    pids = [int(p) for p in ran.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
