@@ -17,6 +17,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
+import rasterio
 from rasterio.io import DatasetReader
 
 from service.errors import InvalidInput, NotFound
@@ -24,6 +25,7 @@ from service.jobs.rasters import open_raster
 from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
 from service.pipeline.layers import served_values
+from service.raster.gdal_env import HARDENED_GDAL
 from service.raster.georef import Georeference
 from service.raster.tiles import (
     TILE_SIZE,
@@ -33,12 +35,16 @@ from service.raster.tiles import (
     check_tile,
     class_colour,
     open_bytes,
+    stretch,
     web_mercator_matrices,
 )
 
 # Memory, per tile worker, for synchronous jobs' layers written for tiling
 # (uint8, deflated: a 1024 x 1024 footprints job's five layers took 2.7 MB).
 ARRAY_CACHE_BYTES = 64 * 2**20
+# The map layer of a scene job's input image, and how many jobs' display ranges are kept.
+INPUT = "input"
+MAX_STRETCHES = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class TileLayer:
 
     def legend(self) -> dict[str, Any]:
         """How its colours read: the class colours, or the 0-1 range of the colour map."""
+        if self.layer.storage == "input":
+            return {"type": "image", "stretch": "2nd to 98th percentile of each band"}
         if self.classes is not None:
             return {
                 "type": "classes",
@@ -93,7 +101,13 @@ def tile_layers(record: JobRecord) -> list[TileLayer]:
     """A job's map layers: every raster layer, per class or per date where it has bands."""
     if record.kind != "raster" or not record.georef or not record.georef.get("crs"):
         return []
-    return band_layers(record.layers)
+    layers = band_layers(record.layers)
+    inputs = record.params.get("inputs") or []
+    if inputs:  # scene jobs keep their input: a base layer under the results
+        shape = [int(record.georef["height"]), int(record.georef["width"])]
+        source = Layer(INPUT, "input", "image", shape, "", storage="input", file=str(inputs[0]))
+        layers.append(TileLayer(INPUT, source))
+    return layers
 
 
 def band_layers(layers: list[Layer]) -> list[TileLayer]:
@@ -183,11 +197,20 @@ class JobTiles:
     def __init__(self, store: JobStore, arrays: ArrayRasters | None = None) -> None:
         self.store = store
         self.arrays = arrays or ArrayRasters()
+        self._stretches: OrderedDict[str, list[tuple[float, float]]] = OrderedDict()
 
     @contextlib.contextmanager
     def _open(self, record: JobRecord, tl: TileLayer) -> Iterator[tuple[DatasetReader, int]]:
         """The raster holding a map layer, and the layer's band in it."""
         layer = tl.layer
+        if layer.storage == "input" and layer.file is not None:
+            # The input is user data: read under the same GDAL settings as an upload.
+            with (
+                rasterio.Env(**HARDENED_GDAL),
+                open_raster(self.store, record, layer.file, driver="GTiff") as dataset,
+            ):
+                yield dataset, 1
+            return
         if layer.storage == "cog" and layer.file is not None:
             band = (tl.index + 1) if tl.index is not None else (layer.band or 1)
             with open_raster(self.store, record, layer.file, driver="GTiff") as dataset:
@@ -205,13 +228,27 @@ class JobTiles:
             raise InvalidInput(str(exc)) from exc
         tl = tile_layer(record, name)
         with self._open(record, tl) as (dataset, band):
+            if tl.layer.storage == "input":
+                ranges = self._stretch(record, dataset)
+                return TileReader(dataset).rgb_tile(z, x, y, ranges, fmt)
             classes = len(tl.classes) if tl.classes is not None else None
             return TileReader(dataset).tile(z, x, y, BandStyle(band, classes), fmt)
+
+    def _stretch(self, record: JobRecord, dataset: DatasetReader) -> list[tuple[float, float]]:
+        """The input's display range per band, worked out once per job."""
+        if record.id not in self._stretches:
+            bands = list(range(1, min(3, dataset.count) + 1))
+            self._stretches[record.id] = stretch(dataset, bands)
+            while len(self._stretches) > MAX_STRETCHES:
+                self._stretches.popitem(last=False)
+        return self._stretches[record.id]
 
     def preview(self, record: JobRecord, name: str, fmt: str) -> bytes:
         """The whole of map layer ``name`` in the job's own CRS, coloured as its tiles."""
         tl = tile_layer(record, name)
         with self._open(record, tl) as (dataset, band):
+            if tl.layer.storage == "input":
+                return TileReader(dataset).rgb_preview(self._stretch(record, dataset), fmt)
             classes = len(tl.classes) if tl.classes is not None else None
             return TileReader(dataset).preview(BandStyle(band, classes), fmt)
 

@@ -161,12 +161,62 @@ class TileReader:
             return _transparent(TILE_SIZE, FORMATS[fmt])
         return colour(image, style, FORMATS[fmt])
 
+    def rgb_tile(
+        self, z: int, x: int, y: int, ranges: Sequence[tuple[float, float]], fmt: str
+    ) -> bytes:
+        """Tile ``z/x/y`` of the first bands (up to three) as RGB stretched over ``ranges``."""
+        check_tile(z, x, y)
+        try:
+            image = self._reader.tile(
+                x,
+                y,
+                z,
+                tilesize=TILE_SIZE,
+                indexes=list(range(1, len(ranges) + 1)),
+                resampling_method="bilinear",
+                reproject_method="bilinear",
+            )
+        except TileOutsideBounds:
+            return _transparent(TILE_SIZE, FORMATS[fmt])
+        return colour_rgb(image, ranges, FORMATS[fmt])
+
+    def rgb_preview(self, ranges: Sequence[tuple[float, float]], fmt: str) -> bytes:
+        """The first bands (up to three) as one RGB image, as :meth:`preview`."""
+        image = self._reader.preview(indexes=list(range(1, len(ranges) + 1)), max_size=PREVIEW_SIZE)
+        return colour_rgb(image, ranges, FORMATS[fmt])
+
     def preview(self, style: BandStyle, fmt: str, max_size: int = PREVIEW_SIZE) -> bytes:
         """The whole band in its own CRS, at most ``max_size`` pixels a side (from overviews)."""
         image = self._reader.preview(
             indexes=style.band, max_size=max_size, resampling_method="nearest"
         )
         return colour(image, style, FORMATS[fmt])
+
+
+def stretch(dataset: DatasetReader, bands: Sequence[int]) -> list[tuple[float, float]]:
+    """Each band's 2nd and 98th percentiles, from a read of at most 512 pixels a side."""
+    scale = max(1.0, max(dataset.width, dataset.height) / 512)
+    shape = (len(bands), max(1, int(dataset.height / scale)), max(1, int(dataset.width / scale)))
+    data = dataset.read(list(bands), out_shape=shape, masked=True)
+    ranges = []
+    for band in data:
+        values = np.ma.compressed(band).astype(np.float64)
+        values = values[np.isfinite(values)]
+        lo, hi = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+        ranges.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return ranges
+
+
+def colour_rgb(image: ImageData, ranges: Sequence[tuple[float, float]], fmt: str) -> bytes:
+    """Up to three bands as RGB, each stretched over its range; one band as grey."""
+    data = image.array
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    out = np.zeros((3, *data.shape[1:]), np.uint8)
+    for i in range(3):
+        band = np.ma.getdata(data[min(i, data.shape[0] - 1)]).astype(np.float32)
+        lo, hi = ranges[min(i, len(ranges) - 1)]
+        out[i] = np.round(np.clip((np.nan_to_num(band, nan=lo) - lo) / (hi - lo), 0, 1) * 255)
+    return render(out, np.where(valid, 255, 0).astype(np.uint8), img_format=fmt)
 
 
 def array_raster(bands: np.ndarray, georef: Georeference, categorical: bool) -> bytes:

@@ -18,6 +18,7 @@ from service.raster.tiles import (
     check_tile,
     class_colormap,
     open_bytes,
+    stretch,
 )
 from tests.helpers.geotiff import ORIGIN, UTM
 from tests.helpers.tiles import rgba, tile_at, tile_bounds
@@ -120,3 +121,24 @@ def test_array_rasters_keep_class_nodata_and_mask_continuous_nodata() -> None:
 def test_tiles_outside_the_matrix_are_refused(z: int, x: int, y: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         check_tile(z, x, y)
+
+
+def test_an_image_is_stretched_per_band_and_one_band_is_grey() -> None:
+    ramp = np.tile(np.arange(300, dtype=np.float32), (200, 1))[None]  # 0..299 left to right
+    with rasterio.MemoryFile() as mem:
+        profile = {"driver": "GTiff", "width": 300, "height": 200, "count": 1, "dtype": "float32"}
+        with mem.open(**profile, crs=UTM, transform=ORIGIN) as dst:
+            dst.write(ramp)
+        with mem.open() as ds:
+            ((lo, hi),) = stretch(ds, [1])
+            reader = TileReader(ds)
+            got = rgba(reader.rgb_tile(*centre_tile(reader, reader.maxzoom), [(lo, hi)], "png"))
+    np.testing.assert_allclose((lo, hi), np.percentile(np.arange(300), [2, 98]), atol=3)
+    shown = got[3] == 255
+    assert (got[0][shown] == got[1][shown]).all()
+    assert (got[1][shown] == got[2][shown]).all()
+    # The ramp rises left to right, and so do the tile's greys (the columns' means).
+    columns = np.where(shown, got[0], np.nan).astype(float)
+    means = np.nanmean(columns[:, shown.any(axis=0)], axis=0)
+    assert (np.diff(means) >= -1).all()
+    assert means[-1] - means[0] > 50

@@ -108,6 +108,22 @@ def test_tiles_off_the_data_are_transparent(owner: httpx.Client, scene: dict[str
         assert not rgba(answer.content)[3].any(), path
 
 
+def test_a_scene_jobs_input_is_a_base_layer_in_colour(
+    owner: httpx.Client, scene: dict[str, Any]
+) -> None:
+    job_id = scene["job_id"]
+    listing = owner.get(f"/jobs/{job_id}/tiles").json()["layers"]
+    assert listing[-1]["name"] == "input"
+    assert listing[-1]["legend"]["type"] == "image"
+    _, (z, x, y) = _centre(owner, job_id, "input")
+    pixels = rgba(owner.get(f"/jobs/{job_id}/tiles/input/{z}/{x}/{y}.png").content)
+    shown = pixels[3] == 255
+    assert shown.mean() > 0.2
+    # The noise image's three bands, each stretched over its own range: colours vary.
+    assert len({tuple(p) for p in pixels[:3, shown].T.tolist()}) > 1000
+    assert not rgba(owner.get(f"/jobs/{job_id}/tiles/input/{z}/{x + 40}/{y}.png").content)[3].any()
+
+
 def test_tilejson_bounds_are_the_inputs_bounds_in_wgs84(
     owner: httpx.Client, scene: dict[str, Any]
 ) -> None:
@@ -130,7 +146,7 @@ def test_the_wmts_layer_opens_with_gdal(
     assert document.status_code == 200
     root = ET.fromstring(document.content)
     names = [e.text for e in root.findall("w:Contents/w:Layer/ows:Identifier", NS)]
-    assert names == ["probability", "gate_1", "gate_2", "gate_3", "gate_4"]
+    assert names == ["probability", "gate_1", "gate_2", "gate_3", "gate_4", "input"]
     # GDAL in a process of its own: in-process app tests leave GDAL_SKIP set here.
     script = (
         "import sys, rasterio\n"
