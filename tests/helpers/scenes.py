@@ -12,29 +12,38 @@ from rasterio.windows import Window
 from tests.helpers.geotiff import write_geotiff
 
 
-def tile_scene(source: Path, repeat: int, out: Path, compress: str = "jpeg") -> Path:
-    """Write ``source`` repeated ``repeat x repeat`` times as one tiled GeoTIFF.
+def tile_scene(
+    source: Path,
+    repeat: int,
+    out: Path,
+    compress: str = "jpeg",
+    predictor: int | None = None,
+    tiled: bool = True,
+) -> Path:
+    """Write ``source`` repeated ``repeat x repeat`` times as one GeoTIFF.
 
     The result keeps the source's CRS and origin and pixel size, so its
-    georeference is consistent: it simply extends right and down.
+    georeference is consistent: it simply extends right and down. Tiled 512 x
+    512 by default; ``tiled=False`` writes GDAL's default strips instead.
+    ``predictor`` (2 horizontal, 3 floating point) applies to deflate, LZW and zstd.
     """
     with rasterio.open(source) as src:
         data = src.read()
         profile = src.profile.copy()
     h, w = data.shape[1:]
-    profile.update(
-        driver="GTiff",
-        width=w * repeat,
-        height=h * repeat,
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress=compress,
-        BIGTIFF="IF_SAFER",
-    )
+    for key in ("nodata", "photometric", "blockxsize", "blockysize", "tiled"):
+        profile.pop(key, None)
+    profile.update(driver="GTiff", width=w * repeat, height=h * repeat, BIGTIFF="IF_SAFER")
+    if tiled:
+        profile.update(tiled=True, blockxsize=512, blockysize=512)
+    if compress != "none":
+        profile["compress"] = compress
+    else:
+        profile.pop("compress", None)
+    if predictor is not None:
+        profile["predictor"] = predictor
     if compress == "jpeg" and data.shape[0] == 3:
         profile["photometric"] = "ycbcr"
-    profile.pop("nodata", None)
     with rasterio.open(out, "w", **profile) as dst:
         for i in range(repeat):
             for j in range(repeat):
