@@ -16,10 +16,24 @@ from rasterio.windows import Window
 
 from service.errors import InvalidRaster
 from service.raster.decode import UNREADABLE, RasterInfo
-from service.raster.gdal_env import HARDENED_GDAL
+from service.raster.gdal_env import HARDENED_GDAL, reserve_block_cache
 from service.raster.resample import ModelGridSource
 from service.runtime.segmentation import band_means
 from service.runtime.tiling import Tile, read_bounds, reflect_pad
+
+# Scene rows GDAL's block cache holds decoded: a tile's window with its halo
+# spans two or three rows of 512-pixel blocks and the next grid row is read
+# ahead; striped files decode whole strips. Each source block is then decoded
+# once, however many overlapping windows read it.
+CACHED_SCENE_ROWS = 2048
+
+
+def scene_cache_bytes(dataset: DatasetReader) -> int:
+    """Bytes of decoded blocks a scene's reads keep in GDAL's cache: its widest rows."""
+    itemsize = max(np.dtype(d).itemsize for d in dataset.dtypes)
+    block_rows = max(rows for rows, _ in dataset.block_shapes)
+    rows = max(CACHED_SCENE_ROWS, 4 * block_rows)
+    return int(dataset.width * dataset.count * itemsize * min(rows, dataset.height))
 
 
 @contextlib.contextmanager
@@ -32,6 +46,7 @@ def open_scene(path: Path) -> Iterator[DatasetReader]:
         except RasterioError:
             raise InvalidRaster("the uploaded file could not be opened as a GeoTIFF") from None
         with dataset:
+            reserve_block_cache(scene_cache_bytes(dataset))
             yield dataset
 
 

@@ -20,6 +20,7 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from service.raster.gdal_env import reserve_block_cache
 from service.raster.georef import Georeference
 from service.runtime.cpus import usable_cpus
 
@@ -32,12 +33,12 @@ BLOCK = 512
 # scenes, see finish) are written dense. On an 8192 x 8192 scene with one block
 # of data: 3.3 s against 9.7 s + 1.6 s, and 66 KB of temporaries against 23 MB.
 DENSE_SHARE = 0.5
-# GDAL's block cache (MB) while a partial is written. Closing a dataset writes
-# its dirty cached blocks holding Python's GIL: with GDAL's default cache (5% of
-# memory) 512 MB of an 8192 x 8192 partial were still cached at close, which
-# then stopped every thread for 10.4 s (the event loop included). With a small
-# cache GDAL writes blocks out during the writes, which release the GIL.
-WRITE_CACHE_MB = 16
+# Rows of blocks a sink reserves in GDAL's process-wide block cache (see
+# service.raster.gdal_env): closing a dataset writes its dirty cached blocks
+# holding Python's GIL (512 MB of an 8192 x 8192 partial still cached at close
+# stopped every thread for 10.4 s), so the cache is kept to a few block rows and
+# GDAL writes older blocks out during the writes, which release the GIL.
+WRITE_CACHE_BLOCK_ROWS = 2
 
 
 def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
@@ -55,7 +56,8 @@ def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
 
 
 def _build_overviews(path: str, factors: list[int], resampling: str) -> None:
-    env = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": str(usable_cpus())}
+    # A child process of its own: its cache size is no other thread's business (bytes).
+    env = {"GDAL_CACHEMAX": 256 * 2**20, "GDAL_NUM_THREADS": str(usable_cpus())}
     with rasterio.Env(**env), rasterio.open(path, "r+") as dst:
         dst.build_overviews(factors, GdalResampling[resampling])
 
@@ -150,6 +152,8 @@ class RasterSink:
         self._blocks = -(-georef.height // BLOCK) * -(-georef.width // BLOCK)
         self._data_blocks: set[tuple[int, int]] = set()
         self._nodata = nodata
+        itemsize = np.dtype(dtype).itemsize
+        reserve_block_cache(georef.width * self.count * itemsize * BLOCK * WRITE_CACHE_BLOCK_ROWS)
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             self._dst = rasterio.open(self.partial, "w", **profile)
         for i, desc in enumerate(descriptions, start=1):
@@ -167,17 +171,16 @@ class RasterSink:
         if not valid.any():
             return  # unwritten blocks read as nodata
         self._note_data(first_row, valid)
-        with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB):
-            if self.dtype == "uint8" and self.scaled:
-                out = np.clip(np.nan_to_num(block) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                self._dst.write(out, window=window)
-                self._dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
-            elif self.dtype == "uint8":
-                fill = 255 if self._nodata is None else self._nodata
-                out = np.where(np.isfinite(block), block, fill).astype(np.uint8)
-                self._dst.write(out, window=window)
-            else:
-                self._dst.write(block.astype(np.float32, copy=False), window=window)
+        if self.dtype == "uint8" and self.scaled:
+            out = np.clip(np.nan_to_num(block) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            self._dst.write(out, window=window)
+            self._dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
+        elif self.dtype == "uint8":
+            fill = 255 if self._nodata is None else self._nodata
+            out = np.where(np.isfinite(block), block, fill).astype(np.uint8)
+            self._dst.write(out, window=window)
+        else:
+            self._dst.write(block.astype(np.float32, copy=False), window=window)
 
     def _note_data(self, first_row: int, valid: np.ndarray) -> None:
         """Remember which file blocks hold data (to choose how to finish)."""
@@ -209,8 +212,7 @@ class RasterSink:
         # COG driver copies them: left to build them itself it takes several times
         # as long for the same overview pixels.
         width, height = self._dst.width, self._dst.height
-        with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB):
-            self._dst.close()
+        self._dst.close()
         factors = overview_factors(width, height)
         if factors and self.data_share >= DENSE_SHARE:
             _overviews_in_child(self.partial, factors, self.resampling)
@@ -238,8 +240,7 @@ class RasterSink:
             options["PREDICTOR"] = "FLOATING_POINT"
         tmp = self.path.with_suffix(".cog.tmp")
         try:
-            with rasterio.Env(GDAL_CACHEMAX=256):
-                rasterio.shutil.copy(self.partial, tmp, driver="COG", **options)
+            rasterio.shutil.copy(self.partial, tmp, driver="COG", **options)
             tmp.replace(self.path)
         except BaseException:
             self._remove_temporaries()
@@ -250,8 +251,7 @@ class RasterSink:
     def abort(self) -> None:
         """Drop everything written (blocking file I/O: call it off the event loop)."""
         if not self._dst.closed:
-            with rasterio.Env(GDAL_CACHEMAX=WRITE_CACHE_MB):
-                self._dst.close()
+            self._dst.close()
         self._remove_temporaries()
         self.path.unlink(missing_ok=True)
 

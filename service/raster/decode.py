@@ -20,7 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
 from service.errors import InvalidRaster, PayloadTooLarge, UnsupportedRaster
-from service.raster.gdal_env import HARDENED_GDAL
+from service.raster.gdal_env import HARDENED_GDAL, reserve_block_cache
 from service.raster.georef import Georeference, usable_georeference
 
 UNREADABLE = "the GeoTIFF's pixel data could not be read: the file is damaged or truncated"
@@ -109,6 +109,7 @@ def open_geotiff(data: bytes) -> Iterator[DatasetReader]:
         except RasterioError:
             raise InvalidRaster("the uploaded file could not be opened as a GeoTIFF") from None
         with dataset:
+            reserve_block_cache()
             yield dataset
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import io
+from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 
 from service.errors import InvalidRaster
+from service.pipeline import scene_read
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.raster.decode import describe
 from service.runtime.tiling import TileGrid
 from tests.helpers.geotiff import noise, write_geotiff
+from tests.helpers.scenes import tile_scene
 
 
 def _masked(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
@@ -67,3 +74,66 @@ def test_band_means_count_only_valid_pixels(tmp_path: Path) -> None:
     with open_scene(path) as ds:
         means = scene_band_mean(ds, describe(ds), all_valid(ds))
     np.testing.assert_allclose(means, data[:, valid].mean(axis=1), rtol=1e-5)
+
+
+class CountingFile(io.FileIO):
+    """A file GDAL reads through Python: counts the reads starting at each offset."""
+
+    def __init__(self, path: str, mode: str = "rb", *, reads: Counter[int]) -> None:
+        super().__init__(path, "r")
+        self.reads = reads
+
+    def readinto(self, buffer: Any) -> int | None:
+        self.reads[self.tell()] += 1
+        return super().readinto(buffer)
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads[self.tell()] += 1
+        return super().read(size)
+
+
+@pytest.mark.parametrize(
+    ("compress", "predictor", "tiled"),
+    [
+        ("deflate", None, True),
+        ("deflate", 2, True),
+        ("lzw", 2, True),
+        ("zstd", None, True),
+        ("jpeg", None, True),
+        ("none", None, True),
+        ("deflate", None, False),
+    ],
+)
+def test_a_scene_read_tile_by_tile_fetches_each_source_block_once(
+    tmp_path: Path,
+    shared_data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    compress: str,
+    predictor: int | None,
+    tiled: bool,
+) -> None:
+    # Overlapping windows with halos, not aligned with the file's blocks: each
+    # 512-pixel block (or strip) is touched by many windows and the band means.
+    source = shared_data / "cogeo.tif"
+    path = tile_scene(source, 2, tmp_path / "scene.tif", compress, predictor, tiled)
+    reads: Counter[int] = Counter()
+    opener = partial(CountingFile, reads=reads)
+    monkeypatch.setattr(scene_read.rasterio, "open", partial(rasterio.open, opener=opener))
+    with open_scene(path) as ds:
+        info = describe(ds)
+        rows, cols = ds.block_shapes[0]
+        blocks = [
+            int(ds.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=1))
+            for i in range(-(-ds.width // cols))
+            for j in range(-(-ds.height // rows))
+        ]
+        valid_everywhere = all_valid(ds)
+        scene_band_mean(ds, info, valid_everywhere)
+        grid = TileGrid(info.height, info.width, 256, 64, 32)
+        for tile in grid:
+            window, dy, dx = tile.context(info.height, info.width)
+            assert read_tile(ds, window, info, valid_everywhere, core=(dy, dx, tile.size))
+    fetched = [reads[offset] for offset in blocks]
+    assert len(grid) == 121
+    assert min(fetched) == 1
+    assert max(fetched) == 1, f"blocks fetched up to {max(fetched)} times"
