@@ -1,0 +1,202 @@
+"""Scene jobs of the same pixels stored with different compressions, before and after a change.
+
+``python -m bench.scene_compression [--repeat 4] [--before REF] [--out DIR]`` builds
+``cogeo.tif`` repeated ``repeat x repeat`` times (4096 x 4096 by default) as JPEG,
+deflate (with and without the horizontal predictor), LZW, zstd, uncompressed and
+striped deflate GeoTIFFs, then runs each through a fresh server as an async
+footprints job, one after the other, and reports the tiling phase's tiles/s
+against the JPEG file's. With ``--before REF`` the server code of that commit
+(``git archive``) runs the same files first, in the same run. The raw session's
+throughput on the scene's own tiles is measured once, as the limit.
+
+Writes ``scene_compression.json`` and ``scene_compression.md`` to ``--out``
+(``bench/`` by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.machine import load_average, machine
+from bench.run import COMMON_ENV, SOURCE, say, server_dirs, settings_with
+from bench.scene_job import raw_on_tiles, run_scene_job
+from service.app import session_options
+from service.config import SHIPPED_MODELS
+from service.runtime.cpus import usable_cpus
+from service.runtime.session import ModelSession
+from tests.helpers.scenes import tile_scene
+from tests.helpers.server import REPO, LiveServer
+
+# name: (compress, predictor, tiled)
+FILES: dict[str, tuple[str, int | None, bool]] = {
+    "jpeg": ("jpeg", None, True),
+    "deflate": ("deflate", None, True),
+    "deflate-predictor2": ("deflate", 2, True),
+    "lzw-predictor2": ("lzw", 2, True),
+    "zstd": ("zstd", None, True),
+    "uncompressed": ("none", None, True),
+    "deflate-striped": ("deflate", None, False),
+}
+# The files run with the code before the change: what the slowdown was.
+BEFORE_FILES = ("jpeg", "deflate", "lzw-predictor2", "zstd", "deflate-striped")
+# Each file's tiling phase must be within this share of the JPEG file's tiles/s.
+TOLERANCE = 0.10
+
+
+def checkout(ref: str, into: Path) -> str:
+    """The server code (``service/``) of commit ``ref``, extracted into ``into``; its sha."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short=12", ref], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", sha, "service"], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return sha
+
+
+def one_job(scene: Path, work: Path, label: str, cwd: Path) -> dict[str, Any]:
+    """``scene`` as a footprints job on a fresh server run from ``cwd``."""
+    env = {**COMMON_ENV, **server_dirs(work / f"jobs-{label}")}
+    load_before = load_average()
+    with LiveServer(env, work / f"server-{label}.log", cwd=cwd) as server:
+        job = run_scene_job(server, scene, work / f"jobs-{label}", log=say)
+    keep = (
+        "tiles",
+        "tiling_s",
+        "finish_s",
+        "server_job_s",
+        "tiles_per_s_tiling",
+        "tiles_per_s_job",
+        "vm_hwm_mib",
+        "session_during_tiling",
+    )
+    out = {k: job[k] for k in keep}
+    out["cogs_valid"] = all(c["cog_valid"] and c["same_transform"] for c in job["outputs"])
+    out["load_average_before"] = load_before
+    out["load_average_after"] = load_average()
+    say(
+        f"  [{label}] tiling {job['tiling_s']:.1f} s ({job['tiles_per_s_tiling']:.2f} tiles/s), "
+        f"finish {job['finish_s']:.1f} s, load {out['load_average_after']}"
+    )
+    return out
+
+
+def verdicts(phase: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each file's tiling tiles/s as a share of the JPEG file's, and whether within tolerance."""
+    jpeg = phase["jpeg"]["tiles_per_s_tiling"]
+    out = {}
+    for name, job in phase.items():
+        ratio = job["tiles_per_s_tiling"] / jpeg
+        out[name] = {"vs_jpeg": round(ratio, 3), "within_10pct": ratio >= 1 - TOLERANCE}
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as a Markdown report."""
+    m = results["machine"]
+    lines = [
+        "# Scene tiling by compression",
+        "",
+        f"`python -m bench.scene_compression` on {m.get('cpu')} ({results['cpus']} CPUs usable),",
+        f"{results['started']}, git {m.get('attnserve_git')}. Scene: `cogeo.tif` repeated "
+        f"{results['repeat']} x {results['repeat']} ({results['side']} x {results['side']} px, "
+        "RGB uint8, 512-px blocks; striped: GDAL's default strips), the shipped footprints "
+        "model, default settings, one fresh server per job, jobs one after the other.",
+        "The machine is shared: load average at start "
+        f"{results['load_average_start']}, at end {results['load_average_end']}; "
+        "each job's own is in the JSON.",
+        "",
+        f"Raw session on the scene's own tiles ({results['raw']['input_side']} px with halo, "
+        f"batch {results['raw']['batch']}): {results['raw']['tiles_per_s']} tiles/s.",
+        "",
+    ]
+    for phase, title in (("before", "Before"), ("after", "After")):
+        if phase not in results:
+            continue
+        sha = results.get(f"{phase}_git", "")
+        lines += [
+            f"## {title} ({sha})",
+            "",
+            "| file | MB | tiling s | tiles/s | vs JPEG | within 10% | finish s | "
+            "session busy | peak RSS MiB | load after |",
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |",
+        ]
+        for name, job in results[phase].items():
+            v = results[f"{phase}_verdicts"][name]
+            busy = job["session_during_tiling"].get("session_busy_fraction", "")
+            lines.append(
+                f"| {name} | {results['files'][name]['mb']} | {job['tiling_s']} | "
+                f"{job['tiles_per_s_tiling']} | {v['vs_jpeg']} | "
+                f"{'yes' if v['within_10pct'] else 'NO'} | {job['finish_s']} | {busy} | "
+                f"{job['vm_hwm_mib']} | {job['load_average_after'][0]} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=4, help="cogeo.tif repeats a side")
+    parser.add_argument("--before", help="also run the server code of this commit first")
+    parser.add_argument("--out", type=Path, default=REPO / "bench")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="attnserve-compression-") as tmp:
+        work = Path(tmp)
+        results: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine(),
+            "load_average_start": load_average(),
+            "repeat": args.repeat,
+            "files": {},
+        }
+        results["cpus"] = usable_cpus()
+        scenes = {}
+        for name, (compress, predictor, tiled) in FILES.items():
+            path = work / f"{name}.tif"
+            tile_scene(SOURCE, args.repeat, path, compress, predictor, tiled)
+            scenes[name] = path
+            results["files"][name] = {
+                "compress": compress,
+                "predictor": predictor,
+                "tiled": tiled,
+                "mb": round(path.stat().st_size / 2**20, 1),
+            }
+        results["side"] = 1024 * args.repeat
+        settings = settings_with({**COMMON_ENV, **server_dirs(work / "jobs-raw")})
+        session = ModelSession(SHIPPED_MODELS / "footprints-2.0.0.onnx", session_options(settings))
+        batch = settings.batching.max_batch_size
+        results["raw"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
+        del session
+        say(f"raw session: {results['raw']['tiles_per_s']} tiles/s")
+        if args.before:
+            before_dir = work / "before"
+            results["before_git"] = checkout(args.before, before_dir)
+            results["before"] = {
+                name: one_job(scenes[name], work, f"before-{name}", before_dir)
+                for name in BEFORE_FILES
+            }
+            results["before_verdicts"] = verdicts(results["before"])
+        results["after_git"] = results["machine"].get("attnserve_git")
+        results["after"] = {
+            name: one_job(scenes[name], work, f"after-{name}", REPO) for name in FILES
+        }
+        results["after_verdicts"] = verdicts(results["after"])
+        results["load_average_end"] = load_average()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "scene_compression.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "scene_compression.md").write_text(markdown(results))
+    say(f"wrote {args.out / 'scene_compression.md'}")
+    print(markdown(results))
+    return 0 if all(v["within_10pct"] for v in results["after_verdicts"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
