@@ -21,7 +21,7 @@ def _at(rows: list[dict[str, Any]], concurrency: int) -> dict[str, Any] | None:
 
 
 def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of the performance issue, each with its figures and whether it is met."""
+    """The performance targets, each with its figures and whether it is met."""
     out: list[dict[str, Any]] = []
     fp_raw = results["raw"]["footprints"]
     tile, side = str(fp_raw["tile"]), str(fp_raw["server_input"])

@@ -1,4 +1,4 @@
-"""``python -m bench.hostile``: run issue 22's hostile cases and write their results."""
+"""``python -m bench.hostile``: run the hostile cases and write their results."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile inputs of issue 22: small files and bodies that ask the server for a lot.
+"""Hostile inputs: small files and bodies that ask the server for a lot.
 
 Every builder is seeded and deterministic, and writes with rasterio (GDAL's
 GTiff driver), so the server reads the same kind of file a client would send.

@@ -23,7 +23,7 @@ import httpx
 from bench.hostile.probe import HealthProbe, MemoryWatch
 from tests.helpers.server import LiveServer, proc_status_kib
 
-# Targets of issue 22, on the 2-core benchmark machine.
+# The hostile suite's targets, on the 2-core benchmark machine.
 TARGET_RSS_MB = 3 * 1024
 TARGET_TIME_S = 60.0
 TARGET_HEALTHZ_S = 1.0
@@ -104,7 +104,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Case:
-    """One numbered case of issue 22."""
+    """One numbered case of the hostile suite."""
 
     name: str
     group: str
@@ -278,7 +278,7 @@ def _delta(before: dict[str, float], after: dict[str, float] | None) -> dict[str
 
 
 def targets(r: dict[str, Any]) -> dict[str, bool]:
-    """Which of issue 22's targets the case met."""
+    """Which of the suite's targets the case met."""
     peak = max(r["peak_rss_mb"] or 0, 0 if r["vm_hwm_is_process_wide"] else r["vm_hwm_mb"] or 0)
     five = r["server_5xx"]
     return {

@@ -1,4 +1,4 @@
-"""Cases 5, 6 and 7 of issue 22: inputs that gave 500s, alpha bands, absurd numbers."""
+"""Cases 5, 6 and 7 of the hostile suite: inputs that gave 500s, alpha bands, absurd numbers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cases 1 and 4 of issue 22: memory a request can make the server take, and work that
+"""Cases 1 and 4 of the hostile suite: memory a request can make the server take, and work that
 can stall its event loop."""
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _zeros_2048(ctx: Ctx, data: bytes) -> Outcome:
 
     got = concurrently([one, one])
     took = time.monotonic() - started
-    # The issue saw 5.9 GB still held a minute later: memory must be given back.
+    # Before the fix, 5.9 GB was still held a minute later: memory must be given back.
     settle = min(60.0, ctx.left() - 2)
     time.sleep(max(0.0, settle))
     return Outcome(

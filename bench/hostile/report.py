@@ -12,7 +12,8 @@ TARGETS = "status, peak RSS < 3 GiB, answer < 60 s, /healthz < 1 s throughout, n
 def _peak(r: dict[str, Any]) -> str:
     if r.get("skipped"):
         return "-"
-    text = f"{r['peak_rss_mb']:.0f}"
+    # A case answered between two 100 ms samples has no sampled peak: say so, not 0.
+    text = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "unsampled"
     if r.get("vm_hwm_mb") is not None and not r.get("vm_hwm_is_process_wide"):
         text += f" / {r['vm_hwm_mb']:.0f}"
     if r.get("killed"):
@@ -101,12 +102,12 @@ def markdown(results: dict[str, Any]) -> str:
     """The whole results file."""
     m = results["machine"]
     lines = [
-        "# Hostile-load results (issue 22)",
+        "# Hostile-load results",
         "",
         f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_gib')} GiB RAM, "
         f"Python {m.get('python')}, ONNX Runtime {m.get('onnxruntime')} on CPU, "
-        f"GDAL {m.get('gdal')}; a model was training on the same cores, so the server and "
-        "the load ran under `nice -n 10`.",
+        f"GDAL {m.get('gdal')} (the machine of the latest run). The cores are shared with "
+        "other work: each run gives its load average at the start.",
         "",
         "Made by `python -m bench.hostile` (see `bench/hostile/__init__.py`). Per case: the "
         "server's peak RSS sampled from `/proc/<pid>/status` every 100 ms, and `VmHWM` for "

@@ -1,4 +1,4 @@
-"""Cases 2 and 3 of issue 22: a poison job across restarts, and slow-body clients."""
+"""Cases 2 and 3 of the hostile suite: a poison job across restarts, and slow-body clients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The round-one soak (``bench/soak/soak.py``) with issue 22's cheap cases mixed in.
+"""The round-one soak (``bench/soak/soak.py``) with the hostile suite's cheap cases mixed in.
 
 The soak script is used as it is: its request mix gains the new cases, each
 with the statuses it may get, and anything else counts as unexpected. Only the
