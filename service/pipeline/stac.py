@@ -71,7 +71,7 @@ def _statistics(layer: Layer) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-def _bands(layers: list[Layer], where: Extent, stored_uint8: bool) -> list[dict[str, Any]]:
+def _bands(layers: list[Layer], gsd_m: float | None, stored_uint8: bool) -> list[dict[str, Any]]:
     """The bands of a raster file holding ``layers`` in order (per class or date where 3-D).
 
     Scene COGs keep class maps as uint8 with a nodata value, and probabilities or
@@ -91,8 +91,8 @@ def _bands(layers: list[Layer], where: Extent, stored_uint8: bool) -> list[dict[
         if tl.key is None and layer.statistics:
             band["statistics"] = _statistics(layer)
         band["raster:sampling"] = "area"
-        if where.gsd_m is not None:
-            band["raster:spatial_resolution"] = where.gsd_m
+        if gsd_m is not None:
+            band["raster:spatial_resolution"] = gsd_m
         out.append(band)
     return out
 
@@ -181,11 +181,12 @@ def _assets(
     """
     job = f"{base}/jobs/{record.id}"
     assets: dict[str, pystac.Asset] = {}
-    if where is not None:
+    gsd = where.gsd_m if where else None
+    if record.kind == "raster":
         for file in views.output_files(record):
             layers = [la for la in record.layers if la.file == file]
             uint8 = all(la.dtype == "uint8" for la in layers)
-            extra: dict[str, Any] = {"bands": _bands(layers, where, uint8)}
+            extra: dict[str, Any] = {"bands": _bands(layers, gsd, uint8)}
             if any(la.kind == "class" for la in layers):
                 extra["classification:classes"] = classes(layers[0].classes or [], uint8)
             assets[PurePosixPath(file).stem] = pystac.Asset(
@@ -207,7 +208,7 @@ def _assets(
                 layers = [record.layer(n) for n in names]
                 if not layers:
                     continue
-                extra = {"bands": _bands(layers, where, stored_uint8=False)}
+                extra = {"bands": _bands(layers, gsd, stored_uint8=False)}
                 if any(la.kind == "class" for la in layers):
                     extra["classification:classes"] = classes(layers[0].classes or [])
                 assets[key] = pystac.Asset(
@@ -257,7 +258,7 @@ def stac_item(record: JobRecord, manifest: Manifest | None, base: str) -> dict[s
     """
     where = extent(Georeference.from_json(record.georef)) if record.georef else None
     moment, span = _datetimes(record)
-    extensions = [RASTER] if where is not None else []
+    extensions = [RASTER] if record.kind == "raster" else []
     item = pystac.Item(
         id=record.id,
         geometry=where.geometry if where else None,

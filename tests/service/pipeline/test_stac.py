@@ -83,3 +83,21 @@ def test_class_names_become_names_the_extension_allows() -> None:
         (1, "maize_corn", "maize/corn"),
         (255, "no_class", None),
     ]
+
+
+def test_a_raster_without_a_crs_has_its_files_but_no_place(
+    store: JobStore, footprints: Manifest
+) -> None:
+    model = {"name": footprints.name, "version": footprints.version, "task": footprints.task}
+    record = store.new_record(model, "raster", None)
+    record.georef = {"crs": None, "transform": [1, 0, 0, 0, 1, 0], "width": 8, "height": 8}
+    record.layers = [Layer("probability", "prediction", "probability", [8, 8], "float32")]
+    store.save(record, {"probability": np.full((8, 8), 0.5, np.float32)})
+    item = stac_item(store.load(record.id), footprints, "http://h")
+    validate_item(item)
+    assert item["geometry"] is None
+    assert PROJECTION not in item["stac_extensions"]
+    band = item["assets"]["prediction"]["bands"][0]
+    assert band["name"] == "probability"
+    assert "raster:spatial_resolution" not in band
+    assert "overview" not in item["assets"]  # no map without a place
