@@ -70,6 +70,8 @@ class Layer:
         stride: a coarse map's stride (kept at its own resolution).
         classes: the class names of class and probability layers.
         nodata: the class map's value where there is no class.
+        class_statistics: per class of a class map, its pixels, share of the
+            classified pixels and area in m² (where georeferenced).
         dates: ISO dates of per-date layers.
         values: the values of a layer kept inline.
         mask: the layer whose NaN masks an upsampled coarse map.
@@ -91,6 +93,7 @@ class Layer:
     stride: int | None = None
     classes: list[str] | None = None
     nodata: int | None = None
+    class_statistics: list[dict[str, Any]] | None = None
     dates: list[str] | None = None
     values: list[float] | None = None
     mask: str | None = None
@@ -123,6 +126,7 @@ PUBLIC_LAYER_FIELDS = (
     "stride",
     "classes",
     "nodata",
+    "class_statistics",
     "dates",
     "values",
 )

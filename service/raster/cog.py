@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +93,8 @@ class RasterSink:
         band_tags: per-band metadata (e.g. ``DATE``).
         resampling: overview resampling (``average`` for continuous values,
             ``nearest``/``mode`` for classes).
+        colormap: RGBA colour of each value of a one-band class raster: its
+            colour table, which GIS tools draw it with.
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class RasterSink:
         band_tags: Sequence[dict[str, str]] | None = None,
         resampling: Resampling = "average",
         compress: str = "deflate",
+        colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
     ) -> None:
         if dtype not in ("float32", "uint8") or compress not in ("deflate", "zstd"):
             raise ValueError("dtype must be float32 or uint8, compress deflate or zstd")
@@ -160,6 +163,8 @@ class RasterSink:
             self._dst.set_band_description(i, desc)
         for i, tags in enumerate(band_tags or [], start=1):
             self._dst.update_tags(i, **tags)
+        if colormap:
+            self._dst.write_colormap(1, dict(colormap))
         if scaled:
             self._dst.update_tags(SCALE="1/255", VALUES="uint8 0-255 stands for 0-1")
 

@@ -9,6 +9,7 @@ a manifest, is the task classes' (:mod:`service.runtime.tasks`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ PRECISION_KEY = "attnserve.precision"
 SCHEMA_VERSION = 1
 # What a model computes in: ``int8`` for copies made by `attnserve quantize`.
 PRECISIONS = ("float32", "float16", "int8")
+_HEX_COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 OutputRole = Literal["prediction", "attention"]
 OutputKind = Literal["probability", "class_probabilities", "spatial", "channel", "temporal"]
@@ -131,6 +133,10 @@ class Manifest:
     tensors: list[TensorSpec]
     outputs: list[OutputSpec]
     classes: list[str] = field(default_factory=list)
+    # Class maps: ``#rrggbb`` per class (their colour table and legend), and the
+    # probability below which a pixel gets no class (the map's nodata).
+    class_colors: list[str] = field(default_factory=list)
+    min_confidence: float | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     # ``quantization`` records how an int8 copy was made and what it lost against float32.
@@ -209,6 +215,8 @@ class Manifest:
                     for i, o in enumerate(data["outputs"])
                 ],
                 classes=[str(c) for c in data.get("classes", [])],
+                class_colors=list(data.get("class_colors", [])),
+                min_confidence=data.get("min_confidence"),
                 training=dict(data.get("training", {})),
                 metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
                 precision=str(data.get("precision", "float32")),
@@ -285,6 +293,7 @@ class Manifest:
                     f"tensors[{i}].default: input {tensor.name!r} has unknown default "
                     f"{tensor.default!r}; known: {', '.join(TENSOR_DEFAULTS)}"
                 )
+        found.extend(_class_problems(self))
         if task is not None:
             found.extend(task.manifest_problems(self))
         return found
@@ -334,6 +343,26 @@ def _fields(cls: type, data: Any, where: str, optional: tuple[str, ...] = ()) ->
         if name not in data and required and name not in optional:
             raise ManifestError(f"{where}.{name} is missing")
     return dict(data)
+
+
+def _class_problems(manifest: Manifest) -> list[str]:
+    """What is wrong with the class colours and the minimum confidence."""
+    found: list[str] = []
+    colors = manifest.class_colors
+    if colors and len(colors) != len(manifest.classes):
+        found.append(
+            f"class_colors: {len(colors)} colours for {len(manifest.classes)} classes; "
+            "give one per class or none"
+        )
+    bad = [c for c in colors if not (isinstance(c, str) and _HEX_COLOR.fullmatch(c))]
+    if bad:
+        found.append(f"class_colors: {bad[0]!r} is not a colour written #rrggbb")
+    low = manifest.min_confidence
+    if low is not None and (
+        isinstance(low, bool) or not isinstance(low, int | float) or not 0 <= low <= 1
+    ):
+        found.append(f"min_confidence: must be a probability in [0, 1], not {low!r}")
+    return found
 
 
 def _output_problems(out: OutputSpec, inp: InputSpec) -> list[str]:

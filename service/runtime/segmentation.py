@@ -12,6 +12,9 @@ from service.runtime.batcher import DynamicBatcher
 from service.runtime.feeds import Padding
 from service.runtime.manifest import Manifest
 
+# Class maps are uint8 with 255 as nodata.
+MAX_CLASSES = 254
+
 
 @dataclass
 class RasterOutputs:
@@ -118,6 +121,21 @@ def band_means(image: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return np.asarray(means, dtype=np.float32)
 
 
+def class_map(probabilities: np.ndarray, min_confidence: float | None, nodata: int) -> np.ndarray:
+    """``(H, W)`` uint8 class indices of ``(K, H, W)`` probabilities (NaN where no data).
+
+    A pixel gets the class of its highest probability; ``nodata`` where its
+    probabilities are NaN or the highest is below ``min_confidence``.
+    """
+    filled = np.nan_to_num(probabilities, nan=-1.0)
+    best = filled.argmax(axis=0)
+    top = np.take_along_axis(filled, best[None], axis=0)[0]
+    out: np.ndarray = best.astype(np.uint8)
+    out[top < (min_confidence or 0.0)] = nodata
+    out[top < 0] = nodata
+    return out
+
+
 class SegmentationTask:
     """Runs a segmentation model on whole images through its batcher."""
 
@@ -126,7 +144,19 @@ class SegmentationTask:
 
     @staticmethod
     def manifest_problems(manifest: Manifest) -> list[str]:
-        """Nothing beyond the common checks: outputs and strides are checked for every task."""
+        """A class map needs named classes, fewer than its nodata value (255).
+
+        Outputs and strides are checked for every task.
+        """
+        kinds = [o.kind for o in manifest.outputs if o.role == "prediction"]
+        if kinds != ["class_probabilities"]:
+            return []
+        count = len(manifest.classes)
+        if not 2 <= count <= MAX_CLASSES:
+            return [
+                f"classes: a class_probabilities prediction needs 2 to {MAX_CLASSES} class "
+                f"names, not {count}"
+            ]
         return []
 
     @staticmethod

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.pipeline.statistics import statistics
+from service.pipeline.statistics import (
+    class_counts,
+    class_statistics,
+    pixel_area_m2,
+    statistics,
+)
 
 
 def test_finite_layer() -> None:
@@ -34,3 +39,22 @@ def test_other_dtypes_match_float32() -> None:
     got = statistics(f16)
     assert got["mean"] == pytest.approx(float(f16.astype(np.float64).mean()), abs=1e-4)
     assert got["valid_fraction"] == 1.0
+
+
+def test_class_statistics_count_pixels_and_areas() -> None:
+    classes = np.array([[0, 0, 2], [255, 2, 2]], dtype=np.uint8)
+    counts = class_counts(classes, 3)
+    assert counts.tolist() == [2, 0, 3]
+    got = class_statistics(counts, ["water", "forest", "built"], 100.0)
+    assert got[0] == {"class": "water", "value": 0, "pixels": 2, "fraction": 0.4, "area_m2": 200.0}
+    assert got[1]["area_m2"] == 0.0
+    assert "area_m2" not in class_statistics(counts, ["a", "b", "c"], None)[2]
+
+
+def test_a_pixel_area_needs_a_georeference() -> None:
+    utm = {"crs": "EPSG:32631", "transform": [10, 0, 500000, 0, -10, 5000000], "width": 10,
+           "height": 10}  # fmt: skip
+    # 10 m pixels at UTM's central meridian: 100 m² on the map, a little more on the ground.
+    assert pixel_area_m2(utm) == pytest.approx(100 / 0.9996**2, rel=1e-4)
+    assert pixel_area_m2({**utm, "crs": None}) is None
+    assert pixel_area_m2(None) is None

@@ -230,3 +230,29 @@ def test_read_band_gives_back_written_values_with_nan_nodata(
         # Class codes stay codes (0-3), scaled values come back to 0-1.
         assert np.nanmax(small) > (2 if categorical else 0.9)
         assert np.nanmax(small) <= (3 if categorical else 1)
+
+
+def test_a_class_cog_keeps_its_colour_table_and_class_names(tmp_path: Path) -> None:
+    colours = {0: (31, 120, 180, 255), 1: (51, 160, 44, 255), 2: (227, 26, 28, 255)}
+    sink = RasterSink(
+        tmp_path / "class.tif",
+        GEOREF,
+        ["class"],
+        dtype="uint8",
+        nodata=255,
+        resampling="mode",
+        band_tags=[{"CLASSES": "water,forest,built"}],
+        colormap=colours,
+    )
+    data = np.floor(np.random.default_rng(3).random((1, GEOREF.height, GEOREF.width)) * 3)
+    data[:, :100] = np.nan
+    sink.write(0, data.astype(np.float32))
+    out = sink.finish()
+    valid, errors, _ = cog_validate(out)
+    assert valid, errors
+    with rasterio.open(out) as ds:
+        assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
+        assert {i: ds.colormap(1)[i] for i in colours} == colours
+        assert ds.tags(1)["CLASSES"] == "water,forest,built"
+        assert ds.overviews(1)
+        assert (ds.read(1, window=Window(0, 0, 50, 100)) == 255).all()

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from service.config import SHIPPED_MODELS
 from service.runtime.manifest import MANIFEST_KEY, Manifest, ManifestError
-from service.runtime.segmentation import coarse_valid, native_extent, upsample
+from service.runtime.segmentation import class_map, coarse_valid, native_extent, upsample
 from service.runtime.session import ModelSession, SessionOptions
 
 
@@ -180,3 +180,12 @@ def test_warm_up_accepts_the_shipped_strides() -> None:
         _shipped_footprints(), SessionOptions(providers=("CPUExecutionProvider",))
     )
     assert session.warmup(sizes=(32,), batch_sizes=(1, 2)) > 0
+
+
+def test_a_class_map_takes_the_most_probable_class_above_a_minimum() -> None:
+    probs = np.array(
+        [[[0.7, 0.2, np.nan]], [[0.2, 0.45, np.nan]], [[0.1, 0.35, np.nan]]], dtype=np.float32
+    )
+    assert class_map(probs, None, 255).tolist() == [[0, 1, 255]]
+    assert class_map(probs, 0.5, 255).tolist() == [[0, 255, 255]]
+    assert class_map(probs, 0.5, 255).dtype == np.uint8
