@@ -49,6 +49,41 @@ def binary_segmenter(path: Path, bands: int = 3) -> Path:
     return path
 
 
+def class_segmenter(path: Path, scale: float = 0.05) -> Path:
+    """A land-cover style segmenter of 3 classes with no manifest: ``image (N, 3, H, W)`` raw.
+
+    Outputs ``probabilities (N, 3, H, W)``, the softmax over the classes of
+    ``scale`` x each band (class ``i`` is the pixel's brightest band ``i``), and
+    ``attention (N, 1, H/2, W/2)``, the sigmoid of the bands' mean pooled 2 x 2.
+    """
+    weights = (np.eye(3) * scale).astype(np.float32).reshape(3, 3, 1, 1)
+    mean = np.full((1, 3, 1, 1), 1 / 3 / 255, dtype=np.float32)
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("Conv", ["image", "m"], ["brightness"]),
+        helper.make_node(
+            "AveragePool", ["brightness"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Sigmoid", ["pooled"], ["attention"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "foreign-classes",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 1, "h", "w"]),
+        ],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(mean, "m")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def edited_draft(draft: dict[str, Any], name: str = "roofs") -> dict[str, Any]:
     """A drafted manifest of :func:`binary_segmenter` as its user would edit it."""
     data = copy.deepcopy(draft)

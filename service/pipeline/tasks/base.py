@@ -12,6 +12,7 @@ from service.jobs.record import Layer, ResamplingSummary, Series
 from service.pipeline.inputs import RasterInput, SeriesInput
 from service.pipeline.scene_grid import SceneWork
 from service.pipeline.statistics import statistics
+from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.repository import ServedModel
@@ -122,6 +123,33 @@ def output_layer(
         statistics=stats or statistics(array),
         level=spec.level,
         description=spec.description or None,
+        **extra,
+    )
+
+
+def class_layer(manifest: Manifest, shape: list[int]) -> Layer:
+    """The layer of a class map: ``uint8`` indices into the model's classes."""
+    return Layer(
+        name="class",
+        role="prediction",
+        kind="class",
+        shape=shape,
+        dtype="uint8",
+        nodata=CLASS_NODATA,
+        classes=manifest.classes,
+    )
+
+
+def class_sink(work: SceneWork, info: RasterInfo, classes: list[str], **extra: Any) -> RasterSink:
+    """A scene's class map COG ``class.tif``: uint8 class indices, nodata where none."""
+    return work.sink(
+        "class.tif",
+        info,
+        [f"class (index into: {', '.join(classes)})"],
+        dtype="uint8",
+        scaled=False,
+        nodata=CLASS_NODATA,
+        resampling="mode",
         **extra,
     )
 

@@ -14,7 +14,6 @@ from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.pipeline.statistics import coarse_statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
-from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo, describe
 from service.raster.resample import (
     ModelGridSource,
@@ -34,6 +33,57 @@ def round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
 
+def channels(spec: OutputSpec) -> int:
+    """Bands of a spatial output ``(B, C, H, W)``: C, or 1 where the manifest leaves it open."""
+    dim = spec.shape[1] if len(spec.shape) > 1 else 1
+    return dim if isinstance(dim, int) else 1
+
+
+class SceneOutputs:
+    """Where a segmentation scene's blended rows go, and the layers they become.
+
+    Rows come as ``(channels, rows, width)`` float32, NaN where there is no data:
+    every spatial output's bands in manifest order (the prediction first).
+    This one writes a binary probability map and the attention maps.
+    """
+
+    def __init__(self, work: SceneWork, info: RasterInfo, spatial: list[OutputSpec]) -> None:
+        self.spatial = spatial
+        first = spatial[0]
+        self.sinks = {
+            "prediction": work.sink("prediction.tif", info, [f"{first.name} ({first.kind})"])
+        }
+        if len(spatial) > 1:
+            descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
+            self.sinks["attention"] = work.sink("attention.tif", info, descriptions)
+
+    def write(self, first: int, values: np.ndarray) -> None:
+        """Write rows from ``first`` on (on a worker thread, in order)."""
+        self.sinks["prediction"].write(first, values[:1])
+        if len(self.spatial) > 1:
+            self.sinks["attention"].write(first, values[1:])
+
+    def layers(self, georef: dict[str, Any] | None) -> list[Layer]:
+        """The layers of the spatial outputs, stored as bands of the job's COGs."""
+        layers: list[Layer] = []
+        for i, o in enumerate(self.spatial):
+            layers.append(
+                Layer(
+                    name=o.name,
+                    role=o.role,
+                    kind=o.kind,
+                    shape=[georef["height"], georef["width"]] if georef else [],
+                    dtype=self.sinks["prediction"].dtype,
+                    level=o.level,
+                    description=o.description or None,
+                    storage="cog",
+                    file="prediction.tif" if i == 0 else "attention.tif",
+                    band=1 if i == 0 else i,
+                )
+            )
+        return layers
+
+
 class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
     """Images in, per-pixel maps out: a probability map, gate maps and band weights."""
 
@@ -41,6 +91,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
     footprints = True
     takes = RasterInput
     runtime = SegmentationTask
+    scene_outputs: type[SceneOutputs] = SceneOutputs
 
     async def lay_out(
         self, model: SegmentationTask, inp: RasterInput, timeout_s: float
@@ -59,8 +110,15 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
         arrays: dict[str, np.ndarray] = {}
         h, w = inp.data.shape[1:]
         # Where a coarse map's upsampled values are masked: the first full-resolution
-        # spatial output carries NaN exactly where the input had no data.
-        mask = next((o.name for o in manifest.outputs if len(o.shape) == 4 and o.stride == 1), None)
+        # one-band output carries NaN exactly where the input had no data.
+        mask = next(
+            (
+                o.name
+                for o in manifest.outputs
+                if len(o.shape) == 4 and o.stride == 1 and channels(o) == 1
+            ),
+            None,
+        )
         for spec in manifest.outputs:
             array = out.layers[spec.name]
             extra: dict[str, Any] = {}
@@ -119,10 +177,11 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             tiled = replace(info, width=plan.model_width, height=plan.model_height)
             grid = TileGrid(tiled.height, tiled.width, size, min(overlap, size // 2), halo)
             # Layers blended: every spatial output, then the input's validity.
-            blender = StripBlender(grid, len(spatial) + 1)
+            blender = StripBlender(grid, sum(map(channels, spatial)) + 1)
             channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
             channel_weight = 0.0
-            sinks = self._sinks(work, info, spatial)
+            outputs = self.scene_outputs(work, info, spatial)
+            sinks = outputs.sinks
             valid_everywhere = all_valid(ds)
             scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
             source = ModelGridSource(ds, plan, valid_everywhere) if plan.applied else None
@@ -148,18 +207,14 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                 channel_weight += weight
                 h, w = x.shape[1:]
                 stack = [
-                    upsample(out[o.name][0, 0], o.stride, h, w)[core]
-                    if o.stride > 1
-                    else out[o.name][0, 0][core]
+                    upsample(band, o.stride, h, w)[core] if o.stride > 1 else band[core]
                     for o in spatial
+                    for band in out[o.name][0]
                 ]
                 stack.append(valid[core].astype(np.float32))
                 return np.stack(stack)
 
-            def write(first: int, values: np.ndarray) -> None:
-                sinks["prediction"].write(first, values[:1])
-                if len(spatial) > 1:
-                    sinks["attention"].write(first, values[1:])
+            write = outputs.write
 
             def flush(first: int, block: np.ndarray) -> None:
                 valid = block[-1] > 0.5
@@ -178,7 +233,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             def finish() -> list[Layer]:
                 for sink in sinks.values():
                     sink.finish()
-                return self._cog_layers(record.georef, spatial, sinks["prediction"].dtype)
+                return outputs.layers(record.georef)
 
             grid_pass = GridPass(grid, blender, read, infer, flush, sinks)
             record.layers = await run_and_finish(work, grid_pass, finish)
@@ -198,37 +253,3 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                 )
             )
         record.tiling = Tiling(size, grid.overlap, len(grid))
-
-    @staticmethod
-    def _sinks(
-        work: SceneWork, info: RasterInfo, spatial: list[OutputSpec]
-    ) -> dict[str, RasterSink]:
-        first = spatial[0]
-        sinks = {"prediction": work.sink("prediction.tif", info, [f"{first.name} ({first.kind})"])}
-        if len(spatial) > 1:
-            descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
-            sinks["attention"] = work.sink("attention.tif", info, descriptions)
-        return sinks
-
-    @staticmethod
-    def _cog_layers(
-        georef: dict[str, Any] | None, spatial: list[OutputSpec], dtype: str
-    ) -> list[Layer]:
-        """The layers of the spatial outputs, stored as bands of the job's COGs."""
-        layers: list[Layer] = []
-        for i, o in enumerate(spatial):
-            layers.append(
-                Layer(
-                    name=o.name,
-                    role=o.role,
-                    kind=o.kind,
-                    shape=[georef["height"], georef["width"]] if georef else [],
-                    dtype=dtype,
-                    level=o.level,
-                    description=o.description or None,
-                    storage="cog",
-                    file="prediction.tif" if i == 0 else "attention.tif",
-                    band=1 if i == 0 else i,
-                )
-            )
-        return layers

@@ -13,7 +13,14 @@ from service.jobs.record import Layer, Series, Tiling
 from service.pipeline.inputs import SeriesInput, pixel_series
 from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile
-from service.pipeline.tasks.base import CLASS_NODATA, Prediction, SyncTask, output_layer
+from service.pipeline.tasks.base import (
+    CLASS_NODATA,
+    Prediction,
+    SyncTask,
+    class_layer,
+    class_sink,
+    output_layer,
+)
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo, describe
 from service.runtime.manifest import Manifest
@@ -191,15 +198,7 @@ class TemporalClassification(SyncTask[SeriesInput, TemporalTask]):
         work: SceneWork, info: RasterInfo, classes: list[str], dates: list[str]
     ) -> dict[str, RasterSink]:
         return {
-            "class": work.sink(
-                "class.tif",
-                info,
-                [f"class (index into: {', '.join(classes)})"],
-                dtype="uint8",
-                scaled=False,
-                nodata=CLASS_NODATA,
-                resampling="mode",
-            ),
+            "class": class_sink(work, info, classes),
             "probabilities": work.sink(
                 "probabilities.tif",
                 info,
@@ -213,16 +212,3 @@ class TemporalClassification(SyncTask[SeriesInput, TemporalTask]):
                 band_tags=[{"DATE": d} for d in dates],
             ),
         }
-
-
-def class_layer(manifest: Manifest, shape: list[int]) -> Layer:
-    """The layer of a class map: ``uint8`` indices into the model's classes."""
-    return Layer(
-        name="class",
-        role="prediction",
-        kind="class",
-        shape=shape,
-        dtype="uint8",
-        nodata=CLASS_NODATA,
-        classes=manifest.classes,
-    )

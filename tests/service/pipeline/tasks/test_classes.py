@@ -1,0 +1,132 @@
+"""Multi-class segmentation in the pipeline: a class map, its statistics, the task's choice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+
+from service.jobs.record import JobRecord
+from service.pipeline.inputs import RasterInput
+from service.pipeline.tasks import ImageSegmentation, task_for
+from service.pipeline.tasks.base import Prediction
+from service.pipeline.tasks.classes import ClassSegmentation, class_colours
+from service.pipeline.views import has_footprints
+from service.raster.georef import Georeference
+from service.runtime.manifest import Manifest, sidecar_path
+from service.runtime.manifest_draft import draft_manifest
+from service.runtime.repository import BatchLimits, ModelRepository
+from service.runtime.session import SessionOptions
+from tests.helpers.onnx_graphs import class_segmenter
+
+CLASSES = ["red-ish", "green-ish", "blue-ish"]
+
+
+def _manifest(tmp_path: Path, **edits: Any) -> Manifest:
+    model = class_segmenter(tmp_path / "cover-1.0.0.onnx")
+    data = {**draft_manifest(model).manifest, "classes": CLASSES, **edits}
+    sidecar_path(model).write_text(json.dumps(data))
+    return Manifest.from_dict(data)
+
+
+def _predict(tmp_path: Path, inp: RasterInput) -> Prediction:
+    async def main() -> Prediction:
+        options = SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
+        repo = ModelRepository(tmp_path, options, lambda _m: BatchLimits(2, 1.0, 8), warmup=False)
+        await repo.load()
+        assert repo.failures == {}
+        try:
+            return await task_for(repo.get("cover").manifest).predict(repo.get("cover"), inp, 30)
+        finally:
+            await repo.stop(5)
+
+    return asyncio.run(main())
+
+
+def _image() -> np.ndarray:
+    """``(3, 8, 8)``: the brightest band is the column's third, then a dim grey row."""
+    image = np.full((3, 8, 8), 40.0, np.float32)
+    for col in range(8):
+        image[col % 3, :, col] = 240.0
+    image[:, 7] = 100.0  # all bands equal: a third each, below any useful confidence
+    return image
+
+
+def test_a_class_map_comes_first_with_counts_and_areas(tmp_path: Path) -> None:
+    _manifest(tmp_path, min_confidence=0.5)
+    valid = np.ones((8, 8), bool)
+    valid[0, :] = False
+    georef = Georeference(None, tuple(from_origin(0, 0, 1, 1)), 8, 8)  # type: ignore[arg-type]
+    result = _predict(tmp_path, RasterInput(_image(), valid, georef))
+    assert [la.name for la in result.layers] == ["class", "probabilities", "attention"]
+    classes = result.arrays["class"]
+    assert classes.dtype == np.uint8
+    want = np.tile(np.arange(8) % 3, (8, 1)).astype(np.uint8)
+    want[0] = 255  # no data
+    want[7] = 255  # no class reaches 0.5
+    np.testing.assert_array_equal(classes, want)
+    layer = result.layers[0]
+    assert (layer.kind, layer.nodata, layer.classes) == ("class", 255, CLASSES)
+    stats = layer.class_statistics or []
+    assert [(s["class"], s["pixels"]) for s in stats] == [
+        ("red-ish", 18),
+        ("green-ish", 18),
+        ("blue-ish", 12),
+    ]
+    # Not georeferenced (no CRS): counts, no areas.
+    assert all("area_m2" not in s for s in stats)
+    assert result.layers[1].classes == CLASSES
+    assert result.arrays["probabilities"].shape == (3, 8, 8)
+
+
+def test_without_a_minimum_every_pixel_with_data_gets_a_class(tmp_path: Path) -> None:
+    _manifest(tmp_path)
+    result = _predict(tmp_path, RasterInput(_image(), None, None))
+    assert (result.arrays["class"] != 255).all()
+    assert sum(s["pixels"] for s in result.layers[0].class_statistics or []) == 64
+
+
+def test_the_task_follows_the_prediction_kind(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path)
+    assert isinstance(task_for(manifest), ClassSegmentation)
+    binary = Manifest.from_dict(
+        {
+            **manifest.to_dict(),
+            "classes": ["building"],
+            "outputs": [
+                {**manifest.to_dict()["outputs"][0], "kind": "probability", "shape": [1, 1, 8, 8]}
+            ],
+        }
+    )
+    assert type(task_for(binary)) is ImageSegmentation
+    # A class map outlines no footprints.
+    record = JobRecord("x" * 24, {"task": "segmentation"}, "raster", 0.0, 0.0)
+    record.layers = _predict(tmp_path, RasterInput(_image(), None, None)).layers
+    assert not has_footprints(record)
+
+
+def test_class_colours_come_from_the_manifest_or_the_palette(tmp_path: Path) -> None:
+    mine = _manifest(tmp_path, class_colors=["#ff0000", "#00FF00", "#0000ff"])
+    assert class_colours(mine) == {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255)}
+    assert len(class_colours(_manifest(tmp_path))) == 3
+
+
+@pytest.mark.parametrize(
+    ("edits", "words"),
+    [
+        ({"class_colors": ["#ff0000"]}, "class_colors: 1 colours for 3 classes"),
+        ({"class_colors": ["red", "#00ff00", "#0000ff"]}, "'red' is not a colour"),
+        ({"min_confidence": 1.5}, "min_confidence: must be a probability"),
+        ({"classes": ["only"]}, "needs 2 to 254 class names"),
+    ],
+)
+def test_bad_class_settings_are_refused_by_field(
+    tmp_path: Path, edits: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(ValueError, match=words):
+        _manifest(tmp_path, **edits)
