@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from models.cbam_unet import build as build_cbam_unet
 from models.export_any import Capture, default_dynamic_axes, export_with_attention
 from models.ltae import build as build_ltae
 from models.ltae import example_inputs as ltae_inputs
@@ -23,66 +24,9 @@ from service.runtime.segmentation import SegmentationTask
 from service.runtime.session import SessionOptions
 
 
-class SpatialAttention(nn.Module):
-    """CBAM's spatial attention: a sigmoid map ``(B, 1, H, W)`` from channel mean and max."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, 7, padding=3)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
-        out: torch.Tensor = self.gate(self.conv(pooled))
-        return out
-
-
-class CBAM(nn.Module):
-    """Channel then spatial attention (Woo et al., 2018)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channel = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, max(1, channels // 4), 1),
-            nn.ReLU(),
-            nn.Conv2d(max(1, channels // 4), channels, 1),
-            nn.Sigmoid(),
-        )
-        self.spatial = SpatialAttention()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.channel(x)
-        return x * self.spatial(x)
-
-
-def _block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), CBAM(cout))
-
-
-class CBAMUNet(nn.Module):
-    """A two-level U-Net with CBAM blocks for binary segmentation of raw 0-255 RGB."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc1, self.enc2, self.bottom = _block(3, 8), _block(8, 16), _block(16, 16)
-        self.up2, self.dec2 = nn.ConvTranspose2d(16, 16, 2, stride=2), _block(32, 8)
-        self.up1, self.dec1 = nn.ConvTranspose2d(8, 8, 2, stride=2), _block(16, 8)
-        self.head = nn.Conv2d(8, 1, 1)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        e1 = self.enc1(image / 255.0)
-        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
-        b = self.bottom(nn.functional.max_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([self.up2(b), e2], dim=1))
-        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
-        return torch.sigmoid(self.head(d1))
-
-
-def cbam_unet() -> CBAMUNet:
-    """A seeded CBAM U-Net (the factory ``attnserve export --module`` calls)."""
-    torch.manual_seed(0)
-    return CBAMUNet()
+def cbam_unet() -> nn.Module:
+    """A seeded binary CBAM U-Net (the factory ``attnserve export --module`` calls)."""
+    return build_cbam_unet(classes=1, sharpness=1.0)
 
 
 CAPTURES = ["enc1.2.spatial", "enc2.2.spatial", "bottom.2.spatial", "enc1.2.channel"]
