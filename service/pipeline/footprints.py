@@ -81,8 +81,13 @@ def footprints_of(
     max_features: int | None = None,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """A segmentation job's building polygons as a GeoJSON FeatureCollection."""
-    prediction = next(la.name for la in job.layers if la.role == "prediction")
+    """A segmentation job's polygons as a GeoJSON FeatureCollection.
+
+    Buildings of a probability map; a class map's regions, one class each.
+    """
+    first = next(la for la in job.layers if la.role == "prediction")
+    prediction = first.name
+    classes = first.classes if first.kind == "class" else None
     attention = views.spatial_attention_names(job)
     georef = job.georef or {}
     with LayerReader(job, store) as reader:
@@ -99,6 +104,7 @@ def footprints_of(
             options,
             max_features=max_features,
             deadline=deadline,
+            classes=classes,
         )
 
 

@@ -34,13 +34,8 @@ def _iso(ts: float) -> str:
 
 
 def has_footprints(record: JobRecord) -> bool:
-    """Whether a job has footprints: a raster job of a task whose maps outline objects.
-
-    A class map outlines no single kind of object.
-    """
+    """Whether a job has footprints: a raster job of a task whose maps outline objects."""
     task = TASKS.get(record.model.get("task", ""))
-    if any(layer.kind == "class" for layer in record.layers):
-        return False
     return record.kind == "raster" and task is not None and task.footprints
 
 

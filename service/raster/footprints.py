@@ -1,9 +1,9 @@
-"""Building footprints as GeoJSON polygons, made from a stitched probability raster."""
+"""Footprints as GeoJSON polygons, made from a stitched probability raster or class map."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +64,9 @@ def extract_footprints(
     options: FootprintOptions,
     max_features: int | None = None,
     deadline: float | None = None,
+    classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Polygonise buildings of a stitched probability raster.
+    """Polygonise buildings of a stitched probability raster, or the classes of a class map.
 
     Args:
         probability_blocks: ``(first row, (rows, width) float32)`` blocks covering
@@ -80,6 +81,10 @@ def extract_footprints(
         options: threshold, minimum area, simplification, output CRS.
         max_features: most polygons in the answer.
         deadline: ``time.monotonic()`` by which the answer must be made.
+        classes: the class names of a class map: the blocks then hold class
+            indices (NaN or any other value: none), each polygon is one class's
+            region with its ``class`` and ``value``, and ``threshold`` does not
+            apply.
 
     Returns:
         A GeoJSON FeatureCollection (EPSG:4326 unless ``native_crs``).
@@ -93,17 +98,24 @@ def extract_footprints(
         if deadline is not None and time.monotonic() > deadline:
             raise InvalidInput(TOO_SLOW)
 
+    # 0: no polygon; 1 + class index in a class map.
     mask = np.zeros((height, width), dtype=np.uint8)
     for first, block in probability_blocks:
         check_time()
-        with np.errstate(invalid="ignore"):
-            mask[first : first + block.shape[0]] = block >= options.threshold
+        rows = slice(first, first + block.shape[0])
+        if classes is None:
+            with np.errstate(invalid="ignore"):
+                mask[rows] = block >= options.threshold
+        else:
+            codes = np.nan_to_num(block, nan=-1.0)
+            inside = (codes >= 0) & (codes < len(classes))
+            mask[rows] = np.where(inside, codes + 1, 0)
     affine = Affine(*transform[:6])
     pixel_area = abs(affine.a * affine.e - affine.b * affine.d)
     pixel_size = float(np.sqrt(pixel_area))
     features: list[dict[str, Any]] = []
     # 4-connectivity: buildings touching only at a corner stay apart.
-    for geom, _ in rasterio.features.shapes(
+    for geom, code in rasterio.features.shapes(
         mask, mask=mask.astype(bool), connectivity=4, transform=affine
     ):
         check_time()
@@ -118,7 +130,12 @@ def extract_footprints(
             )
         if options.simplify_px > 0:
             poly = poly.simplify(options.simplify_px * pixel_size, preserve_topology=True)
-        props = _polygon_stats(geom, affine, height, width, read, prediction, attention)
+        if classes is None:
+            props = _polygon_stats(geom, affine, height, width, read, prediction, attention)
+        else:
+            value = int(code) - 1
+            props = {"class": classes[value], "value": value}
+            props.update(_polygon_stats(geom, affine, height, width, read, None, attention))
         props["area_px"] = round(area_px, 1)
         if crs_wkt is not None and rasterio.crs.CRS.from_wkt(crs_wkt).is_projected:
             props["area_m2"] = round(area_px * pixel_area * _metres_per_unit(crs_wkt) ** 2, 2)
@@ -154,7 +171,7 @@ def _polygon_stats(
     height: int,
     width: int,
     read: WindowReader,
-    prediction: str,
+    prediction: str | None,
     attention: list[str],
 ) -> dict[str, Any]:
     xs, ys = zip(*[pt for ring in geom["coordinates"] for pt in ring], strict=True)
@@ -167,7 +184,9 @@ def _polygon_stats(
         [geom], out_shape=(r1 - r0, c1 - c0), transform=window_transform, invert=True
     )
     rs, cs = slice(r0, r1), slice(c0, c1)
-    props: dict[str, Any] = {"mean_probability": _mean(read(prediction, rs, cs), inside)}
+    props: dict[str, Any] = {}
+    if prediction is not None:
+        props["mean_probability"] = _mean(read(prediction, rs, cs), inside)
     per_layer = {name: _mean(read(name, rs, cs), inside) for name in attention}
     values = [v for v in per_layer.values() if v is not None]
     props["mean_attention"] = round(float(np.mean(values)), 4) if values else None

@@ -217,6 +217,18 @@ def test_a_scene_job_gives_class_probability_and_attention_cogs(
         assert entry["pixels"] == int((tiled == i).sum())
         assert entry["area_m2"] == pytest.approx(entry["pixels"] * PIXEL_M2, rel=1e-6)
     assert (tiled[size // 2 :, : size // 4] == NODATA).all()
+    # Polygons per class, on request: unsimplified, they cover each class's pixels.
+    geo = httpx.get(
+        live.url + links["footprints"],
+        params={"min_area_px": "0", "simplify_px": "0", "crs": "native"},
+        timeout=300,
+    )
+    assert geo.status_code == 200, geo.text
+    features = geo.json()["features"]
+    for i, name in enumerate(CLASSES):
+        mine = [f["properties"] for f in features if f["properties"]["value"] == i]
+        assert all(p["class"] == name for p in mine)
+        assert sum(p["area_px"] for p in mine) == pytest.approx(int((tiled == i).sum()), abs=1)
     # Tiles with their halo against one run over the whole image.
     whole = whole_image_classes(model_dir / "landcover-0.1.0.onnx", image, mask > 0)
     agree = float((tiled == whole).mean())

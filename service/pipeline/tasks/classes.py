@@ -135,8 +135,8 @@ class ClassSegmentation(ImageSegmentation):
     """Images in, a class map, per-class probabilities and attention maps out."""
 
     name = "multi-class segmentation"
-    # Polygons outline one binary map; a class map is not one.
-    footprints = False
+    # Footprints of a class map: each class's regions (see service.raster.footprints).
+    footprints = True
     scene_outputs = ClassSceneOutputs
 
     async def lay_out(

@@ -76,3 +76,28 @@ def test_options_are_checked_and_keyed_for_file_names() -> None:
         FootprintOptions(min_area_px=-1)
     assert FootprintOptions(threshold=0.25).key() == "t0p25-a16-s1-4326"
     assert FootprintOptions(native_crs=True).key().endswith("-native")
+
+
+def test_a_class_map_gives_one_polygon_per_class_region() -> None:
+    classes = np.zeros((64, 64), np.float32)  # class 0 everywhere else
+    classes[10:30, 10:40] = 2  # 600 px
+    classes[40:50, :] = np.nan  # no data
+    classes[60:64, 60:64] = 255  # no class (below the minimum confidence)
+    layers = {"class": classes, "gate_1": _layers()["gate_1"]}
+
+    def read(name: str, rows: slice, cols: slice) -> np.ndarray:
+        return layers[name][rows, cols]
+
+    collection = extract_footprints(
+        [(0, classes)], 64, 64, TRANSFORM, UTM, read, "class", ["gate_1"],
+        FootprintOptions(native_crs=True), classes=["water", "forest", "built"],
+    )  # fmt: skip
+    props = sorted((f["properties"] for f in collection["features"]), key=lambda p: p["area_px"])
+    assert [(p["class"], p["value"], p["area_px"]) for p in props] == [
+        ("built", 2, 600),
+        ("water", 0, 64 * 14 - 16),  # below the rows of no data
+        ("water", 0, 64 * 40 - 600),  # above them, around the built area
+    ]
+    assert props[0]["area_m2"] == 150
+    assert props[0]["attention"] == {"gate_1": pytest.approx(0.5)}
+    assert "mean_probability" not in props[0]

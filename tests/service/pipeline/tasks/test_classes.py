@@ -104,10 +104,10 @@ def test_the_task_follows_the_prediction_kind(tmp_path: Path) -> None:
         }
     )
     assert type(task_for(binary)) is ImageSegmentation
-    # A class map outlines no footprints.
+    # A class map's footprints are its classes' regions.
     record = JobRecord("x" * 24, {"task": "segmentation"}, "raster", 0.0, 0.0)
     record.layers = _predict(tmp_path, RasterInput(_image(), None, None)).layers
-    assert not has_footprints(record)
+    assert has_footprints(record)
 
 
 def test_class_colours_come_from_the_manifest_or_the_palette(tmp_path: Path) -> None:
