@@ -72,6 +72,7 @@ class Layer:
         nodata: the class map's value where there is no class.
         class_statistics: per class of a class map, its pixels, share of the
             classified pixels and area in m² (where georeferenced).
+        class_colors: ``#rrggbb`` per class of a class map, as its model names them.
         dates: ISO dates of per-date layers.
         values: the values of a layer kept inline.
         mask: the layer whose NaN masks an upsampled coarse map.
@@ -94,6 +95,7 @@ class Layer:
     classes: list[str] | None = None
     nodata: int | None = None
     class_statistics: list[dict[str, Any]] | None = None
+    class_colors: list[str] | None = None
     dates: list[str] | None = None
     values: list[float] | None = None
     mask: str | None = None
@@ -127,6 +129,7 @@ PUBLIC_LAYER_FIELDS = (
     "classes",
     "nodata",
     "class_statistics",
+    "class_colors",
     "dates",
     "values",
 )

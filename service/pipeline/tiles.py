@@ -65,6 +65,17 @@ class TileLayer:
     key: str | None = None
     classes: list[str] | None = None
 
+    def style(self, band: int) -> BandStyle:
+        """How band ``band`` of its raster is coloured."""
+        if self.classes is None:
+            return BandStyle(band)
+        return BandStyle(band, len(self.classes), tuple(self.layer.class_colors or ()))
+
+    def colour(self, index: int) -> str:
+        """``#rrggbb`` of class ``index``: the model's colour, else the palette's."""
+        colours = self.layer.class_colors or []
+        return colours[index] if index < len(colours) else f"#{class_colour(index)}"
+
     @property
     def title(self) -> str:
         """What the layer shows, in words."""
@@ -79,7 +90,7 @@ class TileLayer:
             return {
                 "type": "classes",
                 "classes": [
-                    {"value": i, "name": c, "color": f"#{class_colour(i)}"}
+                    {"value": i, "name": c, "color": self.colour(i)}
                     for i, c in enumerate(self.classes)
                 ],
             }
@@ -231,8 +242,7 @@ class JobTiles:
             if tl.layer.storage == "input":
                 ranges = self._stretch(record, dataset)
                 return TileReader(dataset).rgb_tile(z, x, y, ranges, fmt)
-            classes = len(tl.classes) if tl.classes is not None else None
-            return TileReader(dataset).tile(z, x, y, BandStyle(band, classes), fmt)
+            return TileReader(dataset).tile(z, x, y, tl.style(band), fmt)
 
     def _stretch(self, record: JobRecord, dataset: DatasetReader) -> list[tuple[float, float]]:
         """The input's display range per band, worked out once per job."""
@@ -249,8 +259,7 @@ class JobTiles:
         with self._open(record, tl) as (dataset, band):
             if tl.layer.storage == "input":
                 return TileReader(dataset).rgb_preview(self._stretch(record, dataset), fmt)
-            classes = len(tl.classes) if tl.classes is not None else None
-            return TileReader(dataset).preview(BandStyle(band, classes), fmt)
+            return TileReader(dataset).preview(tl.style(band), fmt)
 
     def extent(self, record: JobRecord, name: str) -> tuple[tuple[float, ...], int, int]:
         """Bounds in EPSG:4326 and the zoom range of a map layer."""

@@ -34,7 +34,7 @@ FORMATS = {"png": "PNG", "webp": "WEBP"}
 # that the same colour means the same value in every job and every tile.
 CONTINUOUS = cmap.get("viridis")
 # Class maps: Tableau's ten categorical colours, by class index (repeating past
-# ten). Manifests carry class names but no colours.
+# ten), where a manifest names no class_colors.
 CLASS_COLOURS = (
     "4e79a7",
     "f28e2b",
@@ -56,11 +56,11 @@ def class_colour(index: int) -> str:
     return CLASS_COLOURS[index % len(CLASS_COLOURS)]
 
 
-def class_colormap(count: int) -> dict[int, tuple[int, int, int, int]]:
-    """RGBA colours of classes ``0 .. count - 1``."""
+def class_colormap(count: int, colours: Sequence[str] = ()) -> dict[int, tuple[int, int, int, int]]:
+    """RGBA colours of classes ``0 .. count - 1``: ``colours`` (``#rrggbb``) or the palette."""
     out = {}
     for i in range(count):
-        hex_ = class_colour(i)
+        hex_ = colours[i].lstrip("#") if i < len(colours) else class_colour(i)
         out[i] = (int(hex_[:2], 16), int(hex_[2:4], 16), int(hex_[4:], 16), 255)
     return out
 
@@ -73,10 +73,12 @@ class BandStyle:
         band: the band's index in its raster (1-based).
         classes: the class count of a class map (its values are class indices);
             None for continuous values in 0-1 (float, or uint8 0-255 = 0-1).
+        colours: ``#rrggbb`` per class (the palette where there are none).
     """
 
     band: int
     classes: int | None = None
+    colours: tuple[str, ...] = ()
 
 
 @functools.cache
@@ -94,7 +96,7 @@ def colour(image: ImageData, style: BandStyle, fmt: str) -> bytes:
     colormap: ColorMapType
     if style.classes is not None:
         index = np.where(valid, data.filled(CLASS_NODATA), CLASS_NODATA).astype(np.uint8)
-        colormap = class_colormap(style.classes)
+        colormap = class_colormap(style.classes, style.colours)
     else:
         values = np.ma.getdata(data)
         if values.dtype != np.uint8:

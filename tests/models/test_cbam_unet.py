@@ -217,6 +217,11 @@ def test_a_scene_job_gives_class_probability_and_attention_cogs(
         assert entry["pixels"] == int((tiled == i).sum())
         assert entry["area_m2"] == pytest.approx(entry["pixels"] * PIXEL_M2, rel=1e-6)
     assert (tiled[size // 2 :, : size // 4] == NODATA).all()
+    # The viewer's map layer of the class map explains it in the model's colours.
+    tilejson = httpx.get(f"{live.url}/jobs/{job['job_id']}/tilejson/class.json", timeout=60)
+    assert tilejson.status_code == 200, tilejson.text
+    legend = tilejson.json()["legend"]["classes"]
+    assert [(c["name"], c["color"]) for c in legend] == list(zip(CLASSES, COLOURS, strict=True))
     # Polygons per class, on request: unsimplified, they cover each class's pixels.
     geo = httpx.get(
         live.url + links["footprints"],

@@ -28,22 +28,13 @@ from service.runtime.segmentation import SegmentationTask, class_map
 CLASS_FILE = "class.tif"
 
 
-def class_colours(manifest: Manifest) -> dict[int, tuple[int, int, int, int]]:
-    """RGBA of each class: the manifest's ``class_colors``, else the server's palette."""
-    if not manifest.class_colors:
-        return class_colormap(len(manifest.classes))
-    return {
-        i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255)
-        for i, c in enumerate(manifest.class_colors)
-    }
-
-
 def class_map_layer(
     manifest: Manifest, shape: list[int], counts: np.ndarray, georef: dict[str, Any] | None
 ) -> Layer:
     """The class map's layer, with its per-class statistics."""
     layer = class_layer(manifest, shape)
     layer.class_statistics = class_statistics(counts, manifest.classes, pixel_area_m2(georef))
+    layer.class_colors = list(manifest.class_colors) or None
     if manifest.min_confidence:
         layer.description = f"most probable class; none below {manifest.min_confidence:g}"
     else:
@@ -67,7 +58,7 @@ class ClassSceneOutputs(SceneOutputs):
                 info,
                 classes,
                 band_tags=[{"CLASSES": ",".join(classes), **names}],
-                colormap=class_colours(manifest),
+                colormap=class_colormap(len(classes), manifest.class_colors),
             ),
             "probabilities": work.sink(
                 "probabilities.tif",

@@ -100,6 +100,20 @@ def test_tiles_of_stored_arrays_use_class_colours_and_the_mean_over_heads(
         tiles.tile(record, "class", 40, 0, 0, "png")
 
 
+def test_a_class_map_is_drawn_and_explained_in_its_models_colours(store: JobStore) -> None:
+    record = _crops_job(store)
+    mine = ["#ff0000", "#00ff00", "#0000ff"]
+    record.layers[0].class_colors = mine
+    legend = tile_layers(record)[0].legend()
+    assert [(c["name"], c["color"]) for c in legend["classes"]] == list(
+        zip(CLASSES, mine, strict=True)
+    )
+    shown = rgba(JobTiles(store).preview(record, "class", "png"))
+    drawn = {tuple(int(v) for v in px) for px in shown[:3, shown[3] == 255].T}
+    assert drawn <= {(255, 0, 0), (0, 255, 0), (0, 0, 255)}
+    assert len(drawn) == 3
+
+
 def test_array_rasters_are_made_once_and_the_least_recent_go_first(store: JobStore) -> None:
     record = _crops_job(store)
     arrays = ArrayRasters(max_bytes=1)

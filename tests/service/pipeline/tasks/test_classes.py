@@ -15,9 +15,10 @@ from service.jobs.record import JobRecord
 from service.pipeline.inputs import RasterInput
 from service.pipeline.tasks import ImageSegmentation, task_for
 from service.pipeline.tasks.base import Prediction
-from service.pipeline.tasks.classes import ClassSegmentation, class_colours
+from service.pipeline.tasks.classes import ClassSegmentation
 from service.pipeline.views import has_footprints
 from service.raster.georef import Georeference
+from service.raster.tiles import class_colormap
 from service.runtime.manifest import Manifest, sidecar_path
 from service.runtime.manifest_draft import draft_manifest
 from service.runtime.repository import BatchLimits, ModelRepository
@@ -111,9 +112,17 @@ def test_the_task_follows_the_prediction_kind(tmp_path: Path) -> None:
 
 
 def test_class_colours_come_from_the_manifest_or_the_palette(tmp_path: Path) -> None:
-    mine = _manifest(tmp_path, class_colors=["#ff0000", "#00FF00", "#0000ff"])
-    assert class_colours(mine) == {0: (255, 0, 0, 255), 1: (0, 255, 0, 255), 2: (0, 0, 255, 255)}
-    assert len(class_colours(_manifest(tmp_path))) == 3
+    _manifest(tmp_path, class_colors=["#ff0000", "#00FF00", "#0000ff"])
+    layer = _predict(tmp_path, RasterInput(_image(), None, None)).layers[0]
+    assert layer.class_colors == ["#ff0000", "#00FF00", "#0000ff"]
+    assert class_colormap(3, layer.class_colors) == {
+        0: (255, 0, 0, 255),
+        1: (0, 255, 0, 255),
+        2: (0, 0, 255, 255),
+    }
+    _manifest(tmp_path)
+    assert _predict(tmp_path, RasterInput(_image(), None, None)).layers[0].class_colors is None
+    assert class_colormap(3) == class_colormap(3, [])
 
 
 @pytest.mark.parametrize(
