@@ -139,7 +139,8 @@ class Resampling:
             array = outputs.layers[spec.name]
             if array.ndim == 3 and spec.stride == 1 and mask is None:
                 mask = np.isnan(array[0])
-        names, maps = [], []
+        names: list[tuple[str, int]] = []
+        maps: list[np.ndarray] = []
         for spec in manifest.outputs:
             array = outputs.layers[spec.name]
             if array.ndim != 3:
@@ -150,15 +151,18 @@ class Resampling:
                 if mask is not None:
                     fine[mask] = np.nan
                 array = fine[None]
-            names.append(spec.name)
-            maps.append(array[0])
+            # Every band: class probabilities have one per class.
+            names.append((spec.name, array.shape[0]))
+            maps.extend(array)
         if maps:
             # One pass for all maps: they share their nodata, so their weights.
             back = self.to_input(np.stack(maps))
             if valid is not None:
                 back[:, ~valid] = np.nan
-            for i, name in enumerate(names):
-                layers[name] = back[i : i + 1]
+            first = 0
+            for name, bands in names:
+                layers[name] = back[first : first + bands]
+                first += bands
         return RasterOutputs(layers=layers, valid=valid)
 
 

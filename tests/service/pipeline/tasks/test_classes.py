@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from service.jobs.record import JobRecord
@@ -18,20 +19,27 @@ from service.pipeline.tasks.base import Prediction
 from service.pipeline.tasks.classes import ClassSegmentation
 from service.pipeline.views import has_footprints
 from service.raster.georef import Georeference
+from service.raster.resample import plan_resampling
 from service.raster.tiles import class_colormap
 from service.runtime.manifest import Manifest, sidecar_path
 from service.runtime.manifest_draft import draft_manifest
 from service.runtime.repository import BatchLimits, ModelRepository
 from service.runtime.session import SessionOptions
+from tests.helpers.geotiff import ORIGIN, UTM
 from tests.helpers.onnx_graphs import class_segmenter
+
+UTM_WKT = CRS.from_string(UTM).to_wkt()
 
 CLASSES = ["red-ish", "green-ish", "blue-ish"]
 
 
+def _draft(tmp_path: Path) -> dict[str, Any]:
+    return draft_manifest(class_segmenter(tmp_path / "cover-1.0.0.onnx")).manifest
+
+
 def _manifest(tmp_path: Path, **edits: Any) -> Manifest:
-    model = class_segmenter(tmp_path / "cover-1.0.0.onnx")
-    data = {**draft_manifest(model).manifest, "classes": CLASSES, **edits}
-    sidecar_path(model).write_text(json.dumps(data))
+    data = {**_draft(tmp_path), "classes": CLASSES, **edits}
+    sidecar_path(tmp_path / "cover-1.0.0.onnx").write_text(json.dumps(data))
     return Manifest.from_dict(data)
 
 
@@ -90,6 +98,25 @@ def test_without_a_minimum_every_pixel_with_data_gets_a_class(tmp_path: Path) ->
     result = _predict(tmp_path, RasterInput(_image(), None, None))
     assert (result.arrays["class"] != 255).all()
     assert sum(s["pixels"] for s in result.layers[0].class_statistics or []) == 64
+
+
+def test_an_image_run_on_the_models_grid_comes_back_with_every_class(tmp_path: Path) -> None:
+    manifest = _manifest(tmp_path, input={**_draft(tmp_path)["input"], "gsd_m": 1.0})
+    # 0.5 m pixels for a 1 m model: run at half the size, brought back.
+    image = np.full((3, 64, 64), 40.0, np.float32)
+    image[2, :, 32:] = 240.0
+    image[0, :, :32] = 240.0
+    georef = Georeference(UTM_WKT, tuple(ORIGIN)[:6], 64, 64)  # type: ignore[arg-type]
+    plan = plan_resampling(georef, manifest.input.gsd_m, 1.25)
+    assert plan.applied
+    result = _predict(tmp_path, RasterInput(image, None, georef, plan))
+    assert result.arrays["probabilities"].shape == (3, 64, 64)
+    classes = result.arrays["class"]
+    assert (classes[:, :30] == 0).all()
+    assert (classes[:, 34:] == 2).all()
+    stats = result.layers[0].class_statistics or []
+    assert [s["pixels"] for s in stats][1] == 0
+    assert sum(s["pixels"] for s in stats) == 64 * 64
 
 
 def test_the_task_follows_the_prediction_kind(tmp_path: Path) -> None:
