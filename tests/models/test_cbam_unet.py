@@ -144,6 +144,17 @@ def test_an_image_gets_a_class_map_with_areas_as_json_and_geotiff(
     np.testing.assert_array_equal(np.where(np.isnan(got), NODATA, got).astype(np.uint8), want)
     assert np.isnan(probs[:, :, :16]).all()
     np.testing.assert_allclose(np.nansum(probs, axis=0)[:, 16:], 1.0, atol=1e-4)
+    # A coarse CBAM map on its own, on the input's grid, as JSON and as a GeoTIFF.
+    url = next(a["url"] for a in body["attention"] if a["name"] == "bottom_2_spatial")
+    layer = httpx.get(live.url + url, timeout=60).json()
+    assert (layer["stride"], layer["shape"]) == (4, [128, 128])
+    one = httpx.get(live.url + url, params={"format": "geotiff"}, timeout=60)
+    assert one.status_code == 200
+    with MemoryFile(one.content) as mem, mem.open() as src:
+        gate = src.read(1)
+    assert gate.shape == (128, 128)
+    assert np.isnan(gate[:, :16]).all()
+    np.testing.assert_allclose(np.asarray(layer["values"], dtype=np.float32), gate, atol=1e-6)
 
 
 def test_the_model_answers_over_the_v2_protocol(live: LiveServer, model_dir: Path) -> None:
