@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -142,6 +143,16 @@ class Settings(BaseSettings):
     presign_ttl_s: float = Field(900.0, gt=0, le=7 * 24 * 3600)
     """How long a presigned download URL stays valid."""
 
+    input_allowlist: list[str] = Field(default_factory=list)
+    """URL prefixes (``https://host/path/``, ``s3://bucket/``) that ``/predict`` may read inputs
+    from by reference (``href``, STAC Items), as a JSON list; empty: references are off. A host
+    that resolves to a private, loopback or link-local address is read only where a prefix names
+    that address itself.
+    """
+    input_timeout_s: float = Field(20.0, gt=0, le=600)
+    """Longest wait to connect to, or to read from, an input by reference."""
+    input_max_read_mb: float = Field(16384.0, gt=0)
+    """Most bytes read from one input by reference, all its ranged requests together."""
     max_upload_mb: float = Field(256.0, gt=0)
     max_sync_pixels: int = Field(2048 * 2048, ge=64 * 64)
     """Largest synchronous image."""
@@ -248,6 +259,21 @@ class Settings(BaseSettings):
         if sep and (scheme != "s3" or not rest.split("/")[0]):
             raise ValueError("job_store must be s3://bucket[/prefix] or a local directory")
         return value.rstrip("/") if sep else value
+
+    @field_validator("input_allowlist")
+    @classmethod
+    def _allowlist(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            parts = urlsplit(prefix)
+            if parts.scheme not in ("https", "http", "s3") or not parts.hostname:
+                raise ValueError(
+                    f"input_allowlist: {prefix!r} is not an https://, http:// or s3:// prefix"
+                )
+            if parts.username or parts.password or parts.query or parts.fragment:
+                raise ValueError(f"input_allowlist: {prefix!r} must be a plain URL prefix")
+            if parts.path in ("", "/") and not prefix.endswith("/"):
+                raise ValueError(f"input_allowlist: {prefix!r} must end with / after the host")
+        return value
 
     @field_validator("warmup_batch_sizes")
     @classmethod

@@ -49,6 +49,10 @@ class UnsupportedMediaType(AttnserveError):
     """The Content-Type is not one this endpoint reads."""
 
 
+class Forbidden(AttnserveError):
+    """The request asks for something this server will not do for anyone (a URL it may not read)."""
+
+
 class NotFound(AttnserveError):
     """A model, job or layer does not exist (or is not yours, or has expired)."""
 

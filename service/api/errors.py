@@ -29,6 +29,7 @@ STATUS: dict[type[e.AttnserveError], int] = {
     e.UnsupportedRaster: 422,
     e.PayloadTooLarge: 413,
     e.UnsupportedMediaType: 415,
+    e.Forbidden: 403,
     e.NotFound: 404,
     e.Unauthorized: 401,
     e.Conflict: 409,
