@@ -25,6 +25,7 @@ from service.metrics import Metrics
 from service.pipeline.footprints import FootprintLimits, FootprintService
 from service.pipeline.intake import Intake
 from service.pipeline.jobs import JobManager
+from service.pipeline.references import References
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
 from service.pipeline.service import JobService
@@ -119,6 +120,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         setting="ATTNSERVE_REQUEST_MEMORY_MB",
     )
     scenes.budget = budget
+    scenes.references = References.from_settings(settings)
     jobs = JobService(store, PredictionRunner(store, settings.request_timeout_s), manager)
     state = AppState(
         settings, metrics, repository, store, jobs, Intake(settings, budget), budget=budget

@@ -12,7 +12,7 @@ from pathlib import Path
 from service.config import Settings
 from service.errors import InvalidInput, PayloadTooLarge
 from service.memory import MemoryBudget, Reservation
-from service.pipeline import uploads
+from service.pipeline import reference_intake, uploads
 from service.pipeline.inputs import (
     PredictJSON,
     RasterInput,
@@ -24,8 +24,10 @@ from service.pipeline.inputs import (
     series_from_json,
     stack_bytes,
 )
+from service.pipeline.references import References
 from service.pipeline.scene_check import check_scene
 from service.pipeline.scene_grid import SceneOptions
+from service.pipeline.stac_inputs import ReferenceQuery
 from service.raster.decode import (
     RasterInfo,
     RasterLimits,
@@ -133,6 +135,7 @@ class SceneRequest:
         limits: what each stored file is checked against.
         georef: the first file's georeference.
         resampling: for segmentation models, how tiles go to the model's grid.
+        references: the URLs read window by window instead of stored files (parts empty).
     """
 
     served: ServedModel
@@ -141,9 +144,12 @@ class SceneRequest:
     limits: RasterLimits
     georef: Georeference
     resampling: Resampling | None
+    references: list[str] | None = None
 
     def check(self, paths: list[Path]) -> None:
         """Check the stored files (layout, georeference, value scale) before the job is accepted."""
+        if self.references:
+            return  # checked where they are, at intake
         check_scene(paths, self.served.manifest, self.limits, self.options.dates)
 
 
@@ -157,6 +163,7 @@ class Intake:
     def __init__(self, settings: Settings, budget: MemoryBudget) -> None:
         self.settings = settings
         self.budget = budget
+        self.remote = References.from_settings(settings)
         # Scenes are read window by window, never decoded whole: no byte limit.
         self.scene_limits = RasterLimits(
             max_pixels=settings.max_scene_pixels, max_bands=settings.max_bands, max_bytes=2**62
@@ -187,11 +194,17 @@ class Intake:
             if isinstance(image, SyncRequest):
                 return image
             info, plan = image
-            return self._scene(served, parts, options, [info], plan)
+            return self.scene_request(served, parts, options, [info], plan)
         dated = await asyncio.to_thread(self._series, served, parts, options)
         if isinstance(dated, SyncRequest):
             return dated
-        return self._scene(served, parts, options, dated, None)
+        return self.scene_request(served, parts, options, dated, None)
+
+    async def references(
+        self, served: ServedModel, query: ReferenceQuery, options: UploadOptions
+    ) -> SyncRequest | SceneRequest:
+        """Inputs by reference (see :func:`service.pipeline.reference_intake.by_reference`)."""
+        return await reference_intake.by_reference(self, served, query, options)
 
     def _image(
         self, served: ServedModel, data: bytes, options: UploadOptions
@@ -259,14 +272,16 @@ class Intake:
                 raise
             return SyncRequest(served, series, held)
 
-    def _scene(
+    def scene_request(
         self,
         served: ServedModel,
         parts: list[bytes],
         options: UploadOptions,
         infos: list[RasterInfo],
         plan: Resampling | None,
+        count: int | None = None,
     ) -> SceneRequest:
+        """A scene job of ``count`` inputs (default: the parts), its tile fitted to the budget."""
         manifest = served.manifest
         dates: list[str] = []
         if served.task.dated:
@@ -274,7 +289,8 @@ class Intake:
                 dates = [d.isoformat() for d in options.dates]
             else:
                 # Without a dates field, a single stack may carry its dates as band tags.
-                dates = infos[0].dates[:: len(manifest.input.bands)] if len(parts) == 1 else []
+                single = (count or len(parts)) == 1
+                dates = infos[0].dates[:: len(manifest.input.bands)] if single else []
                 if not dates:
                     raise InvalidInput(
                         "dates are missing: give a dates field (one ISO date per date)"

@@ -93,7 +93,7 @@ class JobManager:
 
     def _requeue(self, record: JobRecord) -> bool:
         """Mark a job left unfinished as queued again, or fail it; True if it is to run."""
-        if not record.params.get("inputs"):
+        if not record.params.get("inputs") and not record.params.get("references"):
             self._fail(record, "interrupted", "the server stopped before the job finished")
             return False
         if self._poisoned(record):

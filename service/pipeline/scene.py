@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from service.errors import StorageFailed
+from service.errors import InvalidInput, StorageFailed
 from service.jobs.record import JobRecord
 from service.jobs.store import JobStore
 from service.memory import MemoryBudget
 from service.pipeline.inputs import scene_bytes
+from service.pipeline.references import References
 from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork
 from service.pipeline.tasks import task_for
 from service.raster.cog import RasterSink
@@ -44,6 +46,7 @@ class SceneRunner:
         min_free_bytes: free disk a job must leave on the job volume.
         budget: the memory budget requests reserve from (set by the app;
             unbounded alone).
+        references: reads jobs' inputs by reference (set by the app; None: none are read).
     """
 
     store: JobStore
@@ -52,6 +55,7 @@ class SceneRunner:
     max_temp_bytes: int = 0
     min_free_bytes: int = 0
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62), init=False)
+    references: References | None = field(default=None, init=False)
 
     async def run(
         self,
@@ -73,7 +77,7 @@ class SceneRunner:
             work = SceneWork(
                 record=record,
                 served=served,
-                paths=[self.store.workspace(record) / name for name in record.params["inputs"]],
+                paths=self.inputs(record),
                 options=options,
                 progress=progress,
                 cancelled=cancelled,
@@ -87,6 +91,15 @@ class SceneRunner:
             await task_for(served.manifest).run_scene(work)
         finally:
             await held.release_async()
+
+    def inputs(self, record: JobRecord) -> list[Path]:
+        """The job's input files: stored ones, or its references read where they are."""
+        references = record.params.get("references")
+        if references:
+            if self.references is None:
+                raise InvalidInput("this server does not read inputs by reference")
+            return [self.references.path(url) for url in references]
+        return [self.store.workspace(record) / name for name in record.params["inputs"]]
 
     def sink(
         self,

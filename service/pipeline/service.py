@@ -67,6 +67,8 @@ class JobService:
             "inputs": names,
             "options": request.options.to_json(),
         }
+        if request.references:
+            record.params["references"] = request.references  # read where they are
         record.progress = {"done": 0, "total": 0, "fraction": 0.0}
         record.georef = request.georef.to_json()
         if request.resampling is not None:

@@ -17,18 +17,32 @@ from service.errors import InvalidInput, UnsupportedMediaType
 from service.pipeline.inputs import validate_json
 from service.pipeline.intake import SceneRequest, SyncRequest, UploadOptions
 from service.pipeline.runner import Stored
+from service.pipeline.stac_inputs import ReferenceQuery
 
 router = APIRouter(tags=["predict"])
 
 MAX_FORM_FILES = 400
 MAX_FORM_FIELDS = 32
 FORM_FIELDS = frozenset(
-    {"model", "image", "dates", "format", "async", "tile_size", "overlap", "uint8", "compress"}
+    {
+        "model",
+        "image",
+        "dates",
+        "format",
+        "async",
+        "tile_size",
+        "overlap",
+        "uint8",
+        "compress",
+        "href",
+        "stac",
+        "assets",
+    }
 )
 
 _MULTIPART_SCHEMA = {
     "type": "object",
-    "required": ["model", "image"],
+    "required": ["model"],
     "properties": {
         "model": {"type": "string", "description": "model name or name:version"},
         "image": {
@@ -36,6 +50,13 @@ _MULTIPART_SCHEMA = {
             "items": {"type": "string", "format": "binary"},
             "description": "a GeoTIFF; for temporal models one per date, or one stack",
         },
+        "href": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "instead of image: https:// or s3:// URLs of GeoTIFFs (one per date)",
+        },
+        "stac": {"type": "string", "description": "a STAC Item or ItemCollection: URL or JSON"},
+        "assets": {"type": "string", "description": "asset keys to read: visual, red,green,blue"},
         "dates": {
             "type": "string",
             "description": "ISO dates, comma-separated or a JSON list (temporal models)",
@@ -57,6 +78,9 @@ _JSON_SCHEMA = {
     "properties": {
         "model": {"type": "string"},
         "format": {"type": "string", "enum": ["json", "geotiff"]},
+        "href": {"type": ["string", "array"], "items": {"type": "string"}},
+        "stac": {"type": ["string", "object"]},
+        "assets": {"type": ["string", "array"], "items": {"type": "string"}},
         "dates": {"type": "array", "items": {"type": "string", "format": "date"}},
         "days": {"type": "array", "items": {"type": "number"}},
         "parcels": {
@@ -82,8 +106,10 @@ _JSON_SCHEMA = {
 }
 
 
-async def _read_form(request: Request) -> tuple[str, list[bytes], UploadOptions]:
-    """The model reference, image parts and options of a multipart upload."""
+async def _read_form(
+    request: Request,
+) -> tuple[str, list[bytes], ReferenceQuery | None, UploadOptions]:
+    """The model reference, image parts (or references) and options of a multipart upload."""
     try:
         form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
     except ClientDisconnect:
@@ -97,21 +123,26 @@ async def _read_form(request: Request) -> tuple[str, list[bytes], UploadOptions]
         unknown = set(names) - FORM_FIELDS
         if unknown:
             raise InvalidInput(f"unknown form fields: {', '.join(sorted(unknown))}")
-        repeated = sorted({k for k in names if k != "image" and names.count(k) > 1})
+        repeated = sorted({k for k in names if k not in ("image", "href") and names.count(k) > 1})
         if repeated:
             raise InvalidInput(f"form fields given more than once: {', '.join(repeated)}")
         if any(isinstance(v, UploadFile) for k, v in form.multi_items() if k != "image"):
             raise InvalidInput("only image parts may be files; other fields are text")
         if "model" not in fields:
             raise InvalidInput("model: the form needs a model field")
-        if not uploads:
-            raise InvalidInput("image: the form needs at least one image file part")
+        hrefs = [v for k, v in form.multi_items() if k == "href" and isinstance(v, str)]
+        query = ReferenceQuery.from_fields(hrefs, fields)
+        if query is not None and uploads:
+            raise InvalidInput("give image parts or references (href, stac), not both")
+        if not uploads and query is None:
+            raise InvalidInput("image: the form needs at least one image file part (or an href)")
         parts = [await u.read() for u in uploads]
     finally:
         await form.close()
     return (
         fields["model"],
         parts,
+        query,
         UploadOptions.from_fields(fields, request.query_params.get("async")),
     )
 
@@ -158,11 +189,13 @@ async def _respond(
 
 
 async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
-    ref, parts, options = await _read_form(request)
+    ref, parts, query, options = await _read_form(request)
     served = resolve_model(state, request, ref)
-    return await _respond(
-        request, state, owner, await state.intake.upload(served, parts, options), options.format
-    )
+    if query is not None:
+        accepted = await state.intake.references(served, query, options)
+    else:
+        accepted = await state.intake.upload(served, parts, options)
+    return await _respond(request, state, owner, accepted, options.format)
 
 
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:
@@ -173,6 +206,14 @@ async def _from_json(request: Request, state: State, owner: str | None) -> Respo
         payload: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc.msg}") from None
+    if isinstance(payload, dict) and ("href" in payload or "stac" in payload):
+        query, fields = ReferenceQuery.from_json(payload)
+        options = UploadOptions.from_fields(fields, request.query_params.get("async"))
+        if query is None or "model" not in fields:
+            raise InvalidInput("model: a reference request needs a model")
+        served = resolve_model(state, request, fields["model"])
+        accepted = await state.intake.references(served, query, options)
+        return await _respond(request, state, owner, accepted, options.format)
     req = validate_json(payload)
     served = resolve_model(state, request, req.model)
     return await _respond(request, state, owner, await state.intake.json(served, req), req.format)
@@ -201,7 +242,8 @@ async def predict(request: Request, state: State, owner: Owner) -> Response:
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if ctype == "multipart/form-data":
+        # A form without files (-d model=... -d href=...) is urlencoded; both read the same.
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             return await _from_multipart(request, state, owner)
         if ctype == "application/json":
             return await _from_json(request, state, owner)
