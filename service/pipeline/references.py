@@ -17,7 +17,7 @@ import secrets
 import socket
 import ssl
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import PosixPath
 from typing import Any, Protocol
 from urllib.parse import urljoin
@@ -42,20 +42,26 @@ class RangeSource(Protocol):
     """Byte ranges of one referenced file."""
 
     url: str
-    read_bytes: int
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read so far."""
+        ...
 
     def get(self, start: int, length: int) -> tuple[bytes, int]:
         """``length`` bytes (fewer at the end) from ``start``, and the file's size."""
         ...
 
 
-class _Budget:
-    def __init__(self, url: str, limit: int) -> None:
-        self.url = url
+class ReadBudget:
+    """The bytes one reference may read, shared by every reader of it (a scene job's passes)."""
+
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.read_bytes = 0
 
     def take(self, n: int) -> None:
+        """Count ``n`` bytes read; PayloadTooLarge past the limit."""
         self.read_bytes += n
         if self.read_bytes > self.limit:
             raise PayloadTooLarge(
@@ -92,11 +98,27 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
-class HTTPSource(_Budget):
+class _Source:
+    def __init__(self, target: Target, budget: ReadBudget) -> None:
+        self.url = target.url
+        self.budget = budget
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read from the reference so far (by every reader sharing its budget)."""
+        return self.budget.read_bytes
+
+    def take(self, n: int) -> None:
+        self.budget.take(n)
+
+
+class HTTPSource(_Source):
     """Ranged GETs of an http(s) reference; a redirect is followed only once its target passes."""
 
-    def __init__(self, guard: ReferenceGuard, target: Target, timeout_s: float, limit: int):
-        super().__init__(target.url, limit)
+    def __init__(
+        self, guard: ReferenceGuard, target: Target, timeout_s: float, budget: ReadBudget
+    ) -> None:
+        super().__init__(target, budget)
         self.guard = guard
         self.target = target
         self.timeout_s = timeout_s
@@ -152,11 +174,11 @@ class HTTPSource(_Budget):
         raise InvalidInput(f"the reference redirected more than {MAX_REDIRECTS} times")
 
 
-class S3Source(_Budget):
+class S3Source(_Source):
     """Ranged GETs of an ``s3://bucket/key`` reference, with the server's AWS configuration."""
 
-    def __init__(self, target: Target, limit: int) -> None:
-        super().__init__(target.url, limit)
+    def __init__(self, target: Target, budget: ReadBudget) -> None:
+        super().__init__(target, budget)
         self.store = connect(f"s3://{target.location.host}")
         self.key = target.location.path.lstrip("/")
         self.size: int | None = None
@@ -182,11 +204,30 @@ class S3Source(_Budget):
 class ReferenceReader(RangedReader):
     """A referenced file as a seekable Python file: GETs that grow while reading carries on."""
 
-    def __init__(self, source: RangeSource) -> None:
+    def __init__(
+        self, source: RangeSource, failed: Callable[[AttnserveError], None] | None = None
+    ) -> None:
         first, size = source.get(0, MIN_FETCH)
         super().__init__(None, source.url, size)  # type: ignore[arg-type]
         self.source = source
+        self.failed = failed
         self._held, self._held_at = memoryview(first), 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes from the current position.
+
+        With ``failed`` (a reader GDAL calls), an error goes there and reads as
+        the end of the file: an exception cannot cross GDAL's C callbacks.
+        """
+        if self.failed is None:
+            return super().read(size)
+        try:
+            return super().read(size)
+        except AttnserveError as exc:
+            self.failed(exc)
+        except OSError:
+            self.failed(InvalidInput("the reference could not be read to its end"))
+        return b""
 
     def _get(self, want: int) -> None:
         carries_on = self._at == self._held_at + len(self._held)
@@ -204,7 +245,7 @@ class References:
     Args:
         allowlist: URL prefixes that may be read.
         timeout_s: longest wait to connect or read.
-        max_read_bytes: most bytes read from one reference.
+        max_read_bytes: most bytes read from one reference (a scene job's every pass together).
         resolve: how host names are resolved (``socket.getaddrinfo``).
     """
 
@@ -228,12 +269,16 @@ class References:
             int(settings.input_max_read_mb * 2**20),
         )
 
-    def source(self, url: str) -> HTTPSource | S3Source:
-        """The ranges of ``url``; Forbidden (403) before any connection when it may not be read."""
+    def source(self, url: str, budget: ReadBudget | None = None) -> HTTPSource | S3Source:
+        """The ranges of ``url``; Forbidden (403) before any connection when it may not be read.
+
+        ``budget``: one shared with other readers of the reference (None: a new one).
+        """
         target = self.guard.check(url)
+        budget = budget or ReadBudget(self.max_read_bytes)
         if target.location.scheme == "s3":
-            return S3Source(target, self.max_read_bytes)
-        return HTTPSource(self.guard, target, self.timeout_s, self.max_read_bytes)
+            return S3Source(target, budget)
+        return HTTPSource(self.guard, target, self.timeout_s, budget)
 
     def path(self, url: str) -> ReferencePath:
         """A path that rasterio opens through this server's reader of ``url``."""
@@ -248,23 +293,29 @@ def read_all(source: RangeSource, max_bytes: int) -> bytes | None:
     return reader.read()
 
 
-def _opener(source: RangeSource, name: str) -> Any:
-    first = [ReferenceReader(source)]  # the first GET now, so its errors are the client's
+def _opener(source: RangeSource, name: str, errors: list[AttnserveError]) -> Any:
+    # The first GET now, so that its errors are raised as they are.
+    first = [ReferenceReader(source, errors.append)]
 
     def opener(path: str, mode: str = "rb", **_: Any) -> ReferenceReader:
         # GDAL also asks for side files (.aux.xml, .ovr, .msk): a reference has none.
         if posixpath.basename(path) != name or "w" in mode:
             raise FileNotFoundError(path)
-        return first.pop() if first else ReferenceReader(source)
+        return first.pop() if first else ReferenceReader(source, errors.append)
 
     return opener
 
 
 @contextlib.contextmanager
 def open_reference(source: RangeSource) -> Iterator[DatasetReader]:
-    """A referenced GeoTIFF open for reading, GTiff driver only, hardened GDAL."""
+    """A referenced GeoTIFF open for reading, GTiff driver only, hardened GDAL.
+
+    A read that fails for the reference's sake (403, 413, a timeout) raises that
+    error rather than GDAL's.
+    """
     name = "input.tif"
-    opener = _opener(source, name)
+    errors: list[AttnserveError] = []
+    opener = _opener(source, name, errors)
     # A name of its own per open: rasterio keeps one opener per name at a time.
     urlpath = f"reference/{secrets.token_hex(8)}/{name}"
     with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL):
@@ -272,10 +323,17 @@ def open_reference(source: RangeSource) -> Iterator[DatasetReader]:
         try:
             dataset = rasterio.open(urlpath, opener=opener, driver="GTiff")
         except RasterioError:
+            if errors:
+                raise errors[0] from None
             raise InvalidRaster("the reference could not be opened as a GeoTIFF") from None
         with dataset:
             reserve_block_cache()
-            yield dataset
+            try:
+                yield dataset
+            except RasterioError:
+                if errors:
+                    raise errors[0] from None
+                raise
 
 
 class ReferencePath(PosixPath):
@@ -308,6 +366,10 @@ class _ReferenceFS:
         self.name = name
         # What refused the reference, for the caller: GDAL only sees a failed open.
         self.error: AttnserveError | None = None
+        self.budget = ReadBudget(references.max_read_bytes)
+
+    def failed(self, error: AttnserveError) -> None:
+        self.error = self.error or error
 
     def open(self, path: str, mode: str = "rb", **_: Any) -> ReferenceReader:
         if posixpath.basename(path) != self.name or "w" in mode:
@@ -315,7 +377,7 @@ class _ReferenceFS:
         if self.error is not None:
             raise OSError(self.error.message)  # GDAL tries again: refused once is enough
         try:
-            return ReferenceReader(self.references.source(self.url))
+            return ReferenceReader(self.references.source(self.url, self.budget), self.failed)
         except AttnserveError as exc:
             self.error = exc
             raise OSError(exc.message) from None

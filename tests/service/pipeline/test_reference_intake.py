@@ -241,6 +241,14 @@ def test_item_collection_of_dated_items_for_the_crop_model(
     np.testing.assert_allclose(
         _prediction(server, listed.json()), _prediction(server, uploaded), atol=1e-5
     )
+    # As a scene job, each date read where it is.
+    hrefs = {"href": [s3 + p.name for p in paths], "dates": DATES, "async": True}
+    job = _predict(server, json={"model": "crops", **hrefs})
+    assert job.status_code == 202, job.text
+    upload_job = _upload(server, paths, model="crops", dates=",".join(DATES), **{"async": "true"})
+    np.testing.assert_allclose(
+        _scene_outputs(server, job.json()), _scene_outputs(server, upload_job), atol=1e-5
+    )
 
 
 def test_ssrf_table_each_refused_before_any_connection(

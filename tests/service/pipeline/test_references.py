@@ -13,6 +13,7 @@ import numpy as np
 import obstore
 import pytest
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from service.errors import Forbidden, InvalidInput, InvalidRaster, PayloadTooLarge
@@ -78,6 +79,19 @@ def test_scene_reader_opens_a_reference_path(http: RangedServer, root: Path) -> 
         data = dataset.read(1, window=Window(0, 0, 64, 64))
     with rasterio.open(root / "small.tif") as src:
         np.testing.assert_array_equal(data, src.read(1, window=Window(0, 0, 64, 64)))
+
+
+def test_a_scene_input_has_one_byte_budget_for_all_its_reads(
+    http: RangedServer, root: Path
+) -> None:
+    size = (root / "small.tif").stat().st_size
+    path = References([http.url], 10, size * 3 // 2).path(f"{http.url}small.tif")
+    with open_scene(path) as dataset:
+        dataset.read()
+    with pytest.raises((RasterioError, InvalidRaster)), open_scene(path) as dataset:
+        dataset.read()  # a second pass over the file passes the reference's budget
+    assert path.fs.budget.read_bytes > size
+    assert isinstance(path.fs.error, PayloadTooLarge)  # what the job's failure reports
 
 
 def test_redirects_inside_the_allowlist_are_followed(http: RangedServer, root: Path) -> None:
