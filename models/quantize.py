@@ -118,7 +118,8 @@ def read_crop(path: Path, bands: int, size: int, multiple: int) -> np.ndarray:
             with rasterio.open(path) as src:
                 if src.count < bands:
                     raise ValueError(
-                        f"{path.name} has {src.count} band(s); the model takes {bands}"
+                        f"{path} has {src.count} band(s); the model takes {bands} "
+                        "(calibrate on a folder of images only, without masks)"
                     )
                 h, w = (min(size, n) // multiple * multiple for n in (src.height, src.width))
                 if h == 0 or w == 0:
