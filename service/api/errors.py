@@ -79,6 +79,7 @@ _ERROR_CONTENT = {"application/json": {"schema": ERROR_SCHEMA}}
 # validation schema, which this server never answers with.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no valid API key (when keys are configured)", "content": _ERROR_CONTENT},
+    403: {"description": "an input URL this server may not read", "content": _ERROR_CONTENT},
     404: {"description": "no such model, job or layer", "content": _ERROR_CONTENT},
     408: {"description": "the request body stalled", "content": _ERROR_CONTENT},
     413: {"description": "body, part or raster over a limit", "content": _ERROR_CONTENT},
