@@ -305,3 +305,24 @@ def test_bad_references_get_clear_4xx(server: LiveServer, http: RangedServer, fi
     assert both.status_code == 422
     crops = _predict(server, json={"model": "crops", "href": f"{http.url}tile.tif"})
     assert crops.status_code == 422
+
+
+def test_scene_job_by_reference_with_jobs_in_the_object_store(
+    start_server: Any, s3_store_url: str, s3: str, files: Path
+) -> None:
+    # References and jobs in one bucket: the job holds its outputs only, never its input.
+    server = start_server(
+        job_store=s3_store_url,
+        input_allowlist=json.dumps([s3]),
+        max_sync_pixels=str(1024 * 1024),
+    )
+    resp = _predict(server, json={"model": "footprints", "href": s3 + "scene.tif"})
+    assert resp.status_code == 202, resp.text
+    outputs = _scene_outputs(server, resp.json())
+    uploaded = _upload(server, [files / "scene.tif"], model="footprints")
+    np.testing.assert_allclose(outputs, _scene_outputs(server, uploaded), atol=1e-5)
+    keys = [m["path"] for m in obstore.list(connect(s3_store_url)).collect()]
+    ours = [k for k in keys if k.startswith(resp.json()["job_id"] + "/")]
+    assert any(k.endswith("meta.json") for k in ours)
+    assert not any("input" in k for k in ours)
+    assert any(k.endswith("input_0.tif") for k in keys if k.startswith(uploaded["job_id"]))
