@@ -31,6 +31,7 @@ from rasterio.io import DatasetReader
 from service.config import Settings
 from service.errors import AttnserveError, Forbidden, InvalidInput, InvalidRaster, PayloadTooLarge
 from service.jobs.objects import MAX_FETCH, MIN_FETCH, RangedReader, connect
+from service.pipeline.reference_cache import CachedSource
 from service.pipeline.ssrf import ReferenceGuard, Resolver, Target
 from service.raster.gdal_env import HARDENED_GDAL, reserve_block_cache
 
@@ -367,6 +368,7 @@ class _ReferenceFS:
         # What refused the reference, for the caller: GDAL only sees a failed open.
         self.error: AttnserveError | None = None
         self.budget = ReadBudget(references.max_read_bytes)
+        self.cached: CachedSource | None = None  # one for every pass over the file
 
     def failed(self, error: AttnserveError) -> None:
         self.error = self.error or error
@@ -377,7 +379,9 @@ class _ReferenceFS:
         if self.error is not None:
             raise OSError(self.error.message)  # GDAL tries again: refused once is enough
         try:
-            return ReferenceReader(self.references.source(self.url, self.budget), self.failed)
+            if self.cached is None:
+                self.cached = CachedSource(self.references.source(self.url, self.budget))
+            return ReferenceReader(self.cached, self.failed)
         except AttnserveError as exc:
             self.error = exc
             raise OSError(exc.message) from None

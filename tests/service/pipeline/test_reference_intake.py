@@ -160,9 +160,12 @@ def test_large_href_runs_as_a_scene_job_read_where_it_is(
     assert list(jobs.glob(f"*/{job['job_id']}/*.tif"))  # its outputs
     assert not list(jobs.glob(f"*/{job['job_id']}/input*"))
     if base == http.url:
-        # Window by window: the segmentation task reads the scene in two passes and its
-        # band means in a third (this scene has no overviews): 3.7 times its size here.
-        assert 0.5 < (http.sent - sent) / (files / "scene.tif").stat().st_size < 5
+        # The job's passes share one cache: fetched once by the job (3.7 times over
+        # without it), once by the value check at intake, a decimated read that touches
+        # every block of a file without overviews.
+        ratio = (http.sent - sent) / (files / "scene.tif").stat().st_size
+        print(f"scene job by reference: {ratio:.2f} times the file's bytes fetched")
+        assert 0.5 < ratio < 2.2
 
 
 def _item(s3: str, assets: dict[str, Any], day: str = "2024-04-01") -> dict[str, Any]:
