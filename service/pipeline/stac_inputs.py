@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 # A STAC document fetched by URL is JSON: this is plenty.
 MAX_STAC_BYTES = 4 * 2**20
 MAX_REFERENCES = 400
+JSON_FIELDS = frozenset(
+    {"model", "href", "stac", "assets", "dates", "format", "async"}
+    | {"tile_size", "overlap", "uint8", "compress"}
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class ReferenceQuery:
         hrefs = [hrefs] if isinstance(hrefs, str) else hrefs
         if not isinstance(hrefs, list) or not all(isinstance(h, str) for h in hrefs):
             raise InvalidInput("href: a URL or a list of URLs")
+        unknown = set(body) - JSON_FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}")
         fields: dict[str, str] = {}
         for key, value in body.items():
             if key in ("href", "stac", "assets"):

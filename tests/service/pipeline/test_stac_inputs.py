@@ -53,6 +53,7 @@ def test_json_body_fields_become_form_fields() -> None:
         ({"model": "m", "stac": 5}, "stac: a URL"),
         ({"model": "m", "stac": "s3://b/i.json", "assets": []}, "assets"),
         ({"model": "m", "href": "s3://b/a.tif", "tile_size": {"a": 1}}, "tile_size"),
+        ({"model": "m", "href": "s3://b/a.tif", "parcels": []}, "unknown fields: parcels"),
     ],
 )
 def test_bad_bodies_name_the_field(body: dict[str, Any], message: str) -> None:
