@@ -9,6 +9,8 @@ file a windowed read fetched.
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +26,14 @@ class RangedServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: tuple[Path, Path] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.socket = context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
         self.root = root
         self.connections = 0
         self.sent = 0
@@ -33,8 +41,8 @@ class RangedServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>/``."""
-        return f"http://127.0.0.1:{self.server_address[1]}/"
+        """``http://127.0.0.1:<port>/`` (``https`` with TLS)."""
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}/"
 
     def get_request(self):  # type: ignore[no-untyped-def]
         accepted = super().get_request()
@@ -80,9 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def ranged_server(root: Path) -> Iterator[RangedServer]:
-    """A :class:`RangedServer` of ``root`` running in a thread."""
-    server = RangedServer(root)
+def ranged_server(root: Path, tls: tuple[Path, Path] | None = None) -> Iterator[RangedServer]:
+    """A :class:`RangedServer` of ``root`` running in a thread (``tls``: certificate, key)."""
+    server = RangedServer(root, tls)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -90,3 +98,16 @@ def ranged_server(root: Path) -> Iterator[RangedServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def self_signed(directory: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A certificate for ``ip`` and its key, made by the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", f"/CN={ip}"]
+    subprocess.run(
+        [*command, "-addext", f"subjectAltName=IP:{ip}"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

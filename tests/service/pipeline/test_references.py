@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from service.jobs.objects import connect
 from service.pipeline.references import References, open_reference, read_all
 from service.pipeline.scene_read import open_scene
 from tests.helpers.objectstore import SeaweedS3
-from tests.helpers.ranged_http import RangedServer, ranged_server
+from tests.helpers.ranged_http import RangedServer, ranged_server, self_signed
 from tests.helpers.scenes import tile_scene
 
 
@@ -153,3 +154,17 @@ def test_a_server_that_never_answers_times_out(silent: int) -> None:
     with pytest.raises(InvalidInput, match="timed out"):
         read_all(references.source(f"http://127.0.0.1:{silent}/x.tif"), 2**30)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_is_verified_for_the_host_while_connecting_to_the_checked_address(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    with ranged_server(root, tls=(cert, key)) as server:
+        references = References([server.url], 10, 2**40)
+        url = f"{server.url}small.tif"
+        with pytest.raises(InvalidInput, match="could not be read"):
+            read_all(references.source(url), 2**30)  # a certificate no one vouches for
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert read_all(references.source(url), 2**30) == (root / "small.tif").read_bytes()
