@@ -283,7 +283,7 @@ class References:
 
     def path(self, url: str) -> ReferencePath:
         """A path that rasterio opens through this server's reader of ``url``."""
-        return ReferencePath(url, self)
+        return ReferencePath.of(url, self)
 
 
 def read_all(source: RangeSource, max_bytes: int) -> bytes | None:
@@ -349,15 +349,16 @@ class ReferencePath(PosixPath):
     path: str
     fs: _ReferenceFS
 
-    def __new__(cls, url: str, references: References) -> ReferencePath:
-        self = super().__new__(cls, "/", "reference", secrets.token_hex(8), "input.tif")
+    @classmethod
+    def of(cls, url: str, references: References) -> ReferencePath:
+        """The path of ``url``, read through ``references``."""
+        # Made as any path, then given its attributes: Path's constructor differs
+        # between Python 3.11 and 3.12, so neither __new__ nor __init__ is overridden.
+        self = cls("/", "reference", secrets.token_hex(8), "input.tif")
         self.url = url
         self.path = str(self)
         self.fs = _ReferenceFS(url, references, self.name)
         return self
-
-    def __init__(self, url: str, references: References) -> None:
-        pass
 
 
 class _ReferenceFS:
