@@ -133,7 +133,7 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
             "within_10pct": ratio >= 1 - TOLERANCE,
             "server_cpu_s_per_tile": cpu[name],
             "cpu_vs_jpeg": round(cpu[name] / cpu["jpeg"], 3),
-            "finish_s": statistics.median(j["finish_s"] for j in jobs),
+            "finish_s": round(statistics.median(j["finish_s"] for j in jobs), 2),
             "vm_hwm_mib": max(j["vm_hwm_mib"] for j in jobs),
             "load_after": [j["load_average_after"][0] for j in jobs],
         }
