@@ -12,7 +12,6 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers.scenes import tile_scene
 from tests.helpers.server import LiveServer
 
 
@@ -73,7 +72,9 @@ def test_trickling_bodies_take_no_request_slot_are_capped_per_client_and_cut_off
     assert httpx.post(f"{url}/predict", json={"model": "crops", "days": [1]}).status_code == 422
 
     # A request being processed holds the one slot: others get 503, probes do not.
-    scene = tile_scene(shared_data / "cogeo.tif", 2, tmp_path / "scene.tif")
+    # A 1024 x 1024 image runs synchronously for long enough to be seen; a larger
+    # one would become a scene job and hold the slot only while it is checked.
+    scene = shared_data / "cogeo.tif"
     answer: list[int] = []
     predict = threading.Thread(
         target=lambda: answer.append(
