@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import obstore
+import pytest
 from obstore.store import S3Store
 
 ACCESS_KEY = "attnserve-test"
@@ -173,3 +174,17 @@ class SeaweedS3:
                 self.proc.wait()
         if not self._log.closed:
             self._log.close()
+
+
+def count_range_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count ``obstore.get_range`` calls from now on: the list fills with each read's size."""
+    fetched: list[int] = []
+    real = obstore.get_range
+
+    def counted(*args: object, **kwargs: object) -> object:
+        got = real(*args, **kwargs)  # type: ignore[arg-type]
+        fetched.append(len(got))
+        return got
+
+    monkeypatch.setattr(obstore, "get_range", counted)
+    return fetched

@@ -12,6 +12,29 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def _save(
+    path: Path,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    bands: int,
+    outputs: dict[str, list[Any]],
+    weights: dict[str, np.ndarray],
+) -> Path:
+    """A checked opset-18 graph of ``nodes`` with one ``image`` input, written to ``path``."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", bands, "H", "W"])],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, dims) for k, dims in outputs.items()],
+        initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def binary_segmenter(path: Path, bands: int = 3) -> Path:
     """A building-style segmenter with no manifest: ``image (N, bands, H, W)`` float32 raw 0-255.
 
@@ -32,21 +55,8 @@ def binary_segmenter(path: Path, bands: int = 3) -> Path:
         ),
         helper.make_node("Sigmoid", ["pooled"], ["attention"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "foreign-segmenter",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", bands, "H", "W"])],
-        [
-            helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1, "H", "W"]),
-            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 1, "h", "w"]),
-        ],
-        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
+    outputs = {"probability": ["N", 1, "H", "W"], "attention": ["N", 1, "h", "w"]}
+    return _save(path, "foreign-segmenter", nodes, bands, outputs, {"w": weights, "b": bias})
 
 
 def class_segmenter(path: Path, scale: float = 0.05) -> Path:
@@ -67,21 +77,8 @@ def class_segmenter(path: Path, scale: float = 0.05) -> Path:
         ),
         helper.make_node("Sigmoid", ["pooled"], ["attention"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "foreign-classes",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3, "H", "W"]),
-            helper.make_tensor_value_info("attention", TensorProto.FLOAT, ["N", 1, "h", "w"]),
-        ],
-        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(mean, "m")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
+    outputs = {"probabilities": ["N", 3, "H", "W"], "attention": ["N", 1, "h", "w"]}
+    return _save(path, "foreign-classes", nodes, 3, outputs, {"w": weights, "m": mean})
 
 
 def edited_draft(draft: dict[str, Any], name: str = "roofs") -> dict[str, Any]:

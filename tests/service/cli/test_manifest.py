@@ -41,11 +41,17 @@ def test_a_draft_is_printed_with_notes_on_what_to_edit(
     assert Manifest.from_dict(draft).ref == "roofs:2.1"
 
 
-def test_check_exits_non_zero_and_lists_what_disagrees(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def drafted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict[str, Any]]:
+    """A plain ``roofs.onnx`` and the manifest drafted for it."""
     model = binary_segmenter(tmp_path / "roofs.onnx")
-    good, _ = _draft(model, capsys)
+    return model, _draft(model, capsys)[0]
+
+
+def test_check_exits_non_zero_and_lists_what_disagrees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], drafted: tuple[Path, dict[str, Any]]
+) -> None:
+    model, good = drafted
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(wrong_manifest(good, "wrong-stride")))
     assert main(["manifest", "check", str(model), "--manifest", str(wrong)]) == 1
@@ -61,10 +67,9 @@ def test_check_exits_non_zero_and_lists_what_disagrees(
 
 
 def test_embed_writes_a_checked_manifest_into_the_metadata(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], drafted: tuple[Path, dict[str, Any]]
 ) -> None:
-    model = binary_segmenter(tmp_path / "roofs.onnx")
-    good, _ = _draft(model, capsys)
+    model, good = drafted
     manifest = tmp_path / "edited.json"
     manifest.write_text(json.dumps(wrong_manifest(good, "unknown-kind")))
     assert main(["manifest", "embed", str(model), "--manifest", str(manifest)]) == 1

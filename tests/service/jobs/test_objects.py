@@ -24,6 +24,7 @@ from service.jobs.objects import (
     upload_parts,
 )
 from service.jobs.pack import write_pack
+from tests.helpers.objectstore import count_range_reads
 
 
 @pytest.mark.parametrize(
@@ -93,15 +94,7 @@ def test_reads_that_carry_on_fetch_more_at_a_time(
 ) -> None:
     data = bytes(range(256)) * (20 * 4096)  # 20 MiB
     obstore.put(objects, "j/big.tif", data)
-    fetched: list[int] = []
-    real = obstore.get_range
-
-    def counted(*args: object, **kwargs: object) -> object:
-        got = real(*args, **kwargs)  # type: ignore[arg-type]
-        fetched.append(len(got))
-        return got
-
-    monkeypatch.setattr(obstore, "get_range", counted)
+    fetched = count_range_reads(monkeypatch)
     with open_object(objects, "j/big.tif", "big.tif") as stored:
         assert b"".join(stored.chunks()) == data  # a download, 64 KiB at a time
         assert len(fetched) <= 9

@@ -23,6 +23,7 @@ from service.jobs.record import Layer
 from service.jobs.s3 import S3JobStore
 from service.jobs.store import open_reader, open_store
 from tests.helpers.geotiff import geotiff
+from tests.helpers.objectstore import count_range_reads
 from tests.helpers.server import REPO
 
 MODEL = {"name": "m", "version": "1", "task": "segmentation"}
@@ -258,15 +259,7 @@ def test_a_window_of_a_stored_cog_costs_a_small_part_of_it(
     store = S3JobStore(s3_store_url, tmp_path / "scratch", ttl_s=60)
     record = store.new_record(MODEL, "raster", None)
     store.save(record, {}, {"prediction.tif": cog})
-    fetched: list[int] = []
-    real = obstore.get_range
-
-    def counted(*args: object, **kwargs: object) -> object:
-        got = real(*args, **kwargs)  # type: ignore[arg-type]
-        fetched.append(len(got))
-        return got
-
-    monkeypatch.setattr(obstore, "get_range", counted)
+    fetched = count_range_reads(monkeypatch)
     with open_raster(store, record, "prediction.tif", driver="GTiff") as ds:
         window = ds.read(1, window=Window(1024, 1536, 256, 256))
     np.testing.assert_array_equal(window, data[0, 1536:1792, 1024:1280])
