@@ -69,13 +69,13 @@ def test_check_exits_non_zero_and_lists_what_disagrees(
 def test_embed_writes_a_checked_manifest_into_the_metadata(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], drafted: tuple[Path, dict[str, Any]]
 ) -> None:
+    out = tmp_path / "embedded.onnx"
     model, good = drafted
     manifest = tmp_path / "edited.json"
     manifest.write_text(json.dumps(wrong_manifest(good, "unknown-kind")))
     assert main(["manifest", "embed", str(model), "--manifest", str(manifest)]) == 1
     assert "unknown kind 'heatmap'" in capsys.readouterr().err
     manifest.write_text(json.dumps(edited_draft(good)))
-    out = tmp_path / "embedded.onnx"
     assert (
         main(["manifest", "embed", str(model), "--manifest", str(manifest), "--out", str(out)]) == 0
     )
