@@ -71,3 +71,17 @@ def machine() -> dict[str, Any]:
         "attnserve_git": git_sha(),
         "platform": platform.platform(),
     }
+
+
+def report_head(title: str, machine: dict[str, Any], *intro: str) -> list[str]:
+    """The opening lines of a results page: its title, what made it, and the machine."""
+    ram = machine.get("ram_gib", machine.get("memory_gib"))
+    return [
+        f"# {title}",
+        "",
+        *intro,
+        *([""] if intro else []),
+        f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, {ram} GiB RAM; Python "
+        f"{machine.get('python')}, ONNX Runtime {machine.get('onnxruntime')}.",
+        "",
+    ]

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import load_average, machine
+from bench.machine import load_average, machine, report_head
 from bench.run import COMMON_ENV, SOURCE, say, server_dirs, settings_with
 from bench.scene_job import raw_on_tiles, run_scene_job
 from service.app import session_options
@@ -143,10 +143,9 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
 def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown report."""
     m = results["machine"]
-    lines = [
-        "# Scene tiling by compression",
-        "",
-        f"`python -m bench.scene_compression` on {m.get('cpu')} ({results['cpus']} CPUs usable),",
+    lines = report_head("Scene tiling by compression", m)
+    lines += [
+        f"`python -m bench.scene_compression` with {results['cpus']} CPUs usable,",
         f"{results['started']}, git {m.get('attnserve_git')}. Scene: `cogeo.tif` repeated "
         f"{results['repeat']} x {results['repeat']} ({results['side']} x {results['side']} px, "
         "RGB uint8, 512-px blocks; striped: GDAL's default strips), the shipped footprints "

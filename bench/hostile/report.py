@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.machine import report_head
 from bench.report import status_table
 
 TARGETS = "status, peak RSS < 3 GiB, answer < 60 s, /healthz < 1 s throughout, no 500"
@@ -100,15 +101,13 @@ def soak_lines(soak: dict[str, Any] | None) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     """The whole results file."""
-    m = results["machine"]
-    lines = [
-        "# Hostile-load results",
-        "",
-        f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_gib')} GiB RAM, "
-        f"Python {m.get('python')}, ONNX Runtime {m.get('onnxruntime')} on CPU, "
-        f"GDAL {m.get('gdal')} (the machine of the latest run). The cores are shared with "
-        "other work: each run gives its load average at the start.",
-        "",
+    lines = report_head(
+        "Hostile-load results",
+        results["machine"],
+        f"On the machine of the latest run, GDAL {results['machine'].get('gdal')}. The cores "
+        "are shared with other work: each run gives its load average at the start.",
+    )
+    lines += [
         "Made by `python -m bench.hostile` (see `bench/hostile/__init__.py`). Per case: the "
         "server's peak RSS sampled from `/proc/<pid>/status` every 100 ms, and `VmHWM` for "
         "cases with a server of their own; the time to answer; `/healthz` timed every 250 ms "

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import load_average, machine
+from bench.machine import load_average, machine, report_head
 from bench.raw import image_feed, measure, measure_side_by_side
 from models.quantize import find_images, quantize_model, read_crop, split_images
 from service.runtime.manifest import Manifest
@@ -243,18 +243,15 @@ def summary(scores: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any
 def markdown(result: dict[str, Any]) -> str:
     """The results as the page committed beside them."""
     m = result["machine"]
-    lines = [
-        "# INT8 footprints on CPU",
-        "",
+    lines = report_head(
+        "INT8 footprints on CPU",
+        m,
         "Written by `python -m bench.quantize`; figures in `bench/quantize/results.json`. "
         "FP32 and both INT8 copies are timed in the same run, one after the other in each "
         "round, with the server's session options.",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; {m['gpu']}",
-        f"- python {m['python']}, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}",
-        f"- attnserve git {m['attnserve_git']}",
+    )
+    lines += [
+        f"- {m['gpu']}; numpy {m['numpy']}, attnserve git {m['attnserve_git']}",
         f"- load average (1, 5, 15 min) at start {result['load_start']}, at end "
         f"{result['load_end']}: the 2 cores are shared with other work, so every figure "
         "moves with it; the 1-minute load after each measurement is in the JSON",
