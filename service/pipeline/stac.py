@@ -52,10 +52,21 @@ def _class_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or "class"
 
 
-def classes(names: list[str], nodata: bool = False) -> list[dict[str, Any]]:
-    """``classification:classes``: classes by index (then the nodata value, where asked)."""
+def classes(
+    names: list[str], nodata: bool = False, colours: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``classification:classes``: classes by index (then the nodata value, where asked).
+
+    Colours are the model's ``#rrggbb`` where it names them, else the tiles' palette.
+    """
+    colours = colours or []
     out: list[dict[str, Any]] = [
-        {"value": i, "name": _class_name(n), "title": n, "color_hint": class_colour(i)}
+        {
+            "value": i,
+            "name": _class_name(n),
+            "title": n,
+            "color_hint": colours[i].lstrip("#") if i < len(colours) else class_colour(i),
+        }
         for i, n in enumerate(names)
     ]
     if nodata:
@@ -139,7 +150,9 @@ def _mlm_output(manifest: Manifest, spec: OutputSpec) -> dict[str, Any]:
     if spec.description:
         entry["description"] = spec.description
     if spec.kind == "class_probabilities" and manifest.classes:
-        entry["classification:classes"] = classes(manifest.classes)
+        entry["classification:classes"] = classes(
+            manifest.classes, colours=list(manifest.class_colors)
+        )
     return entry
 
 
@@ -188,7 +201,10 @@ def _assets(
             uint8 = all(la.dtype == "uint8" for la in layers)
             extra: dict[str, Any] = {"bands": _bands(layers, gsd, uint8)}
             if any(la.kind == "class" for la in layers):
-                extra["classification:classes"] = classes(layers[0].classes or [], uint8)
+                cls = next(la for la in layers if la.kind == "class")
+                extra["classification:classes"] = classes(
+                    cls.classes or [], uint8, cls.class_colors
+                )
             assets[PurePosixPath(file).stem] = pystac.Asset(
                 f"{job}/files/{file}",
                 f"{', '.join(la.name for la in layers)}",
@@ -210,7 +226,10 @@ def _assets(
                     continue
                 extra = {"bands": _bands(layers, gsd, stored_uint8=False)}
                 if any(la.kind == "class" for la in layers):
-                    extra["classification:classes"] = classes(layers[0].classes or [])
+                    cls = next(la for la in layers if la.kind == "class")
+                    extra["classification:classes"] = classes(
+                        cls.classes or [], colours=cls.class_colors
+                    )
                 assets[key] = pystac.Asset(
                     href,
                     ", ".join(names),

@@ -101,3 +101,8 @@ def test_a_raster_without_a_crs_has_its_files_but_no_place(
     assert band["name"] == "probability"
     assert "raster:spatial_resolution" not in band
     assert "overview" not in item["assets"]  # no map without a place
+
+
+def test_class_colours_are_the_models_where_it_names_them() -> None:
+    got = classes(["wheat", "maize"], colours=["#112233"])
+    assert [c["color_hint"] for c in got] == ["112233", "f28e2b"]  # then the tiles' palette
