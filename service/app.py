@@ -191,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await loader
             await state.jobs.stop(settings.shutdown_grace_s)
             await state.repository.stop(settings.shutdown_grace_s)
+            state.tiles.close()
             await asyncio.to_thread(state.store.flush)
 
     app = FastAPI(

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.jobs.record import JobRecord
+from service.runtime.cpus import usable_cpus
 
 if TYPE_CHECKING:
+    from service.jobs.store import JobStore
     from service.pipeline.tiles import JobTiles
 
 # The process's job tiles, set by ``_start`` in each worker.
@@ -67,6 +69,10 @@ def worker_skip_list() -> str:
     return " ".join(d for d in skipped.split() if d.upper() != "VRT")
 
 
+# Tile worker processes at most (each holds about 150 MB once it has drawn a tile).
+MAX_TILE_WORKERS = 4
+
+
 class TileWorkers:
     """A pool of processes drawing tiles of one job store's jobs (started on first use).
 
@@ -85,6 +91,12 @@ class TileWorkers:
         self.settle = settle
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, store: JobStore) -> TileWorkers:
+        """Workers over ``store``: one per usable CPU, at most :data:`MAX_TILE_WORKERS`."""
+        settle = store.settle if store.write_behind else None
+        return cls(store.address, min(MAX_TILE_WORKERS, usable_cpus()), settle)
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         with self._lock:

@@ -24,7 +24,10 @@ def test_the_lifespan_loads_the_repository_and_apps_share_nothing(
             assert (await client.get("/healthz")).status_code == 200
             metrics = (await client.get("/metrics")).text
             assert 'attnserve_model_loaded{model="footprints"' in metrics
+            app.state.attnserve.tiles._executor()  # as the first map request starts it
 
     asyncio.run(scenario())
+    # Shutdown stops what the lifespan started, map tile workers included.
+    assert app.state.attnserve.tiles._pool is None
     # The second app never started: no state was made for it at import or build time.
     assert not hasattr(other.state, "attnserve")

@@ -14,26 +14,17 @@ from service.jobs.record import JobRecord
 from service.pipeline import views
 from service.pipeline.tile_workers import TileWorkers
 from service.pipeline.tiles import tile_layers
-from service.runtime.cpus import usable_cpus
 
 router = APIRouter(prefix="/jobs", tags=["maps"])
 
 MEDIA = {"png": "image/png", "webp": "image/webp"}
 # A finished job's results never change: clients may keep them until the job expires.
 MAX_AGE_S = 86400
-# Tile worker processes at most (each holds about 150 MB once it has drawn a tile).
-MAX_TILE_WORKERS = 4
 
 
-async def get_tiles(request: Request, state: State) -> TileWorkers:
-    """The app's tile workers (a pool started on first use, over the lifespan's job store)."""
-    tiles: TileWorkers | None = getattr(request.app.state, "tiles", None)
-    if tiles is None or tiles.address != state.store.address:
-        store = state.store
-        settle = store.settle if store.write_behind else None
-        tiles = TileWorkers(store.address, min(MAX_TILE_WORKERS, usable_cpus()), settle)
-        request.app.state.tiles = tiles
-    return tiles
+async def get_tiles(state: State) -> TileWorkers:
+    """The app's tile workers (a pool started on first use, stopped with the app)."""
+    return state.tiles
 
 
 Tiles = Annotated[TileWorkers, Depends(get_tiles)]

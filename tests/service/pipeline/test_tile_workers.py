@@ -12,7 +12,7 @@ import pytest
 
 from service.config import Settings
 from service.jobs.store import open_store
-from service.pipeline.tile_workers import TileWorkers, worker_skip_list
+from service.pipeline.tile_workers import MAX_TILE_WORKERS, TileWorkers, worker_skip_list
 from service.raster.gdal_env import SKIPPED_DRIVERS
 from tests.helpers.server import REPO
 from tests.helpers.tiles import rgba, tile_at
@@ -80,3 +80,13 @@ os._exit(0)
     while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+def test_workers_for_a_store_wait_for_jobs_written_behind(tmp_path: Path) -> None:
+    plain = open_store(Settings(job_dir=tmp_path / "a"))
+    behind = open_store(Settings(job_dir=tmp_path / "b", job_write_behind=True))
+    assert TileWorkers.for_store(plain).settle is None
+    workers = TileWorkers.for_store(behind)
+    assert workers.settle == behind.settle
+    assert workers.address == behind.address
+    assert 1 <= workers.processes <= MAX_TILE_WORKERS
