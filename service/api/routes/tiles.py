@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
@@ -18,6 +18,12 @@ from service.pipeline.tiles import tile_layers
 router = APIRouter(prefix="/jobs", tags=["maps"])
 
 MEDIA = {"png": "image/png", "webp": "image/webp"}
+# What the image routes answer, and the format in their path.
+IMAGE: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: {"content": {media: {} for media in MEDIA.values()}}},
+}
+ImageFormat = Annotated[str, Path(pattern="^(png|webp)$", description="png or webp")]
 # A finished job's results never change: clients may keep them until the job expires.
 MAX_AGE_S = 86400
 
@@ -67,8 +73,7 @@ async def list_tiles(job: Job, request: Request) -> Response:
 @router.get(
     "/{job_id}/tiles/{layer}/{z}/{x}/{y}.{fmt}",
     summary="A Web Mercator tile of a job's layer",
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/webp": {}}}},
+    **IMAGE,
 )
 async def get_tile(
     job: Job,
@@ -77,7 +82,7 @@ async def get_tile(
     z: int,
     x: int,
     y: int,
-    fmt: Annotated[str, Path(pattern="^(png|webp)$", description="png or webp")],
+    fmt: ImageFormat,
 ) -> Response:
     """256-pixel tile ``z/x/y`` (XYZ scheme): probabilities and attention in viridis over 0-1,
     class maps in the model's class colours, nodata and pixels off the raster transparent."""
@@ -89,14 +94,13 @@ async def get_tile(
 @router.get(
     "/{job_id}/preview/{layer}.{fmt}",
     summary="A whole layer of a job as one image",
-    response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/webp": {}}}},
+    **IMAGE,
 )
 async def get_preview(
     job: Job,
     tiles: Tiles,
     layer: str,
-    fmt: Annotated[str, Path(pattern="^(png|webp)$", description="png or webp")],
+    fmt: ImageFormat,
 ) -> Response:
     """The layer in the job's own CRS, at most 1024 pixels a side, coloured as its tiles."""
     views.require_done(job)
