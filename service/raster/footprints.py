@@ -52,6 +52,42 @@ class FootprintOptions:
         ).replace(".", "p")
 
 
+def _too_many(max_features: int) -> str:
+    return f"more than {max_features} polygons at these parameters: raise threshold or min_area_px"
+
+
+def euler_number(mask: np.ndarray, value: int, rows: int = 1024) -> int:
+    """Regions minus holes of the pixels of ``mask`` equal to ``value``.
+
+    Regions are 4-connected (as the polygons are), holes 8-connected; counted from
+    2 x 2 neighbourhoods (Gray's formula) ``rows`` rows at a time, so a large mask
+    costs a block of memory, not a copy. Holes only lower the count, so there are
+    at least ``max(0, count)`` regions.
+    """
+    height, width = mask.shape
+    singles = triples = diagonals = 0
+
+    def count(window: np.ndarray) -> None:
+        nonlocal singles, triples, diagonals
+        a, b = window[:-1, :-1], window[:-1, 1:]
+        c, d = window[1:, :-1], window[1:, 1:]
+        total = a.astype(np.uint8) + b + c + d
+        singles += int(np.count_nonzero(total == 1))
+        triples += int(np.count_nonzero(total == 3))
+        diagonals += int(np.count_nonzero((total == 2) & (a == d)))
+
+    above = np.zeros(width + 2, dtype=bool)  # the background around the mask
+    for start in range(0, height, rows):
+        part = mask[start : start + rows]
+        window = np.zeros((part.shape[0] + 1, width + 2), dtype=bool)
+        window[0] = above
+        window[1:, 1:-1] = part == value
+        count(window)
+        above = window[-1].copy()
+    count(np.stack([above, np.zeros_like(above)]))
+    return (singles - triples + 2 * diagonals) // 4
+
+
 def extract_footprints(
     probability_blocks: Iterable[tuple[int, np.ndarray]],
     height: int,
@@ -110,6 +146,12 @@ def extract_footprints(
             codes = np.nan_to_num(block, nan=-1.0)
             inside = (codes >= 0) & (codes < len(classes))
             mask[rows] = np.where(inside, codes + 1, 0)
+    if max_features is not None and options.min_area_px <= 1:
+        # Every region is then a polygon: refuse at once what would take long to
+        # polygonise only to be refused (a noisy mask has hundreds of thousands).
+        codes = range(1, 2 if classes is None else len(classes) + 1)
+        if sum(max(0, euler_number(mask, code)) for code in codes) > max_features:
+            raise InvalidInput(_too_many(max_features))
     affine = Affine(*transform[:6])
     pixel_area = abs(affine.a * affine.e - affine.b * affine.d)
     pixel_size = float(np.sqrt(pixel_area))
@@ -124,10 +166,7 @@ def extract_footprints(
         if area_px < options.min_area_px:
             continue
         if max_features is not None and len(features) >= max_features:
-            raise InvalidInput(
-                f"more than {max_features} polygons at these parameters: raise threshold or "
-                "min_area_px"
-            )
+            raise InvalidInput(_too_many(max_features))
         if options.simplify_px > 0:
             poly = poly.simplify(options.simplify_px * pixel_size, preserve_topology=True)
         if classes is None:

@@ -8,7 +8,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from service.errors import InvalidInput
-from service.raster.footprints import FootprintOptions, extract_footprints
+from service.raster.footprints import FootprintOptions, euler_number, extract_footprints
 
 UTM = CRS.from_epsg(32631).to_wkt()
 TRANSFORM = tuple(from_origin(500000, 4000000, 0.5, 0.5))[:6]
@@ -101,3 +101,33 @@ def test_a_class_map_gives_one_polygon_per_class_region() -> None:
     assert props[0]["area_m2"] == 150
     assert props[0]["attention"] == {"gate_1": pytest.approx(0.5)}
     assert "mean_probability" not in props[0]
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1024])
+def test_the_euler_number_is_regions_minus_holes(rows: int) -> None:
+    ndi = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(3)
+    for density in (0.1, 0.45, 0.6, 0.9):
+        mask = (rng.random((41, 57)) < density).astype(np.uint8) * 2
+        regions = ndi.label(mask == 2, ndi.generate_binary_structure(2, 1))[1]
+        # Holes: 8-connected background not joined to the outside.
+        background = np.pad(mask != 2, 1, constant_values=True)
+        holes = ndi.label(background, np.ones((3, 3), bool))[1] - 1
+        assert euler_number(mask, 2, rows) == regions - holes
+    assert euler_number(np.zeros((5, 5), np.uint8), 1) == 0
+
+
+def test_a_noisy_mask_is_refused_before_it_is_polygonised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    noisy = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("polygonised a mask whose regions alone are over the limit")
+
+    monkeypatch.setattr("rasterio.features.shapes", never)
+    options = FootprintOptions(threshold=0.5, min_area_px=0, simplify_px=0)
+    with pytest.raises(InvalidInput, match="more than 1000 polygons"):
+        extract_footprints(
+            [(0, noisy)], 256, 256, TRANSFORM, UTM, lambda *a: noisy, "p", [], options, 1000
+        )
