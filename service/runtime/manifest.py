@@ -25,13 +25,16 @@ PRECISIONS = ("float32", "float16", "int8")
 _HEX_COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
 
 OutputRole = Literal["prediction", "attention"]
-OutputKind = Literal["probability", "class_probabilities", "spatial", "channel", "temporal"]
+OutputKind = Literal[
+    "probability", "class_probabilities", "spatial", "channel", "temporal", "token_grid"
+]
 OUTPUT_KINDS: tuple[str, ...] = (
     "probability",
     "class_probabilities",
     "spatial",
     "channel",
     "temporal",
+    "token_grid",
 )
 
 
@@ -65,7 +68,8 @@ class OutputSpec:
     ``role`` is ``prediction`` for the model's answer and ``attention`` for the
     weights behind it; ``kind`` says how an attention output is laid out:
     ``spatial`` maps ``(B,1,H,W)``, ``channel`` band weights ``(B,C)``,
-    ``temporal`` date weights ``(B,heads,T)``.
+    ``temporal`` date weights ``(B,heads,T)``, ``token_grid`` weights ``(B,N)``
+    or ``(B,heads,N)`` over the ``grid`` of ``[h, w]`` patches (a ViT's tokens).
 
     ``stride`` is how many input pixels one value of a 4-D output covers along
     each axis: a map computed at 1/``stride`` of the input's resolution (e.g. a
@@ -81,6 +85,7 @@ class OutputSpec:
     level: int | None = None
     description: str = ""
     stride: int = 1
+    grid: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,8 @@ def _output_problems(out: OutputSpec, inp: InputSpec) -> list[str]:
     if isinstance(out.stride, bool) or not isinstance(out.stride, int) or out.stride < 1:
         found.append(f"stride: output {out.name!r} stride must be a positive integer")
         return found
+    if (out.kind == "token_grid") != (out.grid is not None):
+        found.append(f"grid: output {out.name!r}: a token_grid output, and only one, has a grid")
     if out.stride > 1 and (len(out.shape) != 4 or out.role == "prediction"):
         found.append(f"stride: output {out.name!r}: only 4-D attention maps may have a stride")
     elif out.stride > 1 and (inp.size_multiple or 1) % out.stride:

@@ -37,7 +37,11 @@ RANKS: dict[tuple[str, str], int] = {
     ("segmentation", "channel"): 2,
     ("temporal_classification", "class_probabilities"): 2,
     ("temporal_classification", "temporal"): 3,
+    ("image_classification", "class_probabilities"): 2,
+    ("image_classification", "spatial"): 4,
 }
+# Tasks whose 4-D outputs are maps of the image at their stride.
+MAP_TASKS = ("segmentation", "image_classification")
 _NUMPY_TYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -273,8 +277,18 @@ def _run_problems(
     if not np.isfinite(value).all():
         found.append(f"{where}: output {spec.name!r} holds NaN or infinite values")
         return found
-    if value.ndim == 4 and manifest.task == "segmentation":
+    if value.ndim == 4 and manifest.task in MAP_TASKS:
         found += _map_problems(where, spec, value, side)
+    grid = spec.grid if isinstance(spec.grid, list) else []
+    if (
+        len(grid) == 2
+        and all(isinstance(g, int) for g in grid)
+        and value.shape[-1] != grid[0] * grid[1]
+    ):
+        found.append(
+            f"{where}.grid: output {spec.name!r} gives {value.shape[-1]} tokens but its "
+            f"{grid[0]} x {grid[1]} grid has {grid[0] * grid[1]}"
+        )
     channels = value.shape[1] if value.ndim >= 2 else 1
     classes = manifest.classes
     if spec.kind == "class_probabilities" and classes and channels != len(classes):

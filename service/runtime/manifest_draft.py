@@ -5,13 +5,17 @@ The graph's inputs say the task (an image ``(B, C, H, W)`` or a series
 ``(B, K, H, W)`` map summing to 1 over ``K`` looks like class probabilities, a
 ``(B, 1, h, w)`` map in [0, 1] like a probability (at the input's resolution)
 or a spatial attention map (at its own stride), ``(B, C)`` over the bands like
-band weights, ``(B, heads, T)`` over the dates like date weights. What a graph
+band weights, ``(B, heads, T)`` over the dates like date weights. An image
+graph whose answer is ``(B, K)`` summing to 1 is a chip classifier
+(``image_classification``), its ``(B, heads, N)`` outputs token grids over
+``sqrt(N) x sqrt(N)`` patches. What a graph
 cannot say (band names, value range, classes) is left for the user to edit,
 and listed in the notes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -90,6 +94,8 @@ def draft_manifest(
         )
     multiple, outputs = _probe(session, inputs, notes) if image else (1, _run(session, inputs))
     task = "segmentation" if image else "temporal_classification"
+    if image and _classifies(outputs, prediction):
+        task = "image_classification"
     specs, classes = _outputs(outputs, task, channels, multiple, prediction, set(attention), notes)
     bands = (
         list(RGB[:channels])
@@ -110,7 +116,7 @@ def draft_manifest(
             "normalization": {"mean": [0.0] * channels, "std": [1.0] * channels},
             **_tiling(main, multiple, image),
         },
-        "tensors": _tensors(inputs, main, channels, image),
+        "tensors": _tensors(inputs, main, channels, image, task == "image_classification"),
         "outputs": specs,
         "classes": classes,
     }
@@ -186,14 +192,36 @@ def _tiling(main: GraphTensor, multiple: int, image: bool) -> dict[str, Any]:
     }
 
 
+def _classifies(outputs: dict[str, np.ndarray], prediction: str | None) -> bool:
+    """Whether an image model answers for the whole image: a ``(B, K)`` prediction.
+
+    The named prediction is ``(B, K)``; or, unnamed, no output is a map and one
+    ``(B, K)`` output sums to 1 over ``K``.
+    """
+    if prediction is not None:
+        return prediction in outputs and outputs[prediction].ndim == 2
+    if any(v.ndim == 4 and v.shape[1] > 1 for v in outputs.values()):
+        return False
+    return any(
+        v.ndim == 2 and v.shape[1] > 1 and np.abs(v.sum(axis=1) - 1).max() <= TOLERANCE
+        for v in outputs.values()
+    )
+
+
 def _tensors(
-    inputs: list[GraphTensor], main: GraphTensor, channels: int, image: bool
+    inputs: list[GraphTensor], main: GraphTensor, channels: int, image: bool, chip: bool = False
 ) -> list[dict[str, Any]]:
-    """The inputs in the server's order: the image or series first, then the others."""
+    """The inputs in the server's order: the image or series first, then the others.
+
+    A chip classifier's image keeps the height and width its graph fixes (a
+    token grid's patches cover that chip).
+    """
     specs: list[dict[str, Any]] = []
     rest = [t for t in inputs if t is not main]
     if image:
-        specs.append(_tensor(main, ["batch", channels, "height", "width"], "raw band values"))
+        height = (main.fixed(2) if chip else None) or "height"
+        width = (main.fixed(3) if chip else None) or "width"
+        specs.append(_tensor(main, ["batch", channels, height, width], "raw band values"))
         for t in rest:
             spec = _tensor(t, ["batch", channels], "per-band mean of the image")
             spec["default"] = "band_mean"
@@ -222,7 +250,10 @@ def _outputs(
     notes: list[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Output specs with guessed roles and kinds, prediction first, and the classes."""
-    guessed = {name: _guess(value, channels, multiple, task) for name, value in outputs.items()}
+    guessed = {
+        name: _guess(value, channels, multiple, task, name in attention)
+        for name, value in outputs.items()
+    }
     if prediction is None:
         prediction = next(
             (
@@ -266,18 +297,34 @@ def _outputs(
         else:
             kind = "spatial" if kind == "probability" else kind
             specs.append(_output(name, "attention", kind, shape, stride))
+            if kind == "token_grid":
+                side = math.isqrt(int(value.shape[-1]))
+                specs[-1]["grid"] = [side, side]
+                notes.append(f"output {name!r} drafted as a {side} x {side} token grid: check it")
     return specs, classes
 
 
 def _guess(
-    value: np.ndarray, channels: int, multiple: int, task: str
+    value: np.ndarray, channels: int, multiple: int, task: str, attention: bool = False
 ) -> tuple[str, list[int | str], int] | None:
-    """``(kind, manifest shape, stride)`` of one output on the dummy input, or None."""
+    """``(kind, manifest shape, stride)`` of one output on the dummy input, or None.
+
+    ``attention``: the output is known to be attention (a chip classifier's
+    ``(B, N)`` token weights may sum to 1 as class probabilities do).
+    """
     if not np.isfinite(value).all():
         return None
     in_unit = value.min() >= -TOLERANCE and value.max() <= 1 + TOLERANCE
     sums_to_one = value.ndim >= 2 and bool(np.abs(value.sum(axis=1) - 1).max() <= TOLERANCE)
-    if value.ndim == 4 and task == "segmentation":
+    if task == "image_classification" and value.ndim in (2, 3):
+        tokens = int(value.shape[-1])
+        square = math.isqrt(tokens) ** 2 == tokens
+        if value.ndim == 2 and sums_to_one and not attention:
+            return "class_probabilities", ["batch", int(value.shape[1])], 1
+        if square and (attention or value.ndim == 3):
+            return "token_grid", ["batch", *[int(d) for d in value.shape[1:]]], 1
+        return None
+    if value.ndim == 4 and task in ("segmentation", "image_classification"):
         k, side = value.shape[1], value.shape[-1]
         stride = PROBE_SIDE // side if side and PROBE_SIDE % side == 0 else 0
         if not stride or multiple % stride:

@@ -6,6 +6,7 @@ from typing import ClassVar, Protocol
 
 from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher
+from service.runtime.chips import ChipClassifier
 from service.runtime.feeds import Padding
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask
@@ -59,6 +60,7 @@ class InferenceTask(Protocol):
 INFERENCE_TASKS: dict[str, type[InferenceTask]] = {
     "segmentation": SegmentationTask,
     "temporal_classification": TemporalTask,
+    "image_classification": ChipClassifier,
 }
 
 

@@ -19,12 +19,17 @@ def _save(
     bands: int,
     outputs: dict[str, list[Any]],
     weights: dict[str, np.ndarray],
+    side: int | None = None,
 ) -> Path:
-    """A checked opset-18 graph of ``nodes`` with one ``image`` input, written to ``path``."""
+    """A checked opset-18 graph of ``nodes`` with one ``image`` input, written to ``path``.
+
+    ``side``: the image's fixed height and width (symbolic by default).
+    """
+    dims: list[Any] = ["N", bands, side or "H", side or "W"]
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", bands, "H", "W"])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info(k, TensorProto.FLOAT, dims) for k, dims in outputs.items()],
         initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
@@ -79,6 +84,46 @@ def class_segmenter(path: Path, scale: float = 0.05) -> Path:
     ]
     outputs = {"probabilities": ["N", 3, "H", "W"], "attention": ["N", 1, "h", "w"]}
     return _save(path, "foreign-classes", nodes, 3, outputs, {"w": weights, "m": mean})
+
+
+def chip_classifier(path: Path) -> Path:
+    """A scene classifier of 3 classes with no manifest: ``image (N, 3, 64, 64)`` raw 0-255.
+
+    Outputs ``probabilities (N, 3)``, the softmax of the bands' means / 50 (the
+    class is the chip's brightest band); ``tokens (N, 2, 16)``, two heads of
+    weights over a 4 x 4 grid of 16-pixel patches (the softmax over patches of
+    their red, and of their green, mean / 20); and ``gate (N, 1, 16, 16)``, the
+    sigmoid of the bands' mean pooled 4 x 4 less 128, over 50.
+    """
+    pick = np.zeros((2, 3, 1, 1), dtype=np.float32)
+    pick[0, 0] = pick[1, 1] = 1 / 20
+    mean = np.full((1, 3, 1, 1), 1 / 3 / 50, dtype=np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["means"]),
+        helper.make_node("Flatten", ["means"], ["flat"]),
+        helper.make_node("Mul", ["flat", "scale"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("Conv", ["image", "pick"], ["picked"]),
+        helper.make_node(
+            "AveragePool", ["picked"], ["patches"], kernel_shape=[16, 16], strides=[16, 16]
+        ),
+        helper.make_node("Reshape", ["patches", "token_shape"], ["token_logits"]),
+        helper.make_node("Softmax", ["token_logits"], ["tokens"], axis=-1),
+        helper.make_node("Conv", ["image", "mean", "offset"], ["brightness"]),
+        helper.make_node(
+            "AveragePool", ["brightness"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]
+        ),
+        helper.make_node("Sigmoid", ["pooled"], ["gate"]),
+    ]
+    outputs = {"probabilities": ["N", 3], "tokens": ["N", 2, 16], "gate": ["N", 1, 16, 16]}
+    weights = {
+        "scale": np.full((1, 3), 1 / 50, dtype=np.float32),
+        "pick": pick,
+        "token_shape": np.array([0, 2, 16], dtype=np.int64),
+        "mean": mean,
+        "offset": np.array([-128 / 50], dtype=np.float32),
+    }
+    return _save(path, "foreign-chips", nodes, 3, outputs, weights, side=64)
 
 
 def edited_draft(draft: dict[str, Any], name: str = "roofs") -> dict[str, Any]:

@@ -23,3 +23,16 @@ async def served_model(name: str, tmp: Path) -> AsyncIterator[ServedModel]:
         yield repo.all()[0]
     finally:
         await repo.stop(5)
+
+
+@contextlib.asynccontextmanager
+async def served_from(directory: Path, name: str) -> AsyncIterator[ServedModel]:
+    """The model ``name`` of ``directory`` (sidecar manifests and all) served on CPU."""
+    options = SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
+    repo = ModelRepository(directory, options, lambda _m: BatchLimits(2, 1.0, 8), warmup=False)
+    await repo.load()
+    assert repo.failures == {}, repo.failures
+    try:
+        yield repo.get(name)
+    finally:
+        await repo.stop(5)

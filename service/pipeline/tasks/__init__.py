@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.pipeline.tasks.base import Prediction, Task
+from service.pipeline.tasks.chips import ChipClassification
 from service.pipeline.tasks.classes import ClassSegmentation
 from service.pipeline.tasks.segmentation import ImageSegmentation
 from service.pipeline.tasks.temporal import TemporalClassification
@@ -11,6 +12,7 @@ from service.runtime.manifest import Manifest
 TASKS: dict[str, Task] = {
     "segmentation": ImageSegmentation(),
     "temporal_classification": TemporalClassification(),
+    "image_classification": ChipClassification(),
 }
 
 # A task whose prediction is of another kind: (task, prediction kind) -> its class.

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from service.memory import SceneLoad
+from service.runtime.chips import ChipClassifier
 from service.runtime.manifest import Manifest
 from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.tasks import INFERENCE_TASKS, inference_task
@@ -14,7 +15,13 @@ from service.runtime.temporal import TemporalTask
 
 
 def test_every_known_task_has_one_class(footprints: Manifest, crops: Manifest) -> None:
-    assert set(INFERENCE_TASKS) == {"segmentation", "temporal_classification"}
+    assert set(INFERENCE_TASKS) == {
+        "segmentation",
+        "temporal_classification",
+        "image_classification",
+    }
+    assert INFERENCE_TASKS["image_classification"] is ChipClassifier
+    assert not ChipClassifier.dated
     assert inference_task(footprints) is SegmentationTask
     assert inference_task(crops) is TemporalTask
     assert not SegmentationTask.dated
@@ -84,7 +91,8 @@ def test_a_manifest_names_a_task_of_the_registry_and_meets_its_demands(
         assert not [p for p in named.problems() if p.startswith("task:")]
     unknown = replace(footprints, task="regression").problems()
     assert unknown == [
-        "task: unknown task 'regression'; known: segmentation, temporal_classification"
+        "task: unknown task 'regression'; known: segmentation, temporal_classification, "
+        "image_classification"
     ]
     assert SegmentationTask.manifest_problems(replace(footprints, classes=[])) == []
     assert TemporalTask.manifest_problems(crops) == []
