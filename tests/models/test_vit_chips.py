@@ -1,0 +1,210 @@
+"""A small ViT chip classifier: built, exported with its attention, served over HTTP and /v2.
+
+The model comes as a user's would: its forward returns class probabilities
+only; ``export_with_attention`` takes out the last layer's attention of the
+class token over the patches, the drafted sidecar manifest (a token grid of
+4 x 4 patches) gets class names, and the plain ONNX file is served through it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import rasterio
+import torch
+from rasterio.io import MemoryFile
+from torch import nn
+
+from models.export_any import export_with_attention
+from service.runtime.manifest import sidecar_path
+from service.runtime.manifest_check import check_file
+from tests.helpers.bodies import upload
+from tests.helpers.geotiff import ORIGIN, UTM, geotiff
+from tests.helpers.server import LiveServer, serving
+
+httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
+
+CLASSES = ["clear", "cloudy", "water"]
+SIDE, PATCH = 64, 16
+GRID = SIDE // PATCH
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention whose class-token weights pass through a tap to hook."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        # Identity, so that a forward hook sees (B, heads, N): the class token over the patches.
+        self.cls_attention = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        weights = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(dim=-1)
+        self.cls_attention(weights[:, :, 0, 1:])
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """``(B, 3, 64, 64)`` raw 0-255 in, ``(B, 3)`` class probabilities out; patches of 16."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 2) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, dim, PATCH, stride=PATCH)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 1 + GRID * GRID, dim) * 0.5)
+        self.blocks = nn.Sequential(*[Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, len(CLASSES))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tokens = self.patches(image / 127.5 - 1.0).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos
+        x = self.blocks(x)
+        return self.head(self.norm(x[:, 0])).softmax(dim=-1)
+
+
+def chip(seed: int) -> np.ndarray:
+    """``(3, 64, 64)`` uint8: a bright blob on a darker field."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(20, 90, (3, SIDE, SIDE))
+    image[:, 8:30, 30:60] += 150
+    return image.astype(np.uint8)
+
+
+def reference(model: Path, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(K,)`` and class-token weights ``(heads, N)`` of one ONNX Runtime run."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    probs, weights = session.run(None, {"image": image[None].astype(np.float32)})
+    return probs[0], weights[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("models")
+    out = directory / "scenes-0.1.0.onnx"
+    torch.manual_seed(0)
+    example = torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0)) * 255
+    draft = export_with_attention(
+        TinyViT(),
+        {"image": example},
+        out,
+        ["cls_attention=blocks.1.attn.cls_attention"],
+        output_names=["probabilities"],
+        # Position embeddings fix the chip: only the batch is dynamic.
+        dynamic_axes={"image": {0: "batch"}},
+        name="scenes",
+        version="0.1.0",
+    )
+    manifest = draft.manifest
+    assert manifest["task"] == "image_classification"
+    assert manifest["tensors"][0]["shape"] == ["batch", 3, SIDE, SIDE]
+    pred, tokens = manifest["outputs"]
+    assert (pred["kind"], pred["shape"]) == ("class_probabilities", ["batch", 3])
+    assert (tokens["kind"], tokens["shape"], tokens["grid"]) == (
+        "token_grid",
+        ["batch", 2, GRID * GRID],
+        [GRID, GRID],
+    )
+    sidecar_path(out).write_text(json.dumps({**manifest, "classes": CLASSES}))
+    assert check_file(out) == ("scenes-0.1.0.manifest.json", [])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def live(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with serving(model_dir, tmp_path_factory.mktemp("server")) as s:
+        yield s
+
+
+def test_a_chip_gets_its_class_and_the_class_tokens_attention_as_json_and_geotiff(
+    live: LiveServer, model_dir: Path
+) -> None:
+    image = chip(1)
+    resp = httpx.post(f"{live.url}/predict", **upload(geotiff(image), model="scenes"), timeout=120)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    want_probs, want_weights = reference(model_dir / "scenes-0.1.0.onnx", image)
+    (pred,) = body["prediction"]["layers"]
+    assert (pred["kind"], pred["shape"], pred["classes"]) == ("class_probabilities", [3], CLASSES)
+    np.testing.assert_allclose(pred["values"], want_probs, atol=1e-5)
+    assert CLASSES[int(want_probs.argmax())] in pred["description"]
+    (att,) = body["attention"]
+    assert (att["name"], att["kind"], att["shape"]) == ("cls_attention", "token_grid", [64, 64])
+    # Mean over heads; each patch's weight over its 16 x 16 pixels.
+    cells = want_weights.mean(axis=0).reshape(GRID, GRID)
+    want_map = np.kron(cells, np.ones((PATCH, PATCH), np.float32))
+    layer = httpx.get(live.url + att["url"], timeout=60).json()
+    np.testing.assert_allclose(np.asarray(layer["values"]), want_map, atol=1e-5)
+    one = httpx.get(live.url + att["url"], params={"format": "geotiff"}, timeout=60)
+    assert one.status_code == 200
+    with MemoryFile(one.content) as mem, mem.open() as src:
+        assert (src.crs, src.transform) == (rasterio.crs.CRS.from_string(UTM), ORIGIN)
+        np.testing.assert_allclose(src.read(1), want_map, atol=1e-5)
+    # The job's GeoTIFF holds the maps: the probabilities are not a raster.
+    tiff = httpx.get(live.url + body["links"]["prediction_geotiff"], timeout=60)
+    with MemoryFile(tiff.content) as mem, mem.open() as src:
+        assert src.count == 1
+        np.testing.assert_allclose(src.read(1), want_map, atol=1e-5)
+
+
+def test_a_chip_of_another_size_and_a_scene_job_are_refused(live: LiveServer) -> None:
+    wide = np.concatenate([chip(5), chip(6)[:, :, :32]], axis=2)  # 96 x 64
+    wrong = httpx.post(f"{live.url}/predict", **upload(geotiff(wide), model="scenes"), timeout=60)
+    assert wrong.status_code == 422, wrong.text
+    assert "64 x 64" in wrong.json()["error"]["message"], wrong.text
+    scene = httpx.post(
+        f"{live.url}/predict",
+        **upload(geotiff(chip(2)), model="scenes", **{"async": "true"}),
+        timeout=60,
+    )
+    assert scene.status_code == 422, scene.text
+    assert "one chip per request" in scene.json()["error"]["message"]
+
+
+def test_the_chip_classifier_answers_over_the_v2_protocol(
+    live: LiveServer, model_dir: Path
+) -> None:
+    client = httpclient.InferenceServerClient(url=live.url.removeprefix("http://"))
+    images = np.stack([chip(3), chip(4)]).astype(np.float32)
+    try:
+        meta = client.get_model_metadata("scenes")
+        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "cls_attention"]
+        tensor = httpclient.InferInput("image", list(images.shape), "FP32")
+        tensor.set_data_from_numpy(images, binary_data=True)
+        result = client.infer("scenes", [tensor])
+        probs = result.as_numpy("probabilities")
+        weights = result.as_numpy("cls_attention")
+    finally:
+        client.close()
+    session = ort.InferenceSession(
+        str(model_dir / "scenes-0.1.0.onnx"), providers=["CPUExecutionProvider"]
+    )
+    want_probs, want_weights = session.run(None, {"image": images})
+    assert probs.shape == (2, 3)
+    assert weights.shape == (2, 2, GRID * GRID)
+    np.testing.assert_allclose(probs, want_probs, atol=1e-5)
+    np.testing.assert_allclose(weights, want_weights, atol=1e-5)
