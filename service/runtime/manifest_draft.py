@@ -96,6 +96,14 @@ def draft_manifest(
     task = "segmentation" if image else "temporal_classification"
     if image and _classifies(outputs, prediction):
         task = "image_classification"
+    fixed = main.fixed(2) if image else None
+    if fixed is not None and task == "image_classification":
+        notes.append(f"the graph takes {fixed} x {fixed} chips: the server refuses other sizes")
+    elif fixed is not None:
+        notes.append(
+            f"the graph takes only {fixed} x {fixed} images: the server sends whole images up to "
+            "its synchronous limit, so re-export it with dynamic height and width"
+        )
     specs, classes = _outputs(outputs, task, channels, multiple, prediction, set(attention), notes)
     bands = (
         list(RGB[:channels])
@@ -157,10 +165,6 @@ def _probe(
     main = image_input(inputs)
     fixed = main.fixed(2) if main is not None else None
     if fixed is not None:
-        notes.append(
-            f"the graph takes only {fixed} x {fixed} images: the server sends whole images up to "
-            "its synchronous limit, so re-export it with dynamic height and width"
-        )
         return fixed, _run(session, inputs, fixed)
     outputs = _run(session, inputs)
     strides = {

@@ -52,8 +52,10 @@ def _predict(model: Path, chip: np.ndarray, valid: np.ndarray | None = None) -> 
 def test_a_plain_graph_answering_for_the_whole_image_drafts_as_a_chip_classifier(
     model: Path,
 ) -> None:
-    draft = draft_manifest(model).manifest
+    drafted = draft_manifest(model)
+    draft = drafted.manifest
     assert draft["task"] == "image_classification"
+    assert "the graph takes 64 x 64 chips: the server refuses other sizes" in drafted.notes
     assert draft["tensors"][0]["shape"] == ["batch", 3, 64, 64]
     outputs = {o["name"]: o for o in draft["outputs"]}
     assert list(outputs) == ["probabilities", "tokens", "gate"]
