@@ -146,18 +146,23 @@ class SegmentationTask:
     def manifest_problems(manifest: Manifest) -> list[str]:
         """A class map needs named classes, fewer than its nodata value (255).
 
-        Outputs and strides are checked for every task.
+        Outputs and strides are checked for every task; token grids are a chip
+        classifier's (no map of a segmentation model's image).
         """
+        found = [
+            f"outputs[{i}].kind: {o.name!r} is a token_grid, served by image_classification "
+            "models only"
+            for i, o in enumerate(manifest.outputs)
+            if o.kind == "token_grid"
+        ]
         kinds = [o.kind for o in manifest.outputs if o.role == "prediction"]
-        if kinds != ["class_probabilities"]:
-            return []
         count = len(manifest.classes)
-        if not 2 <= count <= MAX_CLASSES:
-            return [
+        if kinds == ["class_probabilities"] and not 2 <= count <= MAX_CLASSES:
+            found.append(
                 f"classes: a class_probabilities prediction needs 2 to {MAX_CLASSES} class "
                 f"names, not {count}"
-            ]
-        return []
+            )
+        return found
 
     @staticmethod
     def padding(manifest: Manifest) -> Padding:

@@ -63,8 +63,16 @@ class TemporalTask:
 
     @staticmethod
     def manifest_problems(manifest: Manifest) -> list[str]:
-        """A classifier names its classes."""
-        return [] if manifest.classes else ["classes: a classification model must list its classes"]
+        """A classifier names its classes; token grids are a chip classifier's."""
+        found = [
+            f"outputs[{i}].kind: {o.name!r} is a token_grid, served by image_classification "
+            "models only"
+            for i, o in enumerate(manifest.outputs)
+            if o.kind == "token_grid"
+        ]
+        if not manifest.classes:
+            found.append("classes: a classification model must list its classes")
+        return found
 
     @staticmethod
     def padding(manifest: Manifest) -> Padding:

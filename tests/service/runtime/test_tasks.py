@@ -8,7 +8,7 @@ import pytest
 
 from service.memory import SceneLoad
 from service.runtime.chips import ChipClassifier
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.segmentation import SegmentationTask, context_px
 from service.runtime.tasks import INFERENCE_TASKS, inference_task
 from service.runtime.temporal import TemporalTask
@@ -98,4 +98,19 @@ def test_a_manifest_names_a_task_of_the_registry_and_meets_its_demands(
     assert TemporalTask.manifest_problems(crops) == []
     assert TemporalTask.manifest_problems(replace(crops, classes=[])) == [
         "classes: a classification model must list its classes"
+    ]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "temporal_classification"])
+def test_a_token_grid_is_refused_by_the_tasks_that_serve_no_chips(
+    task: str, footprints: Manifest, crops: Manifest
+) -> None:
+    manifest = footprints if task == "segmentation" else crops
+    tokens = OutputSpec("tokens", "attention", "token_grid", ["batch", 16], grid=[4, 4])
+    with_grid = replace(manifest, outputs=[*manifest.outputs, tokens])
+    problems = INFERENCE_TASKS[task].manifest_problems(with_grid)
+    index = len(manifest.outputs)
+    assert problems == [
+        f"outputs[{index}].kind: 'tokens' is a token_grid, served by image_classification "
+        "models only"
     ]
