@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import rasterio.crs
@@ -39,9 +42,17 @@ from service.jobs.store import JobStore, open_reader
 from service.pipeline import views
 from service.pipeline.layers import LayerReader
 from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
+from service.raster.vectors import VectorFormat, encode, vector_format
 
-# Routes build their options from here, not from the raster package.
-__all__ = ["FootprintLimits", "FootprintOptions", "FootprintService", "footprints_of"]
+# Routes build their options and formats from here, not from the raster package.
+__all__ = [
+    "FootprintLimits",
+    "FootprintOptions",
+    "FootprintService",
+    "VectorFormat",
+    "footprints_of",
+    "vector_format",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +148,12 @@ def _work(
         conn.close()
 
 
+def _encode_apart(context: BaseContext, geojson: bytes, format_: VectorFormat) -> bytes:
+    """``encode`` in a process of ``context``, waited for in this thread."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(encode, geojson, format_).result()
+
+
 class FootprintService:
     """Footprints of jobs, extracted in worker processes, bounded and cached.
 
@@ -185,12 +202,40 @@ class FootprintService:
         # Shielded: a client that hangs up does not stop the others' extraction.
         return await asyncio.shield(flight)
 
+    async def download(
+        self, job: JobRecord, options: FootprintOptions, format_: VectorFormat
+    ) -> bytes:
+        """The job's footprints at ``options`` as a file of ``format_`` (cached too).
+
+        Encoded from the GeoJSON answer, so that every format holds its features.
+
+        Raises:
+            InvalidInput, Overloaded: as ``geojson``.
+        """
+        geojson = await self.geojson(job, options)
+        if format_.driver is None:
+            return geojson
+        key = (job.id, f"{options.key()}.{format_.extension}")
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        # Parsing and writing 50,000 polygons holds the GIL for about 0.7 s: a
+        # process of its own keeps that off the event loop.
+        data = await self._bounded(
+            asyncio.to_thread(_encode_apart, self._context, geojson, format_)
+        )
+        self._keep(key, data)
+        return data
+
     def _landed(self, key: tuple[str, str], task: asyncio.Task[bytes]) -> None:
         self._flights.pop(key, None)
         self._queued -= 1
         if task.cancelled() or task.exception() is not None:
             return
-        data = task.result()
+        self._keep(key, task.result())
+
+    def _keep(self, key: tuple[str, str], data: bytes) -> None:
         if len(data) > self.limits.cache_bytes:
             return
         self._cache[key] = data
@@ -205,19 +250,26 @@ class FootprintService:
             self._cache_size -= len(self._cache.pop(key))
 
     async def _extract(self, job: JobRecord, options: FootprintOptions) -> bytes:
+        return await self._bounded(self._in_worker(job, options))
+
+    async def _bounded(self, work: Coroutine[Any, Any, bytes]) -> bytes:
+        """``work`` once a worker slot is free."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.limits.workers)
         # Waiting counts towards the deadline too: six noisy requests at once must
         # not leave the last one queued for six deadlines.
         try:
             await asyncio.wait_for(self._slots.acquire(), self.limits.timeout_s)
-        except TimeoutError:
-            raise Overloaded(
-                "footprints extractions are busy with other requests; retry shortly",
-                retry_after_s=5,
-            ) from None
+        except BaseException as exc:
+            work.close()  # never started
+            if isinstance(exc, TimeoutError):
+                raise Overloaded(
+                    "footprints extractions are busy with other requests; retry shortly",
+                    retry_after_s=5,
+                ) from None
+            raise
         try:
-            return await self._in_worker(job, options)
+            return await work
         finally:
             self._slots.release()
 

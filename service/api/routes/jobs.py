@@ -12,7 +12,7 @@ from service.api.downloads import file_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
 from service.pipeline import views
-from service.pipeline.footprints import FootprintOptions
+from service.pipeline.footprints import FootprintOptions, vector_format
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -65,7 +65,7 @@ async def get_file(job: Job, name: str, state: State) -> Response:
     return await asyncio.to_thread(file_response, state.store, job, name)
 
 
-@router.get("/{job_id}/footprints", summary="Building footprints as GeoJSON")
+@router.get("/{job_id}/footprints", summary="Building footprints: GeoJSON, GeoPackage, FlatGeobuf")
 async def get_footprints(
     job: Job,
     state: State,
@@ -75,24 +75,29 @@ async def get_footprints(
     crs: str = Query(
         "EPSG:4326", pattern="^(EPSG:4326|native)$", description="EPSG:4326 or native"
     ),
+    format: str | None = Query(None, description="geojson (default), gpkg or fgb"),
+    accept: str | None = Header(None),
 ) -> Response:
     """Polygons of the stitched probability raster, each with mean probability and attention.
 
     RFC 7946 GeoJSON in EPSG:4326 by default; ``crs=native`` keeps the input's CRS.
+    ``format=gpkg`` or ``fgb`` (or an Accept header of their media types) gives the
+    same features and attributes as a GeoPackage or FlatGeobuf.
     More than ``ATTNSERVE_FOOTPRINTS_MAX_FEATURES`` polygons, or longer than
     ``ATTNSERVE_FOOTPRINTS_TIMEOUT_S``, is a 422 that says which parameters to raise.
     """
+    kind = vector_format(format, accept)
     views.require_done(job)
     if not views.has_footprints(job):
         raise NotFound("footprints exist for segmentation jobs only")
     options = FootprintOptions(threshold, min_area_px, simplify_px, native_crs=crs == "native")
     # Made in a worker process, bounded in polygons and time, kept per parameters.
-    data = await state.footprints.geojson(job, options)
+    data = await state.footprints.download(job, options, kind)
     return Response(
         data,
-        media_type="application/geo+json",
+        media_type=kind.media_type,
         headers={
-            "Content-Disposition": f'attachment; filename="{job.id}-footprints.geojson"',
+            "Content-Disposition": f'attachment; filename="{job.id}-footprints.{kind.extension}"',
             "Cache-Control": "no-store",
         },
     )

@@ -15,7 +15,7 @@ from service.errors import InvalidInput, Overloaded
 from service.jobs.local import LocalJobStore
 from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
-from service.pipeline.footprints import FootprintLimits, FootprintService
+from service.pipeline.footprints import FootprintLimits, FootprintService, vector_format
 from service.raster.footprints import FootprintOptions
 
 MODEL = {"name": "footprints", "version": "1", "task": "segmentation"}
@@ -169,3 +169,43 @@ def test_six_noisy_extractions_at_once_leave_the_loop_free_and_end_in_two_deadli
     assert took < 2 * 10 + 5
     for result in results:
         assert isinstance(result, bytes | InvalidInput | Overloaded), result
+
+
+def test_files_are_kept_once_per_format_and_forgotten_with_their_job(tmp_path: Path) -> None:
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
+    job = _job(store, _squares(200))
+    service = FootprintService(store, FootprintLimits())
+    options = FootprintOptions(threshold=0.5, min_area_px=0)
+    gpkg, fgb = vector_format("gpkg", None), vector_format("fgb", None)
+
+    async def run() -> tuple[bytes, bytes]:
+        as_gpkg = await service.download(job, options, gpkg)
+        assert await service.download(job, options, gpkg) is as_gpkg  # kept
+        as_fgb = await service.download(job, options, fgb)
+        assert service.extractions == 1  # both encode the one GeoJSON answer
+        return as_gpkg, as_fgb
+
+    as_gpkg, as_fgb = asyncio.run(run())
+    assert as_gpkg.startswith(b"SQLite format 3\x00")
+    assert as_fgb.startswith(b"fgb\x03")
+    assert len(service._cache) == 3
+    service.forget(job.id)
+    assert not service._cache
+
+
+@pytest.mark.slow
+def test_files_of_many_polygons_are_encoded_off_the_loop(tmp_path: Path) -> None:
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
+    # About 13,600 polygons: encoding them in the server's process stalled its loop 0.18 s.
+    job = _job(store, _noise(448))
+    service = FootprintService(store, FootprintLimits(timeout_s=60))
+    options = FootprintOptions(threshold=0.5, min_area_px=0, simplify_px=0)
+
+    async def run() -> tuple[int, float]:
+        features = len(json.loads(await service.geojson(job, options))["features"])
+        work = asyncio.ensure_future(service.download(job, options, vector_format("gpkg", None)))
+        return features, await _with_loop_lag(work)
+
+    features, lag = asyncio.run(run())
+    assert features > 10_000
+    assert lag < 0.08, (features, lag)
