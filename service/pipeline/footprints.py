@@ -42,10 +42,11 @@ from service.jobs.store import JobStore, open_reader
 from service.pipeline import views
 from service.pipeline.layers import LayerReader
 from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
-from service.raster.vectors import VectorFormat, encode, vector_format
+from service.raster.vectors import VECTOR_FORMATS, VectorFormat, encode, vector_format
 
 # Routes build their options and formats from here, not from the raster package.
 __all__ = [
+    "VECTOR_FORMATS",
     "FootprintLimits",
     "FootprintOptions",
     "FootprintService",

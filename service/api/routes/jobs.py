@@ -12,7 +12,7 @@ from service.api.downloads import file_response
 from service.api.responses import geotiff_response, result_json, wants_geotiff
 from service.errors import NotFound
 from service.pipeline import views
-from service.pipeline.footprints import FootprintOptions, vector_format
+from service.pipeline.footprints import VECTOR_FORMATS, FootprintOptions, vector_format
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -65,7 +65,12 @@ async def get_file(job: Job, name: str, state: State) -> Response:
     return await asyncio.to_thread(file_response, state.store, job, name)
 
 
-@router.get("/{job_id}/footprints", summary="Building footprints: GeoJSON, GeoPackage, FlatGeobuf")
+@router.get(
+    "/{job_id}/footprints",
+    summary="Building footprints: GeoJSON, GeoPackage, FlatGeobuf",
+    response_class=Response,
+    responses={200: {"content": {f.media_type: {} for f in VECTOR_FORMATS.values()}}},
+)
 async def get_footprints(
     job: Job,
     state: State,

@@ -119,6 +119,9 @@ def test_footprints_download_as_geopackage_and_flatgeobuf_with_the_geojsons_feat
                 same_as_geojson(opened, collection)
                 accepted = await client.get(url, params=params, headers={"Accept": media_type})
                 assert accepted.content == got.content  # the same file, kept per format
+        documented = (await client.get("/openapi.json")).json()["paths"]
+        answer = documented["/jobs/{job_id}/footprints"]["get"]["responses"]["200"]
+        assert set(answer["content"]) == {"application/geo+json", *VECTOR_TYPES.values()}
         wrong = await client.get(f"/jobs/{buildings}/footprints", params={"format": "shp"})
         assert wrong.status_code == 422
         assert wrong.json()["error"]["message"] == (
