@@ -17,7 +17,7 @@ import numpy as np
 from service.errors import InvalidInput
 from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.feeds import Padding
+from service.runtime.feeds import SameShapeBatches
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.segmentation import pad_to_multiple, upsample
 
@@ -96,7 +96,7 @@ class ChipOutputs:
     maps: dict[str, np.ndarray]
 
 
-class ChipClassifier:
+class ChipClassifier(SameShapeBatches):
     """Runs a chip classifier on one image at a time through its batcher."""
 
     unit: ClassVar[str] = "pixel"
@@ -134,11 +134,6 @@ class ChipClassifier:
             elif out.kind == "token_grid":
                 found.extend(_grid_problems(i, out, chip))
         return found
-
-    @staticmethod
-    def padding(manifest: Manifest) -> Padding:
-        """Chips of one batch share a shape: nothing to pad."""
-        return Padding()
 
     @staticmethod
     def warmup_sizes(manifest: Manifest, cuda_active: bool) -> tuple[int | None, ...]:
@@ -179,12 +174,7 @@ class ChipClassifier:
     async def predict(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
     ) -> ChipOutputs:
-        """Classify one chip.
-
-        Args:
-            image: ``(C, H, W)`` raw values on the model's scale, any numeric dtype.
-            valid: ``(H, W)`` bool mask of pixels with data, or None for all.
-            timeout_s: the request's deadline.
+        """Classify one chip: ``image``, ``valid`` and ``timeout_s`` as for segmentation.
 
         Raises:
             InvalidInput: the chip is not of the size a fixed-size model takes.

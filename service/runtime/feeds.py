@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.runtime.manifest import Manifest
 
 Feed = dict[str, np.ndarray]
 
@@ -72,6 +76,15 @@ class Padding:
             start += n
             owns.append(own)
         return owns
+
+
+class SameShapeBatches:
+    """For tasks whose batches hold inputs of one shape (images): nothing to pad."""
+
+    @staticmethod
+    def padding(manifest: Manifest) -> Padding:
+        """Inputs of one batch share a shape: nothing to pad."""
+        return Padding()
 
 
 def rows_of(feed: Feed) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 
 from service.memory import SceneLoad
 from service.runtime.batcher import DynamicBatcher
-from service.runtime.feeds import Padding
+from service.runtime.feeds import SameShapeBatches
 from service.runtime.manifest import Manifest
 
 # Class maps are uint8 with 255 as nodata.
@@ -136,7 +136,7 @@ def class_map(probabilities: np.ndarray, min_confidence: float | None, nodata: i
     return out
 
 
-class SegmentationTask:
+class SegmentationTask(SameShapeBatches):
     """Runs a segmentation model on whole images through its batcher."""
 
     unit: ClassVar[str] = "pixel"
@@ -163,11 +163,6 @@ class SegmentationTask:
                 f"names, not {count}"
             )
         return found
-
-    @staticmethod
-    def padding(manifest: Manifest) -> Padding:
-        """Images of one batch share a shape: nothing to pad."""
-        return Padding()
 
     @staticmethod
     def warmup_sizes(manifest: Manifest, cuda_active: bool) -> tuple[int | None, ...]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.runtime.feeds import Padding, pad_to, rows_of
+from service.runtime.chips import ChipClassifier
+from service.runtime.feeds import Padding, SameShapeBatches, pad_to, rows_of
+from service.runtime.segmentation import SegmentationTask
 
 SERIES = Padding(inputs={"series": (1, 0.0), "valid": (1, False)}, outputs={"att": 2})
 
@@ -55,3 +57,11 @@ def test_rows_must_agree_and_padding_leaves_full_arrays_alone() -> None:
     full = np.ones((2, 4))
     assert pad_to(full, 1, 4, 0.0) is full
     assert pad_to(full, 1, 6, 9.0)[:, 4:].tolist() == [[9.0, 9.0], [9.0, 9.0]]
+
+
+def test_image_tasks_pad_nothing() -> None:
+    for task in (SegmentationTask, ChipClassifier):
+        assert issubclass(task, SameShapeBatches)
+        padding = task.padding(None)  # type: ignore[arg-type]
+        assert padding == Padding()
+        assert padding.lengths({"image": np.zeros((1, 3, 8, 8))}) == {}
