@@ -147,16 +147,15 @@ def run(repeat: int, work: Path) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     """The results page."""
-    lines = report_head(
-        "A scene job on an object store",
-        results["machine"],
+    about = (
         f"`python -m bench.scene_s3`, {results['started']}: `cogeo.tif` repeated into "
         f"{results['side']} x {results['side']} px ({results['scene_mib']} MiB, JPEG tiles), "
         "the shipped footprints model, one fresh server per run, runs one after the other; "
         "the object store is SeaweedFS on the same machine. The cores are shared with other "
         f"work: load average at start {results['load_average_start']}, at end "
-        f"{results['load_average_end']}.",
+        f"{results['load_average_end']}."
     )
+    lines = report_head("A scene job on an object store", results["machine"], about)
     lines += [
         "| run | submit to done (s) | tiles | server VmHWM (MiB) | outputs valid COGs, "
         "same CRS, transform and size |",
