@@ -29,8 +29,9 @@ from tests.helpers.bodies import upload
 from tests.helpers.geotiff import geotiff, write_geotiff
 from tests.helpers.jobs import download, follow, submit
 from tests.helpers.server import LiveServer, serving
+from tests.helpers.v2 import infer_image
 
-httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
+pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 
 CLASSES = ["water", "forest", "built", "crops"]
 COLOURS = ["#1f78b4", "#33a02c", "#e31a1c", "#ffff99"]
@@ -158,18 +159,11 @@ def test_an_image_gets_a_class_map_with_areas_as_json_and_geotiff(
 
 
 def test_the_model_answers_over_the_v2_protocol(live: LiveServer, model_dir: Path) -> None:
-    client = httpclient.InferenceServerClient(url=live.url.removeprefix("http://"))
-    try:
-        meta = client.get_model_metadata("landcover")
-        assert [o["name"] for o in meta["outputs"]][:2] == ["probabilities", "enc1_2_spatial"]
-        image = landscape(64, seed=3).astype(np.float32)[None]
-        tensor = httpclient.InferInput("image", list(image.shape), "FP32")
-        tensor.set_data_from_numpy(image, binary_data=True)
-        result = client.infer("landcover", [tensor])
-        probs = result.as_numpy("probabilities")
-        spatial = result.as_numpy("bottom_2_spatial")
-    finally:
-        client.close()
+    image = landscape(64, seed=3).astype(np.float32)[None]
+    names = ["probabilities", "bottom_2_spatial"]
+    meta, got = infer_image(live.url, "landcover", image, names)
+    assert [o["name"] for o in meta["outputs"]][:2] == ["probabilities", "enc1_2_spatial"]
+    probs, spatial = got["probabilities"], got["bottom_2_spatial"]
     session = ort.InferenceSession(
         str(model_dir / "landcover-0.1.0.onnx"), providers=["CPUExecutionProvider"]
     )

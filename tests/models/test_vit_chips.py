@@ -27,8 +27,9 @@ from service.runtime.manifest_check import check_file
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff
 from tests.helpers.server import LiveServer, serving
+from tests.helpers.v2 import infer_image
 
-httpclient = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
+pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 
 CLASSES = ["clear", "cloudy", "water"]
 SIDE, PATCH = 64, 16
@@ -188,18 +189,11 @@ def test_a_chip_of_another_size_and_a_scene_job_are_refused(live: LiveServer) ->
 def test_the_chip_classifier_answers_over_the_v2_protocol(
     live: LiveServer, model_dir: Path
 ) -> None:
-    client = httpclient.InferenceServerClient(url=live.url.removeprefix("http://"))
     images = np.stack([chip(3), chip(4)]).astype(np.float32)
-    try:
-        meta = client.get_model_metadata("scenes")
-        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "cls_attention"]
-        tensor = httpclient.InferInput("image", list(images.shape), "FP32")
-        tensor.set_data_from_numpy(images, binary_data=True)
-        result = client.infer("scenes", [tensor])
-        probs = result.as_numpy("probabilities")
-        weights = result.as_numpy("cls_attention")
-    finally:
-        client.close()
+    names = ["probabilities", "cls_attention"]
+    meta, got = infer_image(live.url, "scenes", images, names)
+    assert [o["name"] for o in meta["outputs"]] == names
+    probs, weights = got["probabilities"], got["cls_attention"]
     session = ort.InferenceSession(
         str(model_dir / "scenes-0.1.0.onnx"), providers=["CPUExecutionProvider"]
     )
