@@ -21,29 +21,17 @@ from typing import Any
 import httpx
 import obstore
 import rasterio
-from obstore.store import S3Store
 from rio_cogeo.cogeo import cog_validate
 
 from bench.machine import load_average, machine, report_head
 from bench.run import COMMON_ENV, SOURCE, say, server_dirs
-from tests.helpers.objectstore import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3, weed_binary
+from tests.helpers.objectstore import SeaweedS3, weed_binary
 from tests.helpers.scenes import tile_scene
 from tests.helpers.server import REPO, LiveServer
 
 BUCKET = "bench"
 # Each run may take minutes on 2 cores; past this it is a failure, not a figure.
 JOB_LIMIT_S = 1800.0
-
-
-def _bucket(s3: SeaweedS3) -> S3Store:
-    return S3Store(
-        BUCKET,
-        endpoint=s3.endpoint,
-        access_key_id=ACCESS_KEY,
-        secret_access_key=SECRET_KEY,
-        region=REGION,
-        client_options={"allow_http": True},
-    )
 
 
 def _follow(server: LiveServer, submit: dict[str, Any], scene: Path, out: Path) -> dict[str, Any]:
@@ -107,7 +95,7 @@ def run(repeat: int, work: Path) -> dict[str, Any]:
     try:
         s3.wait_ready()
         s3.create_bucket(BUCKET)
-        obstore.put(_bucket(s3), "inputs/scene.tif", scene.read_bytes())
+        obstore.put(s3.bucket(BUCKET), "inputs/scene.tif", scene.read_bytes())
         local_env = {**COMMON_ENV, **server_dirs(work / "jobs-local")}
         remote_env = {
             **COMMON_ENV,

@@ -126,9 +126,9 @@ class SeaweedS3:
         self.stop()
         raise RuntimeError(f"SeaweedFS did not start: {tail}")
 
-    def create_bucket(self, bucket: str, timeout_s: float = 60.0) -> None:
-        """Create ``bucket`` with a signed ``CreateBucket`` request (retried while volumes grow)."""
-        store = S3Store(
+    def bucket(self, bucket: str) -> S3Store:
+        """A client of ``bucket`` on this server."""
+        return S3Store(
             bucket,
             endpoint=self.endpoint,
             access_key_id=ACCESS_KEY,
@@ -136,6 +136,10 @@ class SeaweedS3:
             region=REGION,
             client_options={"allow_http": True},
         )
+
+    def create_bucket(self, bucket: str, timeout_s: float = 60.0) -> None:
+        """Create ``bucket`` with a signed ``CreateBucket`` request (retried while volumes grow)."""
+        store = self.bucket(bucket)
         url = obstore.sign(store, "PUT", "", datetime.timedelta(minutes=5))
         deadline = time.monotonic() + timeout_s
         while True:
