@@ -1,4 +1,4 @@
-"""Issue 22's hostile-load suite: small requests that ask a live server for a lot.
+"""The hostile-load suite: small requests that ask a live server for a lot.
 
 Run ``python -m bench.hostile`` (``--list`` names the cases, ``--cases a,b`` runs
 some, ``--label before|after`` names the run, ``--soak 150`` adds the round-one

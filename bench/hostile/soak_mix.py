@@ -34,7 +34,7 @@ def _load_soak() -> ModuleType:
 
 
 def hostile_cases(soak: ModuleType) -> list[Any]:
-    """Issue 22's cheap cases as soak cases (the soak's 2 MB upload limit applies)."""
+    """The hostile suite's cheap cases as soak cases (the soak's 2 MB upload limit applies)."""
     case = soak.Case
     rgba = files.rgba()
     odd = {k: files.odd_georef(k) for k in ("local_cs", "tmerc_k_1e-9", "nan_scale")}

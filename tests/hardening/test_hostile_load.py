@@ -1,7 +1,7 @@
-"""Issue 22's hostile load: cheap cases in the default suite, every case as a slow test.
+"""The hostile load: cheap cases in the default suite, every case as a slow test.
 
 The slow tests run each case of ``bench/hostile`` against a live server of its
-own and hold it to the issue's targets: the expected status, peak RSS under
+own and hold it to the suite's targets: the expected status, peak RSS under
 3 GiB, an answer within 60 s, ``/healthz`` within 1 s throughout, no 500. The
 committed figures are in ``bench/hostile/results.md``.
 """

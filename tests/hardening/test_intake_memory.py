@@ -1,4 +1,4 @@
-"""Peak memory of the hostile uploads of issue 22 on a live server (slow: scene jobs run).
+"""Peak memory of the hostile uploads on a live server (slow: scene jobs run).
 
 Each case once drove the server to 5-14 GB. Here the server's peak resident
 memory (VmHWM) over every case together stays under 3 GB, every answer comes
