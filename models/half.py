@@ -24,6 +24,7 @@ float32 and the graph gains casts, so keep the float32 files there.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -53,9 +54,12 @@ def convert_to_float16(src: Path, out: Path) -> Manifest:
     manifest = Manifest.from_json(meta[MANIFEST_KEY])
     half = convert_float_to_float16(model, keep_io_types=True)
     OnnxModel.graph_topological_sort(half.graph)
-    kept = [p for p in half.metadata_props if p.key != PRECISION_KEY]
+    # The manifest says what the graph computes in, as the metadata key does.
+    manifest = dataclasses.replace(manifest, precision="float16")
+    kept = [p for p in half.metadata_props if p.key not in (PRECISION_KEY, MANIFEST_KEY)]
     del half.metadata_props[:]
     half.metadata_props.extend(kept)
+    half.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
     half.metadata_props.add(key=PRECISION_KEY, value="float16")
     onnx.checker.check_model(half, full_check=True)
     out.parent.mkdir(parents=True, exist_ok=True)
