@@ -32,6 +32,8 @@ def model_json(served: ServedModel) -> dict[str, Any]:
         "training": m.training,
         "providers": served.session.providers,
         "precision": served.session.precision,
+        # How an int8 copy was made and what it lost against float32 (empty otherwise).
+        "quantization": m.quantization,
         "batching": {
             "max_batch_size": served.batcher.max_batch_size,
             "max_queue_delay_ms": served.batcher.max_queue_delay_s * 1000,

@@ -94,6 +94,7 @@ def test_a_copy_records_its_precision_and_what_it_lost_on_held_out_images(
     with serving(out.parent, tmp_path) as live:
         described = httpx.get(f"{live.url}/models/roofs", timeout=10).json()
         assert described["precision"] == "int8"
+        assert described["quantization"] == json.loads(json.dumps(manifest.quantization))
         resp = httpx.post(f"{live.url}/predict", **upload(geotiff(image), "roofs"), timeout=60)
         assert resp.status_code == 200, resp.text
         job = resp.json()["job_id"]

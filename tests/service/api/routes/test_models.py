@@ -23,6 +23,7 @@ def test_models_are_listed_and_found_by_name_or_exact_version(
         assert latest == exact
         assert exact["ref"] == f"footprints:{foot['latest']}"
         assert exact["input"]["bands"] == ["red", "green", "blue"]
+        assert (exact["precision"], exact["quantization"]) == ("float32", {})
 
     served(scenario)
 
