@@ -245,10 +245,10 @@ def _assets(
                 media_type=pystac.MediaType.PNG,
                 roles=["overview"],
             )
-    if record.model.get("task") == "segmentation" and record.kind == "raster":
+    if views.has_footprints(record):
         assets["footprints"] = pystac.Asset(
             f"{job}/footprints",
-            "building polygons with probability and attention means",
+            "polygons (buildings, or a class map's regions) with their attention means",
             media_type=pystac.MediaType.GEOJSON,
             roles=["data"],
         )
