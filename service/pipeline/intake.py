@@ -216,14 +216,10 @@ class Intake:
         estimated memory fits one request's share of the budget.
         """
         manifest = served.manifest
-        s = self.settings
         with open_geotiff(data) as dataset:
             info = describe(dataset)
             check_limits(info, self.scene_limits)
-            plan = plan_resampling(
-                info.georef, manifest.input.gsd_m, s.resample_tolerance, s.resample_max_factor
-            )
-            check_grid(plan, self.scene_limits)
+            plan = self.grid_plan(served, info)
             sync = self.sync_limits(served)
             pixels = max(info.width * info.height, plan.model_pixels)
             if options.run_async or pixels > sync.max_pixels:
@@ -271,6 +267,15 @@ class Intake:
                 held.release()
                 raise
             return SyncRequest(served, series, held)
+
+    def grid_plan(self, served: ServedModel, info: RasterInfo) -> Resampling:
+        """How an image meets the model's ground resolution, checked against the scene limits."""
+        s = self.settings
+        plan = plan_resampling(
+            info.georef, served.manifest.input.gsd_m, s.resample_tolerance, s.resample_max_factor
+        )
+        check_grid(plan, self.scene_limits)
+        return plan
 
     def scene_request(
         self,

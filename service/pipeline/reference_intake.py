@@ -21,7 +21,6 @@ from service.pipeline.scene_check import check_scene
 from service.pipeline.scene_read import open_scene
 from service.pipeline.stac_inputs import ReferenceQuery
 from service.raster.decode import RasterInfo, check_limits, describe, open_geotiff
-from service.raster.resample import check_grid, plan_resampling
 from service.runtime.repository import ServedModel
 
 if TYPE_CHECKING:
@@ -137,13 +136,7 @@ def _scene(
     manifest = served.manifest
     if not served.task.dated and len(paths) != 1:
         raise InvalidInput(f"model {manifest.name} takes one image, got {len(paths)}")
-    plan = None
-    if not served.task.dated:
-        s = intake.settings
-        plan = plan_resampling(
-            infos[0].georef, manifest.input.gsd_m, s.resample_tolerance, s.resample_max_factor
-        )
-        check_grid(plan, intake.scene_limits)
+    plan = None if served.task.dated else intake.grid_plan(served, infos[0])
     request = intake.scene_request(served, [], options, infos, plan, len(paths))
     check_scene(paths, manifest, intake.scene_limits, request.options.dates)
     request.references = [cast(ReferencePath, path).url for path in paths]
