@@ -77,6 +77,8 @@ def _plan(
                 raise refused from None  # the 403, 413 or 422 that GDAL saw as a failed open
             raise
     pixels = max(info.width * info.height for info in infos)
+    if not served.task.dated:  # as for uploads: its size on the model's grid counts too
+        pixels = max(pixels, intake.grid_plan(served, infos[0]).model_pixels)
     if not options.run_async and pixels <= intake.sync_limits(served).max_pixels:
         parts = _read_whole(sources, limit)
         if parts is not None:
