@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     model_dir: Path = SHIPPED_MODELS
+    model_downloads: bool = True
+    """Hand out served models' ONNX files at ``GET /models/{ref}/onnx`` (and link them from each
+    job's STAC Item). Off where the weights are not for the API's users: the route then answers
+    404 and the STAC Item's model asset is the manifest."""
     providers: list[str] = Field(default_factory=lambda: list(KNOWN_PROVIDERS))
     """ONNX Runtime execution providers, in order of preference."""
     require_cuda: bool = False

@@ -24,6 +24,8 @@ PROJECTION = ProjectionExtension.get_schema_uri()
 RASTER = "https://stac-extensions.github.io/raster/v2.0.0/schema.json"
 CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
 MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+# No registered media type for ONNX: the extension's advice is octet-stream with the framework.
+ONNX_MEDIA_TYPE = "application/octet-stream; framework=onnx"
 
 COG = f"{pystac.MediaType.GEOTIFF}; profile=cloud-optimized"
 # What each task's outputs are, in the ML-model extension's words.
@@ -186,11 +188,13 @@ def _datetimes(record: JobRecord) -> tuple[datetime | None, dict[str, str]]:
 
 
 def _assets(
-    record: JobRecord, where: Extent | None, base: str, model_bands: list[str]
+    record: JobRecord, where: Extent | None, base: str, model_bands: list[str], downloads: bool
 ) -> dict[str, pystac.Asset]:
-    """Output files (data), a preview (overview), the job and the model (metadata).
+    """Output files (data), a preview (overview), the job and the model.
 
-    The model's asset lists the input bands it reads (``model_bands``).
+    The model's asset lists the input bands it reads (``model_bands``); it is the
+    ONNX file where the server hands model files out (``downloads``), else the
+    manifest, the only model definition the server offers then.
     """
     job = f"{base}/jobs/{record.id}"
     assets: dict[str, pystac.Asset] = {}
@@ -259,21 +263,40 @@ def _assets(
     model: dict[str, Any] = {"mlm:artifact_type": "onnx"}
     if model_bands:
         model["bands"] = [{"name": b} for b in model_bands]
-    assets["model"] = pystac.Asset(
-        f"{base}/models/{ref}",
-        f"model {ref}: its manifest (the ONNX model runs on this server)",
-        media_type=pystac.MediaType.JSON,
-        roles=["mlm:model", "metadata"],
-        extra_fields=model,
-    )
+    if downloads:
+        assets["model"] = pystac.Asset(
+            f"{base}/models/{ref}/onnx",
+            f"model {ref}: the ONNX file this job ran",
+            media_type=ONNX_MEDIA_TYPE,
+            roles=["mlm:model", "model", "mlm:compiled"],
+            extra_fields=model,
+        )
+        assets["manifest"] = pystac.Asset(
+            f"{base}/models/{ref}",
+            f"model {ref}: its manifest (inputs, outputs, classes, training)",
+            media_type=pystac.MediaType.JSON,
+            roles=["metadata"],
+        )
+    else:
+        # The server keeps its model files to itself: the manifest is all it offers.
+        assets["model"] = pystac.Asset(
+            f"{base}/models/{ref}",
+            f"model {ref}: its manifest; this server does not hand out the ONNX file",
+            media_type=pystac.MediaType.JSON,
+            roles=["mlm:model", "metadata"],
+            extra_fields=model,
+        )
     return assets
 
 
-def stac_item(record: JobRecord, manifest: Manifest | None, base: str) -> dict[str, Any]:
+def stac_item(
+    record: JobRecord, manifest: Manifest | None, base: str, downloads: bool = True
+) -> dict[str, Any]:
     """A finished job as a STAC 1.1 Item (JSON); ``base`` is the server's URL, no slash.
 
     ``manifest`` is the model's, where it is still served: without it the Item
-    has no ML-model fields.
+    has no ML-model fields. ``downloads``: the server hands out model files, so
+    the model's asset is the ONNX file itself.
     """
     where = extent(Georeference.from_json(record.georef)) if record.georef else None
     moment, span = _datetimes(record)
@@ -303,7 +326,8 @@ def stac_item(record: JobRecord, manifest: Manifest | None, base: str) -> dict[s
         proj.shape = where.shape
         proj.transform = where.transform
         proj.bbox = where.native_bbox
-    made = _assets(record, where, base, list(manifest.input.bands) if manifest else [])
+    bands = list(manifest.input.bands) if manifest else []
+    made = _assets(record, where, base, bands, downloads and manifest is not None)
     for key, asset in made.items():
         item.add_asset(key, asset)
     fields = [a.extra_fields for a in made.values()] + item.properties.get("mlm:output", [])

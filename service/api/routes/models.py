@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.responses import FileResponse
 
 from service.api.deps import State
 from service.api.responses import JSONBody
+from service.errors import NotFound
 from service.runtime.repository import ServedModel
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -74,3 +76,27 @@ async def get_model(ref: str, state: State) -> JSONBody:
     body = model_json(served)
     body["versions"] = [v.manifest.version for v in state.repository.versions(served.manifest.name)]
     return JSONBody(body)
+
+
+@router.get(
+    "/{ref}/onnx",
+    summary="One model's ONNX file",
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+async def get_model_file(ref: str, state: State) -> FileResponse:
+    """The ONNX file the server runs for ``ref``, as loaded (a sidecar manifest is not in it:
+    ``GET /models/{ref}`` gives the manifest). 404 where the server keeps model files to itself
+    (``ATTNSERVE_MODEL_DOWNLOADS=false``)."""
+    if not state.settings.model_downloads:
+        raise NotFound("this server does not hand out model files (ATTNSERVE_MODEL_DOWNLOADS)")
+    served = state.repository.get(ref)
+    m = served.manifest
+    return FileResponse(
+        served.path,
+        media_type="application/octet-stream",
+        filename=f"{m.name}-{m.version}.onnx",
+        # name:version names one file for good; a bare name follows the latest version.
+        headers={
+            "Cache-Control": "private, max-age=31536000, immutable" if ":" in ref else "no-cache"
+        },
+    )

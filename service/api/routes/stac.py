@@ -32,5 +32,7 @@ async def get_stac(job: Job, state: State, request: Request) -> Response:
         manifest = state.repository.get(f"{job.model['name']}:{job.model['version']}").manifest
     except NotFound:
         manifest = None  # no longer served: the Item says less about it
-    body = await asyncio.to_thread(stac_item, job, manifest, base_url(request))
+    body = await asyncio.to_thread(
+        stac_item, job, manifest, base_url(request), state.settings.model_downloads
+    )
     return JSONBody(body, media_type="application/geo+json", headers=immutable(job))

@@ -10,7 +10,14 @@ import pytest
 from service.config import Settings
 from service.jobs.record import Layer, Series
 from service.jobs.store import JobStore, open_store
-from service.pipeline.stac import CLASSIFICATION, MLM, PROJECTION, classes, stac_item
+from service.pipeline.stac import (
+    CLASSIFICATION,
+    MLM,
+    ONNX_MEDIA_TYPE,
+    PROJECTION,
+    classes,
+    stac_item,
+)
 from service.pipeline.stac_validation import validate_item
 from service.runtime.manifest import Manifest
 
@@ -63,8 +70,23 @@ def test_a_series_job_has_no_place_but_its_dates_and_model(
     assert attention["result"]["dim_order"] == ["batch", "head", "time"]
     probabilities = next(o for o in props["mlm:output"] if o["name"] == "probabilities")
     assert [c["title"] for c in probabilities["classification:classes"]] == crops.classes
+    assert set(item["assets"]) == {"job", "model", "manifest"}
+    model = item["assets"]["model"]
+    assert model["href"] == f"http://h/models/{crops.name}:{crops.version}/onnx"
+    assert (model["type"], model["mlm:artifact_type"]) == (ONNX_MEDIA_TYPE, "onnx")
+    assert item["assets"]["manifest"]["href"] == f"http://h/models/{crops.name}:{crops.version}"
+
+
+def test_where_models_stay_on_the_server_the_model_asset_is_its_manifest(
+    store: JobStore, crops: Manifest
+) -> None:
+    item = stac_item(store.load(_series_job(store, crops)), crops, "http://h", downloads=False)
+    validate_item(item)
     assert set(item["assets"]) == {"job", "model"}
-    assert item["assets"]["model"]["href"] == f"http://h/models/{crops.name}:{crops.version}"
+    model = item["assets"]["model"]
+    assert model["href"] == f"http://h/models/{crops.name}:{crops.version}"
+    assert "mlm:model" in model["roles"]
+    assert model["type"] == "application/json"
 
 
 def test_without_its_manifest_an_item_says_nothing_of_the_model(
