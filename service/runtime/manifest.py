@@ -14,6 +14,11 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+# Outputs are described in their own module; the manifest's readers import them from here too.
+from service.runtime.manifest_outputs import OUTPUT_KINDS as OUTPUT_KINDS
+from service.runtime.manifest_outputs import OutputSpec as OutputSpec
+from service.runtime.manifest_outputs import output_problems
+
 MANIFEST_KEY = "attnserve.manifest"
 # A plain NAME.onnx is served with the manifest in NAME.manifest.json beside it.
 SIDECAR_SUFFIX = ".manifest.json"
@@ -23,19 +28,6 @@ SCHEMA_VERSION = 1
 # What a model computes in: ``int8`` for copies made by `attnserve quantize`.
 PRECISIONS = ("float32", "float16", "int8")
 _HEX_COLOR = re.compile(r"#[0-9A-Fa-f]{6}")
-
-OutputRole = Literal["prediction", "attention"]
-OutputKind = Literal[
-    "probability", "class_probabilities", "spatial", "channel", "temporal", "token_grid"
-]
-OUTPUT_KINDS: tuple[str, ...] = (
-    "probability",
-    "class_probabilities",
-    "spatial",
-    "channel",
-    "temporal",
-    "token_grid",
-)
 
 
 class ManifestError(ValueError):
@@ -59,33 +51,6 @@ class TensorSpec:
     shape: list[int | str]
     description: str = ""
     default: str | None = None
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """One ONNX graph output and what it means.
-
-    ``role`` is ``prediction`` for the model's answer and ``attention`` for the
-    weights behind it; ``kind`` says how an attention output is laid out:
-    ``spatial`` maps ``(B,1,H,W)``, ``channel`` band weights ``(B,C)``,
-    ``temporal`` date weights ``(B,heads,T)``, ``token_grid`` weights ``(B,N)``
-    or ``(B,heads,N)`` over the ``grid`` of ``[h, w]`` patches (a ViT's tokens).
-
-    ``stride`` is how many input pixels one value of a 4-D output covers along
-    each axis: a map computed at 1/``stride`` of the input's resolution (e.g. a
-    coarse skip connection's gate) is stored that small and upsampled
-    bilinearly (half-pixel centres, as ONNX ``Resize``) to the input's grid
-    only when it is served.
-    """
-
-    name: str
-    role: OutputRole
-    kind: OutputKind
-    shape: list[int | str]
-    level: int | None = None
-    description: str = ""
-    stride: int = 1
-    grid: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -266,7 +231,9 @@ class Manifest:
                 f"outputs: manifest must name exactly one prediction output, not {len(predictions)}"
             )
         for i, out in enumerate(self.outputs):
-            found.extend(f"outputs[{i}].{p}" for p in _output_problems(out, self.input))
+            found.extend(
+                f"outputs[{i}].{p}" for p in output_problems(out, self.input.size_multiple)
+            )
         if self.precision not in PRECISIONS:
             found.append(
                 f"precision: unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}"
@@ -367,32 +334,4 @@ def _class_problems(manifest: Manifest) -> list[str]:
         isinstance(low, bool) or not isinstance(low, int | float) or not 0 <= low <= 1
     ):
         found.append(f"min_confidence: must be a probability in [0, 1], not {low!r}")
-    return found
-
-
-def _output_problems(out: OutputSpec, inp: InputSpec) -> list[str]:
-    """What is wrong with one output spec, each starting with the field's name."""
-    found: list[str] = []
-    if out.role not in ("prediction", "attention"):
-        found.append(f"role: output {out.name!r} has unknown role {out.role!r}")
-    if out.kind not in OUTPUT_KINDS:
-        found.append(
-            f"kind: output {out.name!r} has unknown kind {out.kind!r}; "
-            f"known: {', '.join(OUTPUT_KINDS)}"
-        )
-    if not isinstance(out.shape, list):
-        found.append(f"shape: output {out.name!r} shape must be a list of dimensions")
-        return found
-    if isinstance(out.stride, bool) or not isinstance(out.stride, int) or out.stride < 1:
-        found.append(f"stride: output {out.name!r} stride must be a positive integer")
-        return found
-    if (out.kind == "token_grid") != (out.grid is not None):
-        found.append(f"grid: output {out.name!r}: a token_grid output, and only one, has a grid")
-    if out.stride > 1 and (len(out.shape) != 4 or out.role == "prediction"):
-        found.append(f"stride: output {out.name!r}: only 4-D attention maps may have a stride")
-    elif out.stride > 1 and (inp.size_multiple or 1) % out.stride:
-        found.append(
-            f"stride: output {out.name!r} stride {out.stride} must divide the input's "
-            f"size_multiple ({inp.size_multiple})"
-        )
     return found
