@@ -3,9 +3,11 @@
 Written by pyogrio, GDAL/OGR's own drivers: a GeoPackage or FlatGeobuf writer
 is no place for hand-written code. Its wheels bundle GDAL, so no system GDAL is
 needed, and it writes arrays without pandas or GeoPandas. Each file
-holds one layer, ``footprints``, of the GeoJSON's features in its order (the
-FlatGeobuf without its spatial index, which would reorder them), with the
-GeoJSON's properties as attributes: numbers as integer or real fields, nested
+holds one layer, ``footprints``, of the GeoJSON's features, with each feature's
+GeoJSON ``id`` as an ``id`` field (the FlatGeobuf carries a packed Hilbert R-tree
+so that GIS tools read a bounding box with range requests, and that index
+orders its features by place, not as the GeoJSON does) and the GeoJSON's
+properties as attributes: numbers as integer or real fields, nested
 values (the per-layer ``attention`` means) as JSON text, as OGR reads them
 from the GeoJSON. The CRS is the GeoJSON's: EPSG:4326, or the job's own with
 ``crs=native``; a job without a georeference gets none (its coordinates are
@@ -54,8 +56,8 @@ VECTOR_FORMATS = {
     )
 }
 LAYER = "footprints"
-# Layer creation options per driver: FlatGeobuf's spatial index sorts the features.
-_LAYER_OPTIONS: dict[str, dict[str, str]] = {"FlatGeobuf": {"SPATIAL_INDEX": "NO"}}
+# Layer creation options per driver.
+_LAYER_OPTIONS: dict[str, dict[str, str]] = {"FlatGeobuf": {"SPATIAL_INDEX": "YES"}}
 
 
 def vector_format(format_: str | None, accept: str | None) -> VectorFormat:
@@ -84,7 +86,12 @@ def encode(geojson: bytes, format_: VectorFormat) -> bytes:
         return geojson
     collection = json.loads(geojson)
     features = collection["features"]
-    names, columns, masks = _fields([f["properties"] for f in features])
+    ids = [f.get("id") for f in features]
+    rows = [
+        {"id": i, **f["properties"]} if isinstance(i, int) else f["properties"]
+        for i, f in zip(ids, features, strict=True)
+    ]
+    names, columns, masks = _fields(rows)
     geometries = [shape(f["geometry"]) for f in features]
     kinds = {g.geom_type for g in geometries}
     out = io.BytesIO()

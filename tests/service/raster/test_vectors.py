@@ -52,6 +52,7 @@ def test_a_download_opens_with_ogr_and_holds_the_geojsons_features(
     same_as_geojson(opened, collection)
     assert opened["fields"]["value"].dtype == np.int64
     assert opened["fields"]["area_m2"].dtype == np.float64
+    assert opened["indexed"]
 
 
 @pytest.mark.parametrize("name", ["gpkg", "fgb"])
