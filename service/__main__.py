@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -110,15 +111,20 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(host: str | None = None, port: int | None = None) -> int:
-    """Run the server until SIGINT/SIGTERM; settings come from ``ATTNSERVE_*``."""
+def serve(
+    host: str | None = None,
+    port: int | None = None,
+    model_dir: Path | None = None,
+    model_name: str | None = None,
+) -> int:
+    """Run the server until SIGINT/SIGTERM; settings come from ``ATTNSERVE_*`` and the arguments."""
     disable_risky_drivers()
-    settings = Settings()
+    given = {"host": host, "port": port, "model_dir": model_dir, "model_name": model_name}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    # Validated as the environment is (a model name with a slash fails here, not at load).
+    settings = Settings(**overrides)  # type: ignore[arg-type]
     # Before any server thread allocates (glibc reads the limit when it makes an arena).
     limit_malloc_arenas(settings.malloc_arena_max)
-    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

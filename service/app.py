@@ -94,6 +94,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         limits,
         observer=lambda m: metrics.observer(m.name),
         warmup=settings.warmup,
+        serve_as=settings.model_name,
     )
     store = open_store(settings, on_evict=metrics.jobs_evicted.inc)
     # Tiles of a scene have no per-request deadline of their own: the job may run

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     model_dir: Path = SHIPPED_MODELS
+    model_name: str | None = None
+    """Serve the model directory's one model (all its versions) under this name rather than its
+    manifest's, as KServe's runtime arguments name a model after its InferenceService; with several
+    models in the directory, one must have this name.
+    """
     model_downloads: bool = True
     """Hand out served models' ONNX files at ``GET /models/{ref}/onnx`` (and link them from each
     job's STAC Item). Off where the weights are not for the API's users: the route then answers
@@ -252,6 +257,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown providers {unknown}; known: {list(KNOWN_PROVIDERS)}")
         if len(set(value)) != len(value):
             raise ValueError("providers must not repeat")
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model_name {value!r} must be alphanumeric with - or _")
         return value
 
     @field_validator("job_store")

@@ -61,6 +61,10 @@ class ModelRepository:
         limits: batch limits for a manifest (they differ by task).
         observer: makes a batch observer for a model reference.
         warmup: run each model once before it is served.
+        serve_as: serve the directory's one model (all its versions) under this name
+            instead of its manifest's, as KServe names a model after its InferenceService.
+            A directory of several models serves them under their own names and must
+            hold one of this name.
     """
 
     def __init__(
@@ -70,8 +74,10 @@ class ModelRepository:
         limits: Callable[[Manifest], BatchLimits],
         observer: Callable[[Manifest], BatchObserver | None] = lambda _m: None,
         warmup: bool = True,
+        serve_as: str | None = None,
     ) -> None:
         self.directory = directory
+        self.serve_as = serve_as
         self.options = options
         self._limits = limits
         self._observer = observer
@@ -89,12 +95,23 @@ class ModelRepository:
     async def load(self) -> None:
         """Load, warm up and start every model; a broken file is logged and skipped."""
         self.state = "loading"
+        opened: list[tuple[Path, ModelSession, float]] = []
         for path in self.files():
             try:
-                served = await asyncio.to_thread(self._load_one, path)
+                opened.append((path, *await asyncio.to_thread(self._open, path)))
             except Exception as exc:
-                log.error("cannot load model file %s: %s", path.name, exc)
-                self.failures[path.name] = str(exc)
+                self._skip(path, exc)
+        try:
+            name = self._served_name({session.manifest.name for _, session, _ in opened})
+        except ManifestError as exc:
+            for path, _, _ in opened:
+                self._skip(path, exc)
+            opened = []
+        for path, session, load_s in opened:
+            try:
+                served = await asyncio.to_thread(self._build, path, session, load_s, name)
+            except Exception as exc:
+                self._skip(path, exc)
                 continue
             versions = self._models.setdefault(served.manifest.name, {})
             if served.manifest.version in versions:
@@ -117,7 +134,28 @@ class ModelRepository:
             )
         self.state = "ready" if self._models else "failed"
 
-    def _load_one(self, path: Path) -> ServedModel:
+    def _skip(self, path: Path, exc: Exception) -> None:
+        log.error("cannot load model file %s: %s", path.name, exc)
+        self.failures[path.name] = str(exc)
+
+    def _served_name(self, names: set[str]) -> str | None:
+        """The name that replaces the manifests' own, if ``serve_as`` asks for one.
+
+        Raises:
+            ManifestError: the directory holds several models, none named ``serve_as``.
+        """
+        if self.serve_as is None or not names or self.serve_as in names:
+            return None
+        if len(names) > 1:
+            raise ManifestError(
+                f"the model name {self.serve_as!r} (ATTNSERVE_MODEL_NAME) names one model, "
+                f"but the directory holds {len(names)} and none of that name: "
+                f"{', '.join(sorted(names))}"
+            )
+        return self.serve_as
+
+    def _open(self, path: Path) -> tuple[ModelSession, float]:
+        """A checked session of one file and the seconds it took to load."""
         start = time.perf_counter()
         session = ModelSession(path, self.options)
         load_s = time.perf_counter() - start
@@ -131,6 +169,13 @@ class ModelRepository:
         if problems:
             where = sidecar.name if session.manifest_source == "sidecar" else "embedded manifest"
             raise ManifestError(f"{where}: {'; '.join(problems)}")
+        return session, load_s
+
+    def _build(
+        self, path: Path, session: ModelSession, load_s: float, name: str | None
+    ) -> ServedModel:
+        """Warm up a session and give it its batcher and task, served as ``name`` if given."""
+        manifest = session.manifest if name is None else replace(session.manifest, name=name)
         task_class = inference_task(manifest)
         helpers = self._helpers(path, session)
         if self._warmup:

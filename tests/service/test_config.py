@@ -42,6 +42,7 @@ def test_variables_with_the_prefix_and_nested_fields_are_read(
         ({"require_cuda": True, "providers": ["CPUExecutionProvider"]}, "require_cuda is set"),
         ({"api_keys": ["short"]}, "at least 16 characters"),
         ({"max_upload_mb": 0}, "greater than 0"),
+        ({"model_name": "../footprints"}, "alphanumeric with - or _"),
     ],
 )
 def test_unsafe_or_contradictory_values_fail_at_start(

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.config import SHIPPED_MODELS
 from tests.helpers.server import LiveServer
@@ -24,3 +25,12 @@ def test_serve_binds_the_port_given_and_serves_the_repository(tmp_path: Path) ->
     with LiveServer(env, tmp_path / "server.log", command=_attnserve_serve) as live:
         models = httpx.get(f"{live.url}/models", timeout=10).json()
         assert [m["name"] for m in models["models"]] == ["crops"]
+
+
+def test_a_model_name_kserve_could_not_route_is_refused_before_serving(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main
+
+    assert main(["serve", "--model_name", "a/b", "--port", "1"]) == 2
+    assert "model_name 'a/b' must be alphanumeric" in capsys.readouterr().err

@@ -116,3 +116,43 @@ def test_an_embedded_manifest_wins_over_a_sidecar_and_says_so(
         names, source = asyncio.run(main())
     assert (names, source) == (["footprints"], "embedded")
     assert f"{model.name} carries its own manifest, which wins over" in caplog.text
+
+
+def _two_models(directory: Path) -> Path:
+    for pattern in ("footprints-*.onnx", "crops-1.*.onnx"):
+        model = next(SHIPPED_MODELS.glob(pattern))
+        (directory / model.name).symlink_to(model)
+    return directory
+
+
+def _load(directory: Path, serve_as: str) -> tuple[list[str], dict[str, str], str]:
+    async def main() -> tuple[list[str], dict[str, str], str]:
+        options = SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
+        repo = ModelRepository(
+            directory, options, lambda _m: BatchLimits(4, 1.0, 64), warmup=False, serve_as=serve_as
+        )
+        await repo.load()
+        refs = [m.batcher.name for m in repo.all()]
+        await repo.stop(5)
+        return repo.names(), repo.failures, ",".join(refs)
+
+    return asyncio.run(main())
+
+
+def test_one_model_is_served_under_the_name_asked_for(tmp_path: Path) -> None:
+    model = next(SHIPPED_MODELS.glob("footprints-*.onnx"))
+    (tmp_path / model.name).symlink_to(model)
+    names, failures, batchers = _load(tmp_path, "buildings")
+    assert (names, failures) == (["buildings"], {})
+    assert batchers.startswith("buildings:")
+
+
+def test_of_several_models_the_name_must_be_one_of_them(tmp_path: Path) -> None:
+    names, failures, _ = _load(_two_models(tmp_path), "crops")
+    assert (names, failures) == (["crops", "footprints"], {})
+    names, failures, _ = _load(tmp_path, "buildings")
+    assert names == []
+    assert len(failures) == 2
+    for reason in failures.values():
+        assert "'buildings' (ATTNSERVE_MODEL_NAME) names one model" in reason
+        assert "crops, footprints" in reason
