@@ -16,6 +16,7 @@ YAML_FILES = [
     DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml",
     DOCKER / "grafana" / "provisioning" / "dashboards" / "attnserve.yaml",
     YAMLLINT_CONFIG,
+    *sorted((ROOT / "deploy").rglob("*.yaml")),
 ]
 
 
