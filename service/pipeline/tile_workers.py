@@ -125,14 +125,25 @@ class TileWorkers:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    async def tile(self, record: JobRecord, name: str, z: int, x: int, y: int, fmt: str) -> bytes:
-        """Tile ``z/x/y`` of a job's map layer, as PNG or WEBP."""
-        data: bytes = await self._run("tile", record, name, z, x, y, fmt)
+    async def tile(
+        self,
+        record: JobRecord,
+        name: str,
+        z: int,
+        x: int,
+        y: int,
+        fmt: str,
+        bands: tuple[str, ...] = (),
+    ) -> bytes:
+        """Tile ``z/x/y`` of a job's map layer, as PNG or WEBP (``bands``: the input's names)."""
+        data: bytes = await self._run("tile", record, name, z, x, y, fmt, bands)
         return data
 
-    async def preview(self, record: JobRecord, name: str, fmt: str) -> bytes:
+    async def preview(
+        self, record: JobRecord, name: str, fmt: str, bands: tuple[str, ...] = ()
+    ) -> bytes:
         """The whole of a job's map layer as one image, in the job's own CRS."""
-        data: bytes = await self._run("preview", record, name, fmt)
+        data: bytes = await self._run("preview", record, name, fmt, bands)
         return data
 
     async def tilejson(

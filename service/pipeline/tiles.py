@@ -34,7 +34,9 @@ from service.raster.tiles import (
     array_raster,
     check_tile,
     class_colour,
+    colormap_stops,
     open_bytes,
+    rgb_indexes,
     stretch,
     web_mercator_matrices,
 )
@@ -94,7 +96,12 @@ class TileLayer:
                     for i, c in enumerate(self.classes)
                 ],
             }
-        return {"type": "continuous", "colormap": "viridis", "range": [0.0, 1.0]}
+        return {
+            "type": "continuous",
+            "colormap": "viridis",
+            "range": [0.0, 1.0],
+            "stops": colormap_stops(),
+        }
 
 
 def _keys(layer: Layer) -> list[str]:
@@ -208,7 +215,9 @@ class JobTiles:
     def __init__(self, store: JobStore, arrays: ArrayRasters | None = None) -> None:
         self.store = store
         self.arrays = arrays or ArrayRasters()
-        self._stretches: OrderedDict[str, list[tuple[float, float]]] = OrderedDict()
+        self._stretches: OrderedDict[str, tuple[list[int], list[tuple[float, float]]]] = (
+            OrderedDict()
+        )
 
     @contextlib.contextmanager
     def _open(self, record: JobRecord, tl: TileLayer) -> Iterator[tuple[DatasetReader, int]]:
@@ -231,8 +240,21 @@ class JobTiles:
         with open_bytes(data) as dataset:
             yield dataset, (tl.index or 0) + 1
 
-    def tile(self, record: JobRecord, name: str, z: int, x: int, y: int, fmt: str) -> bytes:
-        """Tile ``z/x/y`` of map layer ``name`` as PNG or WEBP."""
+    def tile(
+        self,
+        record: JobRecord,
+        name: str,
+        z: int,
+        x: int,
+        y: int,
+        fmt: str,
+        bands: tuple[str, ...] = (),
+    ) -> bytes:
+        """Tile ``z/x/y`` of map layer ``name`` as PNG or WEBP.
+
+        ``bands`` names the input's bands (its model's), to show its red, green
+        and blue ones in colour rather than its first three.
+        """
         try:
             check_tile(z, x, y)
         except ValueError as exc:
@@ -240,25 +262,28 @@ class JobTiles:
         tl = tile_layer(record, name)
         with self._open(record, tl) as (dataset, band):
             if tl.layer.storage == "input":
-                ranges = self._stretch(record, dataset)
-                return TileReader(dataset).rgb_tile(z, x, y, ranges, fmt)
+                indexes, ranges = self._stretch(record, dataset, bands)
+                return TileReader(dataset).rgb_tile(z, x, y, indexes, ranges, fmt)
             return TileReader(dataset).tile(z, x, y, tl.style(band), fmt)
 
-    def _stretch(self, record: JobRecord, dataset: DatasetReader) -> list[tuple[float, float]]:
-        """The input's display range per band, worked out once per job."""
+    def _stretch(
+        self, record: JobRecord, dataset: DatasetReader, names: tuple[str, ...]
+    ) -> tuple[list[int], list[tuple[float, float]]]:
+        """The input's bands shown and their display ranges, worked out once per job."""
         if record.id not in self._stretches:
-            bands = list(range(1, min(3, dataset.count) + 1))
-            self._stretches[record.id] = stretch(dataset, bands)
+            indexes = rgb_indexes(names or [d or "" for d in dataset.descriptions], dataset.count)
+            self._stretches[record.id] = (indexes, stretch(dataset, indexes))
             while len(self._stretches) > MAX_STRETCHES:
                 self._stretches.popitem(last=False)
         return self._stretches[record.id]
 
-    def preview(self, record: JobRecord, name: str, fmt: str) -> bytes:
+    def preview(self, record: JobRecord, name: str, fmt: str, bands: tuple[str, ...] = ()) -> bytes:
         """The whole of map layer ``name`` in the job's own CRS, coloured as its tiles."""
         tl = tile_layer(record, name)
         with self._open(record, tl) as (dataset, band):
             if tl.layer.storage == "input":
-                return TileReader(dataset).rgb_preview(self._stretch(record, dataset), fmt)
+                indexes, ranges = self._stretch(record, dataset, bands)
+                return TileReader(dataset).rgb_preview(indexes, ranges, fmt)
             return TileReader(dataset).preview(tl.style(band), fmt)
 
     def extent(self, record: JobRecord, name: str) -> tuple[tuple[float, ...], int, int]:

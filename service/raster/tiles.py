@@ -51,6 +51,40 @@ CLASS_COLOURS = (
 CLASS_NODATA = 255
 
 
+# Band names that hold red, green and blue light: colour names, and Sentinel-2's
+# and Landsat 8/9's band numbers.
+RGB_NAMES = (
+    ("red", "r", "b4", "b04", "sr_b4"),
+    ("green", "g", "b3", "b03", "sr_b3"),
+    ("blue", "b", "b2", "b02", "sr_b2"),
+)
+
+
+def rgb_indexes(names: Sequence[str], count: int) -> list[int]:
+    """The 1-based bands of an image to show as red, green and blue.
+
+    ``names`` are the image's bands in order (a model's bands, whose first date
+    comes first in a stack). All three colours named: those bands; only red:
+    red as grey; none: the first (up to) three bands.
+    """
+    lowered = [n.lower() for n in names]
+    found = [
+        next((i + 1 for i, n in enumerate(lowered) if n in colour), None) for colour in RGB_NAMES
+    ]
+    picked = [i for i in found if i is not None and i <= count]
+    if len(picked) == 3:
+        return picked
+    if found[0] is not None and found[0] <= count:
+        return [found[0]]
+    return list(range(1, min(3, count) + 1))
+
+
+def colormap_stops(count: int = 11) -> list[str]:
+    """``#rrggbb`` of the continuous colour map at ``count`` even steps of 0-1, for legends."""
+    steps = np.linspace(0, 255, count).round().astype(int)
+    return ["#{:02x}{:02x}{:02x}".format(*CONTINUOUS[int(i)][:3]) for i in steps]
+
+
 def class_colour(index: int) -> str:
     """The ``RRGGBB`` colour of class ``index``."""
     return CLASS_COLOURS[index % len(CLASS_COLOURS)]
@@ -164,9 +198,15 @@ class TileReader:
         return colour(image, style, FORMATS[fmt])
 
     def rgb_tile(
-        self, z: int, x: int, y: int, ranges: Sequence[tuple[float, float]], fmt: str
+        self,
+        z: int,
+        x: int,
+        y: int,
+        bands: Sequence[int],
+        ranges: Sequence[tuple[float, float]],
+        fmt: str,
     ) -> bytes:
-        """Tile ``z/x/y`` of the first bands (up to three) as RGB stretched over ``ranges``."""
+        """Tile ``z/x/y`` of ``bands`` (up to three, 1-based) as RGB stretched over ``ranges``."""
         check_tile(z, x, y)
         try:
             image = self._reader.tile(
@@ -174,7 +214,7 @@ class TileReader:
                 y,
                 z,
                 tilesize=TILE_SIZE,
-                indexes=list(range(1, len(ranges) + 1)),
+                indexes=list(bands),
                 resampling_method="bilinear",
                 reproject_method="bilinear",
             )
@@ -182,9 +222,11 @@ class TileReader:
             return _transparent(TILE_SIZE, FORMATS[fmt])
         return colour_rgb(image, ranges, FORMATS[fmt])
 
-    def rgb_preview(self, ranges: Sequence[tuple[float, float]], fmt: str) -> bytes:
-        """The first bands (up to three) as one RGB image, as :meth:`preview`."""
-        image = self._reader.preview(indexes=list(range(1, len(ranges) + 1)), max_size=PREVIEW_SIZE)
+    def rgb_preview(
+        self, bands: Sequence[int], ranges: Sequence[tuple[float, float]], fmt: str
+    ) -> bytes:
+        """``bands`` (up to three) as one RGB image, as :meth:`preview`."""
+        image = self._reader.preview(indexes=list(bands), max_size=PREVIEW_SIZE)
         return colour_rgb(image, ranges, FORMATS[fmt])
 
     def preview(self, style: BandStyle, fmt: str, max_size: int = PREVIEW_SIZE) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -10,10 +11,12 @@ from starlette.responses import Response
 
 from service.api.deps import Job, State
 from service.api.responses import JSONBody
+from service.errors import NotFound
 from service.jobs.record import JobRecord
 from service.pipeline import views
+from service.pipeline.points import point
 from service.pipeline.tile_workers import TileWorkers
-from service.pipeline.tiles import tile_layers
+from service.pipeline.tiles import INPUT, tile_layers
 
 router = APIRouter(prefix="/jobs", tags=["maps"])
 
@@ -40,6 +43,15 @@ def immutable(job: JobRecord) -> dict[str, str]:
     """Cache-Control of a finished job's results: kept until it expires, at most a day."""
     left = int(min(MAX_AGE_S, max(0.0, job.expires - time.time())))
     return {"Cache-Control": f"private, max-age={left}, immutable"}
+
+
+def input_bands(job: JobRecord, state: State) -> tuple[str, ...]:
+    """The names of the bands its model takes, by which an input's colours are picked."""
+    try:
+        served = state.repository.get(f"{job.model['name']}:{job.model['version']}")
+    except (KeyError, NotFound):
+        return ()  # no longer served: the input's first bands are shown
+    return tuple(served.manifest.input.bands)
 
 
 def base_url(request: Request) -> str:
@@ -83,11 +95,13 @@ async def get_tile(
     x: int,
     y: int,
     fmt: ImageFormat,
+    state: State,
 ) -> Response:
     """256-pixel tile ``z/x/y`` (XYZ scheme): probabilities and attention in viridis over 0-1,
     class maps in the model's class colours, nodata and pixels off the raster transparent."""
     views.require_done(job)
-    data = await tiles.tile(job, layer, z, x, y, fmt)
+    bands = input_bands(job, state) if layer == INPUT else ()
+    data = await tiles.tile(job, layer, z, x, y, fmt, bands)
     return Response(data, media_type=MEDIA[fmt], headers=immutable(job))
 
 
@@ -101,10 +115,12 @@ async def get_preview(
     tiles: Tiles,
     layer: str,
     fmt: ImageFormat,
+    state: State,
 ) -> Response:
     """The layer in the job's own CRS, at most 1024 pixels a side, coloured as its tiles."""
     views.require_done(job)
-    data = await tiles.preview(job, layer, fmt)
+    bands = input_bands(job, state) if layer == INPUT else ()
+    data = await tiles.preview(job, layer, fmt, bands)
     return Response(data, media_type=MEDIA[fmt], headers=immutable(job))
 
 
@@ -133,3 +149,21 @@ async def get_wmts(job: Job, tiles: Tiles, request: Request) -> Response:
     views.require_done(job)
     xml = await tiles.wmts(job, base_url(request))
     return Response(xml, media_type="application/xml", headers=immutable(job))
+
+
+@router.get("/{job_id}/point", summary="Every raster layer's values at one place")
+async def get_point(
+    job: Job,
+    state: State,
+    lon: Annotated[float | None, Query(ge=-180, le=180, description="longitude, EPSG:4326")] = None,
+    lat: Annotated[float | None, Query(ge=-90, le=90, description="latitude, EPSG:4326")] = None,
+    row: Annotated[int | None, Query(ge=0, le=10**7, description="pixel row")] = None,
+    col: Annotated[int | None, Query(ge=0, le=10**7, description="pixel column")] = None,
+) -> Response:
+    """Values of each raster layer at ``lon``/``lat`` (or pixel ``row``/``col``): probability,
+    class, attention, per-class probabilities and per-date attention; null where nodata.
+
+    A place off the raster is a 422."""
+    views.require_done(job)
+    body = await asyncio.to_thread(point, job, state.store, lon, lat, row, col)
+    return JSONBody(body, headers=immutable(job))

@@ -17,7 +17,9 @@ from service.raster.tiles import (
     array_raster,
     check_tile,
     class_colormap,
+    colormap_stops,
     open_bytes,
+    rgb_indexes,
     stretch,
 )
 from tests.helpers.geotiff import ORIGIN, UTM
@@ -132,7 +134,9 @@ def test_an_image_is_stretched_per_band_and_one_band_is_grey() -> None:
         with mem.open() as ds:
             ((lo, hi),) = stretch(ds, [1])
             reader = TileReader(ds)
-            got = rgba(reader.rgb_tile(*centre_tile(reader, reader.maxzoom), [(lo, hi)], "png"))
+            got = rgba(
+                reader.rgb_tile(*centre_tile(reader, reader.maxzoom), [1], [(lo, hi)], "png")
+            )
     np.testing.assert_allclose((lo, hi), np.percentile(np.arange(300), [2, 98]), atol=3)
     shown = got[3] == 255
     assert (got[0][shown] == got[1][shown]).all()
@@ -142,3 +146,31 @@ def test_an_image_is_stretched_per_band_and_one_band_is_grey() -> None:
     means = np.nanmean(columns[:, shown.any(axis=0)], axis=0)
     assert (np.diff(means) >= -1).all()
     assert means[-1] - means[0] > 50
+
+
+@pytest.mark.parametrize(
+    ("names", "count", "want"),
+    [
+        (["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"], 10, [3, 2, 1]),
+        (["B2", "B3", "B4", "B8"], 40, [3, 2, 1]),  # a stack: the first date's bands
+        (["red", "green", "blue"], 3, [1, 2, 3]),
+        (["MIR", "BLUE", "NIR", "RED", "EVI", "NDVI"], 6, [4]),  # no green: red as grey
+        (["nir", "swir"], 2, [1, 2]),
+        ([], 5, [1, 2, 3]),
+        ([], 1, [1]),
+    ],
+)
+def test_an_image_shows_its_red_green_and_blue_bands_by_name(
+    names: list[str], count: int, want: list[int]
+) -> None:
+    assert rgb_indexes(names, count) == want
+
+
+def test_legend_stops_are_the_tiles_colour_map() -> None:
+    from rio_tiler.colormap import cmap
+
+    viridis = cmap.get("viridis")
+    stops = colormap_stops()
+    assert len(stops) == 11
+    assert stops[0] == "#{:02x}{:02x}{:02x}".format(*viridis[0][:3])
+    assert stops[-1] == "#{:02x}{:02x}{:02x}".format(*viridis[255][:3])

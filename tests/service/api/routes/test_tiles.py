@@ -20,6 +20,7 @@ import rasterio.warp
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff, noise
 from tests.helpers.jobs import follow, submit
+from tests.helpers.scenes import dated_stack
 from tests.helpers.server import LiveServer
 from tests.helpers.tiles import rgba, tile_at, tile_bounds
 from tests.service.api.routes.conftest import OTHER_KEY as OTHER
@@ -173,6 +174,7 @@ def test_another_keys_maps_are_404(keyed_server: LiveServer, scene: dict[str, An
         f"/jobs/{job_id}/tiles/probability/18/0/0.png",
         f"/jobs/{job_id}/tilejson/probability.json",
         f"/jobs/{job_id}/WMTSCapabilities.xml",
+        f"/jobs/{job_id}/point?row=0&col=0",
     ]
     for path in paths:
         other = httpx.get(keyed_server.url + path, headers={"Authorization": f"Bearer {OTHER}"})
@@ -220,3 +222,110 @@ def test_jobs_in_an_object_store_are_tiled_through_the_store(
             answer = client.get(f"/jobs/{job_id}/tiles/probability/{'/'.join(map(str, tile))}.png")
             assert answer.status_code == 200, answer.text
             assert (rgba(answer.content)[3] == 255).any()
+
+
+def _pixel_lonlat(georef: dict[str, Any], row: int, col: int) -> tuple[float, float]:
+    x, y = rasterio.transform.Affine(*georef["transform"][:6]) * (col + 0.5, row + 0.5)
+    lons, lats = rasterio.warp.transform(georef["crs"], "EPSG:4326", [x], [y])
+    return lons[0], lats[0]
+
+
+def test_a_point_query_reads_every_layer_at_that_pixel(
+    owner: httpx.Client, scene: dict[str, Any], tmp_path: Path
+) -> None:
+    job_id = scene["job_id"]
+    row, col = 123, 456
+    lon, lat = _pixel_lonlat(scene["georeference"], row, col)
+    answer = owner.get(f"/jobs/{job_id}/point", params={"lon": lon, "lat": lat})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["row"], body["col"]) == (row, col)
+    values = {la["name"]: la for la in body["layers"]}
+    assert set(values) == {"probability", "gate_1", "gate_2", "gate_3", "gate_4"}
+    cog = _write(tmp_path / "p.tif", owner.get(f"/jobs/{job_id}/files/prediction.tif").content)
+    with rasterio.open(cog) as ds:
+        stored = ds.read(1, window=rasterio.windows.Window(col, row, 1, 1))[0, 0]
+        scale = 255.0 if ds.dtypes[0] == "uint8" else 1.0
+    assert values["probability"]["value"] == pytest.approx(stored / scale, abs=1e-6)
+    by_pixel = owner.get(f"/jobs/{job_id}/point", params={"row": row, "col": col}).json()
+    assert by_pixel["layers"] == body["layers"]
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"lon": 0.0, "lat": 0.0}, "off the job's raster"),
+        ({"row": 0, "col": SIDE}, "off the raster"),
+        ({"lon": 2.0}, "either lon and lat"),
+        ({"lon": 2.0, "lat": 1.0, "row": 3, "col": 4}, "either lon and lat"),
+        ({"lon": 200.0, "lat": 1.0}, "lon"),
+    ],
+)
+def test_a_point_off_the_data_is_a_clear_422(
+    owner: httpx.Client, scene: dict[str, Any], params: dict[str, float], words: str
+) -> None:
+    answer = owner.get(f"/jobs/{scene['job_id']}/point", params=params)
+    assert answer.status_code == 422, answer.text
+    assert words in answer.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def crop_scene(owner: httpx.Client, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A crops scene job of three dated 10-band Sentinel-2-like images, 48 x 48."""
+    dates = ["2024-04-01", "2024-06-01", "2024-08-01"]
+    paths = dated_stack(tmp_path_factory.mktemp("crop-scene"), 48, dates, seed=4)
+    files = [("image", (p.name, p.read_bytes(), "image/tiff")) for p in paths]
+    fields = {"model": "crops", "dates": ",".join(dates), "async": "true"}
+    made = owner.post("/predict", data=fields, files=files, timeout=120)
+    assert made.status_code == 202, made.text
+    deadline = time.monotonic() + 300
+    while (body := owner.get(f"/jobs/{made.json()['job_id']}").json())["state"] not in (
+        "done",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert body["state"] == "done", body
+    body["paths"] = paths
+    return dict(body)
+
+
+def test_a_crop_scenes_point_has_attention_per_date(
+    owner: httpx.Client, crop_scene: dict[str, Any], tmp_path: Path
+) -> None:
+    job_id = crop_scene["job_id"]
+    answer = owner.get(f"/jobs/{job_id}/point", params={"row": 20, "col": 30}).json()
+    layers = {la["name"]: la for la in answer["layers"]}
+    attention = layers["attention"]
+    assert attention["dates"] == ["2024-04-01", "2024-06-01", "2024-08-01"]
+    cog = _write(tmp_path / "a.tif", owner.get(f"/jobs/{job_id}/files/attention.tif").content)
+    with rasterio.open(cog) as ds:
+        stored = ds.read(window=rasterio.windows.Window(30, 20, 1, 1))[:, 0, 0]
+        scale = 255.0 if ds.dtypes[0] == "uint8" else 1.0
+    np.testing.assert_allclose(attention["values"], stored / scale, atol=1e-6)
+    assert sum(attention["values"]) == pytest.approx(1.0, abs=0.02)
+    probabilities = layers["probabilities"]
+    assert len(probabilities["values"]) == len(probabilities["classes"])
+    assert (
+        layers["class"]["class"]
+        == probabilities["classes"][int(np.argmax(probabilities["values"]))]
+    )
+
+
+def test_a_crop_scenes_input_shows_its_red_green_and_blue_bands(
+    owner: httpx.Client, crop_scene: dict[str, Any]
+) -> None:
+    preview = rgba(owner.get(f"/jobs/{crop_scene['job_id']}/preview/input.png").content)
+    with rasterio.open(crop_scene["paths"][0]) as ds:
+        bands = ds.read().astype(float)
+    shown = preview[3] == 255
+    assert shown.mean() > 0.9
+
+    def corr(channel: int, band: int) -> float:
+        return float(np.corrcoef(preview[channel][shown], bands[band][shown])[0, 1])
+
+    # crops takes B2, B3, B4, ...: red is B4 (band 3), green B3, blue B2.
+    assert corr(0, 2) > 0.9
+    assert corr(1, 1) > 0.9
+    assert corr(2, 0) > 0.9
+    assert abs(corr(0, 0)) < 0.5
