@@ -67,6 +67,8 @@ class Layer:
         level: the decoder level of an attention gate.
         description: what the output shows, in words.
         bands: the input bands a per-band layer weighs.
+        channels: the names of a channel attention layer's weights (not input bands).
+        heads: attention heads of a multi-head layer, stored first ``(heads, ...)``.
         stride: a coarse map's stride (kept at its own resolution).
         classes: the class names of class and probability layers.
         nodata: the class map's value where there is no class.
@@ -91,6 +93,8 @@ class Layer:
     level: int | None = None
     description: str | None = None
     bands: list[str] | None = None
+    channels: list[str] | None = None
+    heads: int | None = None
     stride: int | None = None
     classes: list[str] | None = None
     nodata: int | None = None
@@ -125,6 +129,8 @@ PUBLIC_LAYER_FIELDS = (
     "level",
     "description",
     "bands",
+    "channels",
+    "heads",
     "stride",
     "classes",
     "nodata",

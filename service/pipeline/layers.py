@@ -10,8 +10,9 @@ import numpy as np
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from service.errors import InvalidInput
 from service.jobs.rasters import open_raster
-from service.jobs.record import JobRecord
+from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore
 from service.raster.cog import read_band
 from service.runtime.segmentation import upsample
@@ -38,10 +39,45 @@ def served_values(record: JobRecord, source: ArraySource, name: str) -> np.ndarr
     if stride == 1:
         return array
     height, width = layer.shape[-2:]
-    values = upsample(array, stride, height, width)
+    if array.ndim == 3:  # (heads, h, w)
+        values = np.stack([upsample(a, stride, height, width) for a in array])
+    else:
+        values = upsample(array, stride, height, width)
     if layer.mask:
-        values[np.isnan(source.array(record, layer.mask))] = np.nan
+        values[..., np.isnan(source.array(record, layer.mask))] = np.nan
     return values
+
+
+def pick_head(
+    layer: Layer, values: np.ndarray, head: int | None
+) -> tuple[np.ndarray, str | int | None]:
+    """One head of a multi-head layer's ``(heads, ...)`` values, or their mean by default.
+
+    Returns:
+        The values without their head axis, and which: the head, ``"mean"``, or
+        None for a layer of one head (its values as they are).
+
+    Raises:
+        InvalidInput: ``head`` is out of range, or asked of a layer with one head.
+    """
+    heads = layer.heads or 1
+    if head is not None and heads == 1:
+        raise InvalidInput(
+            f"head {head}: layer {layer.name!r} has a single head; leave head out",
+            layer=layer.name,
+        )
+    if head is not None and not 0 <= head < heads:
+        raise InvalidInput(
+            f"head {head} is out of range: layer {layer.name!r} has {heads} heads, "
+            f"0 to {heads - 1}",
+            layer=layer.name,
+            heads=heads,
+        )
+    if heads == 1:
+        return values, None
+    if head is None:
+        return np.asarray(values, dtype=np.float32).mean(axis=0), "mean"
+    return np.asarray(values[head]), head
 
 
 class LayerReader:
@@ -79,7 +115,9 @@ class LayerReader:
             window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
             return read_band(ds, index, layer.kind == "class", window=window)
         if name not in self._values:
-            self._values[name] = served_values(self.record, self.store, name)
+            # Maps of several heads are read as their mean, as they are shown by default.
+            values = served_values(self.record, self.store, name)
+            self._values[name] = pick_head(layer, values, None)[0]
         array = self._values[name]
         if band is not None:
             array = array[band]

@@ -13,7 +13,7 @@ from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from service.jobs.record import JobRecord, Layer, Series
 from service.jobs.store import JobStore
 from service.jobs.write_behind import read_only
-from service.pipeline.layers import ArraySource, LayerReader, served_values
+from service.pipeline.layers import ArraySource, LayerReader, pick_head, served_values
 from service.pipeline.tasks import TASKS
 from service.pipeline.tasks.base import CLASS_NODATA
 from service.raster.encode import encode_geotiff
@@ -188,10 +188,18 @@ def attention_listing(record: JobRecord) -> dict[str, Any]:
     return body
 
 
-def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
-    """One layer's metadata and values as JSON (NaN becomes null)."""
+def layer_json(
+    record: JobRecord, store: JobStore, name: str, head: int | None = None
+) -> dict[str, Any]:
+    """One layer's metadata and values as JSON (NaN becomes null).
+
+    A multi-head layer gives the mean over its heads, or ``head``'s values; the
+    answer's ``head`` says which. A channel layer's ``weights`` name each value.
+    """
     layer = record.layer(name)
     body = {"job_id": record.id, **_public(layer, record)}
+    if head is not None and not layer.heads and layer.kind != "temporal":
+        pick_head(layer, np.empty(0), head)  # refuses: the layer has one head
     if record.kind == "series" and layer.role == "attention":
         body["items"] = series_attention(record, store, name)
     elif record.kind == "series":
@@ -217,10 +225,26 @@ def layer_json(record: JobRecord, store: JobStore, name: str) -> dict[str, Any]:
                 )
         body["georeference"] = record.georef
     else:
-        body["values"] = np.asarray(served_values(record, store, name))
+        values, which = pick_head(layer, served_values(record, store, name), head)
+        body["values"] = np.asarray(values)
+        if which is not None:
+            body["head"] = which
         if record.georef:
             body["georeference"] = record.georef
+    names = layer.bands or layer.channels
+    if layer.kind == "channel" and names:
+        body["weights"] = dict(zip(names, np.asarray(body["values"]).tolist(), strict=True))
     return body
+
+
+def require_raster(layer: Layer) -> None:
+    """Refuse a GeoTIFF of a layer with no spatial extent: channel weights are served as JSON."""
+    if layer.kind == "channel":
+        raise InvalidInput(
+            f"layer {layer.name!r} is channel attention: one weight per channel, the same "
+            "everywhere, with no spatial extent to map; ask for it as JSON (format=json)",
+            layer=layer.name,
+        )
 
 
 def _spatial_bands(
@@ -229,6 +253,11 @@ def _spatial_bands(
     """A raster layer as 2-D bands with descriptions and per-band tags."""
     array = served_values(record, store, layer.name)
     name = layer.name
+    if layer.heads:
+        values, which = pick_head(layer, array, head)
+        label = f"mean over {layer.heads} heads" if which == "mean" else f"head {which}"
+        desc = f"{name} ({layer.kind}, {label})"
+        return [np.asarray(values, dtype=np.float32)], [desc], [{"HEAD": str(which)}]
     if array.ndim == 2:
         kind = layer.kind
         level = f", level {layer.level}" if layer.level is not None else ""
@@ -256,6 +285,11 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
     """Several raster layers as one georeferenced float32 GeoTIFF."""
     if record.kind != "raster" or record.georef is None:
         raise NotFound("this job has no raster layers; ask for JSON")
+    layers = [record.layer(name) for name in names]
+    if head is not None and not any(la.heads or len(la.shape) == 4 for la in layers):
+        raise InvalidInput(
+            f"head {head}: {', '.join(names)} has a single head; leave head out", head=head
+        )
     bands: list[np.ndarray] = []
     descriptions: list[str] = []
     tags: list[dict[str, str]] = []

@@ -146,11 +146,13 @@ class Resampling:
             if array.ndim != 3:
                 layers[spec.name] = array
                 continue
-            if spec.stride > 1:
-                fine = upsample(array[0], spec.stride, self.model_height, self.model_width)
+            if spec.stride > 1:  # every head of a multi-head map
+                fine = np.stack(
+                    [upsample(a, spec.stride, self.model_height, self.model_width) for a in array]
+                )
                 if mask is not None:
-                    fine[mask] = np.nan
-                array = fine[None]
+                    fine[:, mask] = np.nan
+                array = fine
             # Every band: class probabilities have one per class.
             names.append((spec.name, array.shape[0]))
             maps.extend(array)

@@ -29,16 +29,16 @@ PROBE_SIDE = 64
 PROBE_DATES = 6
 # A probability may miss [0, 1] or a sum 1 by float32 rounding, no more.
 TOLERANCE = 1e-3
-# Rank each output kind has, by task; a kind a task does not list is not checked.
-RANKS: dict[tuple[str, str], int] = {
-    ("segmentation", "probability"): 4,
-    ("segmentation", "class_probabilities"): 4,
-    ("segmentation", "spatial"): 4,
-    ("segmentation", "channel"): 2,
-    ("temporal_classification", "class_probabilities"): 2,
-    ("temporal_classification", "temporal"): 3,
-    ("image_classification", "class_probabilities"): 2,
-    ("image_classification", "spatial"): 4,
+# Ranks each output kind may have, by task; a kind a task does not list is not checked.
+RANKS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("segmentation", "probability"): (4,),
+    ("segmentation", "class_probabilities"): (4,),
+    ("segmentation", "spatial"): (4,),
+    ("segmentation", "channel"): (2, 4),
+    ("temporal_classification", "class_probabilities"): (2,),
+    ("temporal_classification", "temporal"): (3,),
+    ("image_classification", "class_probabilities"): (2,),
+    ("image_classification", "spatial"): (4,),
 }
 # Tasks whose 4-D outputs are maps of the image at their stride.
 MAP_TASKS = ("segmentation", "image_classification")
@@ -269,15 +269,18 @@ def _run_problems(
             f"{where}.shape: output {spec.name!r} has {len(spec.shape)} dimensions in the "
             f"manifest but the graph gives {value.ndim}: {tuple(value.shape)}"
         )
-    elif rank is not None and value.ndim != rank:
+    elif rank is not None and value.ndim not in rank:
         found.append(
-            f"{where}.kind: a {spec.kind} output of a {manifest.task} model has {rank} "
-            f"dimensions, but {spec.name!r} has {value.ndim}: {tuple(value.shape)}"
+            f"{where}.kind: a {spec.kind} output of a {manifest.task} model has "
+            f"{' or '.join(map(str, rank))} dimensions, but {spec.name!r} has {value.ndim}: "
+            f"{tuple(value.shape)}"
         )
     if not np.isfinite(value).all():
         found.append(f"{where}: output {spec.name!r} holds NaN or infinite values")
         return found
-    if value.ndim == 4 and manifest.task in MAP_TASKS:
+    if spec.kind == "channel":
+        found += _channel_problems(where, spec, value)
+    elif value.ndim == 4 and manifest.task in MAP_TASKS:
         found += _map_problems(where, spec, value, side)
     grid = spec.grid if isinstance(spec.grid, list) else []
     if (
@@ -324,6 +327,26 @@ def _run_problems(
                 f"{channels} classes but sums range from {sums.min():.4g} to {sums.max():.4g}"
             )
     return found
+
+
+def _channel_problems(where: str, spec: OutputSpec, value: np.ndarray) -> list[str]:
+    """A channel output gives one weight per channel, as many as it names."""
+    if value.ndim == 4 and value.shape[2:] != (1, 1):
+        return [
+            f"{where}.kind: output {spec.name!r} is {tuple(value.shape)}, a map rather than one "
+            "weight per channel: channel attention is (B, C) or (B, C, 1, 1); "
+            "use spatial for maps"
+        ]
+    names = spec.channels
+    count = value.shape[1] if value.ndim >= 2 else 1
+    # A C the manifest fixes is held against its names already (Manifest.problems).
+    fixed = len(spec.shape) > 1 and isinstance(spec.shape[1], int)
+    if isinstance(names, list) and len(names) != count and not fixed:
+        return [
+            f"{where}.channels: the manifest names {len(names)} channels but output "
+            f"{spec.name!r} gives {count} weights"
+        ]
+    return []
 
 
 def _map_problems(where: str, spec: OutputSpec, value: np.ndarray, side: int) -> list[str]:

@@ -4,8 +4,10 @@ The graph's inputs say the task (an image ``(B, C, H, W)`` or a series
 ``(B, T, C)``); its outputs, on a dummy input, say what each one is: a
 ``(B, K, H, W)`` map summing to 1 over ``K`` looks like class probabilities, a
 ``(B, 1, h, w)`` map in [0, 1] like a probability (at the input's resolution)
-or a spatial attention map (at its own stride), ``(B, C)`` over the bands like
-band weights, ``(B, heads, T)`` over the dates like date weights. An image
+or a spatial attention map (at its own stride), ``(B, heads, h, w)`` maps in
+[0, 1] like heads of spatial attention, ``(B, C)`` or ``(B, C, 1, 1)`` in [0, 1]
+(or over the bands) like channel weights, ``(B, heads, T)`` over the dates
+like date weights. An image
 graph whose answer is ``(B, K)`` summing to 1 is a chip classifier
 (``image_classification``), its ``(B, heads, N)`` outputs token grids over
 ``sqrt(N) x sqrt(N)`` patches. What a graph
@@ -301,6 +303,16 @@ def _outputs(
         else:
             kind = "spatial" if kind == "probability" else kind
             specs.append(_output(name, "attention", kind, shape, stride))
+            if kind == "channel":
+                notes.append(
+                    f"output {name!r} drafted as channel attention, {shape[1]} weights: "
+                    "name them in its channels if you like"
+                )
+            elif kind == "spatial" and value.shape[1] > 1:
+                notes.append(
+                    f"output {name!r} drafted as spatial attention with {value.shape[1]} heads "
+                    "(served as their mean, ?head=i for one): check it"
+                )
             if kind == "token_grid":
                 side = math.isqrt(int(value.shape[-1]))
                 specs[-1]["grid"] = [side, side]
@@ -328,21 +340,26 @@ def _guess(
         if square and (attention or value.ndim == 3):
             return "token_grid", ["batch", *[int(d) for d in value.shape[1:]]], 1
         return None
+    pooled = value.ndim == 4 and value.shape[2:] == (1, 1)
+    if task == "segmentation" and (pooled or value.ndim == 2):
+        # One weight per channel (an SE or CBAM block's), or per input band.
+        if in_unit or (value.ndim == 2 and value.shape[1] == channels):
+            return "channel", ["batch", int(value.shape[1]), *([1, 1] if pooled else [])], 1
+        return None
     if value.ndim == 4 and task in ("segmentation", "image_classification"):
-        k, side = value.shape[1], value.shape[-1]
+        k, side = int(value.shape[1]), value.shape[-1]
         stride = PROBE_SIDE // side if side and PROBE_SIDE % side == 0 else 0
         if not stride or multiple % stride:
             return None
         dims: list[int | str] = (
             ["height", "width"] if stride == 1 else [f"height_{stride}", f"width_{stride}"]
         )
-        if k > 1 and sums_to_one and stride == 1:
+        if k > 1 and sums_to_one and stride == 1 and not attention:
             return "class_probabilities", ["batch", k, *dims], 1
-        if k == 1 and in_unit and stride == 1:
+        if k == 1 and in_unit and stride == 1 and not attention:
             return "probability", ["batch", 1, *dims], 1
-        return ("spatial", ["batch", 1, *dims], stride) if k == 1 else None
-    if value.ndim == 2 and value.shape[1] == channels and task == "segmentation":
-        return "channel", ["batch", channels], 1
+        # Several maps in [0, 1] are heads of one spatial attention.
+        return ("spatial", ["batch", k, *dims], stride) if k == 1 or in_unit or attention else None
     if value.ndim == 2 and task == "temporal_classification" and sums_to_one:
         return "class_probabilities", ["batch", int(value.shape[1])], 1
     if value.ndim == 3 and value.shape[-1] == PROBE_DATES and task == "temporal_classification":

@@ -193,7 +193,7 @@ class SegmentationTask(SameShapeBatches):
         """Bytes of every spatial output per input pixel."""
         total = 0.0
         for o in manifest.outputs:
-            if len(o.shape) == 4:
+            if len(o.shape) == 4 and o.kind != "channel":
                 channels = o.shape[1] if isinstance(o.shape[1], int) else 1
                 total += 4.0 * channels / o.stride**2
         return total
@@ -251,6 +251,9 @@ class SegmentationTask(SameShapeBatches):
         layers: dict[str, np.ndarray] = {}
         for spec in self.manifest.outputs:
             out = outputs[spec.name][0]
+            if spec.kind == "channel":  # (C,) or (C, 1, 1): one weight per channel
+                layers[spec.name] = np.asarray(out, dtype=np.float32).reshape(-1)
+                continue
             if out.ndim == 3 and spec.stride > 1:
                 rows = native_extent(h, spec.stride, padded.shape[1])
                 cols = native_extent(w, spec.stride, padded.shape[2])

@@ -86,6 +86,55 @@ def class_segmenter(path: Path, scale: float = 0.05) -> Path:
     return _save(path, "foreign-classes", nodes, 3, outputs, {"w": weights, "m": mean})
 
 
+def headed_segmenter(path: Path) -> Path:
+    """A segmenter with several heads of attention and channel weights: ``image (N, 3, H, W)``.
+
+    Outputs ``probability (N, 1, H, W)``, the sigmoid of the red band less 128
+    over 50; ``heads (N, 2, H/2, W/2)``, two heads of spatial attention pooled
+    2 x 2 (the sigmoid of red, and of blue, less 128 over 50); ``bands (N, 3)``,
+    the sigmoid of each band's mean less 128 over 50 (a weight per input band);
+    and ``se (N, 4, 1, 1)``, squeeze-and-excitation weights of four features
+    (the sigmoid of the image's mean over 255 times 1, 2, -1 and -2).
+    """
+    red = np.zeros((1, 3, 1, 1), dtype=np.float32)
+    red[0, 0] = 1 / 50
+    heads = np.zeros((2, 3, 1, 1), dtype=np.float32)
+    heads[0, 0] = heads[1, 2] = 1 / 50
+    excite = np.repeat(np.array([1, 2, -1, -2], dtype=np.float32) / 3 / 255, 3).reshape(4, 3, 1, 1)
+    nodes = [
+        helper.make_node("Conv", ["image", "red", "offset"], ["red_logit"]),
+        helper.make_node("Sigmoid", ["red_logit"], ["probability"]),
+        helper.make_node("Conv", ["image", "pick", "offset2"], ["head_logits"]),
+        helper.make_node(
+            "AveragePool", ["head_logits"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]
+        ),
+        helper.make_node("Sigmoid", ["pooled"], ["heads"]),
+        helper.make_node("GlobalAveragePool", ["image"], ["means"]),
+        helper.make_node("Flatten", ["means"], ["flat"]),
+        helper.make_node("Sub", ["flat", "centre"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["band_logits"]),
+        helper.make_node("Sigmoid", ["band_logits"], ["bands"]),
+        helper.make_node("Conv", ["means", "excite"], ["se_logits"]),
+        helper.make_node("Sigmoid", ["se_logits"], ["se"]),
+    ]
+    outputs = {
+        "probability": ["N", 1, "H", "W"],
+        "heads": ["N", 2, "h", "w"],
+        "bands": ["N", 3],
+        "se": ["N", 4, 1, 1],
+    }
+    weights = {
+        "red": red,
+        "offset": np.array([-128 / 50], dtype=np.float32),
+        "pick": heads,
+        "offset2": np.full(2, -128 / 50, dtype=np.float32),
+        "centre": np.full((1, 3), 128, dtype=np.float32),
+        "scale": np.full((1, 3), 1 / 50, dtype=np.float32),
+        "excite": excite,
+    }
+    return _save(path, "foreign-heads", nodes, 3, outputs, weights)
+
+
 def chip_classifier(path: Path) -> Path:
     """A scene classifier of 3 classes with no manifest: ``image (N, 3, 64, 64)`` raw 0-255.
 

@@ -44,10 +44,12 @@ def test_a_cbam_unet_exports_its_spatial_attention_as_outputs(tmp_path: Path) ->
         ("enc1_2_spatial", "spatial", 1),
         ("enc2_2_spatial", "spatial", 2),
         ("bottom_2_spatial", "spatial", 4),
+        ("enc1_2_channel", "channel", 1),
     ]
     assert manifest.input.size_multiple == 4
-    # Channel attention over 8 inner features is no band weight: left out, said so.
-    assert any("'enc1_2_channel' (1, 8, 1, 1) left out" in n for n in draft.notes)
+    # Channel attention over 8 inner features: one weight each, named by position.
+    assert manifest.outputs[-1].shape == ["batch", 8, 1, 1]
+    assert manifest.outputs[-1].channel_names(manifest.input.bands)[-1] == "channel_7"
     assert json.loads(sidecar_path(out).read_text()) == draft.manifest
     # The graph's attention is the model's own, on another image size too.
     model, seen = cbam_unet().eval(), {}

@@ -23,7 +23,13 @@ class AttentionQuery:
     """How attention is asked for: as JSON or a GeoTIFF, all heads or one."""
 
     format: str | None = Query(None, description="json or geotiff")
-    head: int | None = Query(None, ge=0, le=1024, description="one head of temporal attention")
+    head: int | None = Query(
+        None,
+        ge=0,
+        le=1024,
+        description="one attention head (temporal, token grid or multi-head spatial layers); "
+        "by default their mean",
+    )
     accept: str | None = Header(None)
 
     @property
@@ -60,6 +66,8 @@ async def get_layer(job: Job, layer: str, state: State, asked: Asked) -> Respons
     if entry.role != "attention":
         raise NotFound(f"{layer!r} is not an attention layer")
     if asked.geotiff:
+        views.require_raster(entry)
         data = await asyncio.to_thread(views.geotiff, job, state.store, [layer], asked.head)
         return geotiff_response(data, f"{job.id}-{layer}.tif")
-    return result_json(await asyncio.to_thread(views.layer_json, job, state.store, layer))
+    body = await asyncio.to_thread(views.layer_json, job, state.store, layer, asked.head)
+    return result_json(body)

@@ -12,7 +12,7 @@ from service.jobs.record import Layer, ResamplingSummary, Tiling
 from service.pipeline.inputs import RasterInput
 from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
-from service.pipeline.statistics import coarse_statistics
+from service.pipeline.statistics import coarse_statistics, statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
 from service.raster.decode import RasterInfo, describe
 from service.raster.resample import (
@@ -33,10 +33,30 @@ def round_up(value: int, multiple: int) -> int:
     return max(multiple, -(-value // multiple) * multiple)
 
 
+def channel_names(spec: OutputSpec, manifest: Manifest) -> dict[str, Any]:
+    """A channel layer's names: ``bands`` when it weighs the input's bands, else ``channels``."""
+    if spec.kind != "channel":
+        return {}
+    names = spec.channel_names(manifest.input.bands)
+    return {"bands" if names == list(manifest.input.bands) else "channels": names}
+
+
 def channels(spec: OutputSpec) -> int:
     """Bands of a spatial output ``(B, C, H, W)``: C, or 1 where the manifest leaves it open."""
     dim = spec.shape[1] if len(spec.shape) > 1 else 1
     return dim if isinstance(dim, int) else 1
+
+
+def scene_bands(spec: OutputSpec) -> int:
+    """Bands a spatial output gives a scene: the prediction's, one for attention."""
+    return channels(spec) if spec.role == "prediction" else 1
+
+
+def scene_maps(spec: OutputSpec, maps: np.ndarray) -> np.ndarray:
+    """A tile's bands of a spatial output: attention heads are averaged, as scenes keep them."""
+    if spec.role == "prediction" or len(maps) == 1:
+        return maps
+    return np.asarray(maps.mean(axis=0, keepdims=True))
 
 
 class SceneOutputs:
@@ -115,27 +135,31 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             (
                 o.name
                 for o in manifest.outputs
-                if len(o.shape) == 4 and o.stride == 1 and channels(o) == 1
+                if len(o.shape) == 4 and o.stride == 1 and channels(o) == 1 and o.kind != "channel"
             ),
             None,
         )
         for spec in manifest.outputs:
             array = out.layers[spec.name]
-            extra: dict[str, Any] = {}
-            if spec.kind == "channel":
-                extra["bands"] = list(manifest.input.bands)
-            elif array.ndim == 3 and array.shape[0] == 1:
+            extra: dict[str, Any] = channel_names(spec, manifest)
+            heads = spec.heads if spec.kind == "spatial" else 1
+            if array.ndim == 3 and array.shape[0] == 1:
                 array = array[0]
+            elif heads > 1:
+                extra["heads"] = heads
             arrays[spec.name] = array
+            # Statistics of what is served by default: the mean over heads.
+            shown = array.mean(axis=0) if heads > 1 else array
             # Back on the input's grid, a resampled coarse map is at full resolution.
-            if spec.stride > 1 and array.ndim == 2 and not plan.applied:
+            if spec.stride > 1 and array.ndim in (2, 3) and not plan.applied:
                 extra["stride"] = spec.stride
                 if out.valid is not None and mask is not None:
                     extra["mask"] = mask
-                stats = coarse_statistics(array, spec.stride, h, w, out.valid)
-                layers.append(output_layer(spec, array, (h, w), stats, **extra))
+                stats = coarse_statistics(shown, spec.stride, h, w, out.valid)
+                shape = (heads, h, w) if heads > 1 else (h, w)
+                layers.append(output_layer(spec, array, shape, stats, **extra))
             else:
-                layers.append(output_layer(spec, array, **extra))
+                layers.append(output_layer(spec, array, stats=statistics(shown), **extra))
         if inp.georef is not None:
             georef = inp.georef.to_json()
         else:
@@ -158,7 +182,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
         record, served, options = work.record, work.served, work.options
         manifest = served.manifest
         model = SegmentationTask(manifest, served.batcher)
-        spatial = [o for o in manifest.outputs if len(o.shape) == 4]
+        spatial = [o for o in manifest.outputs if len(o.shape) == 4 and o.kind != "channel"]
         channel = [o for o in manifest.outputs if o.kind == "channel"]
         size = round_up(options.tile_size or model.scene_tile(manifest), model.tile_step(manifest))
         overlap = (
@@ -177,9 +201,9 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             tiled = replace(info, width=plan.model_width, height=plan.model_height)
             grid = TileGrid(tiled.height, tiled.width, size, min(overlap, size // 2), halo)
             # Layers blended: every spatial output, then the input's validity.
-            blender = StripBlender(grid, sum(map(channels, spatial)) + 1)
-            channel_sum = {o.name: np.zeros(len(manifest.input.bands)) for o in channel}
-            channel_weight = 0.0
+            blender = StripBlender(grid, sum(map(scene_bands, spatial)) + 1)
+            channel_sum = {o.name: np.zeros(0) for o in channel}
+            channel_weight = np.zeros(1)
             outputs = self.scene_outputs(work, info, spatial)
             sinks = outputs.sinks
             valid_everywhere = all_valid(ds)
@@ -203,13 +227,16 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                 core = (slice(dy, dy + tile.size), slice(dx, dx + tile.size))
                 weight = float(valid[core].mean())
                 for o in channel:
-                    channel_sum[o.name] += out[o.name][0] * weight
+                    # Sized by the first tile: a manifest may leave C open.
+                    flat = out[o.name][0].reshape(-1) * weight
+                    summed = channel_sum[o.name]
+                    channel_sum[o.name] = summed + flat if summed.size else flat
                 channel_weight += weight
                 h, w = x.shape[1:]
                 stack = [
                     upsample(band, o.stride, h, w)[core] if o.stride > 1 else band[core]
                     for o in spatial
-                    for band in out[o.name][0]
+                    for band in scene_maps(o, out[o.name][0])
                 ]
                 stack.append(valid[core].astype(np.float32))
                 return np.stack(stack)
@@ -235,10 +262,12 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                     sink.finish()
                 return outputs.layers(record.georef)
 
-            grid_pass = GridPass(grid, blender, read, infer, flush, sinks)
+            # Totals over tiles, added up over units where a shared queue splits the job.
+            channel_sum[".weight"] = channel_weight
+            grid_pass = GridPass(grid, blender, read, infer, flush, sinks, channel_sum)
             record.layers = await run_and_finish(work, grid_pass, finish)
         for o in channel:
-            weights = channel_sum[o.name] / max(channel_weight, 1e-9)
+            weights = channel_sum[o.name] / max(float(channel_weight[0]), 1e-9)
             record.layers.append(
                 Layer(
                     name=o.name,
@@ -248,8 +277,8 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                     dtype="float32",
                     storage="inline",
                     values=[float(v) for v in weights],
-                    bands=list(manifest.input.bands),
-                    description="per-band weights, averaged over tiles by valid pixels",
+                    description="weights averaged over tiles by valid pixels",
+                    **channel_names(o, manifest),
                 )
             )
         record.tiling = Tiling(size, grid.overlap, len(grid))

@@ -25,6 +25,7 @@ from tests.helpers.onnx_graphs import (
     WRONG_MANIFESTS,
     binary_segmenter,
     edited_draft,
+    headed_segmenter,
     wrong_manifest,
 )
 
@@ -89,6 +90,29 @@ def test_band_and_class_counts_are_held_against_the_graph(
     assert problems == [
         "input.bands: the manifest lists 2 bands (red, green) but the graph's input 'image' takes 3"
     ]
+
+
+def test_channel_weights_and_heads_are_held_against_the_graph(tmp_path: Path) -> None:
+    path = headed_segmenter(tmp_path / "heads.onnx")
+    good = edited_draft(draft_manifest(path).manifest, name="heads")
+    good["outputs"][3]["channels"] = ["roofs", "roads", "trees", "water"]
+    assert _check(path, good, tmp_path) == []
+    data = json.loads(json.dumps(good))
+    data["outputs"][3]["channels"] = ["roofs", "roads", "trees"]
+    assert _check(path, data, tmp_path) == [
+        "outputs[3].channels: output 'se' has 4 channels but 3 names"
+    ]
+    # The heads' map taken for channel weights: the graph shows a map.
+    data = json.loads(json.dumps(good))
+    data["outputs"][1].update(kind="channel", shape=["batch", 2, 1, 1], stride=1)
+    (problem,) = _check(path, data, tmp_path)
+    assert problem.startswith("outputs[1].kind: output 'heads' is (1, 2, 32, 32), a map rather")
+    # Weights declared flat where the graph gives (B, C, 1, 1): a rank the check names.
+    data = json.loads(json.dumps(good))
+    data["outputs"][3]["shape"] = ["batch", 4]
+    data["outputs"][3]["channels"] = None
+    (problem,) = _check(path, data, tmp_path)
+    assert problem.startswith("outputs[3].shape: output 'se' has 2 dimensions in the manifest")
 
 
 def test_logits_where_probabilities_belong_are_reported(tmp_path: Path) -> None:

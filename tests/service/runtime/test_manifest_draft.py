@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from service.config import SHIPPED_MODELS
 from service.runtime.manifest import Manifest
 from service.runtime.manifest_draft import draft_manifest
-from tests.helpers.onnx_graphs import binary_segmenter
+from tests.helpers.onnx_graphs import binary_segmenter, headed_segmenter
 
 
 def _kinds(manifest: Manifest) -> list[tuple[str, str, str, int]]:
@@ -30,6 +30,20 @@ def test_a_plain_segmenter_is_drafted_as_probability_and_a_coarse_map(tmp_path: 
     assert manifest.input.bands == ["red", "green", "blue"]
     assert manifest.input.size_multiple == 2
     assert [t.name for t in manifest.tensors] == ["image"]
+
+
+def test_heads_of_spatial_attention_and_channel_weights_are_drafted(tmp_path: Path) -> None:
+    draft = draft_manifest(headed_segmenter(tmp_path / "heads.onnx"))
+    manifest = Manifest.from_dict(draft.manifest)
+    assert [(o.name, o.kind, o.shape, o.stride) for o in manifest.attention] == [
+        ("heads", "spatial", ["batch", 2, "height_2", "width_2"], 2),
+        ("bands", "channel", ["batch", 3], 1),
+        ("se", "channel", ["batch", 4, 1, 1], 1),
+    ]
+    assert manifest.attention[0].heads == 2
+    assert manifest.input.size_multiple == 2
+    assert any("'heads' drafted as spatial attention with 2 heads" in n for n in draft.notes)
+    assert any("'se' drafted as channel attention, 4 weights" in n for n in draft.notes)
 
 
 def test_the_shipped_footprints_graph_is_drafted_as_its_manifest_describes_it() -> None:

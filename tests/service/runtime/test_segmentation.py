@@ -134,7 +134,10 @@ def test_manifests_without_strides_serve_full_resolution_maps() -> None:
         ({"stride": 2.5}, "positive integer"),
         ({"stride": 16}, "divide"),
         ({"stride": 3}, "divide"),
-        ({"stride": 2, "kind": "channel", "shape": ["batch", 1]}, "4-D attention"),
+        (
+            {"stride": 2, "kind": "channel", "shape": ["batch", 1]},
+            "channel attention, which has no stride",
+        ),
     ],
 )
 def test_strides_the_server_cannot_serve_are_refused(output: dict[str, Any], words: str) -> None:

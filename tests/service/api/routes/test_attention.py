@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import numpy as np
 
 from service.api.state import AppState
+from service.app import create_app
+from service.config import Settings
+from service.runtime.manifest import sidecar_path
+from service.runtime.manifest_draft import draft_manifest
+from tests.helpers.asgi import in_process
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import geotiff, noise, read_geotiff
+from tests.helpers.onnx_graphs import edited_draft, headed_segmenter
 
 
 def test_layers_are_listed_served_one_by_one_and_stacked(served: Callable[..., None]) -> None:
@@ -31,3 +41,62 @@ def test_layers_are_listed_served_one_by_one_and_stacked(served: Callable[..., N
         assert missing.status_code == 404
 
     served(scenario)
+
+
+def test_heads_and_channel_weights_of_a_sidecar_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    path = headed_segmenter(models / "heads-1.0.0.onnx")
+    manifest = edited_draft(draft_manifest(path).manifest, name="heads")
+    manifest["outputs"][3]["channels"] = ["roofs", "roads", "trees", "water"]
+    sidecar_path(path).write_text(json.dumps(manifest))
+    app = create_app(Settings(model_dir=models, job_dir=tmp_path / "jobs", warmup=False))
+    image = noise(3, 64).astype(np.uint8)
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        made = await client.post("/predict", **upload(geotiff(image), model="heads"))
+        assert made.status_code == 200, made.text
+        job_id = made.json()["job_id"]
+        listed = {la["name"]: la for la in made.json()["attention"]}
+        assert (listed["heads"]["heads"], listed["heads"]["shape"]) == (2, [2, 64, 64])
+        # Channel weights, named by the manifest or by the input's bands.
+        se = (await client.get(f"/attention/{job_id}/se")).json()
+        assert list(se["weights"]) == ["roofs", "roads", "trees", "water"]
+        assert se["weights"]["roofs"] > 0.5 > se["weights"]["water"]
+        bands = (await client.get(f"/attention/{job_id}/bands")).json()
+        assert list(bands["weights"]) == ["red", "green", "blue"]
+        refused = await client.get(f"/attention/{job_id}/se", params={"format": "geotiff"})
+        assert refused.status_code == 422
+        assert "no spatial extent" in refused.json()["error"]["message"]
+        # Two heads: their mean by default, one on request, and the answer says which.
+        mean = (await client.get(f"/attention/{job_id}/heads")).json()
+        one = (await client.get(f"/attention/{job_id}/heads", params={"head": 1})).json()
+        assert (mean["head"], one["head"]) == ("mean", 1)
+        red_head = (await client.get(f"/attention/{job_id}/heads", params={"head": 0})).json()
+        np.testing.assert_allclose(
+            np.asarray(mean["values"]),
+            (np.asarray(red_head["values"]) + np.asarray(one["values"])) / 2,
+            atol=1e-6,
+        )
+        # Head 1 weighs blue: where blue is bright, so is it.
+        blue = image[2].astype(np.float64)
+        assert np.corrcoef(np.asarray(one["values"]).ravel(), blue.ravel())[0, 1] > 0.3
+        tiff = await client.get(
+            f"/attention/{job_id}/heads", params={"format": "geotiff", "head": 1}
+        )
+        np.testing.assert_allclose(read_geotiff(tiff.content)[0], one["values"], atol=1e-6)
+        for layer, head, words in [
+            ("heads", 2, "head 2 is out of range: layer 'heads' has 2 heads, 0 to 1"),
+            ("se", 0, "head 0: layer 'se' has a single head; leave head out"),
+        ]:
+            wrong = await client.get(f"/attention/{job_id}/{layer}", params={"head": head})
+            assert wrong.status_code == 422
+            assert words in wrong.json()["error"]["message"]
+        stacked = await client.get(f"/attention/{job_id}", params={"format": "geotiff", "head": 0})
+        assert read_geotiff(stacked.content).shape == (1, 64, 64)
+
+    async def main() -> None:
+        async with in_process(app, ready_s=60) as client:
+            await scenario(client)
+
+    asyncio.run(main())
