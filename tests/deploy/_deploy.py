@@ -30,6 +30,15 @@ CONTRACT_METRICS = {
     "attnserve_jobs_stored": "gauge",
     "attnserve_in_flight_requests": "gauge",
 }
+# The shared scene queue's metrics (ATTNSERVE_QUEUE_URL), by the names agreed
+# with the queue: its depth is one global value every replica reports alike.
+QUEUE_METRICS = {
+    "attnserve_queue_units": "gauge",
+    "attnserve_queue_units_in_flight": "gauge",
+    "attnserve_queue_claims_total": "counter",
+    "attnserve_queue_unit_seconds": "histogram",
+}
+CONTRACT_METRICS.update(QUEUE_METRICS)
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 

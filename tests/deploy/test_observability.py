@@ -19,6 +19,7 @@ import yaml
 from tests.deploy._deploy import (
     CONTRACT_METRICS,
     DOCKER,
+    QUEUE_METRICS,
     ROOT,
     VENV_BIN,
     Dockerfile,
@@ -132,13 +133,44 @@ def test_dashboard_metrics_are_in_the_contract(dashboard: dict) -> None:
     assert set(CONTRACT_METRICS) <= used | bases
 
 
+def test_the_shared_queue_has_its_row(dashboard: dict) -> None:
+    panels = dashboard["panels"]
+    start = next(i for i, p in enumerate(panels) if p["title"] == "Shared scene queue")
+    assert panels[start]["type"] == "row"
+    end = next((i for i, p in enumerate(panels) if i > start and p["type"] == "row"), None)
+    queue = panels[start + 1 : end]
+    by_metric = {
+        name: [p["title"].lower() for p in queue if name in dashboard_metric_names({"panels": [p]})]
+        for name in ("attnserve_queue_units", "attnserve_queue_units_in_flight")
+    }
+    assert by_metric["attnserve_queue_units"] == ["shared queue depth (units waiting)"]
+    assert by_metric["attnserve_queue_units_in_flight"] == ["units in flight per replica"]
+    exprs = [t["expr"] for p in queue for t in p.get("targets", [])]
+    # Every replica reports the queue's global depth: summing would count it per replica.
+    assert "max(attnserve_queue_units)" in exprs
+    assert not any("sum(attnserve_queue_units)" in e for e in exprs)
+    assert any("by (instance)" in e and "units_in_flight" in e for e in exprs)
+    assert any("increase(attnserve_queue_claims_total" in e for e in exprs)
+    assert any(e.startswith("histogram_quantile(0.95") and "queue_unit_seconds" in e for e in exprs)
+
+
+def _missing_from(exposed: set[str], dashboard: dict) -> set[str]:
+    """Contract and dashboard metrics the server does not export; only the queue's
+    may be missing, while the shared queue has not landed (reported as xfail)."""
+    missing = (set(CONTRACT_METRICS) | dashboard_metric_names(dashboard)) - exposed
+    queue = {n for n in missing if any(n.startswith(q) for q in QUEUE_METRICS)}
+    assert missing == queue, f"metrics the server lacks: {sorted(missing)}"
+    return missing
+
+
 def test_server_metrics_registry_matches_the_contract(dashboard: dict) -> None:
     metrics = pytest.importorskip("service.metrics")
     from prometheus_client import generate_latest
 
     exposed = exposed_metric_names(generate_latest(metrics.Metrics().registry).decode())
-    assert set(CONTRACT_METRICS) <= exposed
-    assert dashboard_metric_names(dashboard) <= exposed
+    missing = _missing_from(exposed, dashboard)
+    if missing:
+        pytest.xfail(f"shared queue metrics not exported yet: {sorted(missing)}")
 
 
 # ------------------------------------------------------------------ live
@@ -224,10 +256,7 @@ def test_live_server_exports_the_dashboard_metrics(
     metrics = httpx.get(f"{base}/metrics", timeout=5.0)
     assert metrics.status_code == 200
     exposed = exposed_metric_names(metrics.text)
-    missing_contract = set(CONTRACT_METRICS) - exposed
-    assert missing_contract == set(), f"contract metrics not exported: {sorted(missing_contract)}"
-    missing = dashboard_metric_names(dashboard) - exposed
-    assert missing == set(), f"dashboard queries metrics the server lacks: {sorted(missing)}"
+    missing = _missing_from(exposed, dashboard)
     # The request just served was counted.
     assert any(
         line.startswith("attnserve_requests_total{") and 'model="footprints"' in line
@@ -246,3 +275,5 @@ def test_live_server_exports_the_dashboard_metrics(
     elapsed = time.monotonic() - started
     assert code in (0, -signal.SIGTERM), f"exit code {code}:\n{log.read_text()[-4000:]}"
     assert elapsed <= SHUTDOWN_GRACE_S + 5
+    if missing:
+        pytest.xfail(f"shared queue metrics not exported yet: {sorted(missing)}")
