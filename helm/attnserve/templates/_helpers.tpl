@@ -192,3 +192,63 @@ request, so a draining pod is never killed mid-request.
 {{- int $set }}
 {{- end }}
 {{- end }}
+
+{{/*
+Whether scene work goes through the shared queue: "true" with a queue URL in
+a Secret or the bundled Valkey, else empty.
+*/}}
+{{- define "attnserve.queueEnabled" -}}
+{{- if and .Values.queue.existingSecret .Values.redis.enabled }}
+{{- fail "set queue.existingSecret or redis.enabled, not both: the replicas share one queue" }}
+{{- end }}
+{{- if or .Values.queue.existingSecret .Values.redis.enabled }}
+{{- if not .Values.objectStore.enabled }}
+{{- fail "the shared queue needs objectStore.enabled: units' results meet in the bucket, not on a shared volume" }}
+{{- end }}
+{{- print "true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The bundled Valkey's URL: its Service is named as that chart names itself
+(<release>-redis under the dependency's alias, or its fullnameOverride).
+*/}}
+{{- define "attnserve.bundledQueueUrl" -}}
+{{- $host := printf "%s-redis" .Release.Name }}
+{{- if .Values.redis.fullnameOverride }}
+{{- $host = .Values.redis.fullnameOverride }}
+{{- else if contains "redis" .Release.Name }}
+{{- $host = .Release.Name }}
+{{- end }}
+{{- printf "redis://%s:%d/0" ($host | trunc 63 | trimSuffix "-") (int .Values.redis.service.port) }}
+{{- end }}
+
+{{/*
+Environment variables of the server and batch containers beyond the
+ConfigMap: secrets (object store keys, the queue URL) and extraEnv.
+*/}}
+{{- define "attnserve.env" -}}
+{{- $credentials := .Values.objectStore.credentials }}
+{{- if and .Values.objectStore.enabled $credentials.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $credentials.existingSecret }}
+      key: {{ $credentials.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $credentials.existingSecret }}
+      key: {{ $credentials.secretAccessKeyKey }}
+{{- end }}
+{{- with .Values.queue.existingSecret }}
+- name: ATTNSERVE_QUEUE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.queue.secretKey }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
