@@ -64,6 +64,8 @@ _ERRORS: dict[str, type[AttnserveError]] = {
 }
 # Time a worker gets past the deadline to report its own (clearer) error.
 _GRACE_S = 1.0
+# Pixels of the prediction a worker labels at once (512 rows of a 4096-wide scene).
+BLOCK_PIXELS = 2**21
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,10 @@ def footprints_of(
     georef = job.georef or {}
     with LayerReader(job, store) as reader:
         height, width = reader.size
+        # Blocks of about BLOCK_PIXELS whatever the width: memory does not grow with the scene.
+        rows = max(1, min(height, BLOCK_PIXELS // max(1, width)))
         return extract_footprints(
-            reader.blocks(prediction),
+            reader.blocks(prediction, rows),
             height,
             width,
             tuple(georef["transform"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,11 @@ import rasterio
 import rasterio.features
 import rasterio.warp
 from affine import Affine
+from scipy import ndimage
 from shapely.geometry import mapping, shape
 
 from service.errors import InvalidInput
+from service.raster.components import FOUR, TooManyRegions, regions
 
 # (layer name, rows slice, cols slice) -> 2-D float32 values of that window.
 WindowReader = Callable[[str, slice, slice], np.ndarray]
@@ -56,36 +58,16 @@ def _too_many(max_features: int) -> str:
     return f"more than {max_features} polygons at these parameters: raise threshold or min_area_px"
 
 
-def euler_number(mask: np.ndarray, value: int, rows: int = 1024) -> int:
-    """Regions minus holes of the pixels of ``mask`` equal to ``value``.
-
-    Regions are 4-connected (as the polygons are), holes 8-connected; counted from
-    2 x 2 neighbourhoods (Gray's formula) ``rows`` rows at a time, so a large mask
-    costs a block of memory, not a copy. Holes only lower the count, so there are
-    at least ``max(0, count)`` regions.
-    """
-    height, width = mask.shape
-    singles = triples = diagonals = 0
-
-    def count(window: np.ndarray) -> None:
-        nonlocal singles, triples, diagonals
-        a, b = window[:-1, :-1], window[:-1, 1:]
-        c, d = window[1:, :-1], window[1:, 1:]
-        total = a.astype(np.uint8) + b + c + d
-        singles += int(np.count_nonzero(total == 1))
-        triples += int(np.count_nonzero(total == 3))
-        diagonals += int(np.count_nonzero((total == 2) & (a == d)))
-
-    above = np.zeros(width + 2, dtype=bool)  # the background around the mask
-    for start in range(0, height, rows):
-        part = mask[start : start + rows]
-        window = np.zeros((part.shape[0] + 1, width + 2), dtype=bool)
-        window[0] = above
-        window[1:, 1:-1] = part == value
-        count(window)
-        above = window[-1].copy()
-    count(np.stack([above, np.zeros_like(above)]))
-    return (singles - triples + 2 * diagonals) // 4
+def _codes(
+    values: np.ndarray, options: FootprintOptions, classes: Sequence[str] | None
+) -> np.ndarray:
+    """A window of the prediction as a uint8 mask: 1 + class index in a class map, 0 none."""
+    if classes is None:
+        with np.errstate(invalid="ignore"):
+            return (values >= options.threshold).astype(np.uint8)
+    codes = np.nan_to_num(values, nan=-1.0)
+    inside = (codes >= 0) & (codes < len(classes))
+    return np.where(inside, codes + 1, 0).astype(np.uint8)
 
 
 def extract_footprints(
@@ -104,14 +86,19 @@ def extract_footprints(
 ) -> dict[str, Any]:
     """Polygonise buildings of a stitched probability raster, or the classes of a class map.
 
+    The raster is never held whole: its blocks are labelled one at a time
+    (regions crossing a block's edge joined, see :mod:`service.raster.components`),
+    then each region large enough is polygonised from a window of its own extent.
+    The polygons are those GDAL makes of the whole mask (4-connected), in the
+    row-major order of their first pixels.
+
     Args:
         probability_blocks: ``(first row, (rows, width) float32)`` blocks covering
-            the raster top to bottom (NaN = nodata); only a uint8 mask of the
-            whole raster is kept.
+            the raster top to bottom (NaN = nodata).
         height, width: raster size.
         transform: the raster's affine transform ``(a, b, c, d, e, f)``.
         crs_wkt: the raster's CRS (None: pixel coordinates, no reprojection).
-        read: reads a window of a layer, for per-polygon statistics.
+        read: reads a window of a layer: each region's prediction and attention.
         prediction: the probability layer's name.
         attention: spatial attention layer names to average per polygon.
         options: threshold, minimum area, simplification, output CRS.
@@ -134,33 +121,36 @@ def extract_footprints(
         if deadline is not None and time.monotonic() > deadline:
             raise InvalidInput(TOO_SLOW)
 
-    # 0: no polygon; 1 + class index in a class map.
-    mask = np.zeros((height, width), dtype=np.uint8)
-    for first, block in probability_blocks:
-        check_time()
-        rows = slice(first, first + block.shape[0])
-        if classes is None:
-            with np.errstate(invalid="ignore"):
-                mask[rows] = block >= options.threshold
-        else:
-            codes = np.nan_to_num(block, nan=-1.0)
-            inside = (codes >= 0) & (codes < len(classes))
-            mask[rows] = np.where(inside, codes + 1, 0)
-    if max_features is not None and options.min_area_px <= 1:
-        # Every region is then a polygon: refuse at once what would take long to
-        # polygonise only to be refused (a noisy mask has hundreds of thousands).
-        codes = range(1, 2 if classes is None else len(classes) + 1)
-        if sum(max(0, euler_number(mask, code)) for code in codes) > max_features:
-            raise InvalidInput(_too_many(max_features))
+    def masks() -> Iterator[tuple[int, np.ndarray]]:
+        for first, block in probability_blocks:
+            check_time()
+            yield first, _codes(block, options, classes)
+
+    # A polygon's area is its pixels' (holes are not its pixels): regions under
+    # the minimum are dropped, and the limit refused, before any is polygonised.
+    # Half a pixel of slack: the exact test is on the polygon's area below.
+    try:
+        found = regions(masks(), width, options.min_area_px - 0.5, max_features)
+    except TooManyRegions:
+        raise InvalidInput(_too_many(max_features or 0)) from None
     affine = Affine(*transform[:6])
     pixel_area = abs(affine.a * affine.e - affine.b * affine.d)
     pixel_size = float(np.sqrt(pixel_area))
+    projected = crs_wkt is not None and rasterio.crs.CRS.from_wkt(crs_wkt).is_projected
+    metres = _metres_per_unit(crs_wkt) if projected and crs_wkt is not None else 1.0
     features: list[dict[str, Any]] = []
-    # 4-connectivity: buildings touching only at a corner stay apart.
-    for geom, code in rasterio.features.shapes(
-        mask, mask=mask.astype(bool), connectivity=4, transform=affine
-    ):
+    for region in found:
         check_time()
+        rows, cols = slice(region.top, region.bottom), slice(region.left, region.right)
+        values = read(prediction, rows, cols)
+        labels, _ = ndimage.label(_codes(values, options, classes) == region.code, FOUR)
+        row, col = region.seed(width)
+        inside = labels == labels[row - region.top, col - region.left]
+        window = affine * Affine.translation(region.left, region.top)
+        # 4-connectivity: buildings touching only at a corner stay apart.
+        [(geom, _)] = rasterio.features.shapes(
+            inside.view(np.uint8), mask=inside, connectivity=4, transform=window
+        )
         poly = shape(geom)
         area_px = poly.area / pixel_area
         if area_px < options.min_area_px:
@@ -169,15 +159,15 @@ def extract_footprints(
             raise InvalidInput(_too_many(max_features))
         if options.simplify_px > 0:
             poly = poly.simplify(options.simplify_px * pixel_size, preserve_topology=True)
+        props: dict[str, Any] = {}
         if classes is None:
-            props = _polygon_stats(geom, affine, height, width, read, prediction, attention)
+            props["mean_probability"] = _mean(values, inside)
         else:
-            value = int(code) - 1
-            props = {"class": classes[value], "value": value}
-            props.update(_polygon_stats(geom, affine, height, width, read, None, attention))
+            props = {"class": classes[region.code - 1], "value": region.code - 1}
+        props.update(_attention_stats(read, attention, rows, cols, inside))
         props["area_px"] = round(area_px, 1)
-        if crs_wkt is not None and rasterio.crs.CRS.from_wkt(crs_wkt).is_projected:
-            props["area_m2"] = round(area_px * pixel_area * _metres_per_unit(crs_wkt) ** 2, 2)
+        if projected:
+            props["area_m2"] = round(area_px * pixel_area * metres**2, 2)
         features.append({"type": "Feature", "geometry": mapping(poly), "properties": props})
     for i, feature in enumerate(features):
         feature["id"] = i
@@ -204,33 +194,16 @@ def _metres_per_unit(crs_wkt: str) -> float:
     return float(factor)
 
 
-def _polygon_stats(
-    geom: dict[str, Any],
-    affine: Affine,
-    height: int,
-    width: int,
-    read: WindowReader,
-    prediction: str | None,
-    attention: list[str],
+def _attention_stats(
+    read: WindowReader, attention: list[str], rows: slice, cols: slice, inside: np.ndarray
 ) -> dict[str, Any]:
-    xs, ys = zip(*[pt for ring in geom["coordinates"] for pt in ring], strict=True)
-    inv = ~affine
-    cols, rows = zip(*(inv * (x, y) for x, y in zip(xs, ys, strict=True)), strict=True)
-    r0, r1 = max(0, int(np.floor(min(rows)))), min(height, int(np.ceil(max(rows))))
-    c0, c1 = max(0, int(np.floor(min(cols)))), min(width, int(np.ceil(max(cols))))
-    window_transform = affine * Affine.translation(c0, r0)
-    inside = rasterio.features.geometry_mask(
-        [geom], out_shape=(r1 - r0, c1 - c0), transform=window_transform, invert=True
-    )
-    rs, cs = slice(r0, r1), slice(c0, c1)
-    props: dict[str, Any] = {}
-    if prediction is not None:
-        props["mean_probability"] = _mean(read(prediction, rs, cs), inside)
-    per_layer = {name: _mean(read(name, rs, cs), inside) for name in attention}
+    """Each attention layer's mean over a polygon's pixels, and their mean."""
+    per_layer = {name: _mean(read(name, rows, cols), inside) for name in attention}
     values = [v for v in per_layer.values() if v is not None]
-    props["mean_attention"] = round(float(np.mean(values)), 4) if values else None
-    props["attention"] = per_layer
-    return props
+    return {
+        "mean_attention": round(float(np.mean(values)), 4) if values else None,
+        "attention": per_layer,
+    }
 
 
 def _mean(values: np.ndarray, inside: np.ndarray) -> float | None:
