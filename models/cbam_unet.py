@@ -3,8 +3,8 @@
 A user's land-cover style model as it comes, with no attention outputs of its
 own: ``forward`` returns only class probabilities ``(B, K, H, W)`` (softmax over
 K) of raw 0-255 RGB ``(B, 3, H, W)`` float32, H and W multiples of 4. The
-spatial attention of its CBAM blocks is inside; :mod:`models.export_any` takes
-it out as extra graph outputs (:data:`CAPTURES`).
+spatial and channel attention of its CBAM blocks is inside;
+:mod:`models.export_any` takes it out as extra graph outputs (:data:`CAPTURES`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# The CBAM spatial maps worth serving: full resolution, 1/2 and 1/4.
-CAPTURES = ("enc1.2.spatial", "enc2.2.spatial", "bottom.2.spatial")
+# The CBAM spatial maps worth serving (full resolution, 1/2 and 1/4), then the
+# channel weights ``(B, C, 1, 1)`` of the first and the deepest block.
+CAPTURES = (
+    "enc1.2.spatial",
+    "enc2.2.spatial",
+    "bottom.2.spatial",
+    "enc1.2.channel",
+    "bottom.2.channel",
+)
 
 
 class SpatialAttention(nn.Module):

@@ -338,7 +338,8 @@ class ModelSession:
         height, width = image.shape[-2:]
         for spec in self.manifest.outputs:
             out = outputs.get(spec.name)
-            if out is None or out.ndim != 4 or len(spec.shape) != 4:
+            # Channel weights (B, C, 1, 1) are no map.
+            if out is None or out.ndim != 4 or len(spec.shape) != 4 or spec.kind == "channel":
                 continue
             want = (-(-height // spec.stride), -(-width // spec.stride))
             if tuple(out.shape[-2:]) != want:

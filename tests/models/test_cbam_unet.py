@@ -1,9 +1,10 @@
 """A multi-class CBAM U-Net: built, exported with its attention, served over HTTP and /v2.
 
 The model comes as a user's would: its forward returns class probabilities
-only; ``export_with_attention`` takes out the CBAM spatial maps, the drafted
-sidecar manifest is edited (class names, colours, minimum confidence) and the
-plain ONNX file is served through it.
+only; ``export_with_attention`` takes out the CBAM spatial maps and channel
+weights, the drafted sidecar manifest is edited (class names, colours, minimum
+confidence, the first block's channel names) and the plain ONNX file is served
+through it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ NODATA = 255
 # 0.5 m pixels of UTM (the GeoTIFF helper's transform): 0.25 m² of map, and on the
 # ground at the central meridian 0.25 / 0.9996², UTM's scale factor.
 PIXEL_M2 = 0.25 / 0.9996**2
+SPATIAL = ["enc1_2_spatial", "enc2_2_spatial", "bottom_2_spatial"]
+# The first block's 8 features, named as a user who looked at them might.
+FEATURES = [f"edge_{i}" for i in range(4)] + [f"tone_{i}" for i in range(4)]
 
 
 def landscape(size: int, seed: int = 0) -> np.ndarray:
@@ -74,12 +78,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name="landcover",
         version="0.1.0",
     )
-    assert draft.manifest["outputs"][0]["kind"] == "class_probabilities"
+    outputs = draft.manifest["outputs"]
+    assert [(o["name"], o["kind"], o["stride"]) for o in outputs] == [
+        ("probabilities", "class_probabilities", 1),
+        ("enc1_2_spatial", "spatial", 1),
+        ("enc2_2_spatial", "spatial", 2),
+        ("bottom_2_spatial", "spatial", 4),
+        ("enc1_2_channel", "channel", 1),
+        ("bottom_2_channel", "channel", 1),
+    ]
+    assert outputs[4]["shape"] == ["batch", 8, 1, 1]
     edited = {
         **draft.manifest,
         "classes": CLASSES,
         "class_colors": COLOURS,
         "min_confidence": MIN_CONFIDENCE,
+        "outputs": [*outputs[:4], {**outputs[4], "channels": FEATURES}, outputs[5]],
     }
     sidecar_path(out).write_text(json.dumps(edited))
     assert check_file(out) == ("landcover-0.1.0.manifest.json", [])
@@ -121,9 +135,9 @@ def test_an_image_gets_a_class_map_with_areas_as_json_and_geotiff(
     assert layers["probabilities"]["shape"] == [4, 128, 128]
     assert layers["probabilities"]["classes"] == CLASSES
     assert [a["name"] for a in body["attention"]] == [
-        "enc1_2_spatial",
-        "enc2_2_spatial",
-        "bottom_2_spatial",
+        *SPATIAL,
+        "enc1_2_channel",
+        "bottom_2_channel",
     ]
     want = whole_image_classes(model_dir / "landcover-0.1.0.onnx", image, mask > 0)
     stats = cls["class_statistics"]
@@ -156,22 +170,47 @@ def test_an_image_gets_a_class_map_with_areas_as_json_and_geotiff(
     assert gate.shape == (128, 128)
     assert np.isnan(gate[:, :16]).all()
     np.testing.assert_allclose(np.asarray(layer["values"], dtype=np.float32), gate, atol=1e-6)
+    # Channel weights by name, the graph's own for the image as the server fed it
+    # (nodata filled with the normalisation's mean, 0).
+    session = ort.InferenceSession(
+        str(model_dir / "landcover-0.1.0.onnx"), providers=["CPUExecutionProvider"]
+    )
+    fed = np.where(mask > 0, image, 0)[None].astype(np.float32)
+    want_first, want_deep = session.run(["enc1_2_channel", "bottom_2_channel"], {"image": fed})
+    first = httpx.get(f"{live.url}/attention/{body['job_id']}/enc1_2_channel", timeout=60).json()
+    assert (first["kind"], first["shape"], first["channels"]) == ("channel", [8], FEATURES)
+    assert list(first["weights"]) == FEATURES
+    np.testing.assert_allclose(list(first["weights"].values()), want_first.ravel(), atol=1e-5)
+    deep = httpx.get(f"{live.url}/attention/{body['job_id']}/bottom_2_channel", timeout=60)
+    assert list(deep.json()["weights"]) == [f"channel_{i}" for i in range(16)]
+    np.testing.assert_allclose(deep.json()["values"], want_deep.ravel(), atol=1e-5)
+    # One weight per feature has no place on a map: a GeoTIFF of it is refused.
+    refused = httpx.get(
+        f"{live.url}/attention/{body['job_id']}/enc1_2_channel",
+        params={"format": "geotiff"},
+        timeout=60,
+    )
+    assert refused.status_code == 422
+    assert "no spatial extent" in refused.json()["error"]["message"]
 
 
 def test_the_model_answers_over_the_v2_protocol(live: LiveServer, model_dir: Path) -> None:
     image = landscape(64, seed=3).astype(np.float32)[None]
-    names = ["probabilities", "bottom_2_spatial"]
+    names = ["probabilities", "bottom_2_spatial", "enc1_2_channel"]
     meta, got = infer_image(live.url, "landcover", image, names)
     assert [o["name"] for o in meta["outputs"]][:2] == ["probabilities", "enc1_2_spatial"]
-    probs, spatial = got["probabilities"], got["bottom_2_spatial"]
+    probs, spatial, channel = (got[n] for n in names)
     session = ort.InferenceSession(
         str(model_dir / "landcover-0.1.0.onnx"), providers=["CPUExecutionProvider"]
     )
-    want_probs, *_, want_spatial = session.run(None, {"image": image})
+    want_probs, want_spatial, want_channel = session.run(names, {"image": image})
     np.testing.assert_allclose(probs, want_probs, atol=1e-5)
     # Raw /v2 outputs keep their own size: the stride-4 map is 16 x 16.
     assert spatial.shape == (1, 1, 16, 16)
     np.testing.assert_allclose(spatial, want_spatial, atol=1e-5)
+    # Channel attention comes as the graph gives it, one weight per feature.
+    assert channel.shape == (1, 8, 1, 1)
+    np.testing.assert_allclose(channel, want_channel, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [1024, pytest.param(3000, marks=pytest.mark.slow)])
@@ -215,6 +254,11 @@ def test_a_scene_job_gives_class_probability_and_attention_cogs(
         assert [out.tags(b)["CLASS"] for b in (1, 2, 3, 4)] == CLASSES
     with rasterio.open(files["attention.tif"]) as out:
         assert out.count == 3
+    # Channel weights of the scene: averaged over its tiles, by name.
+    channel = {a["name"]: a for a in body["attention"] if a["kind"] == "channel"}
+    assert channel["enc1_2_channel"]["channels"] == FEATURES
+    assert len(channel["bottom_2_channel"]["values"]) == 16
+    assert all(0 < v < 1 for v in channel["enc1_2_channel"]["values"])
     # Per-class areas in the job's JSON are those of the class COG.
     cls = body["prediction"]["layers"][0]
     assert cls["name"] == "class"
