@@ -72,6 +72,7 @@ class Layer:
         stride: a coarse map's stride (kept at its own resolution).
         classes: the class names of class and probability layers.
         nodata: the class map's value where there is no class.
+        min_confidence: the lowest top probability that gets a class (class maps).
         class_statistics: per class of a class map, its pixels, share of the
             classified pixels and area in m² (where georeferenced).
         class_colors: ``#rrggbb`` per class of a class map, as its model names them.
@@ -98,6 +99,7 @@ class Layer:
     stride: int | None = None
     classes: list[str] | None = None
     nodata: int | None = None
+    min_confidence: float | None = None
     class_statistics: list[dict[str, Any]] | None = None
     class_colors: list[str] | None = None
     dates: list[str] | None = None
@@ -134,6 +136,7 @@ PUBLIC_LAYER_FIELDS = (
     "stride",
     "classes",
     "nodata",
+    "min_confidence",
     "class_statistics",
     "class_colors",
     "dates",

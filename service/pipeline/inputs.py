@@ -32,13 +32,15 @@ class RasterInput:
     """One image for a segmentation model: ``(C, H, W)`` values and where data is.
 
     ``resampling``: whether it runs on the model's grid (None: not planned,
-    e.g. a JSON array, which has no georeference).
+    e.g. a JSON array, which has no georeference). ``min_confidence``: the
+    request's lowest top probability that gets a class (None: the manifest's).
     """
 
     data: np.ndarray
     valid: np.ndarray | None
     georef: Georeference | None
     resampling: Resampling | None = None
+    min_confidence: float | None = None
 
 
 @dataclass
@@ -179,6 +181,7 @@ class PredictJSON(BaseModel):
     days: list[float] | None = Field(None, max_length=4096)
     parcels: list[Parcel] | None = Field(None, min_length=1)
     image: list[list[list[float]]] | None = None
+    min_confidence: float | None = Field(None, ge=0, le=1)
 
     @field_validator("days")
     @classmethod
@@ -269,4 +272,4 @@ def image_from_json(req: PredictJSON, manifest: Manifest, max_pixels: int) -> Ra
     if not np.isfinite(data).all():
         raise InvalidInput(f"image: values must be finite and within +-{FLOAT32_MAX:.4g}")
     check_values(manifest, data)
-    return RasterInput(data, None, None)
+    return RasterInput(data, None, None, min_confidence=req.min_confidence)

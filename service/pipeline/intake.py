@@ -28,6 +28,7 @@ from service.pipeline.references import References
 from service.pipeline.scene_check import check_scene
 from service.pipeline.scene_grid import SceneOptions
 from service.pipeline.stac_inputs import ReferenceQuery
+from service.pipeline.tasks import task_for
 from service.raster.decode import (
     RasterInfo,
     RasterLimits,
@@ -54,6 +55,7 @@ JSON_IMAGE_MAX_PIXELS = 512 * 512
 # Tile sizes and overlaps a scene job may ask for.
 TILE_SIZES = (64, 4096)
 OVERLAPS = (0, 2048)
+CHIP_STRIDES = (1, 4096)
 COMPRESSIONS = ("deflate", "zstd")
 
 
@@ -67,6 +69,19 @@ def flag(value: str | None, name: str) -> bool:
     if text in ("0", "false", "no", "off", ""):
         return False
     raise InvalidInput(f"{name} must be true or false, not {value!r}")
+
+
+def probability(fields: Mapping[str, str], name: str) -> float | None:
+    """A probability field in [0, 1] (absent: None)."""
+    if name not in fields:
+        return None
+    try:
+        value = float(fields[name])
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number from 0 to 1, not {fields[name]!r}") from None
+    if not 0 <= value <= 1:  # NaN fails too
+        raise InvalidInput(f"{name} must be from 0 to 1, not {fields[name]}")
+    return value
 
 
 def _bounded_int(fields: Mapping[str, str], name: str, bounds: tuple[int, int]) -> int | None:
@@ -93,6 +108,8 @@ class UploadOptions:
     overlap: int | None = None
     uint8: bool = False
     compress: str = "deflate"
+    min_confidence: float | None = None
+    chip_stride: int | None = None
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], run_async: str | None = None) -> UploadOptions:
@@ -105,6 +122,8 @@ class UploadOptions:
             overlap=_bounded_int(fields, "overlap", OVERLAPS),
             uint8=flag(fields.get("uint8"), "uint8"),
             compress=fields.get("compress", "deflate"),
+            min_confidence=probability(fields, "min_confidence"),
+            chip_stride=_bounded_int(fields, "chip_stride", CHIP_STRIDES),
         )
         if options.compress not in COMPRESSIONS:
             raise InvalidInput("compress must be deflate or zstd")
@@ -153,6 +172,15 @@ class SceneRequest:
         check_scene(paths, self.served.manifest, self.limits, self.options.dates)
 
 
+def check_min_confidence(served: ServedModel, asked: float | None) -> None:
+    """Refuse a ``min_confidence`` for a model that makes no class map."""
+    if asked is not None and not task_for(served.manifest).class_maps:
+        raise InvalidInput(
+            f"min_confidence: model {served.manifest.ref!r} makes no class map "
+            "(only class_probabilities segmentation and chip classifiers do)"
+        )
+
+
 def _itemsize(info: RasterInfo) -> int:
     return max(1, info.decoded_bytes // max(1, info.width * info.height * info.count))
 
@@ -187,6 +215,7 @@ class Intake:
         decoded, and the memory of a synchronous request is reserved before.
         """
         manifest = served.manifest
+        check_min_confidence(served, options.min_confidence)
         if not served.task.dated:
             if len(parts) != 1:
                 raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
@@ -204,6 +233,7 @@ class Intake:
         self, served: ServedModel, query: ReferenceQuery, options: UploadOptions
     ) -> SyncRequest | SceneRequest:
         """Inputs by reference (see :func:`service.pipeline.reference_intake.by_reference`)."""
+        check_min_confidence(served, options.min_confidence)
         return await reference_intake.by_reference(self, served, query, options)
 
     def _image(
@@ -234,6 +264,7 @@ class Intake:
                 held.release()
                 raise
             raster.resampling = plan
+            raster.min_confidence = options.min_confidence
             return SyncRequest(served, raster, held)
 
     def _series(
@@ -306,7 +337,10 @@ class Intake:
             uint8=options.uint8,
             compress=options.compress,
             dates=dates,
+            min_confidence=options.min_confidence,
+            chip_stride=options.chip_stride,
         )
+        task_for(manifest).check_scene_options(manifest, scene)
         return SceneRequest(served, parts, scene, self.scene_limits, infos[0].georef, plan)
 
     def scene_tile(self, served: ServedModel, asked: int | None, dates: int) -> int | None:
@@ -341,6 +375,7 @@ class Intake:
         """A JSON body's parcels or image as a synchronous request, its memory reserved."""
         manifest = served.manifest
         s = self.settings
+        check_min_confidence(served, req.min_confidence)
         inp: RasterInput | SeriesInput
         if served.task.dated:
             if req.parcels is None:

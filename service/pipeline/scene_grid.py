@@ -36,6 +36,10 @@ class SceneOptions:
     uint8: bool = False
     compress: str = "deflate"
     dates: list[str] = field(default_factory=list)
+    # Class maps: the request's minimum confidence (None: the manifest's).
+    min_confidence: float | None = None
+    # Chip classifiers: pixels between chips (None: the chip's side).
+    chip_stride: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for the job record."""

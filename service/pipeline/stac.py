@@ -105,7 +105,9 @@ def _bands(layers: list[Layer], gsd_m: float | None, stored_uint8: bool) -> list
             band["statistics"] = _statistics(layer)
         band["raster:sampling"] = "area"
         if gsd_m is not None:
-            band["raster:spatial_resolution"] = gsd_m
+            # A chip scene's COGs hold one value per stride x stride input pixels.
+            scale = (layer.stride or 1) if layer.storage == "cog" else 1
+            band["raster:spatial_resolution"] = gsd_m * scale
         out.append(band)
     return out
 
@@ -131,6 +133,8 @@ def _data_type(dtype: str) -> str:
 def _mlm_input(manifest: Manifest, tensor: TensorSpec) -> dict[str, Any]:
     bands = list(manifest.input.bands)
     shape, dims = _dims(tensor.shape, "bands")
+    if len(dims) == 4 and dims[2:] == ["bands", "bands"]:
+        dims[2:] = ["height", "width"]  # an image of a fixed size (a chip classifier's)
     entry: dict[str, Any] = {
         "name": tensor.name,
         "bands": bands if "bands" in dims else [],
@@ -143,6 +147,8 @@ def _mlm_input(manifest: Manifest, tensor: TensorSpec) -> dict[str, Any]:
 
 def _mlm_output(manifest: Manifest, spec: OutputSpec) -> dict[str, Any]:
     shape, dims = _dims(spec.shape, KIND_DIMENSION.get(spec.kind, "channel"))
+    if spec.kind == "token_grid":
+        dims[-1] = "token"  # (B, heads, N): dimension names must differ
     entry: dict[str, Any] = {
         "name": spec.name,
         "tasks": MLM_TASKS.get(manifest.task, ["classification"]),

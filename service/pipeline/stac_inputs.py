@@ -29,7 +29,7 @@ MAX_STAC_BYTES = 4 * 2**20
 MAX_REFERENCES = 400
 JSON_FIELDS = frozenset(
     {"model", "href", "stac", "assets", "dates", "format", "async"}
-    | {"tile_size", "overlap", "uint8", "compress"}
+    | {"tile_size", "overlap", "uint8", "compress", "min_confidence", "chip_stride"}
 )
 
 

@@ -39,6 +39,42 @@ def has_footprints(record: JobRecord) -> bool:
     return record.kind == "raster" and task is not None and task.footprints
 
 
+def layer_grid(record: JobRecord, layer: Layer) -> dict[str, Any] | None:
+    """The georeference of a layer's values: the job's, or a chip scene COG's own.
+
+    A COG layer with a ``stride`` (a chip classifier's scene) holds one value per
+    ``stride x stride`` input pixels from the input's corner on, at its own size.
+    """
+    georef = record.georef
+    if georef is None or layer.storage != "cog" or not layer.stride:
+        return georef
+    a, b, c, d, e, f = georef["transform"][:6]
+    s = layer.stride
+    height, width = layer.shape[-2:]
+    return {
+        **georef,
+        "transform": [a * s, b * s, c, d * s, e * s, f],
+        "width": width,
+        "height": height,
+    }
+
+
+def common_grid(record: JobRecord, names: list[str]) -> dict[str, Any]:
+    """The one grid that the raster layers ``names`` share, for a GeoTIFF of them all."""
+    grids: dict[str, dict[str, Any]] = {}
+    for name in names:
+        layer = record.layer(name)
+        grid = layer_grid(record, layer)
+        if len(layer.shape) >= 2 and grid is not None:
+            grids.setdefault(repr(grid), grid)
+    if len(grids) > 1:
+        raise InvalidInput(
+            f"layers {', '.join(names)} lie on grids of different resolutions; "
+            "ask for each one on its own (/attention/{job}/{layer}?format=geotiff)"
+        )
+    return next(iter(grids.values()), record.georef or {})
+
+
 def links(record: JobRecord) -> dict[str, str]:
     """URLs of a job's resources."""
     base = {
@@ -213,7 +249,7 @@ def layer_json(
                 f"layer {name!r} has {pixels} values, too many for JSON; ask for format=geotiff"
             )
         with LayerReader(record, store) as reader:
-            h, w = reader.size
+            h, w = layer.shape[-2:]
             if len(layer.shape) == 2:
                 body["values"] = reader.read(name, slice(0, h), slice(0, w))
             else:
@@ -223,7 +259,7 @@ def layer_json(
                         for b in range(layer.shape[0])
                     ]
                 )
-        body["georeference"] = record.georef
+        body["georeference"] = layer_grid(record, layer)
     else:
         values, which = pick_head(layer, served_values(record, store, name), head)
         body["values"] = np.asarray(values)
@@ -290,6 +326,8 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
         raise InvalidInput(
             f"head {head}: {', '.join(names)} has a single head; leave head out", head=head
         )
+    # Refused before anything is read: one GeoTIFF has one grid.
+    grid = common_grid(record, names)
     bands: list[np.ndarray] = []
     descriptions: list[str] = []
     tags: list[dict[str, str]] = []
@@ -299,7 +337,7 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
             if len(layer.shape) < 2:
                 continue
             if layer.storage == "cog":
-                h, w = reader.size
+                h, w = layer.shape[-2:]
                 count = layer.shape[0] if len(layer.shape) == 3 else None
                 for i in range(count or 1):
                     bands.append(
@@ -324,7 +362,7 @@ def geotiff(record: JobRecord, store: JobStore, names: list[str], head: int | No
     stack = np.stack(bands).astype(np.float32, copy=False)
     return encode_geotiff(
         stack,
-        Georeference.from_json(record.georef),
+        Georeference.from_json(grid),
         descriptions,
         tags={
             "ATTNSERVE_JOB": record.id,

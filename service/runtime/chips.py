@@ -82,6 +82,26 @@ def _grid_problems(i: int, out: OutputSpec, chip: tuple[int, int] | None) -> lis
     return found
 
 
+def cell_size(spec: OutputSpec, chip: int) -> int:
+    """Chip pixels per value of an attention output (a side): its stride, or a patch's side."""
+    if spec.kind == "token_grid":
+        assert spec.grid is not None  # the manifest's check
+        return chip // spec.grid[0]
+    return spec.stride
+
+
+def cells_valid(valid: np.ndarray, cell_h: int, cell_w: int) -> np.ndarray:
+    """Which ``cell_h x cell_w`` cells of an ``(H, W)`` mask hold any valid pixel.
+
+    ``(ceil(H / cell_h), ceil(W / cell_w))`` bool; the last cells are cut by the edge.
+    """
+    h, w = valid.shape
+    rows, cols = -(-h // cell_h), -(-w // cell_w)
+    padded = np.zeros((rows * cell_h, cols * cell_w), dtype=bool)
+    padded[:h, :w] = valid
+    return np.asarray(padded.reshape(rows, cell_h, cols, cell_w).any(axis=(1, 3)))
+
+
 @dataclass
 class ChipOutputs:
     """A chip's outputs.
@@ -89,7 +109,9 @@ class ChipOutputs:
     Attributes:
         probabilities: ``(K,)`` float32.
         maps: attention output name -> ``(H, W)`` float32 on the chip's grid,
-            NaN where the input had no data.
+            NaN where the input had no data; or, from :meth:`ChipClassifier.native`,
+            at the output's own resolution (one value per patch or per stride
+            cell), NaN where a cell holds no valid pixel.
     """
 
     probabilities: np.ndarray
@@ -171,14 +193,10 @@ class ChipClassifier(SameShapeBatches):
         self.batcher = batcher
         self.input_name = manifest.tensors[0].name
 
-    async def predict(
+    async def _run(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
-    ) -> ChipOutputs:
-        """Classify one chip: ``image``, ``valid`` and ``timeout_s`` as for segmentation.
-
-        Raises:
-            InvalidInput: the chip is not of the size a fixed-size model takes.
-        """
+    ) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        """The model's raw outputs of one chip, and the padded chip's ``(H, W)``."""
         _, h, w = image.shape
         chip = chip_shape(self.manifest)
         if chip is not None and (h, w) != chip:
@@ -192,6 +210,21 @@ class ChipClassifier(SameShapeBatches):
             x = np.nan_to_num(x, copy=False)
         padded, _ = pad_to_multiple(x, self.manifest.input.size_multiple or 1)
         outputs = await self.batcher.submit({self.input_name: padded[None]}, timeout_s)
+        return outputs, (padded.shape[1], padded.shape[2])
+
+    def _probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(outputs[self.manifest.prediction.name][0], dtype=np.float32)
+
+    async def predict(
+        self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
+    ) -> ChipOutputs:
+        """Classify one chip: ``image``, ``valid`` and ``timeout_s`` as for segmentation.
+
+        Raises:
+            InvalidInput: the chip is not of the size a fixed-size model takes.
+        """
+        _, h, w = image.shape
+        outputs, (ph, pw) = await self._run(image, valid, timeout_s)
         maps: dict[str, np.ndarray] = {}
         for spec in self.manifest.attention:
             out = outputs[spec.name][0]
@@ -199,10 +232,35 @@ class ChipClassifier(SameShapeBatches):
                 assert spec.grid is not None  # the manifest's check
                 values = token_map(out, spec.grid, h, w)
             else:
-                full = upsample(out[0], spec.stride, padded.shape[1], padded.shape[2])
+                full = upsample(out[0], spec.stride, ph, pw)
                 values = np.array(full[:h, :w], dtype=np.float32)
             if valid is not None:
                 values[~valid] = np.nan
             maps[spec.name] = values
-        probabilities = np.asarray(outputs[self.manifest.prediction.name][0], dtype=np.float32)
-        return ChipOutputs(probabilities, maps)
+        return ChipOutputs(self._probabilities(outputs), maps)
+
+    async def native(
+        self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
+    ) -> ChipOutputs:
+        """Classify one chip as :meth:`predict` does; its maps stay at their own resolution.
+
+        A token grid gives ``(h, w)`` patch weights (heads averaged), a spatial
+        map its ``ceil(H / stride) x ceil(W / stride)`` cells over the chip.
+        """
+        _, h, w = image.shape
+        outputs, _ = await self._run(image, valid, timeout_s)
+        maps: dict[str, np.ndarray] = {}
+        for spec in self.manifest.attention:
+            out = np.asarray(outputs[spec.name][0], dtype=np.float32)
+            if spec.kind == "token_grid":
+                assert spec.grid is not None  # the manifest's check
+                rows, cols = spec.grid
+                values = np.array((out.mean(axis=0) if out.ndim == 2 else out).reshape(rows, cols))
+                cell = (h // rows, w // cols)
+            else:
+                cell = (spec.stride, spec.stride)
+                values = np.array(out[0, : -(-h // spec.stride), : -(-w // spec.stride)])
+            if valid is not None:
+                values[~cells_valid(valid, *cell)] = np.nan
+            maps[spec.name] = values
+        return ChipOutputs(self._probabilities(outputs), maps)

@@ -34,6 +34,8 @@ FORM_FIELDS = frozenset(
         "overlap",
         "uint8",
         "compress",
+        "min_confidence",
+        "chip_stride",
         "href",
         "stac",
         "assets",
@@ -70,6 +72,17 @@ _MULTIPART_SCHEMA = {
         "overlap": {"type": "integer", "minimum": 0, "maximum": 2048},
         "uint8": {"type": "boolean", "description": "store scene outputs as uint8 (0-255 = 0-1)"},
         "compress": {"type": "string", "enum": ["deflate", "zstd"]},
+        "min_confidence": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "class maps: no class where the top probability is below it",
+        },
+        "chip_stride": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "chip classifier scenes: pixels between chips (default: the chip)",
+        },
     },
 }
 _JSON_SCHEMA = {
@@ -78,6 +91,7 @@ _JSON_SCHEMA = {
     "properties": {
         "model": {"type": "string"},
         "format": {"type": "string", "enum": ["json", "geotiff"]},
+        "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "href": {"type": ["string", "array"], "items": {"type": "string"}},
         "stac": {"type": ["string", "object"]},
         "assets": {"type": ["string", "array"], "items": {"type": "string"}},

@@ -8,9 +8,10 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from service.errors import InvalidInput
 from service.jobs.record import Layer, ResamplingSummary, Series
 from service.pipeline.inputs import RasterInput, SeriesInput
-from service.pipeline.scene_grid import SceneWork
+from service.pipeline.scene_grid import SceneOptions, SceneWork
 from service.pipeline.statistics import statistics
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
@@ -49,9 +50,12 @@ class Task(Protocol):
     Attributes:
         footprints: whether the probability maps of its raster jobs outline
             objects that footprints (polygons) are made of.
+        class_maps: whether it makes class maps, which a request's
+            ``min_confidence`` applies to.
     """
 
     footprints: ClassVar[bool]
+    class_maps: ClassVar[bool]
 
     async def predict(
         self, served: ServedModel, inp: RasterInput | SeriesInput, timeout_s: float
@@ -69,6 +73,10 @@ class Task(Protocol):
         """Refuse a scene whose files and dates do not fit together."""
         ...
 
+    def check_scene_options(self, manifest: Manifest, options: SceneOptions) -> None:
+        """Refuse a scene job's options that the task cannot follow."""
+        ...
+
     async def run_scene(self, work: SceneWork) -> None:
         """Process a scene job tile by tile and fill its record's layers."""
         ...
@@ -84,12 +92,14 @@ class SyncTask(ABC, Generic[InputT, ModelT]):
     Attributes:
         name: what the task is called in errors.
         footprints: see :class:`Task` (none unless a task says so).
+        class_maps: see :class:`Task` (none unless a task says so).
         takes: the input kind the task runs.
         runtime: the runtime task that runs it through the model's batcher.
     """
 
     name: ClassVar[str]
     footprints: ClassVar[bool] = False
+    class_maps: ClassVar[bool] = False
     takes: type[InputT]
     runtime: type[ModelT]
 
@@ -100,6 +110,14 @@ class SyncTask(ABC, Generic[InputT, ModelT]):
         if not isinstance(inp, self.takes):
             raise wrong_input(self.name, inp)
         return await self.lay_out(self.runtime(served.manifest, served.batcher), inp, timeout_s)
+
+    def check_scene_options(self, manifest: Manifest, options: SceneOptions) -> None:
+        """Only chip classifiers walk a scene in chips (``chip_stride``)."""
+        if options.chip_stride is not None:
+            raise InvalidInput(
+                f"chip_stride: model {manifest.ref!r} is not a chip classifier "
+                "(task image_classification)"
+            )
 
     @abstractmethod
     async def lay_out(self, model: ModelT, inp: InputT, timeout_s: float) -> Prediction:

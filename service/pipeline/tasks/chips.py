@@ -2,37 +2,32 @@
 
 A chip is one synchronous image; its class probabilities ``(K,)`` come inline
 in the answer, and every attention output (spatial maps at any stride, token
-grids) as a map on the chip's grid, served as JSON and GeoTIFF. Scenes are not
-classified chip by chip: a scene job for such a model is refused.
+grids) as a map on the chip's grid, served as JSON and GeoTIFF. A scene job
+walks a large raster chip by chip (:mod:`service.pipeline.tasks.chip_scene`).
 """
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
-from service.errors import UnsupportedRaster
 from service.pipeline.inputs import RasterInput
-from service.pipeline.scene_grid import SceneWork
+from service.pipeline.scene_grid import SceneOptions, SceneWork
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
+from service.pipeline.tasks.chip_scene import chip_stride, run_chip_scene
+from service.pipeline.tasks.classes import min_confidence
 from service.raster.decode import RasterInfo
 from service.runtime.chips import ChipClassifier
 from service.runtime.manifest import Manifest
-
-
-def no_scenes(manifest: Manifest) -> NoReturn:
-    """Refuse a scene job of a chip classifier."""
-    raise UnsupportedRaster(
-        f"model {manifest.ref!r} classifies one chip per request and runs no scene jobs: "
-        "send a chip synchronously (not async, within ATTNSERVE_MAX_SYNC_PIXELS)"
-    )
+from service.runtime.validation import check_layout
 
 
 class ChipClassification(SyncTask[RasterInput, ChipClassifier]):
     """A chip in; class probabilities for all of it and attention maps on its grid out."""
 
     name = "image classification"
+    class_maps = True
     takes = RasterInput
     runtime = ChipClassifier
 
@@ -46,8 +41,16 @@ class ChipClassification(SyncTask[RasterInput, ChipClassifier]):
         pred = manifest.prediction
         best = int(out.probabilities.argmax())
         values = [float(v) for v in out.probabilities]
-        answer = output_layer(pred, out.probabilities, classes=classes, values=values)
+        lowest = min_confidence(manifest, inp.min_confidence)
+        answer = output_layer(
+            pred, out.probabilities, classes=classes, values=values, min_confidence=lowest
+        )
         answer.description = f"most probable: {classes[best]} ({values[best]:.3f})"
+        if lowest is not None and values[best] < lowest:
+            answer.description = (
+                f"no class: the most probable, {classes[best]} ({values[best]:.3f}), "
+                f"is below min_confidence {lowest:g}"
+            )
         layers = [answer]
         arrays: dict[str, np.ndarray] = {pred.name: out.probabilities}
         for spec in manifest.attention:
@@ -62,14 +65,18 @@ class ChipClassification(SyncTask[RasterInput, ChipClassifier]):
         return Prediction("raster", layers, arrays, georef)
 
     def check_scene_file(self, manifest: Manifest, info: RasterInfo) -> None:
-        """No scene is taken."""
-        no_scenes(manifest)
+        """One image of the model's bands and dtype."""
+        check_layout(manifest, info.count, info.dtype)
 
     def check_scene_dates(
         self, manifest: Manifest, infos: list[RasterInfo], dates: list[str]
     ) -> None:
         """Chips have no dates."""
 
+    def check_scene_options(self, manifest: Manifest, options: SceneOptions) -> None:
+        """Chips of the model's size, a stride every attention map tiles."""
+        chip_stride(manifest, options)
+
     async def run_scene(self, work: SceneWork) -> None:
-        """Never reached: scene jobs are refused when they are checked."""
-        no_scenes(work.served.manifest)
+        """Classify the scene chip by chip into a class raster at chip resolution."""
+        await run_chip_scene(work)

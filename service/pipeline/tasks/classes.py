@@ -3,8 +3,9 @@
 A segmentation model whose prediction is of kind ``class_probabilities``. Its
 images run as any segmentation model's; on top, each job gets a class map
 (the most probable class, nodata where the input has none or the best
-probability is below the manifest's ``min_confidence``) with per-class pixel
-counts and areas, and scenes a class COG with a colour table.
+probability is below the request's ``min_confidence``, else the manifest's)
+with per-class pixel counts and areas, and scenes a class COG with a colour
+table.
 """
 
 from __future__ import annotations
@@ -28,15 +29,25 @@ from service.runtime.segmentation import SegmentationTask, class_map
 CLASS_FILE = "class.tif"
 
 
+def min_confidence(manifest: Manifest, asked: float | None) -> float | None:
+    """The minimum confidence a class map is made with: the request's, else the manifest's."""
+    return asked if asked is not None else manifest.min_confidence
+
+
 def class_map_layer(
-    manifest: Manifest, shape: list[int], counts: np.ndarray, georef: dict[str, Any] | None
+    manifest: Manifest,
+    shape: list[int],
+    counts: np.ndarray,
+    georef: dict[str, Any] | None,
+    lowest: float | None,
 ) -> Layer:
-    """The class map's layer, with its per-class statistics."""
+    """The class map's layer, with its per-class statistics and minimum confidence ``lowest``."""
     layer = class_layer(manifest, shape)
     layer.class_statistics = class_statistics(counts, manifest.classes, pixel_area_m2(georef))
     layer.class_colors = list(manifest.class_colors) or None
-    if manifest.min_confidence:
-        layer.description = f"most probable class; none below {manifest.min_confidence:g}"
+    layer.min_confidence = lowest
+    if lowest:
+        layer.description = f"most probable class; none below {lowest:g}"
     else:
         layer.description = "most probable class"
     return layer
@@ -48,6 +59,7 @@ class ClassSceneOutputs(SceneOutputs):
     def __init__(self, work: SceneWork, info: RasterInfo, spatial: list[OutputSpec]) -> None:
         manifest = work.served.manifest
         self.manifest = manifest
+        self.min_confidence = min_confidence(manifest, work.options.min_confidence)
         self.spatial = spatial
         classes = manifest.classes
         self.counts = np.zeros(len(classes), dtype=np.int64)
@@ -75,7 +87,7 @@ class ClassSceneOutputs(SceneOutputs):
         """Class map and probabilities of the first K bands; the attention maps of the rest."""
         k = len(self.manifest.classes)
         probs = values[:k]
-        classes = class_map(probs, self.manifest.min_confidence, CLASS_NODATA)
+        classes = class_map(probs, self.min_confidence, CLASS_NODATA)
         self.counts += class_counts(classes, k)
         coded = classes.astype(np.float32)
         # NaN rather than the nodata code: blocks holding no class stay unwritten.
@@ -89,7 +101,7 @@ class ClassSceneOutputs(SceneOutputs):
         """The class map, the probabilities and the attention maps."""
         shape = [georef["height"], georef["width"]] if georef else []
         pred = self.spatial[0]
-        cls = class_map_layer(self.manifest, shape, self.counts, georef)
+        cls = class_map_layer(self.manifest, shape, self.counts, georef, self.min_confidence)
         layers = [
             replace(cls, storage="cog", file=CLASS_FILE, band=1),
             Layer(
@@ -128,6 +140,7 @@ class ClassSegmentation(ImageSegmentation):
     name = "multi-class segmentation"
     # Footprints of a class map: each class's regions (see service.raster.footprints).
     footprints = True
+    class_maps = True
     scene_outputs = ClassSceneOutputs
 
     async def lay_out(
@@ -138,13 +151,13 @@ class ClassSegmentation(ImageSegmentation):
         manifest = model.manifest
         pred = manifest.prediction
         probs = result.arrays[pred.name]  # (K, H, W), NaN where no data
-        classes = class_map(probs, manifest.min_confidence, CLASS_NODATA)
+        lowest = min_confidence(manifest, inp.min_confidence)
+        classes = class_map(probs, lowest, CLASS_NODATA)
         counts = class_counts(classes, len(manifest.classes))
         for layer in result.layers:
             if layer.name == pred.name:
                 layer.classes = manifest.classes
-        result.layers.insert(
-            0, class_map_layer(manifest, list(classes.shape), counts, result.georef)
-        )
+        shape = list(classes.shape)
+        result.layers.insert(0, class_map_layer(manifest, shape, counts, result.georef, lowest))
         result.arrays = {"class": classes, **result.arrays}
         return result

@@ -72,8 +72,28 @@ def test_a_chip_answers_with_its_class_probabilities_and_attention_maps(
     assert result.georef["width"] == 64
 
 
-def test_a_scene_job_is_refused_naming_the_way_to_send_a_chip(manifest: Manifest) -> None:
+def test_a_scene_of_the_models_bands_is_taken_and_others_refused(manifest: Manifest) -> None:
     georef = Georeference(CRS.from_string(UTM).to_wkt(), tuple(ORIGIN)[:6], 4096, 4096)  # type: ignore[arg-type]
-    info = RasterInfo(4096, 4096, 3, "uint8", None, georef)
-    with pytest.raises(UnsupportedRaster, match="classifies one chip per request"):
-        ChipClassification().check_scene_file(manifest, info)
+    ChipClassification().check_scene_file(
+        manifest, RasterInfo(4096, 4096, 3, "uint8", None, georef)
+    )
+    with pytest.raises(UnsupportedRaster, match="3 bands"):
+        ChipClassification().check_scene_file(
+            manifest, RasterInfo(4096, 4096, 4, "uint8", None, georef)
+        )
+
+
+def test_a_requests_min_confidence_is_stated_and_below_it_there_is_no_class(
+    tmp_path: Path, manifest: Manifest
+) -> None:
+    chip = np.full((3, 64, 64), 50.0, np.float32)
+    chip[2] = 230.0
+    sure = _predict(tmp_path, RasterInput(chip, None, None, min_confidence=0.5)).layers[0]
+    assert sure.min_confidence == 0.5
+    assert sure.description is not None
+    assert sure.description.startswith("most probable: bluish")
+    unsure = _predict(tmp_path, RasterInput(chip, None, None, min_confidence=0.999)).layers[0]
+    assert unsure.min_confidence == 0.999
+    assert unsure.description is not None
+    assert unsure.description.startswith("no class: the most probable, bluish")
+    assert unsure.values == sure.values

@@ -166,3 +166,19 @@ def test_bad_class_settings_are_refused_by_field(
 ) -> None:
     with pytest.raises(ValueError, match=words):
         _manifest(tmp_path, **edits)
+
+
+def test_a_requests_min_confidence_overrides_the_manifests(tmp_path: Path) -> None:
+    _manifest(tmp_path, min_confidence=0.5)
+    layer = _predict(tmp_path, RasterInput(_image(), None, None)).layers[0]
+    assert layer.min_confidence == 0.5
+    result = _predict(tmp_path, RasterInput(_image(), None, None, min_confidence=0.0))
+    # The dim grey row (a third each) gets a class too once nothing is too unsure.
+    assert (result.arrays["class"] != 255).all()
+    assert result.layers[0].min_confidence == 0.0
+    assert result.layers[0].description == "most probable class"
+    strict = _predict(tmp_path, RasterInput(_image(), None, None, min_confidence=0.99995))
+    assert (strict.arrays["class"] == 255).all()
+    assert strict.layers[0].description == "most probable class; none below 0.99995"
+    # The probabilities themselves do not change.
+    np.testing.assert_array_equal(strict.arrays["probabilities"], result.arrays["probabilities"])

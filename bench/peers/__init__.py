@@ -1,0 +1,1 @@
+"""Peer servers of the same footprints model, measured beside attnserve (``bench.peers.run``)."""

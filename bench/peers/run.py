@@ -1,0 +1,325 @@
+"""attnserve beside its peers, in one run: the same footprints model, the same tile.
+
+``python -m bench.peers.run`` (``make bench-peers``; ``make bench`` runs it after
+``bench.run``) measures, one after the other on 127.0.0.1:
+
+- the raw ONNX Runtime session on the tile (the limit), again before each server;
+- attnserve (``python -m service``, its defaults, and with one CPU instance);
+- a hand-written FastAPI + ONNX Runtime server without batching;
+- Ray Serve with ``@serve.batch``;
+- BentoML with adaptive batching.
+
+Each peer runs in its own virtual environment (``bench.peers.venvs``); a peer
+that cannot be installed or started is reported with the reason and the others
+still run. Every server gets the same multipart upload from the same load
+generator (``bench.load``, a separate process) at 1, 4 and 16 clients. The
+figures go into ``bench/results.json`` (key ``peers``) and the Peers section of
+``bench/results.md``. Where attnserve is slower at saturation than a peer, or
+its p99 at 16 clients is higher, py-spy profiles it under that load and the
+summary is written beside this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench import raw
+from bench.machine import load_average, machine
+from bench.peers import report, venvs
+from bench.peers.procs import descendants, tree_rss_kib
+from bench.run import COMMON_ENV, REPO, SOURCE, footprints_tile, run_load, say
+from service.app import session_options
+from service.config import SHIPPED_MODELS, Settings
+from service.runtime.cpus import usable_cpus
+from service.runtime.session import ModelSession
+from tests.helpers.server import LiveServer, serve_command
+
+MODEL = SHIPPED_MODELS / "footprints-2.0.0.onnx"
+PROFILE_DIR = REPO / "bench" / "peers"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    duration_s: float = 15.0
+    rounds: int = 2
+    raw_s: float = 3.0
+    profile_requests: int = 48
+
+
+FULL = Plan()
+QUICK = Plan(concurrency=(1, 4), duration_s=1.0, rounds=1, raw_s=0.3, profile_requests=8)
+
+
+@dataclass(frozen=True)
+class System:
+    """A server under test: how to start it and what it answers."""
+
+    name: str
+    returns: str
+    command: Callable[[Path, int], list[str]]
+    venv: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+
+def _module(module: str) -> Callable[[Path, int], list[str]]:
+    # setsid: the server leads a process group of its own, whatever it spawns.
+    return lambda python, port: ["setsid", str(python), "-m", module, "--port", str(port)]
+
+
+def _bento(python: Path, port: int) -> list[str]:
+    return ["setsid", str(python), "-m", "bentoml", "serve", "bench.peers.bento_peer:Footprints",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+
+
+ATTNSERVE_RETURNS = (
+    "JSON: probability statistics, attention summary (4 gates, band weights) and links; "
+    "probability and attention stored as a job"
+)
+PEER_RETURNS = "probability only (512 x 512 float32 bytes)"
+SYSTEMS = (
+    System(
+        "attnserve",
+        ATTNSERVE_RETURNS,
+        lambda _, port: serve_command(port),
+        notes="defaults: dynamic batcher (4 tiles, 5 ms), 2 CPU instances",
+    ),
+    System(
+        "attnserve, 1 CPU instance",
+        ATTNSERVE_RETURNS,
+        lambda _, port: serve_command(port),
+        env={"ATTNSERVE_CPU_INSTANCES": "1"},
+        notes="one session with every core, as each peer has",
+    ),
+    System(
+        "FastAPI + ORT (hand-written)",
+        PEER_RETURNS,
+        _module("bench.peers.hand_fastapi"),
+        venv="fastapi",
+        notes="no batching; each request runs the session in the thread pool",
+    ),
+    System(
+        "Ray Serve",
+        PEER_RETURNS,
+        _module("bench.peers.ray_peer"),
+        venv="ray",
+        env={"RAY_USAGE_STATS_ENABLED": "0"},
+        notes="1 replica, @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)",
+    ),
+    System(
+        "BentoML",
+        PEER_RETURNS,
+        _bento,
+        venv="bentoml",
+        env={"BENTOML_DO_NOT_TRACK": "True"},
+        notes="front service + model service (batchable, max_batch_size=4), 1 worker each",
+    ),
+)
+
+
+class Limit:
+    """The raw session on the benchmark's tile: the server's own options, and 2 x 1 thread."""
+
+    def __init__(self, tile: Path, seconds: float) -> None:
+        options = session_options(Settings())
+        self.seconds = seconds
+        self.session = ModelSession(MODEL, options)
+        half = dataclasses.replace(options, intra_op_threads=1)
+        self.pair = [ModelSession(MODEL, half) for _ in range(2)]
+        import rasterio
+
+        with rasterio.open(tile) as ds:
+            image = ds.read().astype(np.float32)
+        manifest = self.session.manifest
+        self.feeds = {b: raw.image_feed(manifest, np.stack([image] * b)) for b in (1, 4)}
+
+    def measure(self) -> dict[str, Any]:
+        """Batch 1 and 4 in one session, and two 1-thread sessions side by side, now."""
+        out: dict[str, Any] = {
+            f"batch_{b}": raw.measure(self.session, feed, 1, self.seconds, 3)
+            for b, feed in self.feeds.items()
+        }
+        out["side_by_side"] = raw.measure_side_by_side(self.pair, self.feeds[1], 1, self.seconds)
+        out["best_per_s"] = max(
+            out["batch_1"]["throughput_per_s"],
+            out["batch_4"]["throughput_per_s"],
+            out["side_by_side"]["throughput_per_s"],
+        )
+        return out
+
+
+def _first_answer(url: str, tile: bytes, system: System) -> dict[str, Any]:
+    """One request by hand: what the server answers, checked."""
+    r = httpx.post(
+        f"{url}/predict",
+        data={"model": "footprints"},
+        files={"image": ("tile.tif", tile, "image/tiff")},
+        timeout=120,
+    )
+    answer: dict[str, Any] = {"status": r.status_code, "bytes": len(r.content)}
+    if system.venv is None:
+        body = r.json() if r.status_code == 200 else {}
+        answer["attention_layers"] = len(body.get("attention", []))
+        answer["ok"] = r.status_code == 200 and "job_id" in body
+    else:
+        answer["ok"] = r.status_code == 200 and len(r.content) == 512 * 512 * 4
+    return answer
+
+
+def measure_system(
+    system: System, plan: Plan, work: Path, spec: Path, tile: bytes, limit: Limit
+) -> dict[str, Any]:
+    """Start one server, load it at each concurrency, stop it (and all it spawned)."""
+    result: dict[str, Any] = {"returns": system.returns, "notes": system.notes}
+    python = Path(sys.executable)
+    if system.venv is not None:
+        venv = venvs.ensure(system.venv, work / f"pip-{system.venv}.log")
+        result["pins"] = list(venv.pins)
+        if venv.python is None:
+            result["error"] = venv.error
+            return result
+        python = venv.python
+    env = {**COMMON_ENV, **system.env, "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS)}
+    env["ATTNSERVE_JOB_DIR"] = str(work / f"jobs-{abs(hash(system.name))}")
+    log = work / f"{system.venv or 'attnserve'}-{abs(hash(system.name))}.log"
+    started = time.perf_counter()
+    server = LiveServer(env, log, command=lambda port: system.command(python, port))
+    try:
+        server.wait_ready(timeout_s=300)
+    except (RuntimeError, TimeoutError) as exc:
+        result["error"] = f"did not start: {str(exc)[-800:]}"
+        return result
+    result["start_s"] = round(time.perf_counter() - started, 1)
+    try:
+        result["first_answer"] = _first_answer(server.url, tile, system)
+        run_load(server, spec, 2, 0, 4)  # warm the path
+        rows = []
+        for c in plan.concurrency:
+            raw_now = limit.measure()
+            load_now = load_average()
+            r = run_load(server, spec, c, plan.duration_s, plan.rounds * c)
+            r["raw_now"] = raw_now
+            r["load_average"] = load_now
+            r["server_rss_mib"] = round(tree_rss_kib(server.proc.pid) / 1024, 1)
+            say(
+                f"  {system.name} c={c}: {r['throughput_rps']:.2f} req/s, p50 {r['p50_ms']:.0f} "
+                f"ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}; raw just before "
+                f"{raw_now['best_per_s']:.2f} tiles/s"
+            )
+            rows.append(r)
+        result["rows"] = rows
+    finally:
+        stop_tree(server)
+    return result
+
+
+def stop_tree(server: LiveServer) -> None:
+    """SIGTERM the server; then SIGKILL whatever it spawned that outlived it."""
+    spawned = descendants(server.proc.pid)
+    server.stop(timeout_s=60)
+    for pid in spawned:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def profile_attnserve(plan: Plan, work: Path, spec: Path, concurrency: int) -> Path:
+    """py-spy on attnserve (defaults) at ``concurrency`` clients; the summary's path."""
+    from bench.profile import profile_load, summarise
+
+    # py-spy comes with the project's environment, whose bin/ need not be on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**COMMON_ENV, "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS)}
+    env["ATTNSERVE_JOB_DIR"] = str(work / "jobs-profile")
+    out = PROFILE_DIR / f"profile-attnserve-c{concurrency}.txt"
+    with LiveServer(env, work / "profile.log") as server:
+        run_load(server, spec, 2, 0, 4)
+        raw_file = work / "attnserve.raw"
+        load = profile_load(server, spec, raw_file, plan.profile_requests, concurrency)
+        title = (
+            f"attnserve footprints /predict at {concurrency} clients (peers benchmark): "
+            f"{plan.profile_requests} requests, {load['throughput_rps']} req/s, p99 "
+            f"{load['p99_ms']} ms, load average {load_average()}, git {machine()['attnserve_git']}"
+        )
+        out.write_text(summarise(raw_file, title))
+    return out
+
+
+def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool) -> dict[str, Any]:
+    """Every system, one after the other; the results merged into ``out_dir``'s files."""
+    with tempfile.TemporaryDirectory(prefix="attnserve-peers-") as tmp:
+        work = Path(tmp)
+        tile_path = work / "tile512.tif"
+        tile = footprints_tile(tile_path)
+        spec = work / "footprints.request.json"
+        spec.write_text(
+            json.dumps({"kind": "multipart", "fields": {"model": "footprints"},
+                        "file": str(tile_path)})
+        )  # fmt: skip
+        results: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": machine(),
+            "usable_cpus": usable_cpus(),
+            "load_average_start": load_average(),
+            "plan": plan.__dict__,
+            "tile": f"512 x 512 RGB deflate GeoTIFF of {SOURCE.name} ({len(tile)} bytes)",
+        }
+        say(f"peers: {results['machine']['cpu']}, load {results['load_average_start']}")
+        limit = Limit(tile_path, plan.raw_s)
+        results["raw"] = limit.measure()
+        say(f"  raw session: best {results['raw']['best_per_s']:.2f} tiles/s")
+        results["systems"] = {}
+        for system in SYSTEMS:
+            if only and not any(o.lower() in system.name.lower() for o in only):
+                continue
+            say(f"{system.name}")
+            results["systems"][system.name] = measure_system(system, plan, work, spec, tile, limit)
+            if "error" in results["systems"][system.name]:
+                say(f"  {system.name}: {results['systems'][system.name]['error'][:300]}")
+        results["checks"] = report.checks(results)
+        if profile and not all(c["ok"] for c in results["checks"]):
+            c = max(plan.concurrency)
+            say(f"profiling attnserve at {c} clients")
+            path = profile_attnserve(plan, work, spec, c)
+            results["profile"] = str(path.relative_to(REPO))
+        results["load_average_end"] = load_average()
+    if out_dir is not None:
+        report.merge(results, out_dir)
+        say(f"wrote the Peers section of {out_dir / 'results.md'} and {out_dir / 'results.json'}")
+    for check in results["checks"]:
+        say(f"{'PASS' if check['ok'] else 'MISS'} {check['name']}: {check['detail']}")
+    return results
+
+
+def main() -> int:
+    """Parse arguments and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench.peers.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few seconds per server")
+    parser.add_argument("--only", action="append", help="systems whose name contains this")
+    parser.add_argument("--out", type=Path, default=None, help="results directory (bench/)")
+    parser.add_argument("--no-profile", action="store_true", help="never run py-spy")
+    args = parser.parse_args()
+    out = args.out if args.out is not None else (None if args.quick else REPO / "bench")
+    run(QUICK if args.quick else FULL, args.only, out, not args.no_profile)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""Chip classifiers over whole scenes: chips on a grid, a class raster at chip resolution.
+
+A scene is walked in square chips of the model's size, ``stride`` pixels apart
+(the chip's side unless the job asks for ``chip_stride``). Pixel ``(r, c)`` of
+the class raster stands for the ``stride x stride`` input pixels from
+``(r * stride, c * stride)`` on: the centre of its chip, which is read
+``(chip - stride) / 2`` pixels further up and left. Chips run through the
+model's batcher exactly as a synchronous chip does (nodata pixels filled the
+same way); pixels beyond the raster count as nodata, and a chip with less than
+half of its pixels valid gets no class. Each attention output is mosaicked at
+its own resolution from the same central part of each chip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from service.errors import InvalidInput, InvalidRaster
+from service.jobs.record import Layer, Tiling
+from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork, abort
+from service.pipeline.scene_read import all_valid, open_scene
+from service.pipeline.tasks.classes import ClassSceneOutputs
+from service.raster.cog import RasterSink
+from service.raster.decode import UNREADABLE, RasterInfo, describe
+from service.raster.georef import Georeference
+from service.runtime.chips import ChipClassifier, ChipOutputs, cell_size, chip_shape
+from service.runtime.manifest import Manifest, OutputSpec
+
+# A chip with less valid input than this share of its pixels gets no class.
+MIN_VALID_SHARE = 0.5
+# Chip sides a model without a fixed size is run at, when neither job nor manifest says.
+DEFAULT_CHIP = 256
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """Chips of ``chip`` pixels every ``stride`` pixels over a ``height x width`` raster."""
+
+    height: int
+    width: int
+    chip: int
+    stride: int
+
+    @property
+    def offset(self) -> int:
+        """Pixels a chip reaches above and left of the class pixel it stands for."""
+        return (self.chip - self.stride) // 2
+
+    @property
+    def rows(self) -> int:
+        """Rows of chips: the class raster's height."""
+        return -(-self.height // self.stride)
+
+    @property
+    def cols(self) -> int:
+        """Columns of chips: the class raster's width."""
+        return -(-self.width // self.stride)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def georef(self, source: Georeference, cell: int) -> Georeference:
+        """The grid of values ``cell`` input pixels a side over the chips' extent."""
+        a, b, c, d, e, f = source.transform
+        per = self.stride // cell
+        transform = (a * cell, b * cell, c, d * cell, e * cell, f)
+        return Georeference(
+            source.crs, transform, self.cols * per, self.rows * per, source.warnings
+        )
+
+    def read_row(
+        self, ds: DatasetReader, info: RasterInfo, row: int, valid_everywhere: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A row of chips: ``(C, chip, span)`` values and ``(chip, span)`` validity.
+
+        ``span`` covers every chip of the row side by side (overlapping where the
+        stride is shorter than the chip); pixels beyond the raster are invalid.
+        """
+        top, left = row * self.stride - self.offset, -self.offset
+        span = (self.cols - 1) * self.stride + self.chip
+        data = np.zeros((len(info.indexes) or info.count, self.chip, span), ds.dtypes[0])
+        valid = np.zeros((self.chip, span), bool)
+        y0, y1 = max(0, top), min(info.height, top + self.chip)
+        x0, x1 = max(0, left), min(info.width, left + span)
+        if y1 <= y0 or x1 <= x0:
+            return data, valid
+        window = Window(x0, y0, x1 - x0, y1 - y0)
+        try:
+            part = ds.read(list(info.indexes) or None, window=window)
+            ok = (
+                np.ones(part.shape[1:], bool)
+                if valid_everywhere
+                else ds.dataset_mask(window=window) > 0
+            )
+        except RasterioError:
+            raise InvalidRaster(UNREADABLE) from None
+        if part.dtype.kind == "f":
+            ok &= np.isfinite(part).all(axis=0)
+        rows, cols = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
+        data[:, rows, cols] = part
+        valid[rows, cols] = ok
+        return data, valid
+
+
+def chip_side(manifest: Manifest, asked: int | None) -> int:
+    """The side of a scene's chips: the model's fixed one, else the job's or manifest's size."""
+    fixed = chip_shape(manifest)
+    if fixed is not None:
+        if fixed[0] != fixed[1]:
+            raise InvalidInput(
+                f"model {manifest.ref!r} takes {fixed[1]} x {fixed[0]} chips; scenes are walked "
+                "in square chips only"
+            )
+        if asked is not None and asked != fixed[0]:
+            raise InvalidInput(
+                f"tile_size: model {manifest.ref!r} classifies chips of {fixed[0]} pixels "
+                f"a side, not {asked}; leave tile_size out"
+            )
+        return fixed[0]
+    side = asked or manifest.input.tile_size or DEFAULT_CHIP
+    multiple = manifest.input.size_multiple or 1
+    for spec in manifest.attention:
+        multiple = int(np.lcm(multiple, spec.stride))
+    return -(-side // multiple) * multiple
+
+
+def cells(manifest: Manifest, chip: int) -> dict[str, int]:
+    """Input pixels per value (a side) of each attention output, over chips of ``chip``."""
+    return {spec.name: cell_size(spec, chip) for spec in manifest.attention}
+
+
+def chip_stride(manifest: Manifest, options: SceneOptions) -> tuple[int, int]:
+    """``(chip, stride)`` of a scene job, checked: every attention map must tile the grid.
+
+    The stride is at most the chip and, as the part of each chip kept, a whole
+    number of every attention map's cells, centred on cell boundaries.
+    """
+    if options.overlap is not None:
+        raise InvalidInput(
+            "overlap: a chip classifier's scene is walked in chips; give chip_stride instead"
+        )
+    chip = chip_side(manifest, options.tile_size)
+    stride = options.chip_stride or chip
+    sizes = set(cells(manifest, chip).values())
+
+    def fits(s: int) -> bool:
+        return all(s % c == 0 and (chip - s) % (2 * c) == 0 for c in sizes) and (chip - s) % 2 == 0
+
+    if not (1 <= stride <= chip and fits(stride)):
+        allowed = [s for s in range(chip, 0, -1) if fits(s)]
+        cellwise = f" and attention maps of {sorted(sizes)}-pixel cells" if sizes else ""
+        raise InvalidInput(
+            f"chip_stride {stride} does not fit chips of {chip} pixels{cellwise}: the stride is "
+            "at most the chip, and the margin it leaves a whole number of cells on each side; "
+            f"strides that fit, largest first: {', '.join(map(str, allowed[:8]))}"
+        )
+    return chip, stride
+
+
+def attention_file(index: int, spec: OutputSpec) -> str:
+    """The COG of one attention output's mosaic."""
+    name = spec.name if _SAFE_NAME.fullmatch(spec.name) else str(index)
+    return f"attention_{name}.tif"
+
+
+class ChipMosaic:
+    """Where a chip scene's rows go: class map and probabilities, one COG per attention map."""
+
+    def __init__(self, work: SceneWork, info: RasterInfo, grid: ChipGrid) -> None:
+        manifest = work.served.manifest
+        self.manifest = manifest
+        self.grid = grid
+        self.cells = cells(manifest, grid.chip)
+        chips = replace(info, georef=grid.georef(info.georef, grid.stride))
+        self.classes = ClassSceneOutputs(work, chips, [manifest.prediction])
+        self.attention: dict[str, tuple[OutputSpec, str, RasterSink]] = {}
+        for i, spec in enumerate(manifest.attention):
+            georef = grid.georef(info.georef, self.cells[spec.name])
+            file = attention_file(i, spec)
+            sink = work.sink(file, replace(info, georef=georef), [f"{spec.name} ({spec.kind})"])
+            self.attention[spec.name] = (spec, file, sink)
+        self.georef = info.georef
+
+    @property
+    def sinks(self) -> dict[str, RasterSink]:
+        """Every output being written."""
+        sinks = dict(self.classes.sinks)
+        sinks.update({f"attention:{name}": sink for name, (_, _, sink) in self.attention.items()})
+        return sinks
+
+    def write(self, row: int, chips: list[ChipOutputs | None]) -> None:
+        """One row of chips (None: no class) into every output (on a worker thread, in order)."""
+        cols = self.grid.cols
+        probs = np.full((len(self.manifest.classes), 1, cols), np.nan, np.float32)
+        for col, out in enumerate(chips):
+            if out is not None:
+                probs[:, 0, col] = out.probabilities
+        self.classes.write(row, probs)
+        for name, (_, _, sink) in self.attention.items():
+            cell = self.cells[name]
+            per, skip = self.grid.stride // cell, self.grid.offset // cell
+            mosaic = np.full((1, per, cols * per), np.nan, np.float32)
+            for col, out in enumerate(chips):
+                if out is not None:
+                    part = out.maps[name][skip : skip + per, skip : skip + per]
+                    mosaic[0, :, col * per : (col + 1) * per] = part
+            sink.write(row * per, mosaic)
+
+    def finish(self) -> list[Layer]:
+        """Finish the COGs; their layers, each with its stride in input pixels."""
+        for sink in self.sinks.values():
+            sink.finish()
+        grid = self.grid
+        layers = self.classes.layers(grid.georef(self.georef, grid.stride).to_json())
+        for layer in layers:
+            layer.stride = grid.stride
+        layers[0].description = (
+            f"{layers[0].description}, one pixel per chip of {grid.chip} pixels every {grid.stride}"
+        )
+        for name, (spec, file, sink) in self.attention.items():
+            cell = self.cells[name]
+            per = grid.stride // cell
+            layers.append(
+                Layer(
+                    name=name,
+                    role=spec.role,
+                    kind=spec.kind,
+                    shape=[grid.rows * per, grid.cols * per],
+                    dtype=sink.dtype,
+                    stride=cell,
+                    description=spec.description or None,
+                    storage="cog",
+                    file=file,
+                    band=1,
+                )
+            )
+        return layers
+
+
+async def run_chip_scene(work: SceneWork) -> None:
+    """Classify a scene chip by chip; fills the record's layers and tiling."""
+    record, served = work.record, work.served
+    manifest = served.manifest
+    model = ChipClassifier(manifest, served.batcher)
+    chip, stride = chip_stride(manifest, work.options)
+    with open_scene(work.paths[0]) as ds:
+        info = describe(ds)
+        grid = ChipGrid(info.height, info.width, chip, stride)
+        mosaic = ChipMosaic(work, info, grid)
+        sinks = mosaic.sinks
+        valid_everywhere = all_valid(ds)
+        gate = asyncio.Semaphore(work.in_flight_tiles)
+        enough = MIN_VALID_SHARE * chip * chip
+
+        async def one(data: np.ndarray, valid: np.ndarray) -> ChipOutputs | None:
+            if valid.sum() < enough:
+                return None
+            async with gate:
+                if work.cancelled():
+                    raise JobCancelled
+                mask = None if valid.all() else valid
+                return await model.native(data, mask, work.timeout_s)
+
+        def read(row: int) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
+            return asyncio.ensure_future(
+                asyncio.to_thread(grid.read_row, ds, info, row, valid_everywhere)
+            )
+
+        reading = read(0)
+        chips: list[asyncio.Future[ChipOutputs | None]] = []
+        try:
+            for row in range(grid.rows):
+                data, valid = await reading
+                if row + 1 < grid.rows:
+                    # The next row is read while this one is inferred.
+                    reading = read(row + 1)
+                chips = [
+                    asyncio.ensure_future(one(data[:, :, x : x + chip], valid[:, x : x + chip]))
+                    for x in range(0, grid.cols * stride, stride)
+                ]
+                results = await asyncio.gather(*chips)
+                await asyncio.to_thread(mosaic.write, row, results)
+                work.progress((row + 1) * grid.cols, len(grid))
+                await asyncio.to_thread(work.check_disk, sinks, False)
+            await asyncio.to_thread(work.check_disk, sinks, True)
+            record.layers = await asyncio.to_thread(mosaic.finish)
+        except BaseException:
+            for task in chips:
+                task.cancel()
+            # The reader thread must be done with the dataset before it closes:
+            # waited for, not cancelled (a thread runs on regardless).
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(reading, *chips, return_exceptions=True)
+            await abort(sinks)
+            raise
+    record.tiling = Tiling(chip, chip - stride, len(grid))
