@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.peers.report import section as peers_section
+
 
 def _best(rows: list[dict[str, Any]], key: str = "throughput_per_s") -> dict[str, Any]:
     return max(rows, key=lambda r: r[key])
@@ -337,6 +339,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "## Scene path", ""]
     for variant, scene in results["scene"].items():
         lines += _scene_md(variant, scene)
+    if "peers" in results:  # written by bench.peers.run, after this run
+        lines += ["", *peers_section(results["peers"])]
     return "\n".join(lines) + "\n"
 
 
