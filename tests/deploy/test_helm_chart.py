@@ -277,7 +277,17 @@ def test_resources_are_conventional(name: str) -> None:
 # ------------------------------------------------------------------ content
 @pytest.fixture(scope="module")
 def deployment() -> str:
-    return (TEMPLATES / "deployment.yaml").read_text()
+    """The Deployment with the helpers its pod is made of (shared with the batch Job)."""
+    return (TEMPLATES / "deployment.yaml").read_text() + (TEMPLATES / "_helpers.tpl").read_text()
+
+
+@pytest.mark.parametrize(
+    "helper", ["podIdentity", "placement", "volumeMounts", "volumes", "env", "resources"]
+)
+def test_the_batch_workers_pods_are_made_like_the_servers(helper: str) -> None:
+    use = f'include "attnserve.{helper}" .'
+    for name in ("deployment.yaml", "batch-job.yaml"):
+        assert use in (TEMPLATES / name).read_text(), name
 
 
 def test_gpu_scheduling(values: Values, deployment: str) -> None:

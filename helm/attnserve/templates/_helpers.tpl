@@ -252,3 +252,100 @@ ConfigMap: secrets (object store keys, the queue URL) and extraEnv.
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+Pod settings the server and the batch workers share: pull secrets, service
+account, runtime and priority class, security context.
+*/}}
+{{- define "attnserve.podIdentity" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+serviceAccountName: {{ include "attnserve.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automount }}
+{{- with .Values.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/*
+Where the server and the batch workers may run: GPU nodes by default.
+*/}}
+{{- define "attnserve.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The container's mounts: /tmp and the job directory (the root filesystem is
+read-only), the API keys file and a model repository of one's own.
+*/}}
+{{- define "attnserve.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: jobs
+  mountPath: /var/lib/attnserve/jobs
+{{- if .Values.auth.enabled }}
+- name: api-keys
+  mountPath: /etc/attnserve/auth
+  readOnly: true
+{{- end }}
+{{- if .Values.modelRepository.existingClaim }}
+- name: models
+  mountPath: /models
+  readOnly: true
+  {{- with .Values.modelRepository.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volumes behind those mounts, all but "jobs" (the server's job store or the
+batch workers' scratch space).
+*/}}
+{{- define "attnserve.volumes" -}}
+- name: tmp
+  {{- if or .Values.tmp.medium .Values.tmp.sizeLimit }}
+  emptyDir:
+    {{- with .Values.tmp.medium }}
+    medium: {{ . }}
+    {{- end }}
+    {{- with .Values.tmp.sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- if .Values.auth.enabled }}
+- name: api-keys
+  secret:
+    secretName: {{ include "attnserve.secretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.secretKey }}
+        path: {{ .Values.auth.secretKey }}
+{{- end }}
+{{- if .Values.modelRepository.existingClaim }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ .Values.modelRepository.existingClaim }}
+    readOnly: true
+{{- end }}
+{{- end }}
