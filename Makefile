@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser serve test lint clean bench bench-quick bench-profile
+.PHONY: install browser redis serve test lint clean bench bench-quick bench-profile
 
 # torch is pinned to the CPU build this machine ships; an unpinned torch pulls
 # gigabytes of CUDA wheels and is only needed for training and export.
@@ -26,10 +26,17 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: browser tests will skip"; }
 
+# The shared work queue's tests start their own redis-server (Debian's package),
+# installed when missing and we may use apt; otherwise those tests skip.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || \
+		echo "redis-server not installed: shared queue tests will skip"; }
+
 serve: install
 	$(BIN)/python -m service --host $(HOST) --port $(PORT)
 
-test: install browser
+test: install browser redis
 	$(BIN)/python -m pytest -q
 
 lint: install

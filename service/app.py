@@ -19,6 +19,7 @@ from service.api.middleware.observe import Observe
 from service.api.routes import attention, health, jobs, metrics, models, predict, stac, tiles, v2
 from service.api.state import AppState
 from service.config import Settings
+from service.jobs.queue import RedisQueue
 from service.jobs.store import open_store
 from service.memory import MemoryBudget, trim_heap_periodically, tune_gc
 from service.metrics import Metrics
@@ -29,6 +30,7 @@ from service.pipeline.references import References
 from service.pipeline.runner import PredictionRunner
 from service.pipeline.scene import SceneRunner
 from service.pipeline.service import JobService
+from service.pipeline.shared_jobs import QueueLimits, SharedJobs, replica_name
 from service.raster.gdal_env import disable_risky_drivers
 from service.runtime.cpus import CpuBudget, process_cpus
 from service.runtime.manifest import Manifest
@@ -106,14 +108,34 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_temp_bytes=int(settings.scene_max_temp_mb * 2**20),
         min_free_bytes=int(settings.job_min_free_mb * 2**20),
     )
-    manager = JobManager(
-        store,
-        scenes,
-        repository.get,
-        settings.scene_workers,
-        settings.max_queued_jobs,
-        settings.job_max_resumes,
-    )
+    manager: JobManager | SharedJobs
+    if settings.queue_url:
+        queue = RedisQueue(
+            settings.queue_url,
+            replica_name(),
+            settings.queue_claim_after_s,
+            settings.queue_prefix,
+            settings.job_ttl_s,
+        )
+        queue_limits = QueueLimits(
+            settings.queue_unit_tiles,
+            settings.queue_small_job_units,
+            settings.queue_max_jobs_per_key,
+            settings.queue_max_units,
+            settings.job_max_resumes,
+        )
+        manager = SharedJobs(
+            store, scenes, repository.get, queue, queue_limits, settings.scene_workers, metrics
+        )
+    else:
+        manager = JobManager(
+            store,
+            scenes,
+            repository.get,
+            settings.scene_workers,
+            settings.max_queued_jobs,
+            settings.job_max_resumes,
+        )
     budget = MemoryBudget(
         int(settings.memory_budget_mb * 2**20),
         int(settings.request_memory_mb * 2**20),

@@ -177,6 +177,25 @@ class Settings(BaseSettings):
     """Times a scene job that was running when the server stopped or died is run again on start;
     after that it is failed with the reason.
     """
+    queue_url: str | None = None
+    """A shared work queue for scene jobs: ``redis://host:port/db`` (or ``rediss://``). Every
+    replica then takes units of every job, and the job store must be one they share (an object
+    store). Unset: each replica runs the scene jobs it accepted, in-process.
+    """
+    queue_claim_after_s: float = Field(30.0, ge=0.5, le=86400)
+    """A unit whose replica has not touched it for this long (it died) is taken by another."""
+    queue_unit_tiles: int = Field(16, ge=1, le=100_000)
+    """Tiles per work unit of a scene job (whole rows of tiles, one row at least)."""
+    queue_small_job_units: int = Field(8, ge=0)
+    """Jobs of at most this many units go before larger ones (they never wait behind them)."""
+    queue_max_jobs_per_key: int = Field(10, ge=1)
+    """Scene jobs one API key (or all anonymous clients) may have queued or running (429)."""
+    queue_max_units: int = Field(100_000, ge=0)
+    """Units the shared queue may hold, every job together; past it new scene jobs get 503
+    (0: no cap).
+    """
+    queue_prefix: str = Field("attnserve:", min_length=1, max_length=64)
+    """Prefix of every Redis key, so deployments may share one Redis."""
     scene_max_temp_mb: float = Field(0.0, ge=0)
     """Most disk one scene job's unfinished outputs may take; past it the job fails with the reason
     (0: no cap, but the job volume keeps job_min_free_mb free).
@@ -277,6 +296,15 @@ class Settings(BaseSettings):
         if sep and (scheme != "s3" or not rest.split("/")[0]):
             raise ValueError("job_store must be s3://bucket[/prefix] or a local directory")
         return value.rstrip("/") if sep else value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("queue_url must be redis://host:port/db, rediss://... or unix://...")
+        return value
 
     @field_validator("input_allowlist")
     @classmethod

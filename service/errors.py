@@ -69,6 +69,10 @@ class Overloaded(AttnserveError):
         self.retry_after_s = retry_after_s
 
 
+class TooManyRequests(Overloaded):
+    """One API key has as much work waiting as it may; it should retry later."""
+
+
 class DeadlineExceeded(AttnserveError):
     """A request did not finish within its deadline."""
 

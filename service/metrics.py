@@ -73,6 +73,28 @@ class Metrics:
             registry=r,
         )
 
+        # The shared work queue (ATTNSERVE_QUEUE_URL); idle without one.
+        self.queue_units = Gauge(
+            "attnserve_queue_units", "Scene units waiting in the shared queue", registry=r
+        )
+        self.queue_units_in_flight = Gauge(
+            "attnserve_queue_units_in_flight",
+            "Scene units (and finishing steps) this replica is working on",
+            registry=r,
+        )
+        self.queue_claims = Counter(
+            "attnserve_queue_claims",
+            "Units taken over from a replica that went quiet past the claim timeout",
+            registry=r,
+        )
+        self.queue_unit_seconds = Histogram(
+            "attnserve_queue_unit_seconds",
+            "Time one unit (step=unit) or a job's finishing step (step=finish) took",
+            ["step"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def observer(self, model: str) -> BatchMetrics:
         """A batch observer feeding this registry for one model."""
         return BatchMetrics(self, model)

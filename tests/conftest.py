@@ -12,6 +12,7 @@ import pytest
 from service.config import SHIPPED_MODELS
 from tests.helpers.geotiff import SHARED
 from tests.helpers.objectstore import SeaweedS3, weed_binary
+from tests.helpers.redis_server import MISSING, RedisServer, redis_binary
 from tests.helpers.server import LiveServer, serving, start
 
 
@@ -76,3 +77,17 @@ def s3_store_url(seaweed: tuple[SeaweedS3, str], monkeypatch: pytest.MonkeyPatch
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     return f"s3://{bucket}/{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` on 127.0.0.1 for one test, without persistence."""
+    binary = redis_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(MISSING)  # CI installs it (make test): a skip there would hide it
+        pytest.skip(MISSING)
+    root = tmp_path / "redis"
+    root.mkdir()
+    with RedisServer(root, binary) as server:
+        yield server

@@ -34,6 +34,7 @@ STATUS: dict[type[e.AttnserveError], int] = {
     e.Unauthorized: 401,
     e.Conflict: 409,
     e.Overloaded: 503,
+    e.TooManyRequests: 429,
     e.NotReady: 503,
     e.InferenceFailed: 503,
     e.StorageFailed: 503,

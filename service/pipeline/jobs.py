@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.errors import AttnserveError, Conflict, NotFound, Overloaded
 from service.jobs.record import JobRecord
@@ -134,6 +135,22 @@ class JobManager:
         if self._queue.qsize() >= self.max_queued:
             raise Overloaded(f"{self.max_queued} jobs are already queued", retry_after_s=30)
         self._queue.put_nowait(record.id)
+
+    async def enqueue(self, record: JobRecord) -> None:
+        """Queue a stored job (as :meth:`submit`; the face a shared queue shows too)."""
+        self.submit(record)
+
+    async def live(self, record: JobRecord) -> dict[str, Any]:
+        """Nothing to add to a job's answer: its record says it all in-process."""
+        return {}
+
+    def problem(self) -> str | None:
+        """Why scene jobs cannot run: never, in-process."""
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """The queue as readiness shows it."""
+        return {"shared": False}
 
     def cancel(self, record: JobRecord) -> JobRecord:
         """Cancel a queued or running job."""

@@ -11,6 +11,8 @@ What is read, inferred and written per tile is the model's task's
 from __future__ import annotations
 
 import asyncio
+import shutil
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from service.pipeline.inputs import scene_bytes
 from service.pipeline.references import References
 from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork
 from service.pipeline.tasks import task_for
+from service.pipeline.units import PlanPass, ScenePart, UnitPass
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
 from service.runtime.repository import ServedModel
@@ -63,14 +66,25 @@ class SceneRunner:
         served: ServedModel,
         progress: Callable[[int, int], None],
         cancelled: Callable[[], bool],
+        part: ScenePart | None = None,
     ) -> None:
-        """Process the job's scene and fill ``record.layers``; raises on failure."""
+        """Process the job's scene and fill ``record.layers``; raises on failure.
+
+        With ``part``, only that part of the job runs (see
+        :func:`service.pipeline.scene_grid.run_and_finish`); a unit or a plan
+        writes no outputs: its sinks go to a hidden scratch folder, dropped after.
+        """
         options = SceneOptions(**record.params.get("options", {}))
         # The job's tiles in flight count against the memory budget shared with
         # requests (the tile size was bounded by it when the job was accepted).
         tile = options.tile_size or served.task.scene_tile(served.manifest)
         need = scene_bytes(served, tile, max(1, len(options.dates)), self.in_flight_tiles)
         held = await asyncio.to_thread(self.budget.hold, need, cancelled)
+        folder: Path | None = None
+        if isinstance(part, PlanPass | UnitPass):
+            # Units of one job may run side by side here: each its own folder.
+            name = "plan" if isinstance(part, PlanPass) else f"unit-{part.unit.index}"
+            folder = self.store.workspace(record) / f".{name}-{uuid.uuid4().hex[:8]}"
         try:
             if cancelled():
                 raise JobCancelled
@@ -84,12 +98,15 @@ class SceneRunner:
                 timeout_s=self.timeout_s,
                 in_flight_tiles=self.in_flight_tiles,
                 sink=lambda file, info, descriptions, **kw: self.sink(
-                    record, options, file, info, descriptions, **kw
+                    record, options, file, info, descriptions, folder=folder, **kw
                 ),
                 check_disk=self.check_disk,
+                part=part,
             )
             await task_for(served.manifest).run_scene(work)
         finally:
+            if folder is not None:
+                await asyncio.to_thread(shutil.rmtree, folder, True)
             await held.release_async()
 
     def inputs(self, record: JobRecord) -> list[Path]:
@@ -108,13 +125,16 @@ class SceneRunner:
         file: str,
         info: RasterInfo,
         descriptions: list[str],
+        folder: Path | None = None,
         **kwargs: Any,
     ) -> RasterSink:
-        """One output GeoTIFF of a job, in the job's directory, with the job's options."""
+        """One output GeoTIFF of a job, in the job's directory (or ``folder``), with its options."""
         kwargs.setdefault("dtype", "uint8" if options.uint8 else "float32")
         kwargs.setdefault("scaled", options.uint8)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
         return RasterSink(
-            self.store.workspace(record) / file,
+            (folder or self.store.workspace(record)) / file,
             info.georef,
             descriptions,
             compress="zstd" if options.compress == "zstd" else "deflate",

@@ -12,6 +12,16 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from service.jobs.record import JobRecord
+from service.pipeline.units import (
+    FinishPass,
+    GridPlanned,
+    PlanPass,
+    ScenePart,
+    UnitBlender,
+    UnitPass,
+    UnitStored,
+    blend_units,
+)
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
 from service.runtime.repository import ServedModel
@@ -70,6 +80,8 @@ class SceneWork:
         sink: makes an output GeoTIFF of the job.
         check_disk: fails the job when its outputs outgrow the disk
             (``finishing``: counting what finishing adds).
+        part: which part of the job this run does (a shared queue's unit, its
+            finishing, or planning); None: the whole job.
     """
 
     record: JobRecord
@@ -82,6 +94,7 @@ class SceneWork:
     in_flight_tiles: int
     sink: SinkFactory
     check_disk: Callable[[Mapping[str, RasterSink], bool], None]
+    part: ScenePart | None = None
 
 
 Read = Callable[[Tile], "tuple[np.ndarray, np.ndarray] | None"]
@@ -96,6 +109,8 @@ class GridPass:
     ``read`` runs on one worker thread at a time (None: nothing to infer in the
     tile); ``infer`` on the event loop; ``flush`` gets each finished block of
     rows, on a worker thread; ``sinks`` are the outputs the rows go to.
+    ``sums`` are totals ``infer`` adds to over tiles (arrays, changed in place),
+    added up over the units of a job shared through a queue.
     """
 
     grid: TileGrid
@@ -104,13 +119,24 @@ class GridPass:
     infer: Infer
     flush: Flush
     sinks: Mapping[str, RasterSink]
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-async def run_grid(work: SceneWork, grid_pass: GridPass) -> None:
-    """Read, infer and blend every tile of the pass's grid, flushing finished rows in order."""
-    grid, blender, read, infer = grid_pass.grid, grid_pass.blender, grid_pass.read, grid_pass.infer
+async def run_grid(
+    work: SceneWork,
+    grid_pass: GridPass,
+    rows: range | None = None,
+    blender: StripBlender | UnitBlender | None = None,
+) -> None:
+    """Read, infer and blend the tiles of the pass's grid, flushing finished rows in order.
+
+    ``rows`` limits the run to those tile rows, blended by ``blender`` (a unit's).
+    """
+    grid, read, infer = grid_pass.grid, grid_pass.read, grid_pass.infer
+    blender = blender or grid_pass.blender
     flush, sinks = grid_pass.flush, grid_pass.sinks
-    total = len(grid)
+    rows = rows if rows is not None else range(grid.rows)
+    total = len(rows) * grid.cols
     done = 0
     gate = asyncio.Semaphore(work.in_flight_tiles)
     # One reader thread keeps GDAL's dataset handle single-threaded while the
@@ -130,7 +156,7 @@ async def run_grid(work: SceneWork, grid_pass: GridPass) -> None:
     pending: dict[int, list[asyncio.Task[tuple[Tile, np.ndarray | None]]]] = {}
     # Rows are started one ahead, so the next row's reads overlap this row's
     # inference; blending stays in order, on this task.
-    next_row = 0
+    next_row = rows.start
 
     def start_row(row: int) -> None:
         pending[row] = [asyncio.ensure_future(one(t)) for t in grid.row_tiles(row)]
@@ -153,8 +179,8 @@ async def run_grid(work: SceneWork, grid_pass: GridPass) -> None:
 
     current: list[asyncio.Task[tuple[Tile, np.ndarray | None]]] = []
     try:
-        for row in range(grid.rows):
-            while next_row <= min(row + 1, grid.rows - 1):
+        for row in rows:
+            while next_row <= min(row + 1, rows.stop - 1):
                 start_row(next_row)
                 next_row += 1
             current = pending.pop(row)
@@ -176,14 +202,53 @@ async def run_grid(work: SceneWork, grid_pass: GridPass) -> None:
 
 
 async def run_and_finish(work: SceneWork, grid_pass: GridPass, finish: Callable[[], T]) -> T:
-    """:func:`run_grid`, then ``finish`` on a worker thread; unfinished outputs go on failure."""
+    """:func:`run_grid`, then ``finish`` on a worker thread; unfinished outputs go on failure.
+
+    A run of part of a job (``work.part``) plans (raises :class:`GridPlanned`),
+    runs one unit's tiles and stores their partial sums (raises
+    :class:`UnitStored`), or blends every unit's sums into the outputs and
+    finishes them as a whole-scene run does.
+    """
+    part = work.part
+    if isinstance(part, PlanPass):
+        await abort(grid_pass.sinks)
+        raise GridPlanned(grid_pass.grid)
     try:
-        await run_grid(work, grid_pass)
+        if isinstance(part, UnitPass):
+            await run_unit(work, grid_pass, part)
+        elif isinstance(part, FinishPass):
+            await blend_stored(work, grid_pass, part)
+        else:
+            await run_grid(work, grid_pass)
         await asyncio.to_thread(work.check_disk, grid_pass.sinks, True)
         return await asyncio.to_thread(finish)
     except BaseException:
         await abort(grid_pass.sinks)
         raise
+
+
+async def run_unit(work: SceneWork, grid_pass: GridPass, part: UnitPass) -> None:
+    """Run one unit's tiles into its partial sums and store them; raises :class:`UnitStored`."""
+    unit = part.unit
+    blender = UnitBlender(grid_pass.grid, unit, grid_pass.blender.layers)
+    await run_grid(work, grid_pass, range(unit.first, unit.stop), blender)
+    blender.partial.sums = {k: np.asarray(v).copy() for k, v in grid_pass.sums.items()}
+    await asyncio.to_thread(part.save, blender.partial)
+    raise UnitStored
+
+
+async def blend_stored(work: SceneWork, grid_pass: GridPass, part: FinishPass) -> None:
+    """Flush the blocks that the units' stored partial sums blend into, in order."""
+    blocks = blend_units(grid_pass.grid, part.units, part.load, grid_pass.sums)
+    while True:
+        if work.cancelled():
+            raise JobCancelled
+        got = await asyncio.to_thread(next, blocks, None)
+        if got is None:
+            return
+        first, block = got
+        await asyncio.to_thread(grid_pass.flush, first, block)
+        await asyncio.to_thread(work.check_disk, grid_pass.sinks, False)
 
 
 async def abort(sinks: Mapping[str, RasterSink]) -> None:

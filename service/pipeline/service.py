@@ -11,6 +11,7 @@ from service.pipeline import views
 from service.pipeline.intake import SceneRequest, SyncRequest
 from service.pipeline.jobs import JobManager
 from service.pipeline.runner import PredictionRunner, Stored, model_ref
+from service.pipeline.shared_jobs import SharedJobs
 
 
 class JobService:
@@ -19,10 +20,13 @@ class JobService:
     Args:
         store: where jobs are kept.
         runner: runs a synchronous input through its model.
-        manager: queues and runs scene jobs in the background.
+        manager: queues and runs scene jobs: in this process, or units of them
+            through the queue every replica shares.
     """
 
-    def __init__(self, store: JobStore, runner: PredictionRunner, manager: JobManager) -> None:
+    def __init__(
+        self, store: JobStore, runner: PredictionRunner, manager: JobManager | SharedJobs
+    ) -> None:
         self.store = store
         self.runner = runner
         self.manager = manager
@@ -77,9 +81,9 @@ class JobService:
         files = dict(zip(names, request.parts, strict=True))
         await asyncio.to_thread(self.store.save, record, {}, files, request.check)
         try:
-            self.manager.submit(record)
-        except Exception:
-            self.store.delete(record.id)
+            await self.manager.enqueue(record)
+        except BaseException:
+            await asyncio.to_thread(self.store.delete, record.id)
             raise
         return record
 
@@ -95,6 +99,12 @@ class JobService:
     def status(self, record: JobRecord) -> dict[str, Any]:
         """The JSON answer of a job: its state, and its results once done."""
         return views.job_json(record, self.store)
+
+    async def describe(self, record: JobRecord) -> dict[str, Any]:
+        """:meth:`status`, with what the shared queue knows: progress and replicas at work."""
+        body = self.status(record)
+        body.update(await self.manager.live(record))
+        return body
 
     async def prediction_geotiff(self, record: JobRecord) -> bytes:
         """The prediction bands of a raster job as a GeoTIFF on the input's grid."""

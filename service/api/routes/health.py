@@ -39,6 +39,9 @@ def readiness(state: State) -> tuple[bool, dict[str, Any]]:
         reasons.append("shutting down")
     if repo.state != "ready":
         reasons.append(f"model repository is {repo.state}")
+    queue = state.jobs.manager.problem()
+    if queue:
+        reasons.append(queue)
     if state.settings.require_cuda:
         cpu_only = [ref for ref, info in models.items() if not info["cuda"]]
         if cpu_only:
@@ -47,6 +50,9 @@ def readiness(state: State) -> tuple[bool, dict[str, Any]]:
         "ready": not reasons,
         "reasons": reasons,
         "models": models,
+        # Scene jobs' queue: a shared one reached once keeps the replica ready
+        # when Redis goes (synchronous work goes on); "reachable" says so.
+        "queue": state.jobs.manager.status(),
         "failed_files": sorted(repo.failures),
         # Each model file not served, with the reason (a manifest field at fault, say).
         "skipped": [

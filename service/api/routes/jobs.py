@@ -20,7 +20,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 @router.get("/{job_id}", summary="A job's state, progress and results")
 async def get_job(job: Job, state: State) -> Response:
     """State (queued, running, done, failed, cancelled), progress, ETA, error, results."""
-    return result_json(views.job_json(job, state.store))
+    return result_json(await state.jobs.describe(job))
 
 
 @router.delete("/{job_id}", summary="Cancel a job, or delete a finished one")

@@ -1,0 +1,225 @@
+"""Work units of a scene job: blocks of tile rows, their partial sums, and the blend of them all.
+
+A scene job shared through a queue is split into units, each a block of whole
+tile rows of the job's grid. A unit runs its tiles (each with its halo, as a
+whole-scene run reads them) and keeps, over the scene rows its tiles touch,
+the sum of Hann-weighted outputs and the sum of weights (float32), exactly as
+:class:`service.runtime.tiling.StripBlender` adds them. Finishing adds the
+units' partial sums where they overlap and divides, block of rows by block of
+rows, handing the task's ``flush`` the same blocks a whole-scene run would:
+outputs agree with it to float32 rounding (the sums are added in another order).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.runtime.tiling import Tile, TileGrid, hann_weight, read_bounds
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Tile rows ``[first, stop)`` of a job's grid; ``index`` numbers it in the job."""
+
+    index: int
+    first: int
+    stop: int
+
+
+def plan_units(grid: TileGrid, unit_tiles: int) -> list[Unit]:
+    """The grid's tile rows in blocks of about ``unit_tiles`` tiles (one row at least)."""
+    per = max(1, unit_tiles // max(1, grid.cols))
+    return [
+        Unit(i, first, min(grid.rows, first + per))
+        for i, first in enumerate(range(0, grid.rows, per))
+    ]
+
+
+def unit_rows(grid: TileGrid, unit: Unit) -> tuple[int, int]:
+    """Scene rows ``[top, bottom)`` the tiles of ``unit`` write to."""
+    first = grid.row_tiles(unit.first)[0]
+    last = grid.row_tiles(unit.stop - 1)[0]
+    return read_bounds(first, grid.height, grid.width)[0], read_bounds(
+        last, grid.height, grid.width
+    )[1]
+
+
+@dataclass
+class PartialSums:
+    """One unit's weighted sums over scene rows ``[top, top + rows)``, all columns.
+
+    Attributes:
+        top: first scene row held.
+        acc: ``(layers, rows, width)`` float32 sum of weight x output.
+        wsum: ``(rows, width)`` float32 sum of weights.
+        sums: per-job totals a task adds up over tiles (per-band weights, say).
+    """
+
+    top: int
+    acc: np.ndarray
+    wsum: np.ndarray
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, grid: TileGrid, unit: Unit, layers: int) -> PartialSums:
+        """Zero sums over the rows ``unit`` writes to."""
+        top, bottom = unit_rows(grid, unit)
+        return cls(
+            top,
+            np.zeros((layers, bottom - top, grid.width), np.float32),
+            np.zeros((bottom - top, grid.width), np.float32),
+        )
+
+    @property
+    def bottom(self) -> int:
+        """One past the last scene row held."""
+        return self.top + int(self.wsum.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """An uncompressed ``.npz``: the same sums give the same bytes."""
+        out = io.BytesIO()
+        arrays: dict[str, Any] = {"top": np.array(self.top), "acc": self.acc, "wsum": self.wsum}
+        arrays.update((f"sum_{k}", np.asarray(v)) for k, v in sorted(self.sums.items()))
+        np.savez(out, **arrays)
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PartialSums:
+        """Read what :meth:`to_bytes` wrote."""
+        with np.load(io.BytesIO(data), allow_pickle=False) as got:
+            sums = {k[4:]: got[k] for k in got.files if k.startswith("sum_")}
+            return cls(int(got["top"]), got["acc"], got["wsum"], sums)
+
+
+class UnitBlender:
+    """Adds a unit's tile outputs into its :class:`PartialSums` (a StripBlender's maths).
+
+    It stands in for the whole-scene blender in the grid loop: no rows are
+    ever final inside one unit, so :meth:`pop_final` hands out nothing.
+    """
+
+    def __init__(self, grid: TileGrid, unit: Unit, layers: int) -> None:
+        self.grid = grid
+        self.weight = hann_weight(grid.size)
+        self.partial = PartialSums.empty(grid, unit, layers)
+
+    def add(self, tile: Tile, outputs: np.ndarray | None) -> None:
+        """Add one tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
+        if outputs is None:
+            return
+        g, p = self.grid, self.partial
+        y0, y1, x0, x1 = read_bounds(tile, g.height, g.width)
+        ty, tx = y0 - tile.y, x0 - tile.x
+        h, w = y1 - y0, x1 - x0
+        weight = self.weight[ty : ty + h, tx : tx + w]
+        rows = slice(y0 - p.top, y1 - p.top)
+        p.acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * weight
+        p.wsum[rows, x0:x1] += weight
+
+    def row_done(self, row: int) -> None:
+        """Rows are finished by the job's finishing step, not here."""
+
+    def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Nothing is final inside a unit."""
+        return iter(())
+
+
+def blend_units(
+    grid: TileGrid,
+    units: list[Unit],
+    load: Callable[[Unit], PartialSums],
+    sums: dict[str, np.ndarray],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The final blocks of rows a whole-scene run flushes, from the units' partial sums.
+
+    Yields ``(first scene row, (layers, rows, width) float32)``, NaN where no
+    tile had data. Partials are loaded as their rows come up and dropped once
+    passed, so at most the units overlapping one block are held; ``sums``
+    gets each unit's totals added in.
+    """
+    held: dict[int, PartialSums] = {}
+    extents = {u.index: unit_rows(grid, u) for u in units}
+    loaded: set[int] = set()
+    for row in range(grid.rows):
+        start, stop = grid.block_rows(row)
+        if stop <= start:
+            continue
+        for unit in units:
+            top, bottom = extents[unit.index]
+            if unit.index not in loaded and top < stop and bottom > start:
+                part = load(unit)
+                loaded.add(unit.index)
+                held[unit.index] = part
+                add_sums(sums, part.sums)
+        acc: np.ndarray | None = None
+        wsum = np.zeros((stop - start, grid.width), np.float32)
+        for part in held.values():
+            lo, hi = max(start, part.top), min(stop, part.bottom)
+            if hi <= lo:
+                continue
+            if acc is None:
+                acc = np.zeros((part.acc.shape[0], stop - start, grid.width), np.float32)
+            acc[:, lo - start : hi - start] += part.acc[:, lo - part.top : hi - part.top]
+            wsum[lo - start : hi - start] += part.wsum[lo - part.top : hi - part.top]
+        for index in [i for i, p in held.items() if p.bottom <= stop]:
+            del held[index]
+        if acc is None:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            block = np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1), np.nan)
+        yield start, block.astype(np.float32, copy=False)
+    for unit in units:  # a unit whose rows no block needed still counts its totals
+        if unit.index not in loaded:
+            add_sums(sums, load(unit).sums)
+
+
+def add_sums(into: dict[str, np.ndarray], sums: dict[str, np.ndarray]) -> None:
+    """Add a unit's totals to ``into`` in place (an empty or missing total takes the unit's)."""
+    for key, value in sums.items():
+        have = into.get(key)
+        if have is None or have.size == 0:
+            into[key] = value.copy()
+        else:
+            have += value
+
+
+@dataclass(frozen=True)
+class PlanPass:
+    """A run that only plans: the task's grid comes back in :class:`GridPlanned`."""
+
+
+@dataclass(frozen=True)
+class UnitPass:
+    """A run of one unit's tiles; ``save`` stores its partial sums (on a worker thread)."""
+
+    unit: Unit
+    save: Callable[[PartialSums], None]
+
+
+@dataclass(frozen=True)
+class FinishPass:
+    """The finishing run: every unit's partial sums blended and written as the job's outputs."""
+
+    units: list[Unit]
+    load: Callable[[Unit], PartialSums]
+
+
+ScenePart = PlanPass | UnitPass | FinishPass
+"""Which part of a scene job a run does (None in :class:`SceneWork`: all of it)."""
+
+
+class GridPlanned(Exception):
+    """A planning run ends here, with the job's tile grid."""
+
+    def __init__(self, grid: TileGrid) -> None:
+        super().__init__("planned")
+        self.grid = grid
+
+
+class UnitStored(Exception):
+    """A unit's run ends here: its partial sums are stored."""

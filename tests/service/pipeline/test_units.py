@@ -1,0 +1,90 @@
+"""Units of a scene job: their partial sums blend into what one whole-scene blender gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.pipeline.units import (
+    PartialSums,
+    Unit,
+    UnitBlender,
+    blend_units,
+    plan_units,
+    unit_rows,
+)
+from service.runtime.tiling import StripBlender, TileGrid
+
+
+def _outputs(grid: TileGrid, layers: int, seed: int) -> dict[tuple[int, int], np.ndarray | None]:
+    rng = np.random.default_rng(seed)
+    out: dict[tuple[int, int], np.ndarray | None] = {}
+    for tile in grid:
+        # Some tiles have no data at all (skipped), as over a scene's nodata.
+        skipped = rng.random() < 0.15
+        out[tile.row, tile.col] = (
+            None if skipped else rng.random((layers, grid.size, grid.size), dtype=np.float32)
+        )
+    return out
+
+
+def _whole(
+    grid: TileGrid, layers: int, out: dict[tuple[int, int], np.ndarray | None]
+) -> np.ndarray:
+    blender = StripBlender(grid, layers)
+    scene = np.full((layers, grid.height, grid.width), -1.0, np.float32)
+    for row in range(grid.rows):
+        for tile in grid.row_tiles(row):
+            blender.add(tile, out[tile.row, tile.col])
+        blender.row_done(row)
+        for first, block in blender.pop_final():
+            scene[:, first : first + block.shape[1]] = block
+    return scene
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "unit_tiles"), [(700, 530, 3), (1000, 260, 1), (90, 90, 4)]
+)
+def test_units_blend_to_the_whole_scene_blend(height: int, width: int, unit_tiles: int) -> None:
+    grid = TileGrid(height, width, 128, 32, 16)
+    layers = 3
+    out = _outputs(grid, layers, seed=height)
+    units = plan_units(grid, unit_tiles)
+    assert [u.first for u in units] == sorted({u.first for u in units})
+    assert units[0].first == 0
+    assert units[-1].stop == grid.rows
+    stored: dict[int, bytes] = {}
+    for unit in reversed(units):  # units finish in any order
+        blender = UnitBlender(grid, unit, layers)
+        for row in range(unit.first, unit.stop):
+            for tile in grid.row_tiles(row):
+                blender.add(tile, out[tile.row, tile.col])
+        blender.partial.sums = {"n": np.array([unit.stop - unit.first], np.float64)}
+        stored[unit.index] = blender.partial.to_bytes()
+        assert stored[unit.index] == blender.partial.to_bytes()  # same sums, same bytes
+
+    sums: dict[str, np.ndarray] = {"n": np.zeros(1)}
+    scene = np.full((layers, height, width), -1.0, np.float32)
+    loaded: list[int] = []
+
+    def load(unit: Unit) -> PartialSums:
+        loaded.append(unit.index)
+        return PartialSums.from_bytes(stored[unit.index])
+
+    for first, block in blend_units(grid, units, load, sums):
+        scene[:, first : first + block.shape[1]] = block
+    whole = _whole(grid, layers, out)
+    np.testing.assert_allclose(scene, whole, atol=1e-5, equal_nan=True)
+    assert np.array_equal(np.isnan(scene), np.isnan(whole))
+    assert (scene != -1).all()  # every row came out
+    assert sorted(loaded) == [u.index for u in units]  # each loaded once
+    assert sums["n"][0] == grid.rows
+
+
+def test_a_unit_holds_only_the_rows_its_tiles_write() -> None:
+    grid = TileGrid(1000, 300, 128, 28, 0)
+    units = plan_units(grid, 2 * grid.cols)
+    assert all(u.stop - u.first == 2 for u in units[:-1])
+    top, bottom = unit_rows(grid, units[1])
+    assert (top, bottom) == (2 * 100, 3 * 100 + 128)
+    assert PartialSums.empty(grid, units[1], 2).acc.shape == (2, bottom - top, 300)
