@@ -108,8 +108,9 @@ class ChipOutputs:
 
     Attributes:
         probabilities: ``(K,)`` float32.
-        maps: attention output name -> ``(H, W)`` float32 on the chip's grid,
-            NaN where the input had no data; or, from :meth:`ChipClassifier.native`,
+        maps: attention output name -> ``(H, W)`` float32 on the chip's grid
+            (``(heads, H, W)`` for several heads), NaN where the input had no
+            data; or, from :meth:`ChipClassifier.native`, heads averaged and
             at the output's own resolution (one value per patch or per stride
             cell), NaN where a cell holds no valid pixel.
     """
@@ -228,15 +229,17 @@ class ChipClassifier(SameShapeBatches):
         maps: dict[str, np.ndarray] = {}
         for spec in self.manifest.attention:
             out = outputs[spec.name][0]
+            # One map per head: (heads, N) tokens, (heads, h, w) maps.
             if spec.kind == "token_grid":
                 assert spec.grid is not None  # the manifest's check
-                values = token_map(out, spec.grid, h, w)
+                heads = out if out.ndim == 2 else out[None]
+                values = np.stack([token_map(t, spec.grid, h, w) for t in heads])
             else:
-                full = upsample(out[0], spec.stride, ph, pw)
-                values = np.array(full[:h, :w], dtype=np.float32)
+                full = [upsample(o, spec.stride, ph, pw)[:h, :w] for o in out]
+                values = np.stack(full).astype(np.float32)
             if valid is not None:
-                values[~valid] = np.nan
-            maps[spec.name] = values
+                values[:, ~valid] = np.nan
+            maps[spec.name] = values if len(values) > 1 else values[0]
         return ChipOutputs(self._probabilities(outputs), maps)
 
     async def native(

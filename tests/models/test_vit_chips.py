@@ -154,12 +154,30 @@ def test_a_chip_gets_its_class_and_the_class_tokens_attention_as_json_and_geotif
     np.testing.assert_allclose(pred["values"], want_probs, atol=1e-5)
     assert CLASSES[int(want_probs.argmax())] in pred["description"]
     (att,) = body["attention"]
-    assert (att["name"], att["kind"], att["shape"]) == ("cls_attention", "token_grid", [64, 64])
+    assert (att["name"], att["kind"], att["shape"], att["heads"]) == (
+        "cls_attention",
+        "token_grid",
+        [2, 64, 64],
+        2,
+    )
     # Mean over heads; each patch's weight over its 16 x 16 pixels.
     cells = want_weights.mean(axis=0).reshape(GRID, GRID)
     want_map = np.kron(cells, np.ones((PATCH, PATCH), np.float32))
     layer = httpx.get(live.url + att["url"], timeout=60).json()
+    assert layer["head"] == "mean"
     np.testing.assert_allclose(np.asarray(layer["values"]), want_map, atol=1e-5)
+    # One head on request, as JSON and as a GeoTIFF; a head the model lacks is named.
+    second = np.kron(want_weights[1].reshape(GRID, GRID), np.ones((PATCH, PATCH), np.float32))
+    head = httpx.get(live.url + att["url"], params={"head": 1}, timeout=60).json()
+    assert head["head"] == 1
+    np.testing.assert_allclose(np.asarray(head["values"]), second, atol=1e-5)
+    tiff = httpx.get(live.url + att["url"], params={"head": 1, "format": "geotiff"}, timeout=60)
+    with MemoryFile(tiff.content) as mem, mem.open() as src:
+        assert src.tags(1)["HEAD"] == "1"
+        np.testing.assert_allclose(src.read(1), second, atol=1e-5)
+    missing = httpx.get(live.url + att["url"], params={"head": 2}, timeout=60)
+    assert missing.status_code == 422
+    assert "layer 'cls_attention' has 2 heads, 0 to 1" in missing.json()["error"]["message"]
     one = httpx.get(live.url + att["url"], params={"format": "geotiff"}, timeout=60)
     assert one.status_code == 200
     with MemoryFile(one.content) as mem, mem.open() as src:

@@ -14,6 +14,7 @@ import numpy as np
 
 from service.pipeline.inputs import RasterInput
 from service.pipeline.scene_grid import SceneOptions, SceneWork
+from service.pipeline.statistics import statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
 from service.pipeline.tasks.chip_scene import chip_stride, run_chip_scene
 from service.pipeline.tasks.classes import min_confidence
@@ -54,8 +55,13 @@ class ChipClassification(SyncTask[RasterInput, ChipClassifier]):
         layers = [answer]
         arrays: dict[str, np.ndarray] = {pred.name: out.probabilities}
         for spec in manifest.attention:
-            arrays[spec.name] = out.maps[spec.name]
-            layers.append(output_layer(spec, out.maps[spec.name]))
+            array = arrays[spec.name] = out.maps[spec.name]
+            # Several heads are served as their mean unless one is asked for.
+            if array.ndim == 3:
+                stats = statistics(array.mean(axis=0))
+                layers.append(output_layer(spec, array, stats=stats, heads=len(array)))
+            else:
+                layers.append(output_layer(spec, array))
         h, w = inp.data.shape[1:]
         georef: dict[str, Any]
         if inp.georef is not None:

@@ -133,8 +133,12 @@ def test_a_chip_gets_its_probabilities_and_maps_on_its_grid(model: Path) -> None
     probs, tokens, gate = session.run(None, {"image": fed})
     np.testing.assert_allclose(out.probabilities, probs[0], atol=1e-6)
     assert int(out.probabilities.argmax()) == 1  # green
-    weights = out.maps["tokens"]
-    assert weights.shape == (64, 64)
+    # One map per head; their mean is the token map of both.
+    assert out.maps["tokens"].shape == (2, 64, 64)
+    np.testing.assert_allclose(
+        out.maps["tokens"][1, :, :60], token_map(tokens[0, 1], [4, 4], 64, 64)[:, :60]
+    )
+    weights = out.maps["tokens"].mean(axis=0)
     np.testing.assert_allclose(weights[:, :60], token_map(tokens[0], [4, 4], 64, 64)[:, :60])
     assert np.isnan(weights[:, 60:]).all()
     # The bright red patch draws the first head: the top-left patch is the heaviest.

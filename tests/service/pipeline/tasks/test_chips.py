@@ -65,9 +65,14 @@ def test_a_chip_answers_with_its_class_probabilities_and_attention_maps(
     assert int(np.argmax(values)) == 2
     assert probs.description is not None
     assert probs.description.startswith("most probable: bluish")
-    for layer in result.layers[1:]:
-        assert (layer.role, layer.shape) == ("attention", [64, 64])
-        assert result.arrays[layer.name].shape == (64, 64)
+    tokens, gate = result.layers[1:]
+    # The token grid's two heads are kept, one map each; the gate has one.
+    assert (tokens.role, tokens.shape, tokens.heads) == ("attention", [2, 64, 64], 2)
+    assert (gate.role, gate.shape, gate.heads) == ("attention", [64, 64], None)
+    assert result.arrays["tokens"].shape == (2, 64, 64)
+    mean = result.arrays["tokens"].mean(axis=0)
+    assert tokens.statistics is not None
+    assert tokens.statistics["max"] == pytest.approx(float(np.nanmax(mean)))
     assert result.georef is not None
     assert result.georef["width"] == 64
 
