@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install browser redis serve test lint clean bench bench-quick bench-profile
+.PHONY: install browser redis serve test lint clean bench bench-quick bench-profile bench-peers
 
 # torch is pinned to the CPU build this machine ships; an unpinned torch pulls
 # gigabytes of CUDA wheels and is only needed for training and export.
@@ -45,9 +45,16 @@ lint: install
 	$(BIN)/mypy
 
 # Benchmarks (bench/README.md): raw ONNX Runtime limit, live server over HTTP, an
-# 8192^2 scene job; about 11 minutes on 2 cores; writes bench/results.{md,json}.
+# 8192^2 scene job, then the peers; about 30 minutes on 2 cores; writes
+# bench/results.{md,json}.
 bench: install
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.peers.run
+
+# attnserve beside hand FastAPI, Ray Serve and BentoML on the same model and tile,
+# each peer in its own venv under .bench-venvs/ (made from PyPI on first use).
+bench-peers: install
+	$(BIN)/python -m bench.peers.run
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick

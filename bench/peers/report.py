@@ -66,6 +66,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
+def _passes(n: int) -> str:
+    if n < 2:
+        return "One pass over the servers."
+    return (
+        f"{n} passes over the servers, every other one in reverse order; each server's "
+        "figures are those of its pass with the most requests per second at saturation "
+        "(all passes are in `results.json`)."
+    )
+
+
 def _latency(rows: list[dict[str, Any]], c: int) -> str:
     row = at(rows, c)
     return "-" if row is None else f"{row['p50_ms']:.0f} / {row['p99_ms']:.0f}"
@@ -101,7 +111,8 @@ def section(peers: dict[str, Any]) -> list[str]:
         "queue ('1 CPU instance' turns that off). All: graph optimisation level ALL, no "
         "spin-waiting, CPU execution provider.",
         f"- {peers['plan']['duration_s']:g} s of load per level (at least "
-        f"{peers['plan']['rounds']} requests per client); p50 / p99 in ms.",
+        f"{peers['plan']['rounds']} requests per client); p50 / p99 in ms. "
+        + _passes(peers["plan"].get("passes", 1)),
         "",
     ]
     header = ["server", "returns", "saturation req/s (clients)", "of raw limit"]

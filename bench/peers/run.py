@@ -62,10 +62,11 @@ class Plan:
     rounds: int = 2
     raw_s: float = 3.0
     profile_requests: int = 48
+    passes: int = 2
 
 
 FULL = Plan()
-QUICK = Plan(concurrency=(1, 4), duration_s=1.0, rounds=1, raw_s=0.3, profile_requests=8)
+QUICK = Plan(concurrency=(1, 4), duration_s=1.0, rounds=1, raw_s=0.3, profile_requests=8, passes=1)
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,15 @@ def measure_system(
     return result
 
 
+def best_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A system's pass of most requests per second at saturation; every pass kept beside it."""
+    measured = [r for r in runs if r.get("rows")]
+    if not measured:
+        return runs[-1]
+    best = max(measured, key=lambda r: report.saturation(r["rows"])["throughput_rps"])
+    return {**best, "passes": [r.get("rows", r.get("error")) for r in runs]}
+
+
 def stop_tree(server: LiveServer) -> None:
     """SIGTERM the server; then SIGKILL whatever it spawned that outlived it."""
     spawned = descendants(server.proc.pid)
@@ -285,14 +295,22 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
         limit = Limit(tile_path, plan.raw_s)
         results["raw"] = limit.measure()
         say(f"  raw session: best {results['raw']['best_per_s']:.2f} tiles/s")
-        results["systems"] = {}
-        for system in SYSTEMS:
-            if only and not any(o.lower() in system.name.lower() for o in only):
-                continue
-            say(f"{system.name}")
-            results["systems"][system.name] = measure_system(system, plan, work, spec, tile, limit)
-            if "error" in results["systems"][system.name]:
-                say(f"  {system.name}: {results['systems'][system.name]['error'][:300]}")
+        chosen = [
+            system for system in SYSTEMS
+            if not only or any(o.lower() in system.name.lower() for o in only)
+        ]  # fmt: skip
+        passes: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
+        for i in range(plan.passes):
+            # Every other pass in reverse order: whichever server ran while the shared
+            # machine was busiest, each gets a turn early and late.
+            for system in chosen if i % 2 == 0 else chosen[::-1]:
+                say(f"{system.name} (pass {i + 1} of {plan.passes})")
+                done = measure_system(system, plan, work, spec, tile, limit)
+                passes[system.name].append(done)
+                if "error" in done:
+                    say(f"  {system.name}: {done['error'][:300]}")
+                    break
+        results["systems"] = {name: best_pass(runs) for name, runs in passes.items()}
         results["checks"] = report.checks(results)
         if profile and not all(c["ok"] for c in results["checks"]):
             c = max(plan.concurrency)
@@ -315,9 +333,13 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="systems whose name contains this")
     parser.add_argument("--out", type=Path, default=None, help="results directory (bench/)")
     parser.add_argument("--no-profile", action="store_true", help="never run py-spy")
+    parser.add_argument("--passes", type=int, help="passes over the servers (2; quick 1)")
     args = parser.parse_args()
     out = args.out if args.out is not None else (None if args.quick else REPO / "bench")
-    run(QUICK if args.quick else FULL, args.only, out, not args.no_profile)
+    plan = QUICK if args.quick else FULL
+    if args.passes:
+        plan = dataclasses.replace(plan, passes=args.passes)
+    run(plan, args.only, out, not args.no_profile)
     return 0
 
 
