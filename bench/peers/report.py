@@ -172,10 +172,36 @@ def section(peers: dict[str, Any]) -> list[str]:
          "raw best tiles/s, just before", "load (1 min)"],
         detail,
     )  # fmt: skip
+    if peers.get("crops"):
+        lines += ["", *_crops(peers["crops"])]
     if peers.get("profile"):
         lines += ["", f"py-spy profile of attnserve under that load: `{peers['profile']}`."]
     if WHY.is_file():
         lines += ["", "### Why", "", WHY.read_text().strip()]
+    return lines
+
+
+def _crops(crops: dict[str, Any]) -> list[str]:
+    """attnserve's crops model at 16 clients, batching on and off, in the same run."""
+    c = crops["clients"]
+    lines = [
+        f"### Crops at {c} clients",
+        "",
+        f"attnserve alone, after the peers: the crops model, JSON requests of "
+        f"{crops['parcels']} parcels x {crops['dates']} dates, {c} clients, a fresh server "
+        "with batching on (defaults) and then off.",
+        "",
+    ]
+    lines += _table(
+        ["batching", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "load (1 min)"],
+        [[mode, r["requests"], r["throughput_rps"], r["p50_ms"], r["p95_ms"], r["p99_ms"],
+          r["errors"], r["load_average"][0]] for mode, r in crops["rows"].items()],
+    )  # fmt: skip
+    lines += [""]
+    lines += _table(
+        ["target", "met", "figures"],
+        [[x["name"], "yes" if x["ok"] else "**no**", x["detail"]] for x in crops["checks"]],
+    )
     return lines
 
 

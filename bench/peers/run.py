@@ -40,7 +40,7 @@ import numpy as np
 
 from bench import raw
 from bench.machine import load_average, machine
-from bench.peers import report, venvs
+from bench.peers import crops, report, venvs
 from bench.peers.procs import descendants, tree_rss_kib
 from bench.run import COMMON_ENV, REPO, SOURCE, footprints_tile, run_load, say
 from service.app import session_options
@@ -63,10 +63,19 @@ class Plan:
     raw_s: float = 3.0
     profile_requests: int = 48
     passes: int = 2
+    crops_s: float = 15.0
 
 
 FULL = Plan()
-QUICK = Plan(concurrency=(1, 4), duration_s=1.0, rounds=1, raw_s=0.3, profile_requests=8, passes=1)
+QUICK = Plan(
+    concurrency=(1, 4),
+    duration_s=1.0,
+    rounds=1,
+    raw_s=0.3,
+    profile_requests=8,
+    passes=1,
+    crops_s=1.0,
+)
 
 
 @dataclass(frozen=True)
@@ -317,11 +326,14 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
             say(f"profiling attnserve at {c} clients")
             path = profile_attnserve(plan, work, spec, c)
             results["profile"] = str(path.relative_to(REPO))
+        if plan.crops_s and (not only or "crops" in only):
+            say("attnserve crops at 16 clients, batching on and off")
+            results["crops"] = crops.measure(work, plan.crops_s)
         results["load_average_end"] = load_average()
     if out_dir is not None:
         report.merge(results, out_dir)
         say(f"wrote the Peers section of {out_dir / 'results.md'} and {out_dir / 'results.json'}")
-    for check in results["checks"]:
+    for check in results["checks"] + results.get("crops", {}).get("checks", []):
         say(f"{'PASS' if check['ok'] else 'MISS'} {check['name']}: {check['detail']}")
     return results
 
