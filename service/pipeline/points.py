@@ -82,11 +82,14 @@ def point_values(record: JobRecord, store: JobStore, row: int, col: int) -> list
     there is no data.
     """
     out: list[dict[str, Any]] = []
-    rows, cols = slice(row, row + 1), slice(col, col + 1)
     with LayerReader(record, store) as reader:
         for layer in record.layers:
             if len(layer.shape) < 2 or layer.storage == "inline":
                 continue
+            # A COG kept at a coarser stride (a chip scene's) holds one value per cell.
+            step = (layer.stride or 1) if layer.storage == "cog" else 1
+            r, c = row // step, col // step
+            rows, cols = slice(r, r + 1), slice(c, c + 1)
             entry: dict[str, Any] = {"name": layer.name, "kind": layer.kind}
             if len(layer.shape) == 2:
                 value = float(reader.read(layer.name, rows, cols)[0, 0])
@@ -95,7 +98,7 @@ def point_values(record: JobRecord, store: JobStore, row: int, col: int) -> list
                 else:
                     entry["value"] = _value(value)
             elif len(layer.shape) == 4:  # (heads, T, H, W), kept as an array
-                pixel = np.asarray(served_values(record, store, layer.name)[:, :, row, col])
+                pixel = np.asarray(served_values(record, store, layer.name)[:, :, r, c])
                 heads = pixel.astype(np.float64)
                 entry["values"] = [_value(v) for v in heads.mean(axis=0)]
                 entry["heads"] = [[_value(v) for v in head] for head in heads]

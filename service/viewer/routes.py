@@ -26,12 +26,29 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+JS, CSS, PNG = "text/javascript; charset=utf-8", "text/css; charset=utf-8", "image/png"
+LEAFLET = "vendor/leaflet"
 # Served by name only: nothing else under static/ is reachable, and each file has
 # its exact type (the server sends X-Content-Type-Options: nosniff).
 ASSETS = {
-    "viewer.js": "text/javascript; charset=utf-8",
-    "viewer.css": "text/css; charset=utf-8",
+    "viewer.js": JS,
+    "api.js": JS,
+    "chart.js": JS,
+    "legend.js": JS,
+    "map.js": JS,
+    "viewer.css": CSS,
+    f"{LEAFLET}/leaflet.js": JS,
+    f"{LEAFLET}/leaflet.css": CSS,
+    **{
+        f"{LEAFLET}/images/{name}.png": PNG
+        for name in ("layers", "layers-2x", "marker-icon", "marker-icon-2x", "marker-shadow")
+    },
 }
+# The job page's map library (Leaflet, vendored: the viewer works offline).
+MAP_HEAD = (
+    f'<link rel="stylesheet" href="/viewer/static/{LEAFLET}/leaflet.css">\n'
+    f'  <script src="/viewer/static/{LEAFLET}/leaflet.js"></script>\n'
+)
 HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-cache"}
 
 
@@ -59,10 +76,10 @@ def _png_route(
     return router.get(path, summary=summary, response_class=Response, responses={**_PNG, **errors})
 
 
-def _page(body: str, title: str, page: str) -> Response:
+def _page(body: str, title: str, page: str, head: str = "") -> Response:
     """One page: the shared shell (head, stylesheet, script) around the page's body."""
     shell = (STATIC / "page.html").read_text()
-    html = shell.replace("{title}", title).replace("{page}", page)
+    html = shell.replace("{title}", title).replace("{page}", page).replace("{head}", head)
     html = html.replace("{body}", (STATIC / body).read_text())
     return Response(html, media_type="text/html", headers=HEADERS)
 
@@ -73,9 +90,9 @@ async def upload_page() -> Response:
     return _page("index.html", "attnserve viewer", "upload")
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@router.get("/static/{name:path}", include_in_schema=False)
 async def asset(name: str) -> Response:
-    """The viewer's script and stylesheet."""
+    """The viewer's scripts, stylesheets and the map library's files."""
     if name not in ASSETS:
         raise NotFound(f"no viewer asset {name!r}")
     return Response((STATIC / name).read_bytes(), media_type=ASSETS[name], headers=HEADERS)
@@ -88,12 +105,12 @@ async def asset(name: str) -> Response:
     responses={200: {"content": {"text/html": {}}, "description": "the job page"}},
 )
 async def job_page(job_id: str) -> Response:
-    """The job's layers as overlays, footprint outlines and attention charts.
+    """The job on a slippy map: its input under its layers, footprint outlines, values on click.
 
     The page itself holds no data (the job is fetched by its script with the
     caller's key), so an unknown id still gets the page, which then says so.
     """
-    return _page("job.html", "attnserve job", "job")
+    return _page("job.html", "attnserve job", "job", MAP_HEAD)
 
 
 @_png_route(

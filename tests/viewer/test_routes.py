@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
 from service.config import SHIPPED_MODELS
+from service.raster.tiles import CLASS_COLOURS, colormap_stops
+from service.viewer.routes import STATIC
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import SHARED
 from tests.helpers.server import LiveServer, serving
@@ -49,8 +52,37 @@ def test_pages_carry_a_strict_csp_and_assets_their_types(server: LiveServer) -> 
     assert js.headers["x-content-type-options"] == "nosniff"
     css = httpx.get(server.url + "/viewer/static/viewer.css")
     assert css.headers["content-type"].startswith("text/css")
-    for name in ("routes.py", "index.html", "..%2Froutes.py"):
+    for name in ("routes.py", "index.html", "..%2Froutes.py", "vendor/leaflet/LICENSE"):
         assert httpx.get(f"{server.url}/viewer/static/{name}").status_code == 404
+    assert httpx.get(f"{server.url}/viewer/static/vendor/../routes.py").status_code == 404
+
+
+def test_the_map_library_is_served_from_the_package(server: LiveServer) -> None:
+    vendored = STATIC / "vendor" / "leaflet"
+    assert "BSD 2-Clause" in (vendored / "LICENSE").read_text()
+    for name, media in (
+        ("leaflet.js", "text/javascript"),
+        ("leaflet.css", "text/css"),
+        ("images/layers.png", "image/png"),
+    ):
+        resp = httpx.get(f"{server.url}/viewer/static/vendor/leaflet/{name}")
+        assert resp.status_code == 200, name
+        assert resp.headers["content-type"].startswith(media)
+        assert resp.content == (vendored / name).read_bytes()
+    assert "Leaflet 1.9.4" in (vendored / "leaflet.js").read_text()[:200]
+    page = httpx.get(f"{server.url}/viewer/some-job").text
+    assert '<script src="/viewer/static/vendor/leaflet/leaflet.js"></script>' in page
+    assert "https://" not in page.split("<body")[0]  # nothing from elsewhere: works offline
+    assert "leaflet" not in httpx.get(f"{server.url}/viewer").text
+
+
+def test_the_scripts_legend_colours_are_the_tiles(server: LiveServer) -> None:
+    # Pages without map tiles (no georeference) colour layers in the browser.
+    script = httpx.get(f"{server.url}/viewer/static/legend.js").text
+    listed = script.split("VIRIDIS_STOPS = [", 1)[1].split("]", 1)[0]
+    assert re.findall(r"#[0-9a-f]{6}", listed) == colormap_stops()
+    palette = script.split("CLASS_COLOURS = [", 1)[1].split("]", 1)[0]
+    assert re.findall(r"#([0-9a-f]{6})", palette) == list(CLASS_COLOURS)
 
 
 def test_layer_previews_are_scaled_grey_pngs(server: LiveServer) -> None:
