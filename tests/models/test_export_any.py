@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,34 @@ def test_the_export_command_takes_a_module_factory(
     drafted = json.loads(sidecar_path(out).read_text())
     assert [o["name"] for o in drafted["outputs"]] == ["probability", "gate"]
     assert main(["export", "--out", str(out)]) == 2
+
+
+def test_the_readme_walkthrough_exports_its_module_with_attention(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("For instance `mynet/model.py`") :]
+    module = section.split("```python\n", 1)[1].split("```", 1)[0]
+    command = section.split("# run from the checkout", 1)[1].split("\n", 1)[1]
+    command = command.split("\n# wrote", 1)[0].replace("\\\n", " ")
+    argv = shlex.split(command)
+    assert argv[0] == ".venv/bin/attnserve"
+    (tmp_path / "mynet").mkdir()
+    (tmp_path / "mynet" / "model.py").write_text(module)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(argv[1:]) == 0
+    assert "wrote my-models/roofs-1.0.0.onnx" in capsys.readouterr().out
+    out = tmp_path / "my-models" / "roofs-1.0.0.onnx"
+    drafted = json.loads(sidecar_path(out).read_text())
+    assert [(o["name"], o["kind"]) for o in drafted["outputs"]] == [
+        ("probability", "probability"),
+        ("gate_1", "spatial"),
+        ("gate_2", "spatial"),
+        ("features", "channel"),
+    ]
+    # The README's edits, then its check.
+    drafted["classes"] = ["roof"]
+    drafted["outputs"][3]["channels"] = [f"f{i}" for i in range(8)]
+    sidecar_path(out).write_text(json.dumps(drafted))
+    assert check_file(out) == ("roofs-1.0.0.manifest.json", [])
