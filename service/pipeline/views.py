@@ -309,7 +309,11 @@ def _spatial_bands(
             label = "mean over heads"
         else:
             if not 0 <= head < array.shape[0]:
-                raise InvalidInput(f"head must be 0 to {array.shape[0] - 1}")
+                raise InvalidInput(
+                    f"head {head} is out of range: layer {name!r} has {array.shape[0]} heads, "
+                    f"0 to {array.shape[0] - 1}",
+                    layer=name,
+                )
             stack = np.asarray(array[head])
             label = f"head {head}"
         descs = [f"{name} {d} ({label})" for d in dates]
