@@ -9,6 +9,10 @@ model's batcher exactly as a synchronous chip does (nodata pixels filled the
 same way); pixels beyond the raster count as nodata, and a chip with less than
 half of its pixels valid gets no class. Each attention output is mosaicked at
 its own resolution from the same central part of each chip.
+
+Rows of chips are independent of each other: where a shared queue splits the
+job, a unit classifies a block of chip rows and stores them as they will be
+written, and finishing writes the units' rows in order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,11 +33,20 @@ from service.jobs.record import Layer, Tiling
 from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork, abort
 from service.pipeline.scene_read import all_valid, open_scene
 from service.pipeline.tasks.classes import ClassSceneOutputs
+from service.pipeline.units import (
+    FinishPass,
+    GridPlanned,
+    PartialSums,
+    PlanPass,
+    UnitPass,
+    UnitStored,
+)
 from service.raster.cog import RasterSink
 from service.raster.decode import UNREADABLE, RasterInfo, describe
 from service.raster.georef import Georeference
 from service.runtime.chips import ChipClassifier, ChipOutputs, cell_size, chip_shape
 from service.runtime.manifest import Manifest, OutputSpec
+from service.runtime.tiling import TileGrid
 
 # A chip with less valid input than this share of its pixels gets no class.
 MIN_VALID_SHARE = 0.5
@@ -67,6 +81,10 @@ class ChipGrid:
 
     def __len__(self) -> int:
         return self.rows * self.cols
+
+    def as_tiles(self) -> TileGrid:
+        """The grid as a queue plans units of it: one-pixel tiles of the class raster."""
+        return TileGrid(self.rows, self.cols, 1, 0)
 
     def georef(self, source: Georeference, cell: int) -> Georeference:
         """The grid of values ``cell`` input pixels a side over the chips' extent."""
@@ -172,19 +190,64 @@ def attention_file(index: int, spec: OutputSpec) -> str:
     return f"attention_{name}.tif"
 
 
-class ChipMosaic:
-    """Where a chip scene's rows go: class map and probabilities, one COG per attention map."""
+# Rows of chips as a unit of a shared queue stores them: class probabilities in
+# ``acc``, which chips have a class in ``wsum``, each attention map's rows in ``sums``.
+ATTENTION_SUM = "attention:"
 
-    def __init__(self, work: SceneWork, info: RasterInfo, grid: ChipGrid) -> None:
-        manifest = work.served.manifest
+
+class ChipRows:
+    """How a row of chips' outputs lay out as rows of the job's rasters."""
+
+    def __init__(self, manifest: Manifest, grid: ChipGrid) -> None:
         self.manifest = manifest
         self.grid = grid
         self.cells = cells(manifest, grid.chip)
+
+    def per(self, name: str) -> int:
+        """Rows (and columns) of an attention map per chip."""
+        return self.grid.stride // self.cells[name]
+
+    def assemble(self, chips: list[ChipOutputs | None]) -> PartialSums:
+        """One row of chips (None: no class) as the rows it writes."""
+        cols = self.grid.cols
+        probs = np.full((len(self.manifest.classes), 1, cols), np.nan, np.float32)
+        for col, out in enumerate(chips):
+            if out is not None:
+                probs[:, 0, col] = out.probabilities
+        sums: dict[str, np.ndarray] = {}
+        for name, cell in self.cells.items():
+            per, skip = self.per(name), self.grid.offset // cell
+            mosaic = np.full((per, cols * per), np.nan, np.float32)
+            for col, out in enumerate(chips):
+                if out is not None:
+                    part = out.maps[name][skip : skip + per, skip : skip + per]
+                    mosaic[:, col * per : (col + 1) * per] = part
+            sums[ATTENTION_SUM + name] = mosaic
+        return PartialSums(0, probs, np.isfinite(probs[0]).astype(np.float32), sums)
+
+    @staticmethod
+    def stack(top: int, rows: list[PartialSums]) -> PartialSums:
+        """Consecutive rows from chip row ``top`` on, as one unit's partial."""
+        return PartialSums(
+            top,
+            np.concatenate([r.acc for r in rows], axis=1),
+            np.concatenate([r.wsum for r in rows]),
+            {k: np.concatenate([r.sums[k] for r in rows]) for k in rows[0].sums},
+        )
+
+
+class ChipMosaic:
+    """Where a chip scene's rows go: class map and probabilities, one COG per attention map."""
+
+    def __init__(self, work: SceneWork, info: RasterInfo, layout: ChipRows) -> None:
+        manifest = work.served.manifest
+        grid = layout.grid
+        self.layout = layout
         chips = replace(info, georef=grid.georef(info.georef, grid.stride))
         self.classes = ClassSceneOutputs(work, chips, [manifest.prediction])
         self.attention: dict[str, tuple[OutputSpec, str, RasterSink]] = {}
         for i, spec in enumerate(manifest.attention):
-            georef = grid.georef(info.georef, self.cells[spec.name])
+            georef = grid.georef(info.georef, layout.cells[spec.name])
             file = attention_file(i, spec)
             sink = work.sink(file, replace(info, georef=georef), [f"{spec.name} ({spec.kind})"])
             self.attention[spec.name] = (spec, file, sink)
@@ -197,29 +260,17 @@ class ChipMosaic:
         sinks.update({f"attention:{name}": sink for name, (_, _, sink) in self.attention.items()})
         return sinks
 
-    def write(self, row: int, chips: list[ChipOutputs | None]) -> None:
-        """One row of chips (None: no class) into every output (on a worker thread, in order)."""
-        cols = self.grid.cols
-        probs = np.full((len(self.manifest.classes), 1, cols), np.nan, np.float32)
-        for col, out in enumerate(chips):
-            if out is not None:
-                probs[:, 0, col] = out.probabilities
-        self.classes.write(row, probs)
+    def write(self, rows: PartialSums) -> None:
+        """Rows of chips from chip row ``rows.top`` on, in every output (on a worker thread)."""
+        self.classes.write(rows.top, rows.acc)
         for name, (_, _, sink) in self.attention.items():
-            cell = self.cells[name]
-            per, skip = self.grid.stride // cell, self.grid.offset // cell
-            mosaic = np.full((1, per, cols * per), np.nan, np.float32)
-            for col, out in enumerate(chips):
-                if out is not None:
-                    part = out.maps[name][skip : skip + per, skip : skip + per]
-                    mosaic[0, :, col * per : (col + 1) * per] = part
-            sink.write(row * per, mosaic)
+            sink.write(rows.top * self.layout.per(name), rows.sums[ATTENTION_SUM + name][None])
 
     def finish(self) -> list[Layer]:
         """Finish the COGs; their layers, each with its stride in input pixels."""
         for sink in self.sinks.values():
             sink.finish()
-        grid = self.grid
+        grid = self.layout.grid
         layers = self.classes.layers(grid.georef(self.georef, grid.stride).to_json())
         for layer in layers:
             layer.stride = grid.stride
@@ -227,8 +278,7 @@ class ChipMosaic:
             f"{layers[0].description}, one pixel per chip of {grid.chip} pixels every {grid.stride}"
         )
         for name, (spec, file, sink) in self.attention.items():
-            cell = self.cells[name]
-            per = grid.stride // cell
+            per = self.layout.per(name)
             layers.append(
                 Layer(
                     name=name,
@@ -236,7 +286,7 @@ class ChipMosaic:
                     kind=spec.kind,
                     shape=[grid.rows * per, grid.cols * per],
                     dtype=sink.dtype,
-                    stride=cell,
+                    stride=self.layout.cells[name],
                     description=spec.description or None,
                     storage="cog",
                     file=file,
@@ -246,60 +296,99 @@ class ChipMosaic:
         return layers
 
 
+async def classify_rows(
+    work: SceneWork,
+    ds: DatasetReader,
+    grid: ChipGrid,
+    rows: range,
+    each: Callable[[int, list[ChipOutputs | None]], None],
+) -> None:
+    """Classify chip rows ``rows`` in order; ``each`` gets every row's chips, on a worker thread."""
+    manifest = work.served.manifest
+    model = ChipClassifier(manifest, work.served.batcher)
+    info = describe(ds)
+    valid_everywhere = all_valid(ds)
+    gate = asyncio.Semaphore(work.in_flight_tiles)
+    enough = MIN_VALID_SHARE * grid.chip * grid.chip
+    chip, stride = grid.chip, grid.stride
+
+    async def one(data: np.ndarray, valid: np.ndarray) -> ChipOutputs | None:
+        if valid.sum() < enough:
+            return None
+        async with gate:
+            if work.cancelled():
+                raise JobCancelled
+            mask = None if valid.all() else valid
+            return await model.native(data, mask, work.timeout_s)
+
+    def read(row: int) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
+        return asyncio.ensure_future(
+            asyncio.to_thread(grid.read_row, ds, info, row, valid_everywhere)
+        )
+
+    reading = read(rows.start)
+    chips: list[asyncio.Future[ChipOutputs | None]] = []
+    try:
+        for row in rows:
+            data, valid = await reading
+            if row + 1 < rows.stop:
+                reading = read(row + 1)  # read while this row is inferred
+            chips = [
+                asyncio.ensure_future(one(data[:, :, x : x + chip], valid[:, x : x + chip]))
+                for x in range(0, grid.cols * stride, stride)
+            ]
+            results = await asyncio.gather(*chips)
+            await asyncio.to_thread(each, row, results)
+            work.progress((row + 1 - rows.start) * grid.cols, len(rows) * grid.cols)
+    except BaseException:
+        for task in chips:
+            task.cancel()
+        # The reader thread must be done with the dataset before it closes:
+        # waited for, not cancelled (a thread runs on regardless).
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(reading, *chips, return_exceptions=True)
+        raise
+
+
 async def run_chip_scene(work: SceneWork) -> None:
-    """Classify a scene chip by chip; fills the record's layers and tiling."""
-    record, served = work.record, work.served
-    manifest = served.manifest
-    model = ChipClassifier(manifest, served.batcher)
+    """Classify a scene chip by chip; fills the record's layers and tiling.
+
+    Under a shared queue (``work.part``): plans units of chip rows, classifies
+    one unit's rows and stores them, or writes every unit's rows and finishes.
+    """
+    record, manifest, part = work.record, work.served.manifest, work.part
     chip, stride = chip_stride(manifest, work.options)
     with open_scene(work.paths[0]) as ds:
         info = describe(ds)
         grid = ChipGrid(info.height, info.width, chip, stride)
-        mosaic = ChipMosaic(work, info, grid)
+        layout = ChipRows(manifest, grid)
+        if isinstance(part, PlanPass):
+            raise GridPlanned(grid.as_tiles())
+        if isinstance(part, UnitPass):
+            done: list[PartialSums] = []
+            rows = range(part.unit.first, part.unit.stop)
+            await classify_rows(work, ds, grid, rows, lambda _, c: done.append(layout.assemble(c)))
+            await asyncio.to_thread(part.save, ChipRows.stack(rows.start, done))
+            raise UnitStored
+        mosaic = ChipMosaic(work, info, layout)
         sinks = mosaic.sinks
-        valid_everywhere = all_valid(ds)
-        gate = asyncio.Semaphore(work.in_flight_tiles)
-        enough = MIN_VALID_SHARE * chip * chip
 
-        async def one(data: np.ndarray, valid: np.ndarray) -> ChipOutputs | None:
-            if valid.sum() < enough:
-                return None
-            async with gate:
-                if work.cancelled():
-                    raise JobCancelled
-                mask = None if valid.all() else valid
-                return await model.native(data, mask, work.timeout_s)
+        def write(row: int, chips: list[ChipOutputs | None]) -> None:
+            rows = layout.assemble(chips)
+            rows.top = row
+            mosaic.write(rows)
+            work.check_disk(sinks, False)
 
-        def read(row: int) -> asyncio.Future[tuple[np.ndarray, np.ndarray]]:
-            return asyncio.ensure_future(
-                asyncio.to_thread(grid.read_row, ds, info, row, valid_everywhere)
-            )
-
-        reading = read(0)
-        chips: list[asyncio.Future[ChipOutputs | None]] = []
         try:
-            for row in range(grid.rows):
-                data, valid = await reading
-                if row + 1 < grid.rows:
-                    # The next row is read while this one is inferred.
-                    reading = read(row + 1)
-                chips = [
-                    asyncio.ensure_future(one(data[:, :, x : x + chip], valid[:, x : x + chip]))
-                    for x in range(0, grid.cols * stride, stride)
-                ]
-                results = await asyncio.gather(*chips)
-                await asyncio.to_thread(mosaic.write, row, results)
-                work.progress((row + 1) * grid.cols, len(grid))
-                await asyncio.to_thread(work.check_disk, sinks, False)
+            if isinstance(part, FinishPass):
+                for unit in part.units:
+                    stored = await asyncio.to_thread(part.load, unit)
+                    await asyncio.to_thread(mosaic.write, stored)
+            else:
+                await classify_rows(work, ds, grid, range(grid.rows), write)
             await asyncio.to_thread(work.check_disk, sinks, True)
             record.layers = await asyncio.to_thread(mosaic.finish)
         except BaseException:
-            for task in chips:
-                task.cancel()
-            # The reader thread must be done with the dataset before it closes:
-            # waited for, not cancelled (a thread runs on regardless).
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(reading, *chips, return_exceptions=True)
             await abort(sinks)
             raise
     record.tiling = Tiling(chip, chip - stride, len(grid))

@@ -9,7 +9,9 @@ posted on its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,11 +25,24 @@ from affine import Affine
 from rasterio.crs import CRS
 from rio_cogeo.cogeo import cog_validate
 
+from service.config import Settings
 from service.errors import InvalidInput
+from service.jobs.record import JobRecord
+from service.jobs.store import open_store
+from service.pipeline.scene import SceneRunner
 from service.pipeline.scene_grid import SceneOptions
 from service.pipeline.scene_read import open_scene
 from service.pipeline.stac_validation import validate_item
 from service.pipeline.tasks.chip_scene import ChipGrid, chip_stride
+from service.pipeline.units import (
+    FinishPass,
+    GridPlanned,
+    PartialSums,
+    PlanPass,
+    UnitPass,
+    UnitStored,
+    plan_units,
+)
 from service.raster.decode import describe
 from service.raster.georef import Georeference
 from service.runtime.manifest import Manifest, sidecar_path
@@ -36,6 +51,7 @@ from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff, write_geotiff
 from tests.helpers.jobs import download, follow, submit
 from tests.helpers.onnx_graphs import binary_segmenter, chip_classifier, edited_draft
+from tests.helpers.served import served_from
 from tests.helpers.server import LiveServer, serving
 from tests.helpers.tiles import tile_at
 
@@ -404,3 +420,59 @@ def test_chip_options_are_checked_before_a_job_is_accepted(
     with pytest.raises(InvalidInput, match=None) as caught:
         chip_stride(manifest, options)
     assert words in str(caught.value)
+
+
+def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    _manifest(models)
+    image, mask = _scene(seed=3)
+    scene = tmp_path / "scene.tif"
+    write_geotiff(scene, image[:, :300, :420], mask=mask[:300, :420])
+    store = open_store(Settings(job_dir=tmp_path / "jobs"))
+    model = {"name": "scenes", "version": "1.0.0", "task": "image_classification"}
+
+    def job() -> JobRecord:
+        record = store.new_record(model, "raster", None)
+        options = SceneOptions(chip_stride=32).to_json()
+        record.params = {"model": "scenes:1.0.0", "inputs": ["input_0.tif"], "options": options}
+        store.workspace(record).mkdir(parents=True, exist_ok=True)
+        shutil.copy(scene, store.workspace(record) / "input_0.tif")
+        return record
+
+    def nothing(done: int, total: int) -> None:
+        pass
+
+    async def main() -> tuple[JobRecord, JobRecord]:
+        async with served_from(models, "scenes") as served:
+            runner = SceneRunner(store, timeout_s=30, in_flight_tiles=4)
+            whole = job()
+            await runner.run(whole, served, nothing, lambda: False)
+            shared = job()
+            with pytest.raises(GridPlanned) as planned:
+                await runner.run(shared, served, nothing, lambda: False, PlanPass())
+            units = plan_units(planned.value.grid, 3 * 14)  # 3 rows of 14 chips each
+            assert [(u.first, u.stop) for u in units] == [(0, 3), (3, 6), (6, 9), (9, 10)]
+            saved: dict[int, bytes] = {}
+            for unit in reversed(units):  # in any order, as replicas finish them
+                save = lambda p, i=unit.index: saved.__setitem__(i, p.to_bytes())  # noqa: E731
+                with pytest.raises(UnitStored):
+                    await runner.run(shared, served, nothing, lambda: False, UnitPass(unit, save))
+            load = lambda u: PartialSums.from_bytes(saved[u.index])  # noqa: E731
+            await runner.run(shared, served, nothing, lambda: False, FinishPass(units, load))
+            return whole, shared
+
+    whole, shared = asyncio.run(main())
+    assert [la.public() for la in shared.layers] == [la.public() for la in whole.layers]
+    assert shared.tiling == whole.tiling
+    files = ["class.tif", "probabilities.tif", "attention_tokens.tif", "attention_gate.tif"]
+    for name in files:
+        with (
+            rasterio.open(store.workspace(whole) / name) as a,
+            rasterio.open(store.workspace(shared) / name) as b,
+        ):
+            assert (a.transform, a.shape) == (b.transform, b.shape)
+            np.testing.assert_array_equal(a.read(), b.read())
+    with rasterio.open(store.workspace(whole) / "class.tif") as out:
+        assert out.shape == (10, 14)
+        assert (out.read(1) != NODATA).sum() > 100
