@@ -73,42 +73,50 @@ def _class_entry(layer: Layer, value: float) -> dict[str, Any]:
     return {"value": index, "class": classes[index] if index < len(classes) else None}
 
 
+def _pixel(
+    record: JobRecord, store: JobStore, reader: LayerReader, layer: Layer, row: int, col: int
+) -> np.ndarray:
+    """A layer's values at one pixel: ``()`` of a 2-D layer, else one per band (and head)."""
+    if layer.storage == "cog":
+        # A COG kept at a coarser stride (a chip scene's) holds one value per cell.
+        step = layer.stride or 1
+        rows, cols = slice(row // step, row // step + 1), slice(col // step, col // step + 1)
+        if len(layer.shape) == 2:
+            return np.asarray(reader.read(layer.name, rows, cols)[0, 0], np.float64)
+        bands = [reader.read(layer.name, rows, cols, band=i)[0, 0] for i in range(layer.shape[0])]
+        return np.asarray(bands, np.float64)
+    return np.asarray(served_values(record, store, layer.name)[..., row, col], np.float64)
+
+
 def point_values(record: JobRecord, store: JobStore, row: int, col: int) -> list[dict[str, Any]]:
     """Each raster layer's values at pixel ``(row, col)``, as the job's answers name them.
 
     A 2-D layer gives ``value`` (a class map also its ``class``); a per-class
     layer ``values`` by class; a per-date layer ``values`` by date (mean over
-    heads) and, where a job kept them, ``heads`` (``(heads, T)``). Null where
-    there is no data.
+    heads) and, where a job kept them, ``heads`` (``(heads, T)``); a multi-head
+    map ``value`` (their mean) and ``heads``. Null where there is no data.
     """
     out: list[dict[str, Any]] = []
     with LayerReader(record, store) as reader:
         for layer in record.layers:
             if len(layer.shape) < 2 or layer.storage == "inline":
                 continue
-            # A COG kept at a coarser stride (a chip scene's) holds one value per cell.
-            step = (layer.stride or 1) if layer.storage == "cog" else 1
-            r, c = row // step, col // step
-            rows, cols = slice(r, r + 1), slice(c, c + 1)
             entry: dict[str, Any] = {"name": layer.name, "kind": layer.kind}
-            if len(layer.shape) == 2:
-                value = float(reader.read(layer.name, rows, cols)[0, 0])
-                if layer.kind == "class":
-                    entry.update(_class_entry(layer, value))
-                else:
-                    entry["value"] = _value(value)
-            elif len(layer.shape) == 4:  # (heads, T, H, W), kept as an array
-                pixel = np.asarray(served_values(record, store, layer.name)[:, :, r, c])
-                heads = pixel.astype(np.float64)
-                entry["values"] = [_value(v) for v in heads.mean(axis=0)]
-                entry["heads"] = [[_value(v) for v in head] for head in heads]
+            pixel = _pixel(record, store, reader, layer, row, col)
+            if pixel.ndim == 0 and layer.kind == "class":
+                entry.update(_class_entry(layer, float(pixel)))
+            elif pixel.ndim == 0:
+                entry["value"] = _value(float(pixel))
+            elif pixel.ndim == 2:  # (heads, T)
+                entry["values"] = [_value(v) for v in pixel.mean(axis=0)]
+                entry["heads"] = [[_value(v) for v in head] for head in pixel]
+            elif layer.heads:  # (heads,): their mean, and each
+                shown = pixel[np.isfinite(pixel)]
+                entry["value"] = _value(float(shown.mean())) if shown.size else None
+                entry["heads"] = [_value(v) for v in pixel]
             else:
-                count = layer.shape[0]
-                entry["values"] = [
-                    _value(float(reader.read(layer.name, rows, cols, band=i)[0, 0]))
-                    for i in range(count)
-                ]
-            if len(layer.shape) > 2:
+                entry["values"] = [_value(v) for v in pixel]
+            if "values" in entry:
                 keys = layer.classes if layer.kind == "class_probabilities" else layer.dates
                 if keys and len(keys) == len(entry["values"]):
                     entry["classes" if layer.kind == "class_probabilities" else "dates"] = keys

@@ -40,6 +40,7 @@ def _crops_job(store: JobStore, crs: bool = True) -> tuple[JobRecord, dict[str, 
         "class": rng.integers(0, 3, (SIDE, SIDE)).astype(np.uint8),
         "probs": rng.random((3, SIDE, SIDE)).astype(np.float32),
         "att": rng.random((2, 3, SIDE, SIDE)).astype(np.float32),  # (heads, T, H, W)
+        "map": rng.random((4, SIDE, SIDE)).astype(np.float32),  # (heads, H, W)
     }
     arrays["class"][0] = 255
     arrays["probs"][:, 1, 1] = np.nan
@@ -47,6 +48,7 @@ def _crops_job(store: JobStore, crs: bool = True) -> tuple[JobRecord, dict[str, 
         Layer("class", "prediction", "class", [SIDE, SIDE], "uint8", classes=CLASSES, nodata=255),
         Layer("probs", "prediction", "class_probabilities", [3, SIDE, SIDE], "f4", classes=CLASSES),
         Layer("att", "attention", "temporal", [2, 3, SIDE, SIDE], "float32", dates=DATES),
+        Layer("map", "attention", "spatial", [4, SIDE, SIDE], "float32", heads=4),
         Layer("weights", "attention", "band", [10], "float32", storage="inline", values=[0.1] * 10),
     ]
     store.save(record, dict(arrays))
@@ -60,7 +62,7 @@ def test_a_point_has_each_layers_values_per_class_date_and_head(store: JobStore)
     body = point(record, store, lon=lons[0], lat=lats[0])
     assert (body["row"], body["col"]) == (5, 7)
     layers = {la["name"]: la for la in body["layers"]}
-    assert set(layers) == {"class", "probs", "att"}  # inline values are no raster
+    assert set(layers) == {"class", "probs", "att", "map"}  # inline values are no raster
     index = int(arrays["class"][5, 7])
     assert layers["class"] == {
         "name": "class",
@@ -74,6 +76,8 @@ def test_a_point_has_each_layers_values_per_class_date_and_head(store: JobStore)
     assert att["dates"] == DATES
     np.testing.assert_allclose(att["heads"], arrays["att"][:, :, 5, 7], atol=1e-6)
     np.testing.assert_allclose(att["values"], arrays["att"][:, :, 5, 7].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(layers["map"]["heads"], arrays["map"][:, 5, 7], atol=1e-6)
+    assert layers["map"]["value"] == pytest.approx(arrays["map"][:, 5, 7].mean(), abs=1e-6)
 
 
 def test_nodata_is_null(store: JobStore) -> None:
