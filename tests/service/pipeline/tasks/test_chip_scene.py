@@ -238,6 +238,13 @@ def test_attention_maps_are_mosaicked_at_their_own_resolution(
         with rasterio.MemoryFile(one.content) as mem, mem.open() as got:
             assert got.transform == transform * Affine.scale(cell)
             assert [got.height, got.width] == attention[name]["shape"]
+            tiff = got.read(1)
+        as_json = httpx.get(live.url + attention[name]["url"], timeout=60).json()
+        values = np.asarray(as_json["values"], np.float32)  # null (no data) as NaN
+        np.testing.assert_array_equal(values, tiff)
+        georef = as_json["georeference"]
+        assert Affine(*georef["transform"][:6]) == transform * Affine.scale(cell)
+        assert [georef["height"], georef["width"]] == attention[name]["shape"]
     # Chip (3, 5)'s token weights are those it gets alone, averaged over each patch.
     data, valid = _chip(image, mask, 3, 5)
     posted = httpx.post(
