@@ -110,6 +110,8 @@ def _keys(layer: Layer) -> list[str]:
         keys = list(layer.classes)
     elif layer.dates and len(layer.dates) == count:
         keys = list(layer.dates)
+    elif layer.heads == count:
+        keys = [f"head_{i}" for i in range(count)]
     else:
         keys = [str(i) for i in range(count)]
     return keys if len(set(keys)) == len(keys) else [str(i) for i in range(count)]

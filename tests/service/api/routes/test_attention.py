@@ -95,6 +95,32 @@ def test_heads_and_channel_weights_of_a_sidecar_model(tmp_path: Path) -> None:
             assert words in wrong.json()["error"]["message"]
         stacked = await client.get(f"/attention/{job_id}", params={"format": "geotiff", "head": 0})
         assert read_geotiff(stacked.content).shape == (1, 64, 64)
+        # On the map, one layer per head.
+        tiles = (await client.get(f"/jobs/{job_id}/tiles")).json()
+        names = [la["name"] for la in tiles["layers"]]
+        assert names == ["probability", "heads:head_0", "heads:head_1"]
+        preview = await client.get(f"/jobs/{job_id}/preview/heads:head_1.png")
+        assert (preview.status_code, preview.headers["content-type"]) == (200, "image/png")
+        # A scene job keeps the mean over heads, and channel weights averaged over its tiles.
+        scene = await client.post(
+            "/predict", **upload(geotiff(noise(3, 256)), model="heads", **{"async": "true"})
+        )
+        assert scene.status_code == 202, scene.text
+        scene_id = scene.json()["job_id"]
+        for _ in range(600):
+            body = (await client.get(f"/jobs/{scene_id}")).json()
+            if body["state"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.1)
+        assert body["state"] == "done", body
+        layers = {la["name"]: la for la in body["attention"]}
+        assert (layers["heads"]["shape"], "heads" in layers["heads"]) == ([256, 256], False)
+        assert layers["se"]["channels"] == ["roofs", "roads", "trees", "water"]
+        assert layers["bands"]["bands"] == ["red", "green", "blue"]
+        mean = await client.get(f"/attention/{scene_id}/heads", params={"format": "geotiff"})
+        assert read_geotiff(mean.content).shape == (1, 256, 256)
+        one = await client.get(f"/attention/{scene_id}/heads", params={"head": 0})
+        assert one.status_code == 422
 
     async def main() -> None:
         async with in_process(app, ready_s=60) as client:
