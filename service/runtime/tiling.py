@@ -184,22 +184,29 @@ class StripBlender:
         self.grid = grid
         self.layers = layers
         self.weight = hann_weight(grid.size)
-        # Buffers cover scene rows [self._top, self._top + len) and all columns.
+        # Buffers cover scene rows [self._top, self._top + self._used) and all
+        # columns. Allocated once: a grid row's tiles span ``size`` rows, and
+        # growing the buffers by copies held them twice over (on a 16384-wide
+        # scene, hundreds of MB more at the peak).
+        rows = min(grid.size, grid.height)
         self._top = 0
-        self._acc = np.zeros((layers, 0, grid.width), dtype=np.float32)
-        self._wsum = np.zeros((0, grid.width), dtype=np.float32)
+        self._used = 0
+        self._acc = np.zeros((layers, rows, grid.width), dtype=np.float32)
+        self._wsum = np.zeros((rows, grid.width), dtype=np.float32)
         self._done_rows: set[int] = set()
         self._next_row = 0
 
     def _ensure(self, stop: int) -> None:
-        have = self._top + self._wsum.shape[0]
-        if stop <= have:
-            return
-        extra = stop - have
-        self._acc = np.concatenate(
-            [self._acc, np.zeros((self.layers, extra, self.grid.width), np.float32)], axis=1
-        )
-        self._wsum = np.concatenate([self._wsum, np.zeros((extra, self.grid.width), np.float32)])
+        need = stop - self._top
+        if need > self._wsum.shape[0]:  # rows the buffers never held yet: grown once
+            extra = need - self._wsum.shape[0]
+            self._acc = np.concatenate(
+                [self._acc, np.zeros((self.layers, extra, self.grid.width), np.float32)], axis=1
+            )
+            self._wsum = np.concatenate(
+                [self._wsum, np.zeros((extra, self.grid.width), np.float32)]
+            )
+        self._used = max(self._used, need)
 
     def add(self, tile: Tile, outputs: np.ndarray | None) -> None:
         """Add one tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
@@ -234,13 +241,22 @@ class StripBlender:
             self._ensure(stop)
             n = stop - self._top
             acc, wsum = self._acc[:, :n], self._wsum[:n]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                block = np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1), np.nan)
-            self._acc = self._acc[:, n:].copy()
-            self._wsum = self._wsum[n:].copy()
+            # One array for the block: no temporaries of its size.
+            covered = wsum > 0
+            block = np.full((self.layers, n, self.grid.width), np.nan, dtype=np.float32)
+            np.divide(acc, wsum, out=block, where=covered)
+            # The rows still open move to the top of the buffers; the rest is zeroed.
+            # Layer by layer: numpy copies the source first where it cannot rule
+            # out overlap, as it could not for all layers' rows at once.
+            keep = self._used - n
+            for layer in (*self._acc, self._wsum):
+                layer[:keep] = layer[n : self._used]
+            self._acc[:, keep : self._used] = 0
+            self._wsum[keep : self._used] = 0
+            self._used = keep
             first = self._top
             self._top = stop
-            yield first, block.astype(np.float32, copy=False)
+            yield first, block
 
     @property
     def finished(self) -> bool:

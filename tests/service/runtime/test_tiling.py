@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -82,6 +83,34 @@ def test_skipped_tiles_leave_nodata() -> None:
     assert first == 0
     assert np.isnan(block[0, :, 256:]).all()
     assert (block[0, :, :256] == 1).all()
+
+
+def _blend_peak_bytes(h: int, w: int) -> int:
+    """Peak bytes numpy allocates while blending a whole ``h x w`` scene of 3 layers."""
+    grid = TileGrid(h, w, 128, 32)
+    tile = np.ones((3, 128, 128), np.float32)
+    tracemalloc.start()
+    try:
+        blender = StripBlender(grid, 3)
+        for row in range(grid.rows):
+            for t in grid.row_tiles(row):
+                blender.add(t, tile)
+            blender.row_done(row)
+            blocks = list(blender.pop_final())  # written out, then let go
+            del blocks
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_blending_holds_one_tile_row_and_one_block_whatever_the_scene_height() -> None:
+    short, tall = _blend_peak_bytes(256, 2048), _blend_peak_bytes(4096, 2048)
+    assert tall <= short * 1.02
+    # Sums and weights of one grid row's 128 scene rows, and one block of 96 rows
+    # handed out: growing the buffers by copies, or dividing through temporaries,
+    # held one to two more blocks.
+    buffers, block = (3 + 1) * 128 * 2048 * 4, 3 * 96 * 2048 * 4
+    assert tall < 1.25 * (buffers + block)
 
 
 def test_hann_weight_is_symmetric_positive_and_peaks_in_the_middle() -> None:
