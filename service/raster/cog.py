@@ -37,8 +37,13 @@ DENSE_SHARE = 0.5
 # service.raster.gdal_env): closing a dataset writes its dirty cached blocks
 # holding Python's GIL (512 MB of an 8192 x 8192 partial still cached at close
 # stopped every thread for 10.4 s), so the cache is kept to a few block rows and
-# GDAL writes older blocks out during the writes, which release the GIL.
+# GDAL writes older blocks out during the writes, which release the GIL. At most
+# WRITE_CACHE_MAX_BYTES (two block rows of a 4096-wide scene's four float
+# attention bands), so that memory does not grow with the scene: those of a
+# 16384-wide scene are 256 MiB. Partly written blocks of wider rows are written
+# out and read back instead (from the uncompressed partial file).
 WRITE_CACHE_BLOCK_ROWS = 2
+WRITE_CACHE_MAX_BYTES = 64 * 2**20
 
 
 def overview_factors(width: int, height: int, block: int = BLOCK) -> list[int]:
@@ -156,7 +161,8 @@ class RasterSink:
         self._data_blocks: set[tuple[int, int]] = set()
         self._nodata = nodata
         itemsize = np.dtype(dtype).itemsize
-        reserve_block_cache(georef.width * self.count * itemsize * BLOCK * WRITE_CACHE_BLOCK_ROWS)
+        rows_bytes = georef.width * self.count * itemsize * BLOCK * WRITE_CACHE_BLOCK_ROWS
+        reserve_block_cache(min(rows_bytes, WRITE_CACHE_MAX_BYTES))
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             self._dst = rasterio.open(self.partial, "w", **profile)
         for i, desc in enumerate(descriptions, start=1):
