@@ -333,6 +333,10 @@ class RedisQueue:
             await _call(self.client.hsetnx(self._key("job", job_id), "started", time.time()))
         return count
 
+    async def forgive(self, job_id: str, unit: int) -> None:
+        """Take back the count of a run that ended cleanly (handed back on shutdown)."""
+        await _call(self.client.hincrby(self._key("attempts", job_id), str(unit), -1))
+
     async def unit_done(self, job_id: str, unit: int) -> bool:
         """Record a unit's partial as stored; True when it completes the job's set.
 

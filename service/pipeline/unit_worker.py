@@ -147,11 +147,6 @@ class UnitWorker:
             return True  # deleted meanwhile
         if record.finished or await self.queue.stopped(job_id):
             return True
-        try:
-            served = self.resolve(record.params["model"])
-        except AttnserveError as exc:
-            await self._fail(record, exc.code, exc.message)
-            return True
         attempts = await self.queue.attempt(job_id, delivery.unit)
         if attempts > self.limits.max_resumes + 1:
             await self._fail(
@@ -160,6 +155,11 @@ class UnitWorker:
                 f"a part of the job was started {attempts - 1} times and its replica stopped "
                 "each time (it may need more memory or time than a replica has)",
             )
+            return True
+        try:
+            served = self.resolve(record.params["model"])
+        except AttnserveError as exc:
+            await self._fail(record, exc.code, exc.message)
             return True
         stop = asyncio.Event()
         watcher = asyncio.create_task(self._watch_stop(job_id, stop))
@@ -174,7 +174,10 @@ class UnitWorker:
             else:
                 await self._unit(record, served, delivery.unit, stop)
         except JobCancelled:
-            return not self.stopping
+            if self.stopping:
+                await self.queue.forgive(job_id, delivery.unit)  # a clean stop: not a crash
+                return False
+            return True
         except AttnserveError as exc:
             await self._fail(record, exc.code, exc.message)
         except QueueUnavailable:
