@@ -247,8 +247,8 @@ class ChipClassifier(SameShapeBatches):
     ) -> ChipOutputs:
         """Classify one chip as :meth:`predict` does; its maps stay at their own resolution.
 
-        A token grid gives ``(h, w)`` patch weights (heads averaged), a spatial
-        map its ``ceil(H / stride) x ceil(W / stride)`` cells over the chip.
+        A token grid gives ``(h, w)`` patch weights, a spatial map its
+        ``ceil(H / stride) x ceil(W / stride)`` cells over the chip; heads averaged.
         """
         _, h, w = image.shape
         outputs, _ = await self._run(image, valid, timeout_s)
@@ -262,7 +262,8 @@ class ChipClassifier(SameShapeBatches):
                 cell = (h // rows, w // cols)
             else:
                 cell = (spec.stride, spec.stride)
-                values = np.array(out[0, : -(-h // spec.stride), : -(-w // spec.stride)])
+                cells = out.mean(axis=0)  # (heads, h, w): the heads' mean
+                values = np.array(cells[: -(-h // spec.stride), : -(-w // spec.stride)])
             if valid is not None:
                 values[~cells_valid(valid, *cell)] = np.nan
             maps[spec.name] = values

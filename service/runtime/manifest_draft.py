@@ -201,17 +201,19 @@ def _tiling(main: GraphTensor, multiple: int, image: bool) -> dict[str, Any]:
 def _classifies(outputs: dict[str, np.ndarray], prediction: str | None) -> bool:
     """Whether an image model answers for the whole image: a ``(B, K)`` prediction.
 
-    The named prediction is ``(B, K)``; or, unnamed, no output is a map and one
-    ``(B, K)`` output sums to 1 over ``K``.
+    The named prediction is ``(B, K)``; or, unnamed, no output is a map of
+    class probabilities and one ``(B, K)`` output sums to 1 over ``K``.
     """
     if prediction is not None:
         return prediction in outputs and outputs[prediction].ndim == 2
-    if any(v.ndim == 4 and v.shape[1] > 1 for v in outputs.values()):
+    # Class probability maps make a segmenter; maps of several heads do not.
+    if any(v.ndim == 4 and v.shape[1] > 1 and _sums_to_one(v) for v in outputs.values()):
         return False
-    return any(
-        v.ndim == 2 and v.shape[1] > 1 and np.abs(v.sum(axis=1) - 1).max() <= TOLERANCE
-        for v in outputs.values()
-    )
+    return any(v.ndim == 2 and v.shape[1] > 1 and _sums_to_one(v) for v in outputs.values())
+
+
+def _sums_to_one(value: np.ndarray) -> bool:
+    return bool(np.abs(value.sum(axis=1) - 1).max() <= TOLERANCE)
 
 
 def _tensors(
@@ -331,7 +333,7 @@ def _guess(
     if not np.isfinite(value).all():
         return None
     in_unit = value.min() >= -TOLERANCE and value.max() <= 1 + TOLERANCE
-    sums_to_one = value.ndim >= 2 and bool(np.abs(value.sum(axis=1) - 1).max() <= TOLERANCE)
+    sums_to_one = value.ndim >= 2 and _sums_to_one(value)
     if task == "image_classification" and value.ndim in (2, 3):
         tokens = int(value.shape[-1])
         square = math.isqrt(tokens) ** 2 == tokens

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from service.errors import InvalidInput
 from service.runtime.chips import ChipClassifier, ChipOutputs, token_map
@@ -154,3 +156,43 @@ def test_a_chip_of_another_size_is_refused(model: Path) -> None:
     sidecar_path(model).write_text(json.dumps(_manifest(model)))
     with pytest.raises(InvalidInput, match="chips of 64 x 64 pixels"):
         _predict(model, np.zeros((3, 64, 96), np.float32))
+
+
+def _two_headed_gate(model: Path) -> Path:
+    """The chip classifier with a second head in its gate: ``(N, 2, 16, 16)``, red then blue."""
+    graph = onnx.load(str(model))
+    weights = {t.name: t for t in graph.graph.initializer}
+    pick = np.zeros((2, 3, 1, 1), np.float32)
+    pick[0, 0] = pick[1, 2] = 1 / 50
+    weights["mean"].CopyFrom(numpy_helper.from_array(pick, "mean"))
+    weights["offset"].CopyFrom(numpy_helper.from_array(np.full(2, -128 / 50, np.float32), "offset"))
+    gate = next(o for o in graph.graph.output if o.name == "gate")
+    gate.type.tensor_type.shape.dim[1].dim_value = 2
+    onnx.save(graph, str(model))
+    return model
+
+
+def test_a_map_of_several_heads_keeps_each_on_the_chip_and_their_mean_in_scenes(
+    model: Path,
+) -> None:
+    _two_headed_gate(model)
+    manifest = _manifest(model)
+    gate = next(o for o in manifest["outputs"] if o["name"] == "gate")
+    assert (gate["kind"], gate["shape"], gate["stride"]) == (
+        "spatial",
+        ["batch", 2, "height_4", "width_4"],
+        4,
+    )
+    sidecar_path(model).write_text(json.dumps(manifest))
+    chip = _chip()
+    out = _predict(model, chip)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    *_, want = session.run(None, {"image": chip[None]})
+    assert out.maps["gate"].shape == (2, 64, 64)
+    np.testing.assert_allclose(out.maps["gate"][1], upsample(want[0, 1], 4, 64, 64), atol=1e-6)
+
+    async def native() -> ChipOutputs:
+        async with served_from(model.parent, "scenes") as served:
+            return await ChipClassifier(served.manifest, served.batcher).native(chip, None, 30)
+
+    np.testing.assert_allclose(asyncio.run(native()).maps["gate"], want[0].mean(axis=0), atol=1e-6)
