@@ -8,6 +8,7 @@ to ``ATTNSERVE_VIEWER_ARTIFACTS`` when set, else to the test's tmp_path:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -455,3 +456,28 @@ def test_crop_parcels_chart_attention_per_date(server: LiveServer, browser: Any)
     p.wait_for_selector("body[data-chart='field-2']")
     assert mean.get_attribute("points") != first
     assert page.errors == []
+
+
+def test_with_api_keys_the_page_sends_the_tabs_key_for_tiles_and_values(
+    browser: Any, tmp_path: Path
+) -> None:
+    key = "viewer-test-key-of-the-tab"
+    model_dir = os.environ.get("ATTNSERVE_TEST_MODEL_DIR", str(SHIPPED_MODELS))
+    with serving(model_dir, tmp_path, api_keys=json.dumps([key])) as keyed:
+        auth = {"Authorization": f"Bearer {key}"}
+        data = geotiff(noise(3, 256, seed=7))
+        resp = httpx.post(f"{keyed.url}/predict", headers=auth, **upload(data), timeout=60)
+        assert resp.status_code == 200, resp.text
+        page = Page(browser)
+        page.page.add_init_script(f"sessionStorage.setItem('attnserve.apiKey', '{key}')")
+        page.open(f"{keyed.url}/viewer/{resp.json()['job_id']}")
+        p = page.page
+        page.settle()
+        # Tiles come through fetch with the key, shown from blob URLs.
+        tiles = p.locator(".leaflet-tile-pane img.leaflet-tile-loaded")
+        assert tiles.count() > 0
+        assert (tiles.first.get_attribute("src") or "").startswith("blob:")
+        box = p.locator("#map").bounding_box()
+        p.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        p.wait_for_selector("body[data-point]")
+        assert page.errors == []

@@ -21,8 +21,11 @@ class ApiKeyAuth:
 
     OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/viewer"})
     # The viewer's pages and assets hold no data (their script fetches the job
-    # with the key the person types in); its data endpoints stay guarded.
-    OPEN_PAGE = re.compile(r"^/viewer/(static/[A-Za-z0-9_.-]+|[A-Za-z0-9_-]{1,64})$")
+    # with the key the person types in); its data endpoints stay guarded. Assets
+    # lie in folders (the vendored map library's) whose names hold no dots.
+    OPEN_PAGE = re.compile(
+        r"^/viewer/(static/(?:[A-Za-z0-9_-]+/){0,3}[A-Za-z0-9_.-]+|[A-Za-z0-9_-]{1,64})$"
+    )
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app

@@ -109,6 +109,10 @@ export async function showMap(job) {
 async function showGeoreferenced(job) {
   const id = encodeURIComponent(job.job_id);
   const { layers } = await (await api(`/jobs/${id}/tiles`)).json();
+  if (!layers.length) {
+    note("This job has no raster layers to draw on a map.");
+    return;
+  }
   const input = layers.find((l) => l.name === "input");
   const results = layers.filter((l) => l !== input);
   const tilejson = await (await api(`/jobs/${id}/tilejson/${encodeURIComponent(layers[0].name)}.json`)).json();

@@ -71,6 +71,9 @@ def test_a_valid_key_passes_with_its_owner_tag() -> None:
         ("/viewer/abc123", True),
         ("/viewer/jobs/abc123/layers/x.png", False),
         ("/viewer/static/../secret", False),
+        ("/viewer/static/vendor/leaflet/images/layers.png", True),
+        ("/viewer/static/vendor/../../jobs/x", False),
+        ("/viewer/static/a/b/c/d/e.js", False),
     ],
 )
 def test_probes_and_viewer_pages_are_open_and_data_is_guarded(path: str, open_: bool) -> None:
