@@ -2,7 +2,8 @@
 
 One module per command group declares its commands: :mod:`~service.cli.serve`,
 :mod:`~service.cli.train`, :mod:`~service.cli.export` (``export``, ``fp16``),
-:mod:`~service.cli.quantize`, :mod:`~service.cli.manifest` and
+:mod:`~service.cli.quantize`, :mod:`~service.cli.manifest`,
+:mod:`~service.cli.scene` (``scene run``: the shared queue without a server) and
 :mod:`~service.cli.client` (``predict``, ``predict-series``, ``models``).
 Training, export and quantisation import their heavy packages only when they
 run, so ``attnserve serve`` works on an install without the ``train`` extra;
@@ -15,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service.cli import client, export, manifest, quantize, serve, train
+from service.cli import client, export, manifest, quantize, scene, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(sub)
     quantize.add_parser(sub)
     manifest.add_parser(sub)
+    scene.add_parser(sub)
     client.add_parsers(sub)
     return parser
 
