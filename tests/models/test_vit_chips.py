@@ -26,6 +26,7 @@ from service.runtime.manifest import sidecar_path
 from service.runtime.manifest_check import check_file
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff
+from tests.helpers.jobs import follow
 from tests.helpers.server import LiveServer, serving
 from tests.helpers.v2 import infer_image
 
@@ -190,18 +191,32 @@ def test_a_chip_gets_its_class_and_the_class_tokens_attention_as_json_and_geotif
         np.testing.assert_allclose(src.read(1), want_map, atol=1e-5)
 
 
-def test_a_chip_of_another_size_and_a_scene_job_are_refused(live: LiveServer) -> None:
+def test_a_chip_of_another_size_is_refused_and_a_scene_is_classified_chip_by_chip(
+    live: LiveServer, model_dir: Path
+) -> None:
     wide = np.concatenate([chip(5), chip(6)[:, :, :32]], axis=2)  # 96 x 64
     wrong = httpx.post(f"{live.url}/predict", **upload(geotiff(wide), model="scenes"), timeout=60)
     assert wrong.status_code == 422, wrong.text
     assert "64 x 64" in wrong.json()["error"]["message"], wrong.text
-    scene = httpx.post(
+    # Four chips side by side as a scene job: a 2 x 2 class raster, each chip's own class.
+    chips = [chip(s) for s in (2, 3, 4, 5)]
+    image = np.block([[chips[0], chips[1]], [chips[2], chips[3]]])
+    job = httpx.post(
         f"{live.url}/predict",
-        **upload(geotiff(chip(2)), model="scenes", **{"async": "true"}),
+        **upload(geotiff(image), model="scenes", **{"async": "true"}),
         timeout=60,
     )
-    assert scene.status_code == 422, scene.text
-    assert "one chip per request" in scene.json()["error"]["message"]
+    assert job.status_code == 202, job.text
+    body, _ = follow(live, job.json()["job_id"])
+    assert body["state"] == "done", body
+    layer = body["prediction"]["layers"][0]
+    assert (layer["name"], layer["shape"], layer["stride"]) == ("class", [2, 2], SIDE)
+    cog = httpx.get(live.url + body["links"]["file:class.tif"]).content
+    with MemoryFile(cog) as mem, mem.open() as src:
+        got = src.read(1)
+    model = model_dir / "scenes-0.1.0.onnx"
+    want = [int(reference(model, c)[0].argmax()) for c in chips]
+    assert got.ravel().tolist() == want
 
 
 def test_the_chip_classifier_answers_over_the_v2_protocol(
