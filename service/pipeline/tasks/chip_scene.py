@@ -132,12 +132,13 @@ class ChipGrid:
 def chip_side(manifest: Manifest, asked: int | None) -> int:
     """The side of a scene's chips: the model's fixed one, else the job's or manifest's size."""
     fixed = chip_shape(manifest)
+    grids = [spec.grid for spec in manifest.attention if spec.grid is not None]
+    if (fixed and fixed[0] != fixed[1]) or any(g[0] != g[1] for g in grids):
+        raise InvalidInput(
+            f"model {manifest.ref!r}: scenes are walked in square chips, with square "
+            "patches where a token grid covers them"
+        )
     if fixed is not None:
-        if fixed[0] != fixed[1]:
-            raise InvalidInput(
-                f"model {manifest.ref!r} takes {fixed[1]} x {fixed[0]} chips; scenes are walked "
-                "in square chips only"
-            )
         if asked is not None and asked != fixed[0]:
             raise InvalidInput(
                 f"tile_size: model {manifest.ref!r} classifies chips of {fixed[0]} pixels "
@@ -274,7 +275,9 @@ class ChipMosaic:
         layers = self.classes.layers(grid.georef(self.georef, grid.stride).to_json())
         for layer in layers:
             layer.stride = grid.stride
-        layers[0].description = (
+        layers[
+            0
+        ].description = (
             f"{layers[0].description}, one pixel per chip of {grid.chip} pixels every {grid.stride}"
         )
         for name, (spec, file, sink) in self.attention.items():

@@ -422,11 +422,16 @@ def test_the_grid_scales_the_transform_and_pads_beyond_the_raster(tmp_path: Path
 def test_chip_options_are_checked_before_a_job_is_accepted(
     tmp_path: Path, options: SceneOptions, words: str
 ) -> None:
-    manifest = Manifest.from_dict(_manifest(tmp_path))
+    data = _manifest(tmp_path)
+    manifest = Manifest.from_dict(data)
     assert chip_stride(manifest, SceneOptions(chip_stride=32)) == (64, 32)
     with pytest.raises(InvalidInput, match=None) as caught:
         chip_stride(manifest, options)
     assert words in str(caught.value)
+    # A grid of 8 x 2 patches (8 x 32 pixels each) makes no square cells to mosaic.
+    data["outputs"][1]["grid"] = [8, 2]
+    with pytest.raises(InvalidInput, match="with square patches where a token grid"):
+        chip_stride(Manifest.from_dict(data), SceneOptions())
 
 
 def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -> None:
