@@ -1,0 +1,54 @@
+"""bench.scene_scale: verdicts against the smallest scene, the footprints worker's memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.scene_scale import ChildPeak, descendants, main, verdicts
+
+
+def _scene(hwm: float, tiling: float, job: float) -> dict[str, Any]:
+    return {"vm_hwm_mib": hwm, "s_per_tile_tiling": tiling, "s_per_tile_job": job}
+
+
+def test_the_largest_scene_and_every_scene_are_judged_against_the_smallest() -> None:
+    out = verdicts([_scene(1000, 0.20, 0.25), _scene(1200, 0.21, 0.25), _scene(1090, 0.196, 0.3)])
+    assert out["vm_hwm_mib"] == {"vs_smallest": [1.0, 1.2, 1.09], "met": True}  # the largest's
+    assert out["s_per_tile_tiling"]["met"]  # 0.21 / 0.196: 7% apart
+    assert not out["s_per_tile_job"]["met"]
+
+
+def test_a_grandchild_started_by_a_thread_is_found_with_its_peak_memory() -> None:
+    # A child that starts a grandchild holding 200 MB, from a thread (as forkserver workers are).
+    code = (
+        "import subprocess, sys, threading\n"
+        "def run():\n"
+        "    subprocess.run([sys.executable, '-c', "
+        "'import time; b = b\"x\" * (200 * 2**20); time.sleep(3)'])\n"
+        "t = threading.Thread(target=run); t.start(); t.join()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with ChildPeak(os.getpid()) as peak:
+            time.sleep(2)
+            assert len(descendants(os.getpid())) >= 2
+        assert peak.peak_kib > 200 * 1024
+    finally:
+        child.wait(10)
+
+
+@pytest.mark.slow
+def test_a_small_run_writes_both_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["scene_scale", "--repeats", "1,2", "--out", str(tmp_path)])
+    main()
+    text = (tmp_path / "scene_scale.md").read_text()
+    assert "| 2048 |" in text
+    assert "peak RSS (VmHWM) of the largest" in text
+    assert (tmp_path / "scene_scale.json").is_file()
