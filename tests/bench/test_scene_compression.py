@@ -15,6 +15,7 @@ from bench.scene_compression import checkout, cpu_seconds, main, summary
 def _job(tiles_per_s: float, cpu: float) -> dict[str, Any]:
     return {
         "tiles_per_s_tiling": tiles_per_s,
+        "tiles_per_s_job": tiles_per_s * 0.9,
         "server_cpu_s_per_tile": cpu,
         "finish_s": 3.0,
         "vm_hwm_mib": 1000.0,
@@ -28,7 +29,7 @@ def test_each_file_is_judged_by_its_best_round_against_jpegs_best() -> None:
         "deflate": [_job(6.0, 0.26), _job(9.2, 0.24)],
         "lzw": [_job(8.5, 0.5), _job(8.9, 0.48)],
     }
-    out = summary(runs)
+    out = summary(runs, raw_tiles_per_s=10.0)
     assert out["jpeg"]["vs_jpeg"] == 1.0
     assert out["deflate"]["vs_jpeg"] == 0.92
     assert out["deflate"]["within_10pct"]
@@ -36,6 +37,8 @@ def test_each_file_is_judged_by_its_best_round_against_jpegs_best() -> None:
     assert out["lzw"]["vs_jpeg"] == 0.89
     assert not out["lzw"]["within_10pct"]
     assert out["lzw"]["cpu_vs_jpeg"] == 2.0
+    # The whole job's best round against the raw session.
+    assert out["deflate"]["job_vs_raw"] == pytest.approx(0.828)
 
 
 def test_cpu_seconds_count_this_process_work() -> None:
