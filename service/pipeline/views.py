@@ -118,7 +118,15 @@ def _public(layer: Layer, record: JobRecord) -> dict[str, Any]:
     entry = layer.public()
     if layer.role == "attention":
         entry["url"] = f"/attention/{record.id}/{layer.name}"
+    names = layer.bands or layer.channels
+    if layer.kind == "channel" and names and layer.values is not None:
+        entry["weights"] = channel_weights(names, layer.values)
     return entry
+
+
+def channel_weights(names: list[str], values: Any) -> dict[str, float]:
+    """A channel layer's weights by name."""
+    return dict(zip(names, np.asarray(values, dtype=np.float64).tolist(), strict=True))
 
 
 def job_json(record: JobRecord, store: ArraySource) -> dict[str, Any]:
@@ -269,7 +277,7 @@ def layer_json(
             body["georeference"] = record.georef
     names = layer.bands or layer.channels
     if layer.kind == "channel" and names:
-        body["weights"] = dict(zip(names, np.asarray(body["values"]).tolist(), strict=True))
+        body["weights"] = channel_weights(names, body["values"])
     return body
 
 

@@ -41,6 +41,11 @@ def channel_names(spec: OutputSpec, manifest: Manifest) -> dict[str, Any]:
     return {"bands" if names == list(manifest.input.bands) else "channels": names}
 
 
+def channel_values(spec: OutputSpec, array: np.ndarray) -> dict[str, Any]:
+    """A channel layer's few weights, kept in its record too: jobs' answers list them."""
+    return {"values": [float(v) for v in array]} if spec.kind == "channel" else {}
+
+
 def channels(spec: OutputSpec) -> int:
     """Bands of a spatial output ``(B, C, H, W)``: C, or 1 where the manifest leaves it open."""
     dim = spec.shape[1] if len(spec.shape) > 1 else 1
@@ -141,7 +146,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
         )
         for spec in manifest.outputs:
             array = out.layers[spec.name]
-            extra: dict[str, Any] = channel_names(spec, manifest)
+            extra: dict[str, Any] = {**channel_names(spec, manifest), **channel_values(spec, array)}
             heads = spec.heads if spec.kind == "spatial" else 1
             if array.ndim == 3 and array.shape[0] == 1:
                 array = array[0]

@@ -60,7 +60,11 @@ def test_heads_and_channel_weights_of_a_sidecar_model(tmp_path: Path) -> None:
         job_id = made.json()["job_id"]
         listed = {la["name"]: la for la in made.json()["attention"]}
         assert (listed["heads"]["heads"], listed["heads"]["shape"]) == (2, [2, 64, 64])
-        # Channel weights, named by the manifest or by the input's bands.
+        # Channel weights, named by the manifest or by the input's bands, in the
+        # job's answer and listing too: they are few.
+        assert list(listed["se"]["weights"]) == ["roofs", "roads", "trees", "water"]
+        listing = (await client.get(f"/attention/{job_id}")).json()
+        assert [la["name"] for la in listing["layers"] if "weights" in la] == ["bands", "se"]
         se = (await client.get(f"/attention/{job_id}/se")).json()
         assert list(se["weights"]) == ["roofs", "roads", "trees", "water"]
         assert se["weights"]["roofs"] > 0.5 > se["weights"]["water"]
