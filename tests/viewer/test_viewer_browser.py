@@ -458,6 +458,7 @@ def test_crop_parcels_chart_attention_per_date(server: LiveServer, browser: Any)
     assert page.errors == []
 
 
+@pytest.mark.slow  # a second server; the open asset paths are checked in test_auth.py
 def test_with_api_keys_the_page_sends_the_tabs_key_for_tiles_and_values(
     browser: Any, tmp_path: Path
 ) -> None:
