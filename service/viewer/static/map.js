@@ -235,7 +235,7 @@ function popupOf(feature) {
   if (p.class !== undefined) rows.push(["class", p.class]);
   if (p.mean_probability !== undefined) rows.push(["mean probability", p.mean_probability]);
   if (p.mean_attention !== undefined) rows.push(["mean attention", p.mean_attention]);
-  for (const [name, value] of Object.entries(p.attention ?? {})) rows.push([`  ${name}`, value]);
+  for (const [name, value] of Object.entries(p.attention ?? {})) rows.push([`mean ${name}`, value]);
   if (p.area_m2 !== undefined) rows.push(["area", `${formatValue(p.area_m2, 1)} m²`]);
   else if (p.area_px !== undefined) rows.push(["area", `${formatValue(p.area_px, 1)} px`]);
   const table = el("table", { class: "popup" });
