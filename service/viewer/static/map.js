@@ -170,7 +170,9 @@ async function showGeoreferenced(job) {
     });
   });
 
-  const marker = L.circleMarker(bounds.getCenter(), { radius: 6, color: "#fff", weight: 2, fillColor: "#111", fillOpacity: 1 });
+  const marker = L.circleMarker(bounds.getCenter(), {
+    radius: 6, color: "#fff", weight: 2, fillColor: "#111", fillOpacity: 1, interactive: false,
+  });
   const clickAt = (latlng) => {
     marker.setLatLng(latlng).addTo(map);
     if (!bounds.contains(latlng)) {
