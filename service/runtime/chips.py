@@ -9,7 +9,7 @@ A model of task ``image_classification`` answers ``(B, K)`` class probabilities
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +21,12 @@ from service.runtime.feeds import SameShapeBatches
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.segmentation import pad_to_multiple, upsample
 
-ATTENTION_KINDS = ("spatial", "token_grid")
+ATTENTION_KINDS = ("spatial", "token_grid", "channel")
+
+
+def map_outputs(manifest: Manifest) -> list[OutputSpec]:
+    """The attention outputs that are maps of the chip: all but channel weights."""
+    return [spec for spec in manifest.attention if spec.kind != "channel"]
 
 
 def chip_shape(manifest: Manifest) -> tuple[int, int] | None:
@@ -113,10 +118,12 @@ class ChipOutputs:
             data; or, from :meth:`ChipClassifier.native`, heads averaged and
             at the output's own resolution (one value per patch or per stride
             cell), NaN where a cell holds no valid pixel.
+        weights: channel attention output name -> ``(C,)`` float32.
     """
 
     probabilities: np.ndarray
     maps: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ChipClassifier(SameShapeBatches):
@@ -149,8 +156,8 @@ class ChipClassifier(SameShapeBatches):
                 continue
             if out.kind not in ATTENTION_KINDS:
                 found.append(
-                    f"outputs[{i}].kind: a chip classifier's attention is spatial or "
-                    f"token_grid, not {out.kind!r}"
+                    f"outputs[{i}].kind: a chip classifier's attention is "
+                    f"{', '.join(ATTENTION_KINDS)}, not {out.kind!r}"
                 )
             elif out.kind == "spatial" and len(out.shape) != 4:
                 found.append(f"outputs[{i}].shape: a spatial map is (B, 1, h, w), not {out.shape}")
@@ -178,7 +185,7 @@ class ChipClassifier(SameShapeBatches):
     @staticmethod
     def outputs_per_unit(manifest: Manifest) -> float:
         """Bytes per input pixel: each attention map is served on the chip's grid."""
-        return 4.0 * len(manifest.attention)
+        return 4.0 * len(map_outputs(manifest))
 
     @classmethod
     def scene_bytes(cls, manifest: Manifest, load: SceneLoad) -> int:
@@ -216,6 +223,14 @@ class ChipClassifier(SameShapeBatches):
     def _probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return np.asarray(outputs[self.manifest.prediction.name][0], dtype=np.float32)
 
+    def _weights(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Channel weights ``(C,)`` of each channel output, from ``(C,)`` or ``(C, 1, 1)``."""
+        return {
+            spec.name: np.asarray(outputs[spec.name][0], dtype=np.float32).reshape(-1)
+            for spec in self.manifest.attention
+            if spec.kind == "channel"
+        }
+
     async def predict(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
     ) -> ChipOutputs:
@@ -227,7 +242,7 @@ class ChipClassifier(SameShapeBatches):
         _, h, w = image.shape
         outputs, (ph, pw) = await self._run(image, valid, timeout_s)
         maps: dict[str, np.ndarray] = {}
-        for spec in self.manifest.attention:
+        for spec in map_outputs(self.manifest):
             out = outputs[spec.name][0]
             # One map per head: (heads, N) tokens, (heads, h, w) maps.
             if spec.kind == "token_grid":
@@ -240,7 +255,7 @@ class ChipClassifier(SameShapeBatches):
             if valid is not None:
                 values[:, ~valid] = np.nan
             maps[spec.name] = values if len(values) > 1 else values[0]
-        return ChipOutputs(self._probabilities(outputs), maps)
+        return ChipOutputs(self._probabilities(outputs), maps, self._weights(outputs))
 
     async def native(
         self, image: np.ndarray, valid: np.ndarray | None, timeout_s: float
@@ -253,7 +268,7 @@ class ChipClassifier(SameShapeBatches):
         _, h, w = image.shape
         outputs, _ = await self._run(image, valid, timeout_s)
         maps: dict[str, np.ndarray] = {}
-        for spec in self.manifest.attention:
+        for spec in map_outputs(self.manifest):
             out = np.asarray(outputs[spec.name][0], dtype=np.float32)
             if spec.kind == "token_grid":
                 assert spec.grid is not None  # the manifest's check
@@ -267,4 +282,4 @@ class ChipClassifier(SameShapeBatches):
             if valid is not None:
                 values[~cells_valid(valid, *cell)] = np.nan
             maps[spec.name] = values
-        return ChipOutputs(self._probabilities(outputs), maps)
+        return ChipOutputs(self._probabilities(outputs), maps, self._weights(outputs))

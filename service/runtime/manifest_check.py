@@ -39,6 +39,7 @@ RANKS: dict[tuple[str, str], tuple[int, ...]] = {
     ("temporal_classification", "temporal"): (3,),
     ("image_classification", "class_probabilities"): (2,),
     ("image_classification", "spatial"): (4,),
+    ("image_classification", "channel"): (2, 4),
 }
 # Tasks whose 4-D outputs are maps of the image at their stride.
 MAP_TASKS = ("segmentation", "image_classification")

@@ -343,7 +343,9 @@ def _guess(
             return "token_grid", ["batch", *[int(d) for d in value.shape[1:]]], 1
         return None
     pooled = value.ndim == 4 and value.shape[2:] == (1, 1)
-    if task == "segmentation" and (pooled or value.ndim == 2):
+    if (pooled and task == "image_classification") or (
+        task == "segmentation" and (pooled or value.ndim == 2)
+    ):
         # One weight per channel (an SE or CBAM block's), or per input band.
         if in_unit or (value.ndim == 2 and value.shape[1] == channels):
             return "channel", ["batch", int(value.shape[1]), *([1, 1] if pooled else [])], 1

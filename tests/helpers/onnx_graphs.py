@@ -175,6 +175,29 @@ def chip_classifier(path: Path) -> Path:
     return _save(path, "foreign-chips", nodes, 3, outputs, weights, side=64)
 
 
+def with_channel_weights(model: Path) -> Path:
+    """A graph of :func:`chip_classifier` given squeeze-and-excitation weights too.
+
+    Adds ``se (N, 4, 1, 1)``: the sigmoid of the bands' means over 255 times 1,
+    2, -1 and -2 (its GlobalAveragePool ``means`` excited to four features).
+    """
+    graph = onnx.load(str(model))
+    excite = np.repeat(np.array([1, 2, -1, -2], np.float32) / 3 / 255, 3).reshape(4, 3, 1, 1)
+    graph.graph.initializer.append(numpy_helper.from_array(excite, "excite"))
+    graph.graph.node.extend(
+        [
+            helper.make_node("Conv", ["means", "excite"], ["se_logits"]),
+            helper.make_node("Sigmoid", ["se_logits"], ["se"]),
+        ]
+    )
+    graph.graph.output.append(
+        helper.make_tensor_value_info("se", TensorProto.FLOAT, ["N", 4, 1, 1])
+    )
+    onnx.checker.check_model(graph, full_check=True)
+    onnx.save(graph, str(model))
+    return model
+
+
 def edited_draft(draft: dict[str, Any], name: str = "roofs") -> dict[str, Any]:
     """A drafted manifest of :func:`binary_segmenter` as its user would edit it."""
     data = copy.deepcopy(draft)

@@ -44,7 +44,7 @@ from service.pipeline.units import (
 from service.raster.cog import RasterSink
 from service.raster.decode import UNREADABLE, RasterInfo, describe
 from service.raster.georef import Georeference
-from service.runtime.chips import ChipClassifier, ChipOutputs, cell_size, chip_shape
+from service.runtime.chips import ChipClassifier, ChipOutputs, cell_size, chip_shape, map_outputs
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.tiling import TileGrid
 
@@ -154,7 +154,7 @@ def chip_side(manifest: Manifest, asked: int | None) -> int:
 
 def cells(manifest: Manifest, chip: int) -> dict[str, int]:
     """Input pixels per value (a side) of each attention output, over chips of ``chip``."""
-    return {spec.name: cell_size(spec, chip) for spec in manifest.attention}
+    return {spec.name: cell_size(spec, chip) for spec in map_outputs(manifest)}
 
 
 def chip_stride(manifest: Manifest, options: SceneOptions) -> tuple[int, int]:
@@ -247,7 +247,7 @@ class ChipMosaic:
         chips = replace(info, georef=grid.georef(info.georef, grid.stride))
         self.classes = ClassSceneOutputs(work, chips, [manifest.prediction])
         self.attention: dict[str, tuple[OutputSpec, str, RasterSink]] = {}
-        for i, spec in enumerate(manifest.attention):
+        for i, spec in enumerate(map_outputs(manifest)):
             georef = grid.georef(info.georef, layout.cells[spec.name])
             file = attention_file(i, spec)
             sink = work.sink(file, replace(info, georef=georef), [f"{spec.name} ({spec.kind})"])

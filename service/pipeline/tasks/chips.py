@@ -18,6 +18,7 @@ from service.pipeline.statistics import statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
 from service.pipeline.tasks.chip_scene import chip_stride, run_chip_scene
 from service.pipeline.tasks.classes import min_confidence
+from service.pipeline.tasks.segmentation import channel_names, channel_values
 from service.raster.decode import RasterInfo
 from service.runtime.chips import ChipClassifier
 from service.runtime.manifest import Manifest
@@ -55,6 +56,11 @@ class ChipClassification(SyncTask[RasterInput, ChipClassifier]):
         layers = [answer]
         arrays: dict[str, np.ndarray] = {pred.name: out.probabilities}
         for spec in manifest.attention:
+            if spec.kind == "channel":
+                weights = arrays[spec.name] = out.weights[spec.name]
+                named = {**channel_names(spec, manifest), **channel_values(spec, weights)}
+                layers.append(output_layer(spec, weights, **named))
+                continue
             array = arrays[spec.name] = out.maps[spec.name]
             # Several heads are served as their mean unless one is asked for.
             if array.ndim == 3:

@@ -20,7 +20,7 @@ from service.runtime.manifest import Manifest, ManifestError, sidecar_path
 from service.runtime.manifest_check import check_file
 from service.runtime.manifest_draft import draft_manifest
 from service.runtime.segmentation import upsample
-from tests.helpers.onnx_graphs import chip_classifier
+from tests.helpers.onnx_graphs import chip_classifier, with_channel_weights
 from tests.helpers.served import served_from
 
 CLASSES = ["reddish", "greenish", "bluish"]
@@ -97,7 +97,10 @@ def test_the_drafted_manifest_agrees_with_its_graph_and_a_wrong_grid_is_named(
             lambda d: d["tensors"][0].update(shape=["batch", 3, "height", "width"]),
             "needs a fixed height and width",
         ),
-        (lambda d: d["outputs"][2].update(kind="channel"), "spatial or token_grid"),
+        (
+            lambda d: d["outputs"][2].update(kind="temporal"),
+            "attention is spatial, token_grid, channel, not 'temporal'",
+        ),
         (lambda d: d.update(classes=["one"]), "2 or more classes"),
         (lambda d: d["input"].update(gsd_m=10.0), "input.gsd_m"),
         (lambda d: d["outputs"][0].update(shape=["batch", 3, 64, 64]), "(B, K)"),
@@ -196,3 +199,27 @@ def test_a_map_of_several_heads_keeps_each_on_the_chip_and_their_mean_in_scenes(
             return await ChipClassifier(served.manifest, served.batcher).native(chip, None, 30)
 
     np.testing.assert_allclose(asyncio.run(native()).maps["gate"], want[0].mean(axis=0), atol=1e-6)
+
+
+def test_channel_weights_of_a_chip_classifier_are_drafted_checked_and_given(model: Path) -> None:
+    with_channel_weights(model)
+    manifest = _manifest(model)
+    se = next(o for o in manifest["outputs"] if o["name"] == "se")
+    assert (se["role"], se["kind"], se["shape"]) == ("attention", "channel", ["batch", 4, 1, 1])
+    sidecar_path(model).write_text(json.dumps(manifest))
+    assert check_file(model) == ("scenes-1.0.0.manifest.json", [])
+    chip = _chip()
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (want,) = session.run(["se"], {"image": chip[None]})
+    out = _predict(model, chip)
+    assert set(out.maps) == {"tokens", "gate"}
+    np.testing.assert_allclose(out.weights["se"], want.ravel(), atol=1e-6)
+    # Chip scenes mosaic the maps; the weights come along without a map of their own.
+
+    async def native() -> ChipOutputs:
+        async with served_from(model.parent, "scenes") as served:
+            return await ChipClassifier(served.manifest, served.batcher).native(chip, None, 30)
+
+    chips = asyncio.run(native())
+    assert set(chips.maps) == {"tokens", "gate"}
+    np.testing.assert_allclose(chips.weights["se"], want.ravel(), atol=1e-6)

@@ -18,7 +18,12 @@ from service.runtime.manifest_draft import draft_manifest
 from tests.helpers.asgi import in_process
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import geotiff, noise, read_geotiff
-from tests.helpers.onnx_graphs import edited_draft, headed_segmenter
+from tests.helpers.onnx_graphs import (
+    chip_classifier,
+    edited_draft,
+    headed_segmenter,
+    with_channel_weights,
+)
 
 
 def test_layers_are_listed_served_one_by_one_and_stacked(served: Callable[..., None]) -> None:
@@ -125,6 +130,46 @@ def test_heads_and_channel_weights_of_a_sidecar_model(tmp_path: Path) -> None:
         assert read_geotiff(mean.content).shape == (1, 256, 256)
         one = await client.get(f"/attention/{scene_id}/heads", params={"head": 0})
         assert one.status_code == 422
+
+    async def main() -> None:
+        async with in_process(app, ready_s=60) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+def test_a_chip_classifier_s_channel_weights_are_served_by_name(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    path = with_channel_weights(chip_classifier(models / "scenes-1.0.0.onnx"))
+    manifest = {**draft_manifest(path).manifest, "classes": ["reddish", "greenish", "bluish"]}
+    sidecar_path(path).write_text(json.dumps(manifest))
+    app = create_app(Settings(model_dir=models, job_dir=tmp_path / "jobs", warmup=True))
+
+    async def scenario(client: httpx.AsyncClient) -> None:
+        made = await client.post("/predict", **upload(geotiff(noise(3, 64)), model="scenes"))
+        assert made.status_code == 200, made.text
+        job_id = made.json()["job_id"]
+        se = next(la for la in made.json()["attention"] if la["name"] == "se")
+        assert list(se["weights"]) == ["channel_0", "channel_1", "channel_2", "channel_3"]
+        assert se["weights"]["channel_1"] > se["weights"]["channel_0"] > 0.5
+        refused = await client.get(f"/attention/{job_id}/se", params={"format": "geotiff"})
+        assert refused.status_code == 422
+        # The job's GeoTIFF holds its maps alone.
+        stacked = await client.get(f"/attention/{job_id}", params={"format": "geotiff"})
+        assert read_geotiff(stacked.content).shape == (2, 64, 64)
+        # A scene mosaics the maps chip by chip; weights per chip have no mosaic.
+        scene = await client.post(
+            "/predict", **upload(geotiff(noise(3, 128)), model="scenes", **{"async": "true"})
+        )
+        assert scene.status_code == 202, scene.text
+        for _ in range(600):
+            body = (await client.get(f"/jobs/{scene.json()['job_id']}")).json()
+            if body["state"] not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.1)
+        assert body["state"] == "done", body
+        assert [la["name"] for la in body["attention"]] == ["tokens", "gate"]
 
     async def main() -> None:
         async with in_process(app, ready_s=60) as client:
