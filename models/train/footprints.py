@@ -146,6 +146,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--lr", type=float, default=3e-3, help="peak learning rate")
     a("--seed", type=int, default=0, help="seed of data and weights")
     a("--threads", type=int, default=None, help="torch CPU threads")
+    a(
+        "--bf16",
+        action="store_true",
+        help="forward and backward passes in bfloat16 autocast (weights, loss and the exported "
+        "model stay float32); about 2x the steps per second on CPUs with AMX or AVX512-BF16",
+    )
     a("--val-tiles", type=int, default=48, help="synthetic runs: held-out tiles to score")
     a("--val-size", type=int, default=256, help="synthetic runs: held-out tile side (px)")
     a(
@@ -274,7 +280,9 @@ def run(args: argparse.Namespace) -> int:
         "depth": args.depth,
         **{k: v for k, v in spec.items() if v is not None},
     }
-    model = build(config)
+    # Channels-last convolutions are oneDNN's fast path on CPU, in float32 and bfloat16.
+    # (torch accepts memory_format in Module.to; its type stubs do not list it.)
+    model = build(config).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     budget_s = None if args.max_minutes is None else 60.0 * args.max_minutes
@@ -293,8 +301,9 @@ def run(args: argparse.Namespace) -> int:
         for group in opt.param_groups:
             group["lr"] = _learning_rate(args.lr, progress)
         x, y = mix.batch(rng, args.batch_size)
-        logits, gates, _ = model.forward_logits(x)
-        loss = _loss(logits, y, gates, args.gate_loss)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits, gates, _ = model.forward_logits(x.contiguous(memory_format=torch.channels_last))
+        loss = _loss(logits.float(), y, [g.float() for g in gates], args.gate_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -326,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
         "optimizer": "AdamW, linear warm-up then cosine decay",
         "wall_time_s": round(wall, 1),
         "threads": torch.get_num_threads(),
+        "precision": "bfloat16 autocast" if args.bf16 else "float32",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
     }

@@ -44,6 +44,19 @@ def test_tiny_synthetic_run_trains_and_exports(tmp_path: Path) -> None:
     assert set(manifest.metrics) >= METRICS
 
 
+def test_a_bf16_run_keeps_float32_weights_and_exports(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "footprints", "--tiny", "--bf16", "--out", str(out)]) == 0
+    saved = torch.load(out / "footprints.pt", map_location="cpu", weights_only=False)
+    assert saved["training"]["precision"] == "bfloat16 autocast"
+    assert {t.dtype for t in saved["state_dict"].values() if t.is_floating_point()} == {
+        torch.float32
+    }
+    onnx_path = tmp_path / "bf16.onnx"
+    assert main(["export", str(out / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    assert read_manifest(onnx_path).training["precision"] == "bfloat16 autocast"
+
+
 def test_same_seed_gives_same_model(tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert (
