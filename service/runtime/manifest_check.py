@@ -276,6 +276,13 @@ def _run_problems(
             f"{' or '.join(map(str, rank))} dimensions, but {spec.name!r} has {value.ndim}: "
             f"{tuple(value.shape)}"
         )
+    elif value.ndim >= 2 and isinstance(spec.shape[1], int) and value.shape[1] != spec.shape[1]:
+        # Heads, channels or classes: what the server splits the output by.
+        found.append(
+            f"{where}.shape: output {spec.name!r} is {tuple(value.shape)} on a dummy input, but "
+            f"the manifest's shape {_dims(spec.shape)} fixes its second dimension at "
+            f"{spec.shape[1]}"
+        )
     if not np.isfinite(value).all():
         found.append(f"{where}: output {spec.name!r} holds NaN or infinite values")
         return found

@@ -107,6 +107,13 @@ def test_channel_weights_and_heads_are_held_against_the_graph(tmp_path: Path) ->
     data["outputs"][1].update(kind="channel", shape=["batch", 2, 1, 1], stride=1)
     (problem,) = _check(path, data, tmp_path)
     assert problem.startswith("outputs[1].kind: output 'heads' is (1, 2, 32, 32), a map rather")
+    # Three heads where the graph gives two: the server would split the map wrongly.
+    data = json.loads(json.dumps(good))
+    data["outputs"][1]["shape"] = ["batch", 3, "height_2", "width_2"]
+    assert _check(path, data, tmp_path) == [
+        "outputs[1].shape: output 'heads' is (1, 2, 32, 32) on a dummy input, but the manifest's "
+        "shape (batch, 3, height_2, width_2) fixes its second dimension at 3"
+    ]
     # Weights declared flat where the graph gives (B, C, 1, 1): a rank the check names.
     data = json.loads(json.dumps(good))
     data["outputs"][3]["shape"] = ["batch", 4]
