@@ -21,6 +21,9 @@ from service.raster.components import FOUR, TooManyRegions, regions
 # (layer name, rows slice, cols slice) -> 2-D float32 values of that window.
 WindowReader = Callable[[str, slice, slice], np.ndarray]
 
+# Pixels a side of the squares whose regions are polygonised together (a COG block).
+LOCALITY = 512
+
 TOO_SLOW = "making the footprints took too long at these parameters: raise threshold or min_area_px"
 
 
@@ -138,8 +141,11 @@ def extract_footprints(
     pixel_size = float(np.sqrt(pixel_area))
     projected = crs_wkt is not None and rasterio.crs.CRS.from_wkt(crs_wkt).is_projected
     metres = _metres_per_unit(crs_wkt) if projected and crs_wkt is not None else 1.0
-    features: list[dict[str, Any]] = []
-    for region in found:
+    made: list[tuple[int, dict[str, Any]]] = []
+    # Regions block by block (COG blocks of 512 pixels): the windows they read
+    # share decoded blocks, which a region order row by row would decode again
+    # for each row of pixels with a region starting in it.
+    for region in sorted(found, key=lambda r: (r.top // LOCALITY, r.left // LOCALITY, r.first)):
         check_time()
         rows, cols = slice(region.top, region.bottom), slice(region.left, region.right)
         values = read(prediction, rows, cols)
@@ -155,7 +161,7 @@ def extract_footprints(
         area_px = poly.area / pixel_area
         if area_px < options.min_area_px:
             continue
-        if max_features is not None and len(features) >= max_features:
+        if max_features is not None and len(made) >= max_features:
             raise InvalidInput(_too_many(max_features))
         if options.simplify_px > 0:
             poly = poly.simplify(options.simplify_px * pixel_size, preserve_topology=True)
@@ -168,7 +174,10 @@ def extract_footprints(
         props["area_px"] = round(area_px, 1)
         if projected:
             props["area_m2"] = round(area_px * pixel_area * metres**2, 2)
-        features.append({"type": "Feature", "geometry": mapping(poly), "properties": props})
+        made.append(
+            (region.first, {"type": "Feature", "geometry": mapping(poly), "properties": props})
+        )
+    features = [feature for _, feature in sorted(made, key=lambda m: m[0])]
     for i, feature in enumerate(features):
         feature["id"] = i
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
