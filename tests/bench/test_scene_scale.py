@@ -15,7 +15,12 @@ from bench.scene_scale import ChildPeak, descendants, main, verdicts
 
 
 def _scene(hwm: float, tiling: float, job: float) -> dict[str, Any]:
-    return {"vm_hwm_mib": hwm, "s_per_tile_tiling": tiling, "s_per_tile_job": job}
+    return {
+        "vm_hwm_mib": hwm,
+        "s_per_tile_tiling": tiling,
+        "s_per_tile_job": job,
+        "server_cpu_s_per_tile": 0.2,
+    }
 
 
 def test_the_largest_scene_and_every_scene_are_judged_against_the_smallest() -> None:
@@ -23,6 +28,7 @@ def test_the_largest_scene_and_every_scene_are_judged_against_the_smallest() -> 
     assert out["vm_hwm_mib"] == {"vs_smallest": [1.0, 1.2, 1.09], "met": True}  # the largest's
     assert out["s_per_tile_tiling"]["met"]  # 0.21 / 0.196: 7% apart
     assert not out["s_per_tile_job"]["met"]
+    assert out["server_cpu_s_per_tile"]["met"]
 
 
 def test_a_grandchild_started_by_a_thread_is_found_with_its_peak_memory() -> None:
