@@ -200,6 +200,8 @@ class Settings(BaseSettings):
     """Most disk one scene job's unfinished outputs may take; past it the job fails with the reason
     (0: no cap, but the job volume keeps job_min_free_mb free).
     """
+    scene_cog_level: int = Field(1, ge=1, le=9)
+    """Compression level of scene jobs' COGs, deflate or zstd alike: 1, the fastest, by default."""
     footprints_max_features: int = Field(50_000, ge=1)
     """Most polygons in one footprints answer (422 past it)."""
     footprints_timeout_s: float = Field(30.0, gt=0, le=3600)

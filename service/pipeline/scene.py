@@ -47,6 +47,7 @@ class SceneRunner:
         in_flight_tiles: a job's tiles read, inferred or written at once.
         max_temp_bytes: most disk a job's unfinished outputs may take (0: no cap).
         min_free_bytes: free disk a job must leave on the job volume.
+        cog_level: compression level of the job's COGs (1 to 9).
         budget: the memory budget requests reserve from (set by the app;
             unbounded alone).
         references: reads jobs' inputs by reference (set by the app; None: none are read).
@@ -57,6 +58,7 @@ class SceneRunner:
     in_flight_tiles: int = 16
     max_temp_bytes: int = 0
     min_free_bytes: int = 0
+    cog_level: int = 1
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62), init=False)
     references: References | None = field(default=None, init=False)
 
@@ -138,6 +140,7 @@ class SceneRunner:
             info.georef,
             descriptions,
             compress="zstd" if options.compress == "zstd" else "deflate",
+            level=self.cog_level,
             **kwargs,
         )
 

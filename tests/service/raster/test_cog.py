@@ -256,3 +256,23 @@ def test_a_class_cog_keeps_its_colour_table_and_class_names(tmp_path: Path) -> N
         assert ds.tags(1)["CLASSES"] == "water,forest,built"
         assert ds.overviews(1)
         assert (ds.read(1, window=Window(0, 0, 50, 100)) == 255).all()
+
+
+def test_the_compression_level_is_the_sinks_and_bounded(tmp_path: Path) -> None:
+    small = Georeference(GEOREF.crs, GEOREF.transform, 512, 512)
+    rng = np.random.default_rng(5)
+    # Smooth values with noise, as attention maps are: room for a better level to gain.
+    values = np.linspace(0, 1, 512, dtype=np.float32)[None, None, :] * np.ones((1, 512, 1))
+    values = (values + rng.normal(0, 0.01, values.shape)).astype(np.float32)
+    sizes = {}
+    for level in (1, 9):
+        sink = RasterSink(
+            tmp_path / f"zstd-{level}.tif", small, ["a"], compress="zstd", level=level
+        )
+        sink.write(0, values)
+        sizes[level] = sink.finish().stat().st_size
+        with rasterio.open(sink.path) as ds:
+            np.testing.assert_array_equal(ds.read(1), values[0])  # lossless at any level
+    assert sizes[9] < sizes[1]
+    with pytest.raises(ValueError, match="level must be 1 to 9"):
+        RasterSink(tmp_path / "x.tif", small, ["a"], level=10)
