@@ -144,7 +144,11 @@ async def run_grid(
     read_lock = asyncio.Lock()
 
     async def one(tile: Tile) -> tuple[Tile, np.ndarray | None]:
-        async with gate:
+        # The slot is held until the tile is blended, not only inferred: a
+        # 16384-wide scene's next row of outputs (37 tiles) waited otherwise.
+        # Tiles take slots in grid order (the semaphore is first come, first served).
+        await gate.acquire()
+        try:
             if work.cancelled():
                 raise JobCancelled
             async with read_lock:
@@ -152,6 +156,9 @@ async def run_grid(
             if got is None:
                 return tile, None
             return tile, await infer(tile, *got)
+        except BaseException:
+            gate.release()
+            raise
 
     pending: dict[int, list[asyncio.Task[tuple[Tile, np.ndarray | None]]]] = {}
     # Rows are started one ahead, so the next row's reads overlap this row's
@@ -184,11 +191,14 @@ async def run_grid(
                 start_row(next_row)
                 next_row += 1
             current = pending.pop(row)
-            for task in current:
-                tile, out = await landed(task)
+            while current:
+                # Blended tiles' outputs are let go (a task keeps its result).
+                tile, out = await landed(current[0])
+                current.pop(0)
                 # Blending a tile into scene-wide rows copies hundreds of MB
                 # on wide scenes: on a worker thread, one call at a time.
                 await asyncio.to_thread(blender.add, tile, out)
+                gate.release()
                 done += 1
                 work.progress(done, total)
             for first, block in await asyncio.to_thread(final_blocks, row):

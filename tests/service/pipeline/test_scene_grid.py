@@ -88,6 +88,34 @@ def test_every_row_is_flushed_once_in_order_and_progress_counts_every_tile(
     assert np.allclose(out[:, 40:], 1.0)
 
 
+def test_tiles_inferred_but_not_blended_never_outnumber_the_tiles_in_flight(
+    tmp_path: Path,
+) -> None:
+    # A wide scene: a grid row of 12 tiles, 3 tiles in flight.
+    work, _ = _work(tmp_path)
+    grid = TileGrid(SIZE, 12 * 32 + 8, 40, 8)
+    waiting: set[tuple[int, int]] = set()
+    most = 0
+
+    async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        nonlocal most
+        await asyncio.sleep(0)
+        waiting.add((tile.row, tile.col))
+        most = max(most, len(waiting))
+        return np.ones((1, tile.size, tile.size), np.float32)
+
+    class Counting(StripBlender):
+        def add(self, tile: Tile, outputs: np.ndarray | None) -> None:
+            waiting.discard((tile.row, tile.col))
+            super().add(tile, outputs)
+
+    asyncio.run(
+        run_grid(work, GridPass(grid, Counting(grid, 1), _read, infer, lambda *a: None, {}))
+    )
+    assert not waiting
+    assert most <= work.in_flight_tiles
+
+
 def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
     work, seen = _work(tmp_path, cancelled=True)
     grid = TileGrid(SIZE, SIZE, 40, 8)
