@@ -88,9 +88,17 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
 
 
 async def drive(
-    url: str, spec: dict[str, Any], concurrency: int, duration_s: float, min_requests: int
+    url: str,
+    spec: dict[str, Any],
+    concurrency: int,
+    duration_s: float,
+    min_requests: int,
+    samples: bool = False,
 ) -> dict[str, Any]:
-    """Run ``concurrency`` clients until ``duration_s`` passed and ``min_requests`` were sent."""
+    """Run ``concurrency`` clients until ``duration_s`` passed and ``min_requests`` were sent.
+
+    ``samples`` adds every request's latency (``latencies_ms``), for pooling runs.
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = build_request(parts.netloc, spec)
@@ -142,7 +150,7 @@ async def drive(
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     lat = np.array(latencies) * 1000.0
     ok = statuses.get("200", 0)
-    return {
+    result: dict[str, Any] = {
         "concurrency": concurrency,
         "requests": len(latencies),
         "ok": ok,
@@ -157,6 +165,9 @@ async def drive(
         "max_ms": round(float(lat.max()), 2),
         "client_cpu_s": round(cpu_s, 3),
     }
+    if samples:
+        result["latencies_ms"] = [round(float(x), 3) for x in lat]
+    return result
 
 
 def main() -> int:
@@ -169,9 +180,12 @@ def main() -> int:
     parser.add_argument(
         "--min-requests", type=int, default=0, help="send at least this many requests"
     )
+    parser.add_argument("--samples", action="store_true", help="every latency in the output")
     args = parser.parse_args()
     spec = json.loads(args.request.read_text())
-    result = asyncio.run(drive(args.url, spec, args.concurrency, args.duration, args.min_requests))
+    result = asyncio.run(
+        drive(args.url, spec, args.concurrency, args.duration, args.min_requests, args.samples)
+    )
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -66,14 +66,18 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out
 
 
-def _passes(n: int) -> str:
-    if n < 2:
-        return "One pass over the servers."
+def _method(plan: dict[str, Any]) -> str:
     return (
-        f"{n} passes over the servers, every other one in reverse order; each server's "
-        "figures are those of its pass with the most requests per second at saturation "
-        "(all passes are in `results.json`)."
+        f"The servers run side by side; each is loaded in turn for {plan['burst_s']:g} s "
+        f"bursts, {plan['rounds']} rounds per level, each round in a rotated order, so that "
+        "every server meets the same spread of the neighbours' load; a server's bursts at a "
+        "level are pooled (requests per second over their seconds, percentiles of all their "
+        "latencies). Idle servers wait meanwhile; what they use then is the 'idle CPU' column."
     )
+
+
+def _statuses(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(row.get("statuses", {}).items()))
 
 
 def _latency(rows: list[dict[str, Any]], c: int) -> str:
@@ -110,19 +114,17 @@ def section(peers: dict[str, Any]) -> list[str]:
         f"batch and {peers['usable_cpus']} one-thread sessions side by side while requests "
         "queue ('1 CPU instance' turns that off). All: graph optimisation level ALL, no "
         "spin-waiting, CPU execution provider.",
-        f"- {peers['plan']['duration_s']:g} s of load per level (at least "
-        f"{peers['plan']['rounds']} requests per client); p50 / p99 in ms. "
-        + _passes(peers["plan"].get("passes", 1)),
+        f"- {_method(peers['plan'])} p50 / p99 in ms.",
         "",
     ]
     header = ["server", "returns", "saturation req/s (clients)", "of raw limit"]
     header += [f"p50 / p99 ms, {c} client{'s' if c > 1 else ''}" for c in levels]
-    header += ["errors", "RSS MiB (all processes)", "start s"]
+    header += ["errors", "RSS MiB (all processes)", "idle CPU, % of a core", "start s"]
     rows = [[
         "raw ONNX Runtime session (the limit)", "probability + attention (all outputs)",
         f"{raw['best_per_s']:.2f} tiles/s", "100%",
         f"{raw['batch_1']['latency_p50_ms']:.0f} (batch 1, no HTTP)",
-        *["-"] * (len(levels) - 1), "-", "-", "-",
+        *["-"] * (len(levels) - 1), "-", "-", "-", "-",
     ]]  # fmt: skip
     unavailable = []
     for name, s in peers["systems"].items():
@@ -132,10 +134,11 @@ def section(peers: dict[str, Any]) -> list[str]:
         sat = saturation(s["rows"])
         rows.append([
             name, s["returns"], f"{sat['throughput_rps']:.2f} ({sat['concurrency']})",
-            f"{100 * sat['throughput_rps'] / raw['best_per_s']:.0f}%",
+            f"{100 * sat['throughput_rps'] / sat['raw_now']['best_per_s']:.0f}%",
             *[_latency(s["rows"], c) for c in levels],
             sum(r["errors"] for r in s["rows"]),
-            f"{max(r['server_rss_mib'] for r in s['rows']):.0f}", s.get("start_s", "-"),
+            f"{max(r['server_rss_mib'] for r in s['rows']):.0f}",
+            peers.get("idle_cpu_pct", {}).get(name, "-"), s.get("start_s", "-"),
         ])  # fmt: skip
     lines += _table(header, rows)
     lines += [
@@ -144,7 +147,8 @@ def section(peers: dict[str, Any]) -> list[str]:
         f"side ({raw['batch_1']['throughput_per_s']:.2f}, "
         f"{raw['batch_4']['throughput_per_s']:.2f} and "
         f"{raw['side_by_side']['throughput_per_s']:.2f} tiles/s at the run's start); "
-        "'of raw limit' compares with that.",
+        "'of raw limit' compares a server's saturation with the raw best timed in the rounds "
+        "of that level.",
         "",
     ]
     if unavailable:
@@ -158,18 +162,20 @@ def section(peers: dict[str, Any]) -> list[str]:
     for name, s in peers["systems"].items():
         pins = f"; pins: {', '.join(s['pins'])}" if s.get("pins") else ""
         lines.append(f"- **{name}**: {s.get('notes', '')}{pins}")
-    lines += ["", "Every level, with the raw session timed just before it:", ""]
+    lines += ["", "Every level, pooled over its rounds, with the raw session timed in each:", ""]
     detail = []
     for name, s in peers["systems"].items():
         for r in s.get("rows", []):
             detail.append([
-                name, r["concurrency"], r["requests"], r["throughput_rps"], r["p50_ms"],
-                r["p95_ms"], r["p99_ms"], r["errors"],
+                name, r["concurrency"], r["requests"], r["throughput_rps"],
+                " / ".join(f"{x:.2f}" for x in r.get("burst_rps", [])), r["p50_ms"],
+                r["p95_ms"], r["p99_ms"], r["errors"], _statuses(r),
                 f"{r['raw_now']['best_per_s']:.2f}", r["load_average"][0],
             ])  # fmt: skip
     lines += _table(
-        ["server", "clients", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-         "raw best tiles/s, just before", "load (1 min)"],
+        ["server", "clients", "requests", "req/s", "req/s of each burst", "p50 ms", "p95 ms",
+         "p99 ms", "errors", "answers", "raw best tiles/s (mean of the rounds)",
+         "load (1 min, mean)"],
         detail,
     )  # fmt: skip
     if peers.get("crops"):

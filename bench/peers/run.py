@@ -1,9 +1,9 @@
 """attnserve beside its peers, in one run: the same footprints model, the same tile.
 
 ``python -m bench.peers.run`` (``make bench-peers``; ``make bench`` runs it after
-``bench.run``) measures, one after the other on 127.0.0.1:
+``bench.run``) measures on 127.0.0.1:
 
-- the raw ONNX Runtime session on the tile (the limit), again before each server;
+- the raw ONNX Runtime session on the tile (the limit), again in every round;
 - attnserve (``python -m service``, its defaults, and with one CPU instance);
 - a hand-written FastAPI + ONNX Runtime server without batching;
 - Ray Serve with ``@serve.batch``;
@@ -12,9 +12,17 @@
 Each peer runs in its own virtual environment (``bench.peers.venvs``); a peer
 that cannot be installed or started is reported with the reason and the others
 still run. Every server gets the same multipart upload from the same load
-generator (``bench.load``, a separate process) at 1, 4 and 16 clients. The
-figures go into ``bench/results.json`` (key ``peers``) and the Peers section of
-``bench/results.md``. Where attnserve is slower at saturation than a peer, or
+generator (``bench.load``, a separate process) at 1, 4 and 16 clients.
+
+The machine's cores are shared with other people's work, whose load comes and
+goes by the minute; so the servers are started together and then loaded one
+after the other in short bursts, round after round (each round in another
+order), and each server's bursts at a level are pooled: every server meets the
+same spread of neighbours' load. Idle servers wait; their background CPU use is
+measured and reported.
+
+The figures go into ``bench/results.json`` (key ``peers``) and the Peers section
+of ``bench/results.md``. Where attnserve is slower at saturation than a peer, or
 its p99 at 16 clients is higher, py-spy profiles it under that load and the
 summary is written beside this module.
 """
@@ -27,6 +35,7 @@ import dataclasses
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,23 +67,23 @@ class Plan:
     """How much to measure."""
 
     concurrency: tuple[int, ...] = (1, 4, 16)
-    duration_s: float = 15.0
-    rounds: int = 2
-    raw_s: float = 3.0
+    rounds: int = 3
+    burst_s: float = 10.0
+    raw_s: float = 1.0
     profile_requests: int = 48
-    passes: int = 2
     crops_s: float = 15.0
+    idle_s: float = 5.0
 
 
 FULL = Plan()
 QUICK = Plan(
     concurrency=(1, 4),
-    duration_s=1.0,
     rounds=1,
+    burst_s=1.0,
     raw_s=0.3,
     profile_requests=8,
-    passes=1,
     crops_s=1.0,
+    idle_s=0.5,
 )
 
 
@@ -194,10 +203,17 @@ def _first_answer(url: str, tile: bytes, system: System) -> dict[str, Any]:
     return answer
 
 
-def measure_system(
-    system: System, plan: Plan, work: Path, spec: Path, tile: bytes, limit: Limit
-) -> dict[str, Any]:
-    """Start one server, load it at each concurrency, stop it (and all it spawned)."""
+@dataclass
+class Running:
+    """A started server and what is known of it so far."""
+
+    system: System
+    server: LiveServer | None
+    result: dict[str, Any]
+
+
+def start_system(system: System, work: Path, tile: bytes) -> Running:
+    """Make the peer's environment, start the server, check one answer, warm it."""
     result: dict[str, Any] = {"returns": system.returns, "notes": system.notes}
     python = Path(sys.executable)
     if system.venv is not None:
@@ -205,49 +221,125 @@ def measure_system(
         result["pins"] = list(venv.pins)
         if venv.python is None:
             result["error"] = venv.error
-            return result
+            return Running(system, None, result)
         python = venv.python
+    slug = "".join(ch if ch.isalnum() else "-" for ch in system.name.lower())
     env = {**COMMON_ENV, **system.env, "ATTNSERVE_MODEL_DIR": str(SHIPPED_MODELS)}
-    env["ATTNSERVE_JOB_DIR"] = str(work / f"jobs-{abs(hash(system.name))}")
-    log = work / f"{system.venv or 'attnserve'}-{abs(hash(system.name))}.log"
+    env["ATTNSERVE_JOB_DIR"] = str(work / f"jobs-{slug}")
     started = time.perf_counter()
-    server = LiveServer(env, log, command=lambda port: system.command(python, port))
+    server = LiveServer(
+        env, work / f"{slug}.log", command=lambda port: system.command(python, port)
+    )
     try:
         server.wait_ready(timeout_s=300)
     except (RuntimeError, TimeoutError) as exc:
         result["error"] = f"did not start: {str(exc)[-800:]}"
-        return result
+        return Running(system, None, result)
     result["start_s"] = round(time.perf_counter() - started, 1)
-    try:
-        result["first_answer"] = _first_answer(server.url, tile, system)
-        run_load(server, spec, 2, 0, 4)  # warm the path
-        rows = []
-        for c in plan.concurrency:
-            raw_now = limit.measure()
-            load_now = load_average()
-            r = run_load(server, spec, c, plan.duration_s, plan.rounds * c)
-            r["raw_now"] = raw_now
-            r["load_average"] = load_now
-            r["server_rss_mib"] = round(tree_rss_kib(server.proc.pid) / 1024, 1)
+    result["first_answer"] = _first_answer(server.url, tile, system)
+    load_burst(server, Path(work / "footprints.request.json"), 2, 0, 4)  # warm the path
+    return Running(system, server, result)
+
+
+def load_burst(
+    server: LiveServer, spec: Path, concurrency: int, seconds: float, min_requests: int
+) -> dict[str, Any]:
+    """``bench.load`` against ``server``, every latency kept."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--url", server.url, "--request", str(spec),
+         "--concurrency", str(concurrency), "--duration", str(seconds),
+         "--min-requests", str(min_requests), "--samples"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout))
+
+
+def pool(bursts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bursts at one concurrency as one row: counts and seconds added, percentiles of all."""
+    lat = np.concatenate([np.asarray(b["latencies_ms"], dtype=np.float64) for b in bursts])
+    statuses: dict[str, int] = {}
+    for b in bursts:
+        for k, v in b["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    ok = sum(b["ok"] for b in bursts)
+    wall = sum(b["wall_s"] for b in bursts)
+    return {
+        "concurrency": bursts[0]["concurrency"],
+        "bursts": len(bursts),
+        "requests": int(lat.size),
+        "ok": ok,
+        "errors": int(lat.size) - ok,
+        "statuses": statuses,
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(ok / wall, 3) if wall else 0.0,
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "mean_ms": round(float(lat.mean()), 2),
+        "max_ms": round(float(lat.max()), 2),
+        "client_cpu_s": round(sum(b["client_cpu_s"] for b in bursts), 3),
+        "burst_rps": [b["throughput_rps"] for b in bursts],
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and everything below it, so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def idle_cpu(running: list[Running], seconds: float) -> dict[str, float]:
+    """Each server's CPU use, in % of one core, while none has work."""
+    pids = {r.system.name: r.server.proc.pid for r in running if r.server is not None}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(seconds)
+    return {
+        name: round(100 * (cpu_seconds(pid) - before[name]) / seconds, 1)
+        for name, pid in pids.items()
+    }
+
+
+def interleave(
+    running: list[Running], plan: Plan, spec: Path, limit: Limit
+) -> dict[str, list[dict[str, Any]]]:
+    """Each level: rounds of one burst per server, the order rotated each round; pooled."""
+    live = [r for r in running if r.server is not None]
+    rows: dict[str, list[dict[str, Any]]] = {r.system.name: [] for r in live}
+    for c in plan.concurrency:
+        bursts: dict[str, list[dict[str, Any]]] = {r.system.name: [] for r in live}
+        raws, loads = [], []
+        for i in range(plan.rounds):
+            raws.append(limit.measure())
+            loads.append(load_average()[0])
+            shift = i % len(live)
+            for r in live[shift:] + live[:shift]:
+                assert r.server is not None
+                b = load_burst(r.server, spec, c, plan.burst_s, c)
+                bursts[r.system.name].append(b)
             say(
-                f"  {system.name} c={c}: {r['throughput_rps']:.2f} req/s, p50 {r['p50_ms']:.0f} "
-                f"ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}; raw just before "
-                f"{raw_now['best_per_s']:.2f} tiles/s"
+                f"  c={c} round {i + 1}/{plan.rounds}: raw {raws[-1]['best_per_s']:.2f} tiles/s; "
+                + ", ".join(f"{n} {b[-1]['throughput_rps']:.2f}" for n, b in bursts.items())
             )
-            rows.append(r)
-        result["rows"] = rows
-    finally:
-        stop_tree(server)
-    return result
-
-
-def best_pass(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A system's pass of most requests per second at saturation; every pass kept beside it."""
-    measured = [r for r in runs if r.get("rows")]
-    if not measured:
-        return runs[-1]
-    best = max(measured, key=lambda r: report.saturation(r["rows"])["throughput_rps"])
-    return {**best, "passes": [r.get("rows", r.get("error")) for r in runs]}
+        for r in live:
+            assert r.server is not None
+            row = pool(bursts[r.system.name])
+            row["raw_now"] = {
+                "best_per_s": round(float(np.mean([x["best_per_s"] for x in raws])), 3),
+                "rounds": [x["best_per_s"] for x in raws],
+            }
+            row["load_average"] = [round(float(np.mean(loads)), 2)]
+            row["server_rss_mib"] = round(tree_rss_kib(r.server.proc.pid) / 1024, 1)
+            rows[r.system.name].append(row)
+            say(
+                f"  {r.system.name} c={c}: {row['throughput_rps']:.2f} req/s, p50 "
+                f"{row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, errors {row['errors']}"
+            )
+    return rows
 
 
 def stop_tree(server: LiveServer) -> None:
@@ -308,18 +400,24 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
             system for system in SYSTEMS
             if not only or any(o.lower() in system.name.lower() for o in only)
         ]  # fmt: skip
-        passes: dict[str, list[dict[str, Any]]] = {s.name: [] for s in chosen}
-        for i in range(plan.passes):
-            # Every other pass in reverse order: whichever server ran while the shared
-            # machine was busiest, each gets a turn early and late.
-            for system in chosen if i % 2 == 0 else chosen[::-1]:
-                say(f"{system.name} (pass {i + 1} of {plan.passes})")
-                done = measure_system(system, plan, work, spec, tile, limit)
-                passes[system.name].append(done)
-                if "error" in done:
-                    say(f"  {system.name}: {done['error'][:300]}")
-                    break
-        results["systems"] = {name: best_pass(runs) for name, runs in passes.items()}
+        running: list[Running] = []
+        try:
+            for system in chosen:
+                say(f"starting {system.name}")
+                running.append(start_system(system, work, tile))
+                if "error" in running[-1].result:
+                    say(f"  {system.name}: {running[-1].result['error'][:300]}")
+            results["idle_cpu_pct"] = idle_cpu(running, plan.idle_s)
+            say(f"  idle CPU, % of a core: {results['idle_cpu_pct']}")
+            rows = interleave(running, plan, spec, limit)
+        finally:
+            for r in running:
+                if r.server is not None:
+                    stop_tree(r.server)
+        results["systems"] = {
+            r.system.name: {**r.result, **({"rows": rows[r.system.name]} if r.server else {})}
+            for r in running
+        }
         results["checks"] = report.checks(results)
         if profile and not all(c["ok"] for c in results["checks"]):
             c = max(plan.concurrency)
@@ -345,12 +443,12 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="systems whose name contains this")
     parser.add_argument("--out", type=Path, default=None, help="results directory (bench/)")
     parser.add_argument("--no-profile", action="store_true", help="never run py-spy")
-    parser.add_argument("--passes", type=int, help="passes over the servers (2; quick 1)")
+    parser.add_argument("--rounds", type=int, help="bursts per server and level (3; quick 1)")
     args = parser.parse_args()
     out = args.out if args.out is not None else (None if args.quick else REPO / "bench")
     plan = QUICK if args.quick else FULL
-    if args.passes:
-        plan = dataclasses.replace(plan, passes=args.passes)
+    if args.rounds:
+        plan = dataclasses.replace(plan, rounds=args.rounds)
     run(plan, args.only, out, not args.no_profile)
     return 0
 

@@ -27,7 +27,7 @@ def peers() -> dict[str, Any]:
         "usable_cpus": 2,
         "load_average_start": [1.0, 1.0, 1.0],
         "load_average_end": [1.0, 1.0, 1.0],
-        "plan": {"concurrency": [1, 4, 16], "duration_s": 15.0, "rounds": 2},
+        "plan": {"concurrency": [1, 4, 16], "burst_s": 10.0, "rounds": 3},
         "tile": "512 x 512 RGB deflate GeoTIFF",
         "raw": {"batch_1": raw, "batch_4": raw, "side_by_side": raw, "best_per_s": 10.0},
         "systems": {
