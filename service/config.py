@@ -170,8 +170,10 @@ class Settings(BaseSettings):
     max_json_mb: float = Field(16.0, gt=0)
     max_scene_pixels: int = Field(30_000 * 30_000, ge=64 * 64)
     """Largest scene processed as a tiled job."""
-    scene_workers: int = Field(1, ge=1, le=16)
-    """Scene jobs run at the same time."""
+    scene_workers: int = Field(1, ge=0, le=16)
+    """Scene jobs run at the same time (with a shared queue: units; 0 there: this replica accepts
+    and plans scene jobs but leaves their units to other replicas).
+    """
     max_queued_jobs: int = Field(100, ge=1)
     job_max_resumes: int = Field(2, ge=0, le=100)
     """Times a scene job that was running when the server stopped or died is run again on start;
@@ -337,6 +339,8 @@ class Settings(BaseSettings):
                 "cuda.cuda_graph needs a warm-up batch size of at least batching.max_batch_size "
                 f"({self.batching.max_batch_size}), or full batches would run without a graph"
             )
+        if self.scene_workers == 0 and not self.queue_url:
+            raise ValueError("scene_workers may be 0 only with a shared queue (queue_url)")
         if self.require_cuda and "CUDAExecutionProvider" not in self.providers:
             raise ValueError("require_cuda is set but CUDAExecutionProvider is not in providers")
         for key in self.all_api_keys():

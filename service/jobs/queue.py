@@ -247,12 +247,10 @@ class RedisQueue:
                 return got
         return await self._read(dict.fromkeys(self.streams.values(), ">"), block_ms)
 
-    async def _claim(self, name: str) -> Delivery | None:
-        stream = self.streams[name]
+    async def _grouped(self, call: Awaitable[Any]) -> Any:
+        """A call on the consumer group; None (the group made again) if Redis lost it."""
         try:
-            answer = await self.client.xautoclaim(
-                stream, GROUP, self.consumer, self.claim_after_ms, "0-0", count=1
-            )
+            return await call
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
                 await self.ensure_group()
@@ -260,24 +258,24 @@ class RedisQueue:
             raise QueueUnavailable(reason(exc)) from None
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(reason(exc)) from None
-        entries = answer[1]
+
+    async def _claim(self, name: str) -> Delivery | None:
+        stream = self.streams[name]
+        answer = await self._grouped(
+            self.client.xautoclaim(
+                stream, GROUP, self.consumer, self.claim_after_ms, "0-0", count=1
+            )
+        )
+        entries = answer[1] if answer else []
         for entry, fields in entries:
             if fields:  # a deleted entry comes back empty
                 return self._delivery(stream, entry, fields, claimed=True)
         return None
 
     async def _read(self, streams: dict[str, str], block_ms: int | None) -> Delivery | None:
-        try:
-            answer = await self.client.xreadgroup(
-                GROUP, self.consumer, streams, count=1, block=block_ms
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                await self.ensure_group()
-                return None
-            raise QueueUnavailable(reason(exc)) from None
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable(reason(exc)) from None
+        answer = await self._grouped(
+            self.client.xreadgroup(GROUP, self.consumer, streams, count=1, block=block_ms)
+        )
         found = [
             self._delivery(stream, entry, fields)
             for stream, entries in answer or []

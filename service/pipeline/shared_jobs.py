@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # How often Redis is checked (and the queue's gauge set).
 WATCH_S = 2.0
+# A job younger than this without units is being planned by the replica that took it.
+PLAN_GRACE_S = 60.0
 
 
 def replica_name() -> str:
@@ -167,6 +169,7 @@ class SharedJobs:
         record.state = "cancelled"
         record.error = {"code": "cancelled", "message": "cancelled by the client"}
         self.store.update(record)
+        self.partials.drop(record.id)
         asyncio.run_coroutine_threadsafe(
             self.queue.release(record.id, record.owner or ANONYMOUS), self._loop
         ).result(30)
@@ -233,8 +236,19 @@ class SharedJobs:
             log.error("unfinished jobs could not be listed: %s", exc)
             return
         for record in records:
-            if "units" not in record.params or await self.queue.known(record.id):
+            if await self.queue.known(record.id):
                 continue
+            if "units" not in record.params:
+                # Queued before this replica had a shared queue (or by one that died
+                # while planning it, long enough ago): planned here.
+                if time.time() - record.created < PLAN_GRACE_S:
+                    continue
+                try:
+                    await self._plan(record, self.resolve(record.params["model"]))
+                    await asyncio.to_thread(self.store.update, record)
+                except AttnserveError as exc:
+                    log.error("job %s could not be planned: %s", record.id[:6], exc.message)
+                    continue
             total = len(record.params["units"])
             stored = await asyncio.to_thread(self.partials.stored, record.id)
             left = [i for i in range(total) if i not in stored]

@@ -24,7 +24,14 @@ from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.pipeline.scene import SceneRunner
 from service.pipeline.scene_grid import JobCancelled
-from service.pipeline.units import FinishPass, PartialSums, Unit, UnitPass, UnitStored
+from service.pipeline.units import (
+    FinishPass,
+    PartialSums,
+    ScenePart,
+    Unit,
+    UnitPass,
+    UnitStored,
+)
 from service.runtime.repository import ServedModel
 
 log = logging.getLogger(__name__)
@@ -201,6 +208,14 @@ class UnitWorker:
                 if await self.queue.stopped(job_id):
                     stop.set()
 
+    async def _run_part(
+        self, record: JobRecord, served: ServedModel, stop: asyncio.Event, part: ScenePart
+    ) -> None:
+        """Run one part of a job; it stops when the job is stopped or this replica is."""
+        await self.runner.run(
+            record, served, no_progress, lambda: self.stopping or stop.is_set(), part
+        )
+
     async def _unit(
         self, record: JobRecord, served: ServedModel, index: int, stop: asyncio.Event
     ) -> None:
@@ -211,13 +226,7 @@ class UnitWorker:
             partials.put(record.id, unit.index, partial.to_bytes())
 
         try:
-            await self.runner.run(
-                record,
-                served,
-                no_progress,
-                lambda: self.stopping or stop.is_set(),
-                UnitPass(unit, save),
-            )
+            await self._run_part(record, served, stop, UnitPass(unit, save))
         except UnitStored:
             await self.queue.unit_done(record.id, unit.index)
             return
@@ -230,13 +239,7 @@ class UnitWorker:
         def load(unit: Unit) -> PartialSums:
             return PartialSums.from_bytes(partials.get(record.id, unit.index))
 
-        await self.runner.run(
-            record,
-            served,
-            no_progress,
-            lambda: self.stopping or stop.is_set(),
-            FinishPass(units, load),
-        )
+        await self._run_part(record, served, stop, FinishPass(units, load))
         progress = await self.queue.progress(record.id)
         if progress is not None and progress.stop:
             return
@@ -255,7 +258,17 @@ class UnitWorker:
         self.inputs.pop(record.id, None)
 
     async def _fail(self, record: JobRecord, code: str, message: str) -> None:
-        """Fail a job on every replica: its units are dropped wherever they run."""
+        """Fail a job on every replica: its units are dropped wherever they run.
+
+        A job another replica finished meanwhile (this one ran its finishing
+        step too, after a claim, and found the partials gone) stays done.
+        """
+        try:
+            stored = await asyncio.to_thread(self.store.load, record.id, None, True)
+        except NotFound:
+            return
+        if stored.finished:
+            return
         await self.queue.stop(record.id, "failed")
         record.state = "failed"
         record.error = {"code": code, "message": message}

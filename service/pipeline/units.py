@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.tiling import Tile, TileGrid, hann_weight, read_bounds
+from service.runtime.tiling import Tile, TileGrid, add_weighted, hann_weight, read_bounds
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,8 @@ class UnitBlender:
         """Add one tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
         if outputs is None:
             return
-        g, p = self.grid, self.partial
-        y0, y1, x0, x1 = read_bounds(tile, g.height, g.width)
-        ty, tx = y0 - tile.y, x0 - tile.x
-        h, w = y1 - y0, x1 - x0
-        weight = self.weight[ty : ty + h, tx : tx + w]
-        rows = slice(y0 - p.top, y1 - p.top)
-        p.acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * weight
-        p.wsum[rows, x0:x1] += weight
+        p = self.partial
+        add_weighted(p.acc, p.wsum, p.top, tile, outputs, self.weight, self.grid)
 
     def row_done(self, row: int) -> None:
         """Rows are finished by the job's finishing step, not here."""

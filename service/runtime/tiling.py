@@ -168,6 +168,29 @@ def reflect_pad(data: np.ndarray, tile: Tile, height: int, width: int) -> np.nda
     return np.pad(data, pads, mode="symmetric" if min(data.shape[1:]) > 0 else "edge")
 
 
+def add_weighted(
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    top: int,
+    tile: Tile,
+    outputs: np.ndarray,
+    weight: np.ndarray,
+    grid: TileGrid,
+) -> None:
+    """Add a tile's ``(layers, size, size)`` outputs times ``weight`` into row buffers.
+
+    ``acc`` ``(layers, rows, width)`` and ``wsum`` ``(rows, width)`` hold scene
+    rows from ``top`` on; only the part of the tile inside the scene is added.
+    """
+    y0, y1, x0, x1 = read_bounds(tile, grid.height, grid.width)
+    ty, tx = y0 - tile.y, x0 - tile.x
+    h, w = y1 - y0, x1 - x0
+    part = weight[ty : ty + h, tx : tx + w]
+    rows = slice(y0 - top, y1 - top)
+    acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * part
+    wsum[rows, x0:x1] += part
+
+
 class StripBlender:
     """Blends tile outputs row block by row block, so a scene is never held whole.
 
@@ -213,16 +236,11 @@ class StripBlender:
         if outputs is None:
             return
         g = self.grid
-        y0, y1, x0, x1 = read_bounds(tile, g.height, g.width)
+        y0, y1, _, _ = read_bounds(tile, g.height, g.width)
         if y0 < self._top:
             raise RuntimeError("tile added after its rows were finalised")
         self._ensure(y1)
-        ty, tx = y0 - tile.y, x0 - tile.x
-        h, w = y1 - y0, x1 - x0
-        weight = self.weight[ty : ty + h, tx : tx + w]
-        rows = slice(y0 - self._top, y1 - self._top)
-        self._acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * weight
-        self._wsum[rows, x0:x1] += weight
+        add_weighted(self._acc, self._wsum, self._top, tile, outputs, self.weight, g)
 
     def row_done(self, row: int) -> None:
         """Mark a grid row's tiles as all added."""

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import rasterio
 
 from service.app import create_app
 from service.config import Settings
+from service.jobs.local import LocalJobStore
 from service.pipeline.unit_worker import units_of
 from tests.helpers.asgi import in_process
 from tests.helpers.bodies import upload
@@ -24,24 +25,27 @@ KEY_B = "key-b-of-twenty-characters"
 A = {"authorization": f"Bearer {KEY_A}"}
 B = {"authorization": f"Bearer {KEY_B}"}
 SCENE = {"async": "true", "tile_size": "256"}
+MODEL = {"name": "footprints", "version": "2.0.0", "task": "segmentation"}
 
 
 def _settings(model_dir: Path, tmp_path: Path, url: str, **extra: Any) -> Settings:
+    options: dict[str, Any] = {"api_keys": [KEY_A, KEY_B], **extra}
     return Settings(
         model_dir=model_dir,
         job_dir=tmp_path / "jobs",
         warmup=False,
         queue_url=url,
         queue_claim_after_s=2,
-        api_keys=json.loads(json.dumps([KEY_A, KEY_B])),
-        **extra,
+        **options,
     )
 
 
-async def _follow(client: httpx.AsyncClient, job_id: str, timeout_s: float) -> dict[str, Any]:
+async def _follow(
+    client: httpx.AsyncClient, job_id: str, timeout_s: float, headers: dict[str, str] = A
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        body: dict[str, Any] = (await client.get(f"/jobs/{job_id}", headers=A)).json()
+        body: dict[str, Any] = (await client.get(f"/jobs/{job_id}", headers=headers)).json()
         if body["state"] in ("done", "failed", "cancelled"):
             return body
         await asyncio.sleep(0.2)
@@ -51,17 +55,14 @@ async def _follow(client: httpx.AsyncClient, job_id: str, timeout_s: float) -> d
 def test_the_eleventh_job_of_a_key_is_429_while_another_key_gets_202(
     model_dir: Path, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    # One slot, busy with a large job's first unit of 60 tiles while the others queue.
-    large = geotiff(noise(size=2048, seed=4))
+    # A replica that accepts scene jobs but runs none of their units: all stay queued.
     image = geotiff(noise(size=256, seed=4))
-    app = create_app(_settings(model_dir, tmp_path, redis_server.url, queue_unit_tiles=64))
+    app = create_app(_settings(model_dir, tmp_path, redis_server.url, scene_workers=0))
 
     async def main() -> None:
         async with in_process(app, ready_s=120) as client:
-            first = await client.post("/predict", headers=A, **upload(large, **SCENE))
-            assert first.status_code == 202, first.text
-            accepted = [first.json()["job_id"]]
-            for _ in range(9):
+            accepted = []
+            for _ in range(10):
                 answer = await client.post("/predict", headers=A, **upload(image, **SCENE))
                 assert answer.status_code == 202, answer.text
                 accepted.append(answer.json()["job_id"])
@@ -159,3 +160,38 @@ def test_redis_lost_mid_run_refuses_new_scenes_keeps_sync_and_resumes_the_job(
 def test_a_queue_url_that_is_not_redis_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="queue_url"):
         Settings(queue_url=url)
+
+
+def test_a_job_queued_before_the_shared_queue_is_planned_and_run_once(
+    model_dir: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    image = geotiff(noise(size=512, seed=6))
+    store = LocalJobStore(tmp_path / "jobs", ttl_s=3600)
+    record = store.new_record(MODEL, "raster", None)
+    record.created -= 600  # left by an in-process server a while ago
+    record.state = "queued"
+    record.params = {"model": "footprints", "inputs": ["input_0.tif"], "options": {}}
+    with rasterio.MemoryFile(image) as memory, memory.open() as dataset:
+        record.georef = {
+            "crs": dataset.crs.to_string(),
+            "transform": list(dataset.transform)[:6],
+            "width": dataset.width,
+            "height": dataset.height,
+        }
+    store.save(record, {}, {"input_0.tif": image})
+    first = create_app(_settings(model_dir, tmp_path, redis_server.url, api_keys=[]))
+    second = create_app(_settings(model_dir, tmp_path, redis_server.url, api_keys=[]))
+
+    async def main() -> None:
+        async with in_process(first, ready_s=120) as one, in_process(second, ready_s=120):
+            body = await _follow(one, record.id, 300, {})
+            assert body["state"] == "done", body
+            assert sum(body["workers"].values()) == body["progress"]["total"]
+
+    asyncio.run(main())
+    assert len(units_of(store.load(record.id))) >= 1
+
+
+def test_no_scene_workers_needs_a_shared_queue() -> None:
+    with pytest.raises(ValueError, match="scene_workers may be 0 only with a shared queue"):
+        Settings(scene_workers=0)
