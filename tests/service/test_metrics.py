@@ -38,3 +38,17 @@ def test_each_app_has_its_own_registry() -> None:
         "attnserve_jobs_stored",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in exposed
+
+
+def test_the_shared_queue_s_metrics_have_the_names_dashboards_use() -> None:
+    metrics = Metrics()
+    metrics.queue_units.set(7)
+    metrics.queue_units_in_flight.set(1)
+    metrics.queue_claims.inc()
+    metrics.queue_unit_seconds.labels("unit").observe(2.5)
+    metrics.queue_unit_seconds.labels("finish").observe(9.0)
+    assert _value(metrics, "attnserve_queue_units") == 7
+    assert _value(metrics, "attnserve_queue_units_in_flight") == 1
+    assert _value(metrics, "attnserve_queue_claims_total") == 1
+    assert _value(metrics, "attnserve_queue_unit_seconds_sum", {"step": "unit"}) == 2.5
+    assert _value(metrics, "attnserve_queue_unit_seconds_count", {"step": "finish"}) == 1
