@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers.report import section as peers_section
+from bench.scene_scale_report import section as scene_section
 
 
 def _best(rows: list[dict[str, Any]], key: str = "throughput_per_s") -> dict[str, Any]:
@@ -341,6 +342,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines += _scene_md(variant, scene)
     if "peers" in results:  # written by bench.peers.run, after this run
         lines += ["", *peers_section(results["peers"])]
+    # Written by bench.scene_scale and bench.scene_compression, beside results.json.
+    scenes = scene_section(Path(__file__).parent)
+    if scenes:
+        lines += ["", *scenes]
     return "\n".join(lines) + "\n"
 
 
