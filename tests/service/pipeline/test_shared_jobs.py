@@ -195,3 +195,42 @@ def test_a_job_queued_before_the_shared_queue_is_planned_and_run_once(
 def test_no_scene_workers_needs_a_shared_queue() -> None:
     with pytest.raises(ValueError, match="scene_workers may be 0 only with a shared queue"):
         Settings(scene_workers=0)
+
+
+def test_a_job_cancelled_on_one_replica_stops_on_the_other(
+    model_dir: Path, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    image = geotiff(noise(size=1536, seed=9))
+    # The one that accepts runs no units: every unit runs on the other.
+    accepting = create_app(_settings(model_dir, tmp_path, redis_server.url, scene_workers=0))
+    working = create_app(_settings(model_dir, tmp_path, redis_server.url, queue_unit_tiles=2))
+
+    async def main() -> None:
+        async with in_process(accepting, ready_s=120) as one, in_process(working, ready_s=120):
+            answer = await one.post("/predict", headers=A, **upload(image, **SCENE))
+            assert answer.status_code == 202, answer.text
+            job_id = answer.json()["job_id"]
+            deadline = time.monotonic() + 120
+            while True:
+                body = (await one.get(f"/jobs/{job_id}", headers=A)).json()
+                if body["progress"]["done"] >= 1:
+                    break
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            # Progress, ETA and the replica at work, as the accepting replica sees them.
+            assert body["state"] == "running"
+            assert body["eta_s"] is not None
+            assert list(body["workers"].values()) == [body["progress"]["done"]]
+            assert body["progress"]["total"] > body["progress"]["done"]
+            gone = await one.delete(f"/jobs/{job_id}", headers=A)
+            assert gone.status_code == 200, gone.text
+            worker = working.state.attnserve.jobs.manager
+            deadline = time.monotonic() + 5
+            while await worker.queue.queued():
+                assert time.monotonic() < deadline, "the cancelled job's units were not dropped"
+                await asyncio.sleep(0.1)
+            after = (await one.get(f"/jobs/{job_id}", headers=A)).json()
+            assert after["state"] == "cancelled"
+            assert after["progress"]["done"] < after["progress"]["total"]
+
+    asyncio.run(main())
