@@ -62,11 +62,15 @@ class Region:
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """4-connected labels of a code mask (0: none), and each label's code (index 0: none)."""
+    if int(mask.max(initial=0)) <= 1:  # a binary mask (buildings): one labelling, no copies
+        labels, n = ndimage.label(mask, FOUR)
+        return labels, np.concatenate([[0], np.ones(n, dtype=np.int64)])
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=1))
+    present = present[present > 0]
     labels = np.zeros(mask.shape, dtype=np.int32)
     codes = [np.zeros(1, dtype=np.int64)]
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=1))
     count = 0
-    for code in present[present > 0]:
+    for code in present:
         part, n = ndimage.label(mask == code, FOUR)
         labels[part > 0] = part[part > 0] + count
         codes.append(np.full(n, code, dtype=np.int64))
@@ -88,31 +92,39 @@ class _Block:
     pixels: np.ndarray
 
     @classmethod
-    def of(cls, mask: np.ndarray, first_row: int) -> _Block:
+    def of(cls, mask: np.ndarray, first_row: int, min_pixels: float) -> _Block:
+        """The block's labels; extents only of those that may be kept or go on in another block.
+
+        Labels that end inside the block with fewer than ``min_pixels`` pixels
+        (most of a noisy mask's) are counted and otherwise left alone.
+        """
         labels, codes = label(mask)
         count, width = len(codes), labels.shape[1]
-        flat = labels.ravel()
-        where = np.flatnonzero(flat)
-        ids = flat[where]
-        rows, cols = np.divmod(where, width)
-        big = np.iinfo(np.int64).max
-        first = np.full(count, big, dtype=np.int64)
-        np.minimum.at(first, ids, where)
-        bottom = np.zeros(count, dtype=np.int64)
-        np.maximum.at(bottom, ids, rows)
-        left = np.full(count, big, dtype=np.int64)
-        np.minimum.at(left, ids, cols)
-        right = np.zeros(count, dtype=np.int64)
-        np.maximum.at(right, ids, cols)
+        pixels = np.bincount(labels.ravel(), minlength=count)
+        wanted = pixels >= min_pixels
+        wanted[labels[0]] = wanted[labels[-1]] = True
+        wanted[0] = False
+        ids = np.flatnonzero(wanted)
+        renumbered = np.zeros(count, dtype=np.int32)
+        renumbered[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+        wanted_labels = renumbered[labels]
+        extents = np.zeros((4, count), dtype=np.int64)  # top, bottom, left, right
+        first = np.zeros(count, dtype=np.int64)
+        for j, (rows, cols) in enumerate(ndimage.find_objects(wanted_labels), start=1):
+            i = ids[j - 1]
+            extents[:, i] = rows.start, rows.stop, cols.start, cols.stop
+            col = cols.start + int(np.argmax(wanted_labels[rows.start, cols] == j))
+            first[i] = rows.start * width + col
+        top, bottom, left, right = extents
         return cls(
             labels,
             codes,
-            first // width + first_row,
-            bottom + first_row + 1,
+            top + first_row,
+            bottom + first_row,
             left,
-            right + 1,
+            right,
             first + first_row * width,
-            np.bincount(ids, minlength=count),
+            pixels,
         )
 
     def region(self, i: int) -> Region:
@@ -163,7 +175,7 @@ def regions(
                 raise TooManyRegions
 
     for first_row, mask in blocks:
-        block = _Block.of(mask, first_row)
+        block = _Block.of(mask, first_row, min_pixels)
         count = len(block.codes)
         base = next_key
         keys = np.arange(count, dtype=np.int64) + base

@@ -29,12 +29,14 @@ def _blocks(mask: np.ndarray, rows: int) -> list[tuple[int, np.ndarray]]:
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 83])
 @pytest.mark.parametrize("codes", [1, 3])
-def test_regions_across_block_edges_are_joined(rows: int, codes: int) -> None:
+@pytest.mark.parametrize("min_pixels", [0, 3])
+def test_regions_across_block_edges_are_joined(rows: int, codes: int, min_pixels: int) -> None:
     rng = np.random.default_rng(rows * 10 + codes)
     for density in (0.1, 0.45, 0.6, 0.9):
         mask = (rng.random((83, 61)) < density) * rng.integers(1, codes + 1, (83, 61))
         mask = mask.astype(np.uint8)
-        assert regions(_blocks(mask, rows), 61) == _whole(mask)
+        whole = [r for r in _whole(mask) if r.pixels >= min_pixels]
+        assert regions(_blocks(mask, rows), 61, min_pixels) == whole
 
 
 def test_a_spiral_that_leaves_and_reenters_blocks_is_one_region() -> None:
