@@ -67,6 +67,8 @@ _ERRORS: dict[str, type[AttnserveError]] = {
 _GRACE_S = 1.0
 # Pixels of the prediction a worker labels at once (512 rows of a 4096-wide scene).
 BLOCK_PIXELS = 2**21
+# GDAL's block cache in a footprints worker.
+WORKER_CACHE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,9 @@ def _work(
     try:
         # GDAL's default block cache is 5% of the machine's memory: in a worker reading
         # windows of a 16384 x 16384 scene's COGs it grew to 1.4 GB. Regions are read
-        # block by block, so the smallest cache serves them.
-        reserve_block_cache()
+        # block by block: a block row of such a scene's outputs (32 blocks of 4 float
+        # attention bands and 32 of probability, 160 MB decoded) serves them.
+        reserve_block_cache(WORKER_CACHE_BYTES)
         store = open_reader(root)
         deadline = time.monotonic() + timeout_s
         collection = footprints_of(JobRecord(**job), store, options, max_features, deadline)
