@@ -12,7 +12,9 @@ The Amdahl model: a job takes ``t(N) = plan + ceil(units / N) x unit + finish``
 on N replicas, from the one-replica run's mean unit time and finishing time;
 the page sets it beside each run's measured time, and beside it again with the
 mean unit time that run measured (on a shared CPU, units slow down as replicas
-compete for cores). Writes ``bench/scene_queue.{json,md}``.
+compete for cores). Every run's output COGs are compared with the first's
+(one replica): the largest absolute difference is reported, and more than
+1e-5 fails the benchmark. Writes ``bench/scene_queue.{json,md}``.
 """
 
 from __future__ import annotations
@@ -108,7 +110,36 @@ def one_run(scene: Path, replicas: int, root: Path, unit_tiles: int, pin: bool) 
         "finish_runs": len(finish),
         "workers": sorted(job.get("workers", {}).values(), reverse=True),
         "tiles": (job.get("tiling") or {}).get("tiles"),
+        "job_id": job_id,
     }
+
+
+def outputs(jobs: Path, job_id: str) -> dict[str, Path]:
+    """A done job's output COGs in a job directory, by name."""
+    folder = jobs / job_id[:2] / job_id
+    return {p.name: p for p in sorted(folder.glob("*.tif")) if not p.name.startswith("input")}
+
+
+def max_difference(first: Path, second: Path, rows: int = 1024) -> float:
+    """The largest absolute difference between two rasters of one grid (NaN where both are)."""
+    import numpy as np
+    import rasterio
+    from rasterio.windows import Window
+
+    worst = 0.0
+    with rasterio.open(first) as a, rasterio.open(second) as b:
+        if (a.width, a.height, a.count) != (b.width, b.height, b.count):
+            return math.inf
+        for top in range(0, a.height, rows):
+            window = Window(0, top, a.width, min(rows, a.height - top))
+            x = a.read(window=window).astype(np.float64)
+            y = b.read(window=window).astype(np.float64)
+            if not np.array_equal(np.isnan(x), np.isnan(y)):
+                return math.inf
+            both = ~np.isnan(x)
+            if both.any():
+                worst = max(worst, float(np.abs(x[both] - y[both]).max()))
+    return worst
 
 
 def model(runs: list[dict[str, Any]]) -> None:
@@ -136,14 +167,14 @@ def page(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| replicas | units (per replica) | unit s (mean) | finishing s | job s | "
-        "Amdahl from 1 replica | with this run's unit time |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "Amdahl from 1 replica | with this run's unit time | outputs vs 1 replica |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in results["runs"]:
         lines.append(
             f"| {run['replicas']} | {run['units']} ({', '.join(map(str, run['workers']))}) | "
             f"{run['unit_s_mean']} | {run['finish_s']} | {run['seconds']} | {run['model_s']} | "
-            f"{run['model_own_units_s']} |"
+            f"{run['model_own_units_s']} | max abs difference {run['max_difference']:.2g} |"
         )
     base = results["runs"][0]
     lines += [
@@ -175,8 +206,22 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for n in args.replicas:
             say(f"{n} replica(s)")
-            runs.append(one_run(scene, n, root / f"n{n}", args.unit_tiles, args.pin))
-            say(json.dumps(runs[-1]))
+            run = one_run(scene, n, root / f"n{n}", args.unit_tiles, args.pin)
+            mine = outputs(root / f"n{n}" / "jobs", run.pop("job_id"))
+            if not runs:
+                reference = {name: root / f"reference-{name}" for name in mine}
+                for name, path in mine.items():
+                    shutil.move(path, reference[name])
+                mine = reference
+            # Each output against the first run's (one replica, as a single process runs it).
+            run["max_difference"] = max(
+                (max_difference(reference[name], path) for name, path in mine.items()),
+                default=math.inf,
+            )
+            if set(mine) != set(reference):
+                run["max_difference"] = math.inf
+            runs.append(run)
+            say(json.dumps(run))
             shutil.rmtree(root / f"n{n}" / "jobs", ignore_errors=True)
     model(runs)
     results = {
@@ -190,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(page(results))
-    return 0 if all(r["state"] == "done" for r in runs) else 1
+    same = all(r["max_difference"] <= 1e-5 for r in runs)
+    return 0 if same and all(r["state"] == "done" for r in runs) else 1
 
 
 def _crop(scene: Path, size: int, out: Path) -> Path:
