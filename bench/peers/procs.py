@@ -40,3 +40,27 @@ def descendants(pid: int, tree: dict[int, int] | None = None) -> list[int]:
 def tree_rss_kib(pid: int) -> int:
     """``VmRSS`` of ``pid`` and everything below it, added up (shared pages once per process)."""
     return sum(proc_status_kib(p, "VmRSS") or 0 for p in [pid, *descendants(pid)])
+
+
+def sessions(pid: int) -> int:
+    """Sessions (``setsid``) that ``pid`` and everything below it belong to.
+
+    Where the kernel schedules by autogroup, each session is a group that gets
+    as much CPU as any other session while the cores are contended.
+    """
+    found = set()
+    for p in [pid, *descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        found.add(int(stat.rsplit(")", 1)[1].split()[3]))
+    return len(found)
+
+
+def autogroup() -> bool | None:
+    """Whether the kernel schedules by autogroup (None where it does not say)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None

@@ -76,6 +76,18 @@ def _method(plan: dict[str, Any]) -> str:
     )
 
 
+def _autogroup(enabled: bool | None) -> list[str]:
+    if not enabled:
+        return []
+    return [
+        "- This kernel schedules by autogroup (`sched_autogroup_enabled` = 1): while the cores "
+        "are contended, each session (`setsid`) gets as much CPU as any other. Every server "
+        "is started in a session of its own; 'sessions' counts those its processes are in "
+        "(Ray starts each worker, the replica and its HTTP proxy among them, in a session "
+        "of its own).",
+    ]
+
+
 def _statuses(row: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(row.get("statuses", {}).items()))
 
@@ -115,16 +127,17 @@ def section(peers: dict[str, Any]) -> list[str]:
         "queue ('1 CPU instance' turns that off). All: graph optimisation level ALL, no "
         "spin-waiting, CPU execution provider.",
         f"- {_method(peers['plan'])} p50 / p99 in ms.",
+        *_autogroup(peers.get("sched_autogroup")),
         "",
     ]
     header = ["server", "returns", "saturation req/s (clients)", "of raw limit"]
     header += [f"p50 / p99 ms, {c} client{'s' if c > 1 else ''}" for c in levels]
-    header += ["errors", "RSS MiB (all processes)", "idle CPU, % of a core", "start s"]
+    header += ["errors", "RSS MiB (all processes)", "idle CPU, % of a core", "sessions", "start s"]
     rows = [[
         "raw ONNX Runtime session (the limit)", "probability + attention (all outputs)",
         f"{raw['best_per_s']:.2f} tiles/s", "100%",
         f"{raw['batch_1']['latency_p50_ms']:.0f} (batch 1, no HTTP)",
-        *["-"] * (len(levels) - 1), "-", "-", "-", "-",
+        *["-"] * (len(levels) - 1), "-", "-", "-", "-", "-",
     ]]  # fmt: skip
     unavailable = []
     for name, s in peers["systems"].items():
@@ -138,7 +151,8 @@ def section(peers: dict[str, Any]) -> list[str]:
             *[_latency(s["rows"], c) for c in levels],
             sum(r["errors"] for r in s["rows"]),
             f"{max(r['server_rss_mib'] for r in s['rows']):.0f}",
-            peers.get("idle_cpu_pct", {}).get(name, "-"), s.get("start_s", "-"),
+            peers.get("idle_cpu_pct", {}).get(name, "-"), peers.get("sessions", {}).get(name, "-"),
+            s.get("start_s", "-"),
         ])  # fmt: skip
     lines += _table(header, rows)
     lines += [

@@ -50,7 +50,7 @@ import numpy as np
 from bench import raw
 from bench.machine import load_average, machine
 from bench.peers import crops, report, venvs
-from bench.peers.procs import descendants, tree_rss_kib
+from bench.peers.procs import autogroup, descendants, sessions, tree_rss_kib
 from bench.run import COMMON_ENV, REPO, SOURCE, footprints_tile, run_load, say
 from service.app import session_options
 from service.config import SHIPPED_MODELS, Settings
@@ -104,6 +104,11 @@ def _module(module: str) -> Callable[[Path, int], list[str]]:
     return lambda python, port: ["setsid", str(python), "-m", module, "--port", str(port)]
 
 
+def _attnserve(_: Path, port: int) -> list[str]:
+    # In a session of its own, as every peer: see ``sessions`` in bench.peers.procs.
+    return ["setsid", *serve_command(port)]
+
+
 def _bento(python: Path, port: int) -> list[str]:
     return ["setsid", str(python), "-m", "bentoml", "serve", "bench.peers.bento_peer:Footprints",
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
@@ -118,13 +123,13 @@ SYSTEMS = (
     System(
         "attnserve",
         ATTNSERVE_RETURNS,
-        lambda _, port: serve_command(port),
+        _attnserve,
         notes="defaults: dynamic batcher (4 tiles, 5 ms), 2 CPU instances",
     ),
     System(
         "attnserve, 1 CPU instance",
         ATTNSERVE_RETURNS,
-        lambda _, port: serve_command(port),
+        _attnserve,
         env={"ATTNSERVE_CPU_INSTANCES": "1"},
         notes="one session with every core, as each peer has",
     ),
@@ -388,6 +393,7 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine(),
             "usable_cpus": usable_cpus(),
+            "sched_autogroup": autogroup(),
             "load_average_start": load_average(),
             "plan": plan.__dict__,
             "tile": f"512 x 512 RGB deflate GeoTIFF of {SOURCE.name} ({len(tile)} bytes)",
@@ -408,6 +414,9 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
                 if "error" in running[-1].result:
                     say(f"  {system.name}: {running[-1].result['error'][:300]}")
             results["idle_cpu_pct"] = idle_cpu(running, plan.idle_s)
+            results["sessions"] = {
+                r.system.name: sessions(r.server.proc.pid) for r in running if r.server
+            }
             say(f"  idle CPU, % of a core: {results['idle_cpu_pct']}")
             rows = interleave(running, plan, spec, limit)
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from bench.peers.procs import descendants, parents, tree_rss_kib
+from bench.peers.procs import descendants, parents, sessions, tree_rss_kib
 from tests.helpers.server import proc_status_kib
 
 
@@ -28,3 +28,19 @@ def test_descendants_and_their_memory() -> None:
         for pid in found:
             subprocess.run(["kill", str(pid)], check=False)
     assert descendants(2**22 + 1) == []
+
+
+def test_sessions_counts_a_child_that_leads_its_own() -> None:
+    proc = subprocess.Popen(["sh", "-c", "setsid sleep 30 & sleep 30; wait"])
+    try:
+        for _ in range(100):
+            if sessions(proc.pid) == 2:
+                break
+            time.sleep(0.05)
+        assert sessions(proc.pid) == 2
+        found = descendants(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    for pid in found:
+        subprocess.run(["kill", str(pid)], check=False)
