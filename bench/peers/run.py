@@ -427,6 +427,11 @@ def run(plan: Plan, only: list[str] | None, out_dir: Path | None, profile: bool)
             r.system.name: {**r.result, **({"rows": rows[r.system.name]} if r.server else {})}
             for r in running
         }
+        for r in running:
+            if r.server and any(row["errors"] for row in rows[r.system.name]):
+                # What the server said about its errors, before the work folder goes.
+                r.result["log_tail"] = r.server.log_path.read_text(errors="replace")[-3000:]
+                results["systems"][r.system.name]["log_tail"] = r.result["log_tail"]
         results["checks"] = report.checks(results)
         if profile and not all(c["ok"] for c in results["checks"]):
             c = max(plan.concurrency)
