@@ -184,11 +184,13 @@ def section(peers: dict[str, Any]) -> list[str]:
                 name, r["concurrency"], r["requests"], r["throughput_rps"],
                 " / ".join(f"{x:.2f}" for x in r.get("burst_rps", [])), r["p50_ms"],
                 r["p95_ms"], r["p99_ms"], r["errors"], _statuses(r),
+                r.get("server_cpu_ms_per_answer", "-"), r.get("server_cores", "-"),
                 f"{r['raw_now']['best_per_s']:.2f}", r["load_average"][0],
             ])  # fmt: skip
     lines += _table(
         ["server", "clients", "requests", "req/s", "req/s of each burst", "p50 ms", "p95 ms",
-         "p99 ms", "errors", "answers", "raw best tiles/s (mean of the rounds)",
+         "p99 ms", "errors", "answers", "server CPU ms per answer", "cores the server got",
+         "raw best tiles/s (mean of the rounds)",
          "load (1 min, mean)"],
         detail,
     )  # fmt: skip

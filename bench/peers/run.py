@@ -284,6 +284,19 @@ def pool(bursts: list[dict[str, Any]]) -> dict[str, Any]:
         "max_ms": round(float(lat.max()), 2),
         "client_cpu_s": round(sum(b["client_cpu_s"] for b in bursts), 3),
         "burst_rps": [b["throughput_rps"] for b in bursts],
+        **_cpu(bursts, ok, wall),
+    }
+
+
+def _cpu(bursts: list[dict[str, Any]], ok: int, wall: float) -> dict[str, float]:
+    """The server's CPU over the bursts: seconds per answer, and cores it got meanwhile."""
+    if not all("server_cpu_s" in b for b in bursts):
+        return {}
+    cpu = sum(b["server_cpu_s"] for b in bursts)
+    return {
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_ms_per_answer": round(1000 * cpu / max(ok, 1), 1),
+        "server_cores": round(cpu / wall, 2) if wall else 0.0,
     }
 
 
@@ -294,7 +307,8 @@ def cpu_seconds(pid: int) -> float:
     for p in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            # utime, stime, and what waited-for children that have exited used
+            total += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return total / tick
 
 
@@ -324,7 +338,9 @@ def interleave(
             shift = i % len(live)
             for r in live[shift:] + live[:shift]:
                 assert r.server is not None
+                cpu0 = cpu_seconds(r.server.proc.pid)
                 b = load_burst(r.server, spec, c, plan.burst_s, c)
+                b["server_cpu_s"] = round(cpu_seconds(r.server.proc.pid) - cpu0, 2)
                 bursts[r.system.name].append(b)
             say(
                 f"  c={c} round {i + 1}/{plan.rounds}: raw {raws[-1]['best_per_s']:.2f} tiles/s; "

@@ -14,6 +14,7 @@ def burst(latencies: list[float], ok: int, wall: float) -> dict[str, Any]:
     return {
         "concurrency": 4, "latencies_ms": latencies, "ok": ok, "statuses": statuses,
         "wall_s": wall, "throughput_rps": ok / wall, "client_cpu_s": 0.1,
+        "server_cpu_s": 1.5 * wall,
     }  # fmt: skip
 
 
@@ -32,3 +33,5 @@ def test_pool_adds_counts_and_takes_percentiles_of_all_samples() -> None:
     assert row["p99_ms"] == round(float(np.percentile(everything, 99)), 2)
     assert row["p99_ms"] > 1000.0  # the slow burst's tail is the pooled tail
     assert row["max_ms"] == 1090.0
+    assert row["server_cores"] == 1.5
+    assert row["server_cpu_ms_per_answer"] == round(1000 * 15.0 / 98, 1)
