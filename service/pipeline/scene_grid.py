@@ -201,8 +201,13 @@ async def run_grid(
                 gate.release()
                 done += 1
                 work.progress(done, total)
-            for first, block in await asyncio.to_thread(final_blocks, row):
+            blocks = await asyncio.to_thread(final_blocks, row)
+            while blocks:
+                first, block = blocks.pop(0)
                 await asyncio.to_thread(flush, first, block)
+                # Let the block go before the next one is made: scene-wide rows
+                # (176 MB of a 16384-wide scene's footprints outputs) held twice.
+                del block
                 await asyncio.to_thread(work.check_disk, sinks, False)
     finally:
         leftover = [*current, *(t for tasks in pending.values() for t in tasks)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,24 @@ def test_tiles_inferred_but_not_blended_never_outnumber_the_tiles_in_flight(
     )
     assert not waiting
     assert most <= work.in_flight_tiles
+
+
+def test_a_flushed_block_is_let_go_before_the_next_is_made(tmp_path: Path) -> None:
+    work, _ = _work(tmp_path)
+    grid = TileGrid(SIZE, SIZE, 40, 8)
+    made: list[weakref.ref[np.ndarray]] = []
+
+    class Watching(StripBlender):
+        def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
+            for first, block in super().pop_final():
+                assert all(ref() is None for ref in made)  # blocks written are gone
+                made.append(weakref.ref(block))
+                yield first, block
+
+    asyncio.run(
+        run_grid(work, GridPass(grid, Watching(grid, 1), _read, _ones, lambda *a: None, {}))
+    )
+    assert len(made) == grid.rows
 
 
 def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
