@@ -184,7 +184,10 @@ class RasterSink:
         """Write ``(count, rows, width)`` values (NaN = nodata) starting at ``first_row``."""
         rows = block.shape[1]
         window = Window(0, first_row, block.shape[2], rows)
-        valid = np.isfinite(block).all(axis=0)
+        # Band by band: a mask of the whole block at once takes a byte per value.
+        valid = np.isfinite(block[0])
+        for band in block[1:]:
+            valid &= np.isfinite(band)
         if not valid.any():
             return  # unwritten blocks read as nodata
         self._note_data(first_row, valid)
