@@ -170,13 +170,36 @@ def markdown(results: dict[str, Any]) -> str:
         f"same time: load average at start {results['load_average_start']}, at end "
         f"{results['load_average_end']}; each scene's own is in the table.",
         "",
+        *scene_table(results["scenes"]),
+    ]
+    before = results.get("before")
+    if before:
+        lines += [
+            "",
+            f"Before (git {before['machine'].get('attnserve_git')}, {before['started']}, load "
+            f"average {before['load_average_start']} to {before['load_average_end']}): "
+            f"{before.get('note', '')}",
+            "",
+            *scene_table(before["scenes"]),
+        ]
+    lines += [
+        "",
+        "| target | against the smallest scene | met |",
+        "| --- | --- | --- |",
+    ]
+    return "\n".join(lines + verdict_rows(results["verdicts"]) + [""])
+
+
+def scene_table(scenes: list[dict[str, Any]]) -> list[str]:
+    """One row per scene."""
+    lines = [
         "| side | file MB | tiles | tiling s | s/tile tiling | finish s | whole job s "
         "| s/tile job | server CPU s/tile | VmHWM MiB | sampled RSS MiB | COGs valid "
         "| footprints s | polygons | footprints worker peak MiB | load after |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
         "| ---: | ---: | ---: | --- |",
     ]
-    for s in results["scenes"]:
+    for s in scenes:
         fp = s["footprints"]
         lines.append(
             f"| {s['side']} | {s['file_mb']} | {s['tiles']} | {s['tiling_s']} | "
@@ -186,11 +209,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"{fp.get('polygons', fp['status'])} | {fp['worker_peak_mib']} | "
             f"{s['load_average_after']} |"
         )
-    v = results["verdicts"]
-    lines += [
-        "",
-        "| target | against the smallest scene | met |",
-        "| --- | --- | --- |",
+    return lines
+
+
+def verdict_rows(v: dict[str, Any]) -> list[str]:
+    """One row per target."""
+    return [
         f"| peak RSS (VmHWM) of the largest at most 10% above the smallest's | "
         f"{v['vm_hwm_mib']['vs_smallest']} | {'yes' if v['vm_hwm_mib']['met'] else 'NO'} |",
         f"| seconds per tile, tiling phase, within 10% | {v['s_per_tile_tiling']['vs_smallest']}"
@@ -200,9 +224,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"| server CPU seconds per tile (what others' work hardly moves), within 10% | "
         f"{v['server_cpu_s_per_tile']['vs_smallest']} | "
         f"{'yes' if v['server_cpu_s_per_tile']['met'] else 'NO'} |",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -212,9 +234,17 @@ def main() -> int:
     parser.add_argument(
         "--report", type=Path, help="rewrite the page of this results JSON, running nothing"
     )
+    parser.add_argument(
+        "--before", type=Path, help="with --report: a run of earlier code to show beside it"
+    )
+    parser.add_argument("--before-note", default="", help="what the earlier code was")
     args = parser.parse_args()
     if args.report:
         results = json.loads(args.report.read_text())
+        if args.before:
+            results["before"] = json.loads(args.before.read_text())
+            results["before"].pop("before", None)
+            results["before"]["note"] = args.before_note
         results["verdicts"] = verdicts(results["scenes"])
         args.report.write_text(json.dumps(results, indent=2) + "\n")
         args.report.with_suffix(".md").write_text(markdown(results))
