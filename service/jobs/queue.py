@@ -14,14 +14,14 @@ finishing steps, ``bulk`` those of large jobs; a free replica reads
 Entries are deleted once acknowledged: a stream's length is its units
 waiting or in flight.
 
-Per job, Redis keeps its unit count and owner (``job``), the set of units
-done (``done``), the units each replica finished (``workers``), attempts per
-unit and a stop flag (cancelled or failed), all expiring with the job.
+Per job, Redis keeps its unit count and owner, the units done, the units each
+replica finished, attempts per unit and a stop flag, expiring with the job.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -123,6 +123,12 @@ class RedisQueue:
         """Reach Redis and make sure the consumer group exists; QueueUnavailable if it cannot."""
         await _call(self.client.ping())
         await self.ensure_group()
+
+    async def epoch(self) -> str:
+        """An id of the data this Redis holds: a new one once it has come back empty."""
+        key = f"{self.prefix}epoch"
+        await _call(self.client.set(key, uuid.uuid4().hex, nx=True))
+        return str(await _call(self.client.get(key)))
 
     async def ensure_group(self) -> None:
         """Create the streams' consumer group (once; Redis may have restarted empty)."""

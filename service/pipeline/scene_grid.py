@@ -127,16 +127,18 @@ async def run_grid(
     grid_pass: GridPass,
     rows: range | None = None,
     blender: StripBlender | UnitBlender | None = None,
+    cols: range | None = None,
 ) -> None:
     """Read, infer and blend the tiles of the pass's grid, flushing finished rows in order.
 
-    ``rows`` limits the run to those tile rows, blended by ``blender`` (a unit's).
+    ``rows`` and ``cols`` limit the run to those tiles, blended by ``blender`` (a unit's).
     """
     grid, read, infer = grid_pass.grid, grid_pass.read, grid_pass.infer
     blender = blender or grid_pass.blender
     flush, sinks = grid_pass.flush, grid_pass.sinks
     rows = rows if rows is not None else range(grid.rows)
-    total = len(rows) * grid.cols
+    cols = cols if cols is not None else range(grid.cols)
+    total = len(rows) * len(cols)
     done = 0
     gate = asyncio.Semaphore(work.in_flight_tiles)
     # One reader thread keeps GDAL's dataset handle single-threaded while the
@@ -166,7 +168,8 @@ async def run_grid(
     next_row = rows.start
 
     def start_row(row: int) -> None:
-        pending[row] = [asyncio.ensure_future(one(t)) for t in grid.row_tiles(row)]
+        tiles = grid.row_tiles(row)[cols.start : cols.stop]
+        pending[row] = [asyncio.ensure_future(one(t)) for t in tiles]
 
     async def landed(
         task: asyncio.Task[tuple[Tile, np.ndarray | None]],
@@ -246,7 +249,8 @@ async def run_unit(work: SceneWork, grid_pass: GridPass, part: UnitPass) -> None
     """Run one unit's tiles into its partial sums and store them; raises :class:`UnitStored`."""
     unit = part.unit
     blender = UnitBlender(grid_pass.grid, unit, grid_pass.blender.layers)
-    await run_grid(work, grid_pass, range(unit.first, unit.stop), blender)
+    rows = range(unit.first, unit.stop)
+    await run_grid(work, grid_pass, rows, blender, unit.cols(grid_pass.grid))
     blender.partial.sums = {k: np.asarray(v).copy() for k, v in grid_pass.sums.items()}
     await asyncio.to_thread(part.save, blender.partial)
     raise UnitStored

@@ -71,6 +71,7 @@ class SharedJobs:
     _stopping: bool = field(default=False, init=False)
     _problem: str | None = field(default="the shared work queue was not reached yet", init=False)
     _reached: bool = field(default=False, init=False)
+    _epoch: str | None = field(default=None, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _waiting: int = field(default=0, init=False)
 
@@ -153,7 +154,7 @@ class SharedJobs:
             await self.runner.run(record, served, no_progress, lambda: False, PlanPass())
         except GridPlanned as planned:
             units = plan_units(planned.grid, self.limits.unit_tiles)
-            record.params["units"] = [[u.first, u.stop] for u in units]
+            record.params["units"] = [u.to_json() for u in units]
             record.progress = {"done": 0, "total": len(units), "fraction": 0.0, "of": "units"}
             return units
         raise RuntimeError("the model's task ran a scene without planning it")
@@ -210,11 +211,13 @@ class SharedJobs:
         while not self._stopping:
             try:
                 await self.queue.ping()
-                came_back = self._problem is not None
+                epoch = await self.queue.epoch()
                 self._problem = None
                 self._reached = True
-                if came_back:
-                    await self._requeue_lost()
+                # Redis is new to this replica, or came back empty: what it lost is queued
+                # again (a restart too quick for a ping to miss Redis still shows here).
+                if epoch != self._epoch and await self._requeue_lost():
+                    self._epoch = epoch
                 self._waiting = await self.queue.waiting()
                 if self.metrics is not None:
                     self.metrics.queue_units.set(self._waiting)
@@ -228,13 +231,16 @@ class SharedJobs:
                 log.exception("the shared work queue's watch failed")
             await asyncio.sleep(WATCH_S)
 
-    async def _requeue_lost(self) -> None:
-        """Queue again the unfinished jobs Redis does not know, less their stored units."""
+    async def _requeue_lost(self) -> bool:
+        """Queue again the unfinished jobs Redis does not know, less their stored units.
+
+        False when the store could not be listed (tried again on the next look).
+        """
         try:
             records = await asyncio.to_thread(self.store.unfinished)
         except OSError as exc:
             log.error("unfinished jobs could not be listed: %s", exc)
-            return
+            return False
         for record in records:
             if await self.queue.known(record.id):
                 continue
@@ -260,6 +266,7 @@ class SharedJobs:
                 log.info(
                     "job %s queued again: %d of %d units left", record.id[:6], len(left), total
                 )
+        return True
 
 
 __all__ = ["QueueLimits", "SharedJobs", "replica_name"]

@@ -43,7 +43,7 @@ ANONYMOUS = "anonymous"
 
 def units_of(record: JobRecord) -> list[Unit]:
     """The units a job was planned into (stored in its record)."""
-    return [Unit(i, first, stop) for i, (first, stop) in enumerate(record.params["units"])]
+    return [Unit.from_json(i, data) for i, data in enumerate(record.params["units"])]
 
 
 def no_progress(done: int, total: int) -> None:

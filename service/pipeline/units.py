@@ -1,8 +1,9 @@
-"""Work units of a scene job: blocks of tile rows, their partial sums, and the blend of them all.
+"""Work units of a scene job: blocks of tiles, their partial sums, and the blend of them all.
 
 A scene job shared through a queue is split into units, each a block of whole
-tile rows of the job's grid. A unit runs its tiles (each with its halo, as a
-whole-scene run reads them) and keeps, over the scene rows its tiles touch,
+tile rows of the job's grid, or part of one row where a row holds more tiles
+than a unit should. A unit runs its tiles (each with its halo, as a
+whole-scene run reads them) and keeps, over the scene pixels its tiles touch,
 the sum of Hann-weighted outputs and the sum of weights (float32), exactly as
 :class:`service.runtime.tiling.StripBlender` adds them. Finishing adds the
 units' partial sums where they overlap and divides, block of rows by block of
@@ -24,55 +25,85 @@ from service.runtime.tiling import Tile, TileGrid, add_weighted, hann_weight, re
 
 @dataclass(frozen=True)
 class Unit:
-    """Tile rows ``[first, stop)`` of a job's grid; ``index`` numbers it in the job."""
+    """Tiles of rows ``[first, stop)`` and columns ``[left, right)`` of a job's grid.
+
+    ``index`` numbers it in the job; ``right`` None: to the last column.
+    """
 
     index: int
     first: int
     stop: int
+    left: int = 0
+    right: int | None = None
+
+    def cols(self, grid: TileGrid) -> range:
+        """Its tile columns."""
+        return range(self.left, grid.cols if self.right is None else self.right)
+
+    def to_json(self) -> list[int]:
+        """``[first, stop, left, right]``, as a job's record keeps it."""
+        return [self.first, self.stop, self.left, -1 if self.right is None else self.right]
+
+    @classmethod
+    def from_json(cls, index: int, data: list[int]) -> Unit:
+        """Inverse of :meth:`to_json` (``[first, stop]`` alone: whole rows)."""
+        first, stop, left, right = [*data, 0, -1][:4]
+        return cls(index, first, stop, left, None if right < 0 else right)
 
 
 def plan_units(grid: TileGrid, unit_tiles: int) -> list[Unit]:
-    """The grid's tile rows in blocks of about ``unit_tiles`` tiles (one row at least)."""
-    per = max(1, unit_tiles // max(1, grid.cols))
-    return [
-        Unit(i, first, min(grid.rows, first + per))
-        for i, first in enumerate(range(0, grid.rows, per))
-    ]
+    """The grid in blocks of about ``unit_tiles`` tiles: whole rows, or parts of one row.
+
+    A grid wider than ``unit_tiles`` is cut across its columns too, so that one
+    unit's partial sums stay the size of its tiles however wide the scene is.
+    """
+    per_rows = max(1, unit_tiles // max(1, grid.cols))
+    per_cols = grid.cols if unit_tiles >= grid.cols else max(1, unit_tiles)
+    units: list[Unit] = []
+    for first in range(0, grid.rows, per_rows):
+        for left in range(0, grid.cols, per_cols):
+            right = None if left + per_cols >= grid.cols else left + per_cols
+            units.append(Unit(len(units), first, min(grid.rows, first + per_rows), left, right))
+    return units
 
 
-def unit_rows(grid: TileGrid, unit: Unit) -> tuple[int, int]:
-    """Scene rows ``[top, bottom)`` the tiles of ``unit`` write to."""
-    first = grid.row_tiles(unit.first)[0]
-    last = grid.row_tiles(unit.stop - 1)[0]
-    return read_bounds(first, grid.height, grid.width)[0], read_bounds(
-        last, grid.height, grid.width
-    )[1]
+def unit_extent(grid: TileGrid, unit: Unit) -> tuple[int, int, int, int]:
+    """Scene pixels ``(top, bottom, left, right)`` the tiles of ``unit`` write to."""
+    cols = unit.cols(grid)
+    first = grid.row_tiles(unit.first)[cols.start]
+    last = grid.row_tiles(unit.stop - 1)[cols.stop - 1]
+    top, _, left, _ = read_bounds(first, grid.height, grid.width)
+    _, bottom, _, right = read_bounds(last, grid.height, grid.width)
+    return top, bottom, left, right
 
 
 @dataclass
 class PartialSums:
-    """One unit's weighted sums over scene rows ``[top, top + rows)``, all columns.
+    """One unit's weighted sums over scene rows ``[top, bottom)`` and columns ``[left, right)``.
 
     Attributes:
         top: first scene row held.
-        acc: ``(layers, rows, width)`` float32 sum of weight x output.
-        wsum: ``(rows, width)`` float32 sum of weights.
+        acc: ``(layers, rows, columns)`` float32 sum of weight x output.
+        wsum: ``(rows, columns)`` float32 sum of weights.
         sums: per-job totals a task adds up over tiles (per-band weights, say).
+        left: first scene column held.
     """
 
     top: int
     acc: np.ndarray
     wsum: np.ndarray
     sums: dict[str, np.ndarray] = field(default_factory=dict)
+    left: int = 0
 
     @classmethod
     def empty(cls, grid: TileGrid, unit: Unit, layers: int) -> PartialSums:
-        """Zero sums over the rows ``unit`` writes to."""
-        top, bottom = unit_rows(grid, unit)
+        """Zero sums over the pixels ``unit`` writes to."""
+        top, bottom, left, right = unit_extent(grid, unit)
         return cls(
             top,
-            np.zeros((layers, bottom - top, grid.width), np.float32),
-            np.zeros((bottom - top, grid.width), np.float32),
+            np.zeros((layers, bottom - top, right - left), np.float32),
+            np.zeros((bottom - top, right - left), np.float32),
+            left=left,
         )
 
     @property
@@ -80,10 +111,20 @@ class PartialSums:
         """One past the last scene row held."""
         return self.top + int(self.wsum.shape[0])
 
+    @property
+    def right(self) -> int:
+        """One past the last scene column held."""
+        return self.left + int(self.wsum.shape[1])
+
     def to_bytes(self) -> bytes:
         """An uncompressed ``.npz``: the same sums give the same bytes."""
         out = io.BytesIO()
-        arrays: dict[str, Any] = {"top": np.array(self.top), "acc": self.acc, "wsum": self.wsum}
+        arrays: dict[str, Any] = {
+            "top": np.array(self.top),
+            "left": np.array(self.left),
+            "acc": self.acc,
+            "wsum": self.wsum,
+        }
         arrays.update((f"sum_{k}", np.asarray(v)) for k, v in sorted(self.sums.items()))
         np.savez(out, **arrays)
         return out.getvalue()
@@ -93,7 +134,8 @@ class PartialSums:
         """Read what :meth:`to_bytes` wrote."""
         with np.load(io.BytesIO(data), allow_pickle=False) as got:
             sums = {k[4:]: got[k] for k in got.files if k.startswith("sum_")}
-            return cls(int(got["top"]), got["acc"], got["wsum"], sums)
+            left = int(got["left"]) if "left" in got.files else 0
+            return cls(int(got["top"]), got["acc"], got["wsum"], sums, left)
 
 
 class UnitBlender:
@@ -113,7 +155,7 @@ class UnitBlender:
         if outputs is None:
             return
         p = self.partial
-        add_weighted(p.acc, p.wsum, p.top, tile, outputs, self.weight, self.grid)
+        add_weighted(p.acc, p.wsum, p.top, tile, outputs, self.weight, self.grid, p.left)
 
     def row_done(self, row: int) -> None:
         """Rows are finished by the job's finishing step, not here."""
@@ -137,7 +179,7 @@ def blend_units(
     gets each unit's totals added in.
     """
     held: dict[int, PartialSums] = {}
-    extents = {u.index: unit_rows(grid, u) for u in units}
+    extents = {u.index: unit_extent(grid, u)[:2] for u in units}
     loaded: set[int] = set()
     for row in range(grid.rows):
         start, stop = grid.block_rows(row)
@@ -158,8 +200,9 @@ def blend_units(
                 continue
             if acc is None:
                 acc = np.zeros((part.acc.shape[0], stop - start, grid.width), np.float32)
-            acc[:, lo - start : hi - start] += part.acc[:, lo - part.top : hi - part.top]
-            wsum[lo - start : hi - start] += part.wsum[lo - part.top : hi - part.top]
+            rows, cols = slice(lo - start, hi - start), slice(part.left, part.right)
+            acc[:, rows, cols] += part.acc[:, lo - part.top : hi - part.top]
+            wsum[rows, cols] += part.wsum[lo - part.top : hi - part.top]
         for index in [i for i, p in held.items() if p.bottom <= stop]:
             del held[index]
         if acc is None:

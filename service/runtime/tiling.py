@@ -176,19 +176,21 @@ def add_weighted(
     outputs: np.ndarray,
     weight: np.ndarray,
     grid: TileGrid,
+    left: int = 0,
 ) -> None:
-    """Add a tile's ``(layers, size, size)`` outputs times ``weight`` into row buffers.
+    """Add a tile's ``(layers, size, size)`` outputs times ``weight`` into buffers.
 
-    ``acc`` ``(layers, rows, width)`` and ``wsum`` ``(rows, width)`` hold scene
-    rows from ``top`` on; only the part of the tile inside the scene is added.
+    ``acc`` ``(layers, rows, columns)`` and ``wsum`` ``(rows, columns)`` hold
+    scene pixels from row ``top`` and column ``left`` on; only the part of the
+    tile inside the scene is added.
     """
     y0, y1, x0, x1 = read_bounds(tile, grid.height, grid.width)
     ty, tx = y0 - tile.y, x0 - tile.x
     h, w = y1 - y0, x1 - x0
     part = weight[ty : ty + h, tx : tx + w]
-    rows = slice(y0 - top, y1 - top)
-    acc[:, rows, x0:x1] += outputs[:, ty : ty + h, tx : tx + w] * part
-    wsum[rows, x0:x1] += part
+    rows, cols = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
+    acc[:, rows, cols] += outputs[:, ty : ty + h, tx : tx + w] * part
+    wsum[rows, cols] += part
 
 
 class StripBlender:

@@ -129,6 +129,8 @@ def test_redis_gone_is_queue_unavailable_and_back_empty_works_again(
 ) -> None:
     async def body(one: RedisQueue, two: RedisQueue) -> None:
         await one.seed(JOB_A, "k", [0], 1, urgent=False, max_units=0)
+        before = await one.epoch()
+        assert await two.epoch() == before  # one Redis, one epoch
         redis_server.stop()
         with pytest.raises(QueueUnavailable) as lost:
             await one.ping()
@@ -137,6 +139,7 @@ def test_redis_gone_is_queue_unavailable_and_back_empty_works_again(
             await one.take(10)
         redis_server.start()
         await one.ping()  # the group is made again on the empty server
+        assert await one.epoch() != before  # it came back empty, and says so
         assert not await one.known(JOB_A)
         assert await one.seed(JOB_A, "k", [0], 1, urgent=False, max_units=0)
         got = await two.take(100)
