@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     queue_claim_after_s: float = Field(30.0, ge=0.5, le=86400)
     """A unit whose replica has not touched it for this long (it died) is taken by another."""
     queue_unit_tiles: int = Field(16, ge=1, le=100_000)
-    """Tiles per work unit of a scene job (whole rows of tiles, one row at least)."""
+    """Tiles per work unit of a scene job (whole rows of tiles, or part of a wider row)."""
     queue_small_job_units: int = Field(8, ge=0)
     """Jobs of at most this many units go before larger ones (they never wait behind them)."""
     queue_max_jobs_per_key: int = Field(10, ge=1)

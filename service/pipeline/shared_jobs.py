@@ -1,7 +1,7 @@
 """Scene jobs shared by every replica through the Redis work queue (``ATTNSERVE_QUEUE_URL``).
 
 A job is planned once, by the replica that accepts it: its task's tile grid
-is cut into units of whole tile rows (:mod:`service.pipeline.units`), written
+is cut into units of tiles (:mod:`service.pipeline.units`), written
 into the job's record, and queued (:mod:`service.jobs.queue`). Any replica
 takes the next unit, runs its tiles through its own batcher and stores the
 unit's partial sums in the job store (:mod:`service.jobs.partials`); only then

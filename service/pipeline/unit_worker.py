@@ -55,7 +55,7 @@ class QueueLimits:
     """How jobs are cut into units and how much may wait.
 
     Attributes:
-        unit_tiles: tiles per unit (whole tile rows; one row at least).
+        unit_tiles: tiles per unit (whole tile rows, or part of a wider row).
         small_units: jobs of at most this many units go before larger ones.
         max_jobs_per_key: scene jobs one API key may have queued or running.
         max_units: units the queue may hold, all jobs together (0: no cap).
