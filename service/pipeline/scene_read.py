@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +37,40 @@ def scene_cache_bytes(dataset: DatasetReader) -> int:
     return int(dataset.width * dataset.count * itemsize * min(rows, dataset.height))
 
 
+# The hardened GDAL environment scenes are read under, one per thread while any
+# scene is open on it: scenes run as coroutines on one event loop (several jobs,
+# or a shared queue's units and planning) enter and leave in any order, which
+# rasterio's nested Envs (a thread's stack) cannot take.
+_scene_envs: dict[int, tuple[rasterio.Env, int]] = {}
+_scene_envs_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def scene_env() -> Iterator[None]:
+    """The hardened GDAL environment, shared by every scene open on this thread."""
+    thread = threading.get_ident()
+    with _scene_envs_lock:
+        env, users = _scene_envs.get(thread, (None, 0))
+        if env is None:
+            env = rasterio.Env(**HARDENED_GDAL)
+            env.__enter__()
+        _scene_envs[thread] = (env, users + 1)
+    try:
+        yield
+    finally:
+        with _scene_envs_lock:
+            env, users = _scene_envs[thread]
+            if users == 1:
+                del _scene_envs[thread]
+                env.__exit__(None, None, None)
+            else:
+                _scene_envs[thread] = (env, users - 1)
+
+
 @contextlib.contextmanager
 def open_scene(path: Path) -> Iterator[DatasetReader]:
     """Open a scene file we wrote ourselves, GTiff driver only, hardened GDAL."""
-    with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL):
+    with warnings.catch_warnings(), scene_env():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
             dataset = rasterio.open(path, driver="GTiff")

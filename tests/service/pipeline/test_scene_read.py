@@ -137,3 +137,21 @@ def test_a_scene_read_tile_by_tile_fetches_each_source_block_once(
     assert len(grid) == 121
     assert min(fetched) == 1
     assert max(fetched) == 1, f"blocks fetched up to {max(fetched)} times"
+
+
+def test_scenes_opened_and_closed_out_of_order_on_one_thread_keep_their_environment(
+    tmp_path: Path,
+) -> None:
+    # Coroutines of one event loop (a job's units, another job's planning) interleave so.
+    path = write_geotiff(tmp_path / "a.tif", noise(size=64))
+    first = open_scene(path)
+    second = open_scene(path)
+    one = first.__enter__()
+    two = second.__enter__()
+    assert rasterio.env.getenv()["GDAL_PAM_ENABLED"] == "NO"
+    first.__exit__(None, None, None)  # the first one out is not the last one in
+    assert rasterio.env.getenv()["GDAL_PAM_ENABLED"] == "NO"  # still hardened for the other
+    assert two.read(1).shape == (64, 64)
+    second.__exit__(None, None, None)
+    assert not rasterio.env.hasenv()
+    assert one.closed
