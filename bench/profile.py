@@ -106,11 +106,16 @@ def profile_load(
     requests: int,
     concurrency: int = 1,
     rate: int = 200,
+    idle: bool = False,
 ) -> dict[str, Any]:
-    """Attach py-spy to ``server`` while the load generator sends ``requests`` requests."""
+    """Attach py-spy to ``server`` while the load generator sends ``requests`` requests.
+
+    ``idle`` keeps samples of waiting threads too (a thread blocked in ``fsync``
+    counts), so the summary shows where requests wait, not only where CPU goes.
+    """
     spy = subprocess.Popen(
         ["py-spy", "record", "--format", "raw", "--rate", str(rate), "--nonblocking",
-         "-o", str(out_raw), "--pid", str(server.pid)],
+         *(["--idle"] if idle else []), "-o", str(out_raw), "--pid", str(server.pid)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -134,6 +134,14 @@ SYSTEMS = (
         notes="one session with every core, as each peer has",
     ),
     System(
+        "attnserve, job write-behind",
+        ATTNSERVE_RETURNS,
+        _attnserve,
+        env={"ATTNSERVE_JOB_WRITE_BEHIND": "true"},
+        notes="answers before the job is on disk (fsync still on), to show what waiting "
+        "for the job store costs",
+    ),
+    System(
         "FastAPI + ORT (hand-written)",
         PEER_RETURNS,
         _module("bench.peers.hand_fastapi"),
@@ -385,12 +393,18 @@ def profile_attnserve(plan: Plan, work: Path, spec: Path, concurrency: int) -> P
         run_load(server, spec, 2, 0, 4)
         raw_file = work / "attnserve.raw"
         load = profile_load(server, spec, raw_file, plan.profile_requests, concurrency)
+        waits = work / "attnserve-idle.raw"
+        profile_load(server, spec, waits, plan.profile_requests, concurrency, idle=True)
         title = (
             f"attnserve footprints /predict at {concurrency} clients (peers benchmark): "
             f"{plan.profile_requests} requests, {load['throughput_rps']} req/s, p99 "
             f"{load['p99_ms']} ms, load average {load_average()}, git {machine()['attnserve_git']}"
         )
-        out.write_text(summarise(raw_file, title))
+        out.write_text(
+            summarise(raw_file, title)
+            + "\n"
+            + summarise(waits, "The same load again, waiting threads included (--idle)", 15)
+        )
     return out
 
 
