@@ -86,6 +86,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "body, part or raster over a limit", "content": _ERROR_CONTENT},
     415: {"description": "Content-Type not accepted", "content": _ERROR_CONTENT},
     422: {"description": "invalid input", "content": _ERROR_CONTENT},
+    429: {
+        "description": "this key has as many scene jobs queued or running as it may; see "
+        "Retry-After",
+        "content": _ERROR_CONTENT,
+    },
     "4XX": {"description": "other client errors", "content": _ERROR_CONTENT},
     503: {
         "description": "overloaded, draining, not ready or inference failed; see Retry-After",
