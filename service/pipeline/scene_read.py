@@ -105,6 +105,29 @@ def scene_band_mean(ds: DatasetReader, info: RasterInfo, valid_everywhere: bool)
     return band_means(np.nan_to_num(data), valid)
 
 
+def read_window(
+    ds: DatasetReader, info: RasterInfo, window: Window, valid_everywhere: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """A window's ``(C, h, w)`` data bands, in the file's dtype, and ``(h, w)`` validity.
+
+    A pixel is invalid where the file masks it (mask, nodata or alpha band) or
+    where a float band is not finite.
+    """
+    try:
+        # Data bands only: an alpha band is read as the mask below.
+        data = ds.read(list(info.indexes) or None, window=window)
+        valid = (
+            np.ones(data.shape[1:], bool)
+            if valid_everywhere
+            else ds.dataset_mask(window=window) > 0
+        )
+    except RasterioError:
+        raise InvalidRaster(UNREADABLE) from None
+    if data.dtype.kind == "f":
+        valid &= np.isfinite(data).all(axis=0)
+    return data, valid
+
+
 def read_tile(
     ds: DatasetReader,
     tile: Tile,
@@ -121,22 +144,11 @@ def read_tile(
     the window is on the model's grid (``info``'s size) and read through it.
     """
     y0, y1, x0, x1 = read_bounds(tile, info.height, info.width)
-    window = Window(x0, y0, x1 - x0, y1 - y0)
-    try:
-        if source is not None:
-            data, valid = source.read(y0, y1, x0, x1)
-        else:
-            # Data bands only: an alpha band is read as the mask below.
-            data = ds.read(list(info.indexes) or None, window=window)
-            valid = (
-                np.ones(data.shape[1:], bool)
-                if valid_everywhere
-                else ds.dataset_mask(window=window) > 0
-            )
-    except RasterioError:
-        raise InvalidRaster(UNREADABLE) from None
-    if data.dtype.kind == "f":
-        valid &= np.isfinite(data).all(axis=0)
+    if source is not None:
+        # Its values are means of finite pixels only, wherever it calls them valid.
+        data, valid = source.read(y0, y1, x0, x1)
+    else:
+        data, valid = read_window(ds, info, Window(x0, y0, x1 - x0, y1 - y0), valid_everywhere)
     dy, dx, size = core or (0, 0, tile.size)
     cy0, cx0 = max(0, tile.y + dy) - y0, max(0, tile.x + dx) - x0
     cy1 = min(info.height, tile.y + dy + size) - y0

@@ -24,14 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from service.errors import InvalidInput, InvalidRaster
+from service.errors import InvalidInput
 from service.jobs.record import Layer, Tiling
 from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork, abort
-from service.pipeline.scene_read import all_valid, open_scene
+from service.pipeline.scene_read import all_valid, open_scene, read_window
 from service.pipeline.tasks.classes import ClassSceneOutputs
 from service.pipeline.units import (
     FinishPass,
@@ -42,7 +41,7 @@ from service.pipeline.units import (
     UnitStored,
 )
 from service.raster.cog import RasterSink
-from service.raster.decode import UNREADABLE, RasterInfo, describe
+from service.raster.decode import RasterInfo, describe
 from service.raster.georef import Georeference
 from service.runtime.chips import ChipClassifier, ChipOutputs, cell_size, chip_shape, map_outputs
 from service.runtime.manifest import Manifest, OutputSpec
@@ -112,17 +111,7 @@ class ChipGrid:
         if y1 <= y0 or x1 <= x0:
             return data, valid
         window = Window(x0, y0, x1 - x0, y1 - y0)
-        try:
-            part = ds.read(list(info.indexes) or None, window=window)
-            ok = (
-                np.ones(part.shape[1:], bool)
-                if valid_everywhere
-                else ds.dataset_mask(window=window) > 0
-            )
-        except RasterioError:
-            raise InvalidRaster(UNREADABLE) from None
-        if part.dtype.kind == "f":
-            ok &= np.isfinite(part).all(axis=0)
+        part, ok = read_window(ds, info, window, valid_everywhere)
         rows, cols = slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)
         data[:, rows, cols] = part
         valid[rows, cols] = ok
