@@ -180,20 +180,29 @@ class TileReader:
         )
         return float(west), float(south), float(east), float(north)
 
-    def tile(self, z: int, x: int, y: int, style: BandStyle, fmt: str) -> bytes:
-        """Tile ``z/x/y`` of a band as PNG or WEBP; a tile off the raster is transparent."""
+    def _read_tile(
+        self, z: int, x: int, y: int, indexes: int | Sequence[int], resampling: str
+    ) -> ImageData | None:
+        """Bands ``indexes`` of tile ``z/x/y``; None where the tile is off the raster."""
         check_tile(z, x, y)
         try:
-            image = self._reader.tile(
+            return self._reader.tile(
                 x,
                 y,
                 z,
                 tilesize=TILE_SIZE,
-                indexes=style.band,
-                resampling_method="nearest",
-                reproject_method="nearest",
+                indexes=indexes,
+                resampling_method=resampling,
+                reproject_method=resampling,
             )
         except TileOutsideBounds:
+            return None
+
+    def tile(self, z: int, x: int, y: int, style: BandStyle, fmt: str) -> bytes:
+        """Tile ``z/x/y`` of a band as PNG or WEBP; a tile off the raster is transparent."""
+        # Nearest: class values and attention cells stay what they are.
+        image = self._read_tile(z, x, y, style.band, "nearest")
+        if image is None:
             return _transparent(TILE_SIZE, FORMATS[fmt])
         return colour(image, style, FORMATS[fmt])
 
@@ -207,18 +216,8 @@ class TileReader:
         fmt: str,
     ) -> bytes:
         """Tile ``z/x/y`` of ``bands`` (up to three, 1-based) as RGB stretched over ``ranges``."""
-        check_tile(z, x, y)
-        try:
-            image = self._reader.tile(
-                x,
-                y,
-                z,
-                tilesize=TILE_SIZE,
-                indexes=list(bands),
-                resampling_method="bilinear",
-                reproject_method="bilinear",
-            )
-        except TileOutsideBounds:
+        image = self._read_tile(z, x, y, list(bands), "bilinear")
+        if image is None:
             return _transparent(TILE_SIZE, FORMATS[fmt])
         return colour_rgb(image, ranges, FORMATS[fmt])
 
