@@ -24,7 +24,7 @@ from service.runtime.cpus import usable_cpus
 
 if TYPE_CHECKING:
     from service.jobs.store import JobStore
-    from service.pipeline.tiles import JobTiles
+    from service.pipeline.tiles import JobTiles, TileAddress
 
 # The process's job tiles, set by ``_start`` in each worker.
 _worker: JobTiles | None = None
@@ -125,18 +125,9 @@ class TileWorkers:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
-    async def tile(
-        self,
-        record: JobRecord,
-        name: str,
-        z: int,
-        x: int,
-        y: int,
-        fmt: str,
-        bands: tuple[str, ...] = (),
-    ) -> bytes:
-        """Tile ``z/x/y`` of a job's map layer, as PNG or WEBP (``bands``: the input's names)."""
-        data: bytes = await self._run("tile", record, name, z, x, y, fmt, bands)
+    async def tile(self, record: JobRecord, at: TileAddress) -> bytes:
+        """A tile of a job's map layer, as PNG or WEBP."""
+        data: bytes = await self._run("tile", record, at)
         return data
 
     async def preview(

@@ -50,6 +50,22 @@ MAX_STRETCHES = 1024
 
 
 @dataclass(frozen=True)
+class TileAddress:
+    """Tile ``z/x/y`` (XYZ) of a job's map layer ``layer``, as ``fmt`` (png or webp).
+
+    ``bands`` names the input's bands (its model's), to show its red, green and
+    blue ones in colour rather than its first three.
+    """
+
+    layer: str
+    z: int
+    x: int
+    y: int
+    fmt: str
+    bands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TileLayer:
     """One map layer of a job: a 2-D layer, or one band of a per-class or per-date layer.
 
@@ -242,31 +258,19 @@ class JobTiles:
         with open_bytes(data) as dataset:
             yield dataset, (tl.index or 0) + 1
 
-    def tile(
-        self,
-        record: JobRecord,
-        name: str,
-        z: int,
-        x: int,
-        y: int,
-        fmt: str,
-        bands: tuple[str, ...] = (),
-    ) -> bytes:
-        """Tile ``z/x/y`` of map layer ``name`` as PNG or WEBP.
-
-        ``bands`` names the input's bands (its model's), to show its red, green
-        and blue ones in colour rather than its first three.
-        """
+    def tile(self, record: JobRecord, at: TileAddress) -> bytes:
+        """A tile of a job's map layer as PNG or WEBP."""
         try:
-            check_tile(z, x, y)
+            check_tile(at.z, at.x, at.y)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
-        tl = tile_layer(record, name)
+        tl = tile_layer(record, at.layer)
         with self._open(record, tl) as (dataset, band):
+            reader = TileReader(dataset)
             if tl.layer.storage == "input":
-                indexes, ranges = self._stretch(record, dataset, bands)
-                return TileReader(dataset).rgb_tile(z, x, y, indexes, ranges, fmt)
-            return TileReader(dataset).tile(z, x, y, tl.style(band), fmt)
+                indexes, ranges = self._stretch(record, dataset, at.bands)
+                return reader.rgb_tile(at.z, at.x, at.y, indexes, ranges, at.fmt)
+            return reader.tile(at.z, at.x, at.y, tl.style(band), at.fmt)
 
     def _stretch(
         self, record: JobRecord, dataset: DatasetReader, names: tuple[str, ...]

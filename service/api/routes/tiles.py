@@ -16,7 +16,7 @@ from service.jobs.record import JobRecord
 from service.pipeline import views
 from service.pipeline.points import point
 from service.pipeline.tile_workers import TileWorkers
-from service.pipeline.tiles import INPUT, tile_layers
+from service.pipeline.tiles import INPUT, TileAddress, tile_layers
 
 router = APIRouter(prefix="/jobs", tags=["maps"])
 
@@ -101,7 +101,7 @@ async def get_tile(
     class maps in the model's class colours, nodata and pixels off the raster transparent."""
     views.require_done(job)
     bands = input_bands(job, state) if layer == INPUT else ()
-    data = await tiles.tile(job, layer, z, x, y, fmt, bands)
+    data = await tiles.tile(job, TileAddress(layer, z, x, y, fmt, bands))
     return Response(data, media_type=MEDIA[fmt], headers=immutable(job))
 
 

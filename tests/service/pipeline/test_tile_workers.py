@@ -13,6 +13,7 @@ import pytest
 from service.config import Settings
 from service.jobs.store import open_store
 from service.pipeline.tile_workers import MAX_TILE_WORKERS, TileWorkers, worker_skip_list
+from service.pipeline.tiles import TileAddress
 from service.raster.gdal_env import SKIPPED_DRIVERS
 from tests.helpers.server import REPO
 from tests.helpers.tiles import rgba, tile_at
@@ -40,7 +41,7 @@ def test_a_server_without_vrt_gets_tiles_from_its_workers(
         body = await workers.tilejson(record, "probs:wheat", "http://h", "png")
         west, south, east, north = body["bounds"]
         z, x, y = tile_at((west + east) / 2, (south + north) / 2, body["maxzoom"])
-        return body, await workers.tile(record, "probs:wheat", z, x, y, "png")
+        return body, await workers.tile(record, TileAddress("probs:wheat", z, x, y, "png"))
 
     try:
         body, png = asyncio.run(draw())

@@ -14,7 +14,7 @@ from service.config import Settings
 from service.errors import InvalidInput, NotFound
 from service.jobs.record import JobRecord, Layer
 from service.jobs.store import JobStore, open_store
-from service.pipeline.tiles import ArrayRasters, JobTiles, tile_layers
+from service.pipeline.tiles import ArrayRasters, JobTiles, TileAddress, tile_layers
 from service.raster.tiles import class_colormap
 from tests.helpers.geotiff import ORIGIN, UTM
 from tests.helpers.tiles import rgba, tile_at
@@ -77,7 +77,7 @@ def test_map_layers_are_each_raster_layer_per_class_and_per_date(store: JobStore
     georef = {**(record.georef or {}), "crs": None}
     unplaced = JobRecord("y" * 24, MODEL, "raster", 0.0, 1e12, record.layers, georef)
     with pytest.raises(NotFound, match="no georeferenced raster layers"):
-        JobTiles(store).tile(unplaced, "class", 18, 0, 0, "png")
+        JobTiles(store).tile(unplaced, TileAddress("class", 18, 0, 0, "png"))
 
 
 def test_tiles_of_stored_arrays_use_class_colours_and_the_mean_over_heads(
@@ -87,17 +87,17 @@ def test_tiles_of_stored_arrays_use_class_colours_and_the_mean_over_heads(
     tiles = JobTiles(store)
     west, south, east, north = tiles.tilejson(record, "class", "http://x", "png")["bounds"]
     z, x, y = tile_at((west + east) / 2, (south + north) / 2, 18)
-    shown = rgba(tiles.tile(record, "class", z, x, y, "png"))
+    shown = rgba(tiles.tile(record, TileAddress("class", z, x, y, "png")))
     colours = {tuple(c[:3]) for c in class_colormap(3).values()}
     assert {tuple(int(v) for v in px) for px in shown[:3, shown[3] == 255].T} <= colours
     assert (shown[3] == 0).any()  # the rows without a class
-    date = rgba(tiles.tile(record, "att:2024-05-01", z, x, y, "png"))
+    date = rgba(tiles.tile(record, TileAddress("att:2024-05-01", z, x, y, "png")))
     assert (date[3] == 255).any()
     assert tiles.arrays.size > 0
     with pytest.raises(NotFound, match=r"map layers: class, probs:wheat"):
-        tiles.tile(record, "att", z, x, y, "png")
+        tiles.tile(record, TileAddress("att", z, x, y, "png"))
     with pytest.raises(InvalidInput, match="zoom"):
-        tiles.tile(record, "class", 40, 0, 0, "png")
+        tiles.tile(record, TileAddress("class", 40, 0, 0, "png"))
 
 
 def test_a_class_map_is_drawn_and_explained_in_its_models_colours(store: JobStore) -> None:
