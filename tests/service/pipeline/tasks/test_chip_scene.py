@@ -63,6 +63,10 @@ NODATA = 255
 # UTM's 0.5 m pixels (the GeoTIFF helper's): a chip's area on the ground near the
 # central meridian, 64 x 64 x 0.25 / 0.9996² m².
 CHIP_M2 = CHIP * CHIP * 0.25 / 0.9996**2
+# The scene fixture: its GeoTIFF, ``(3, HEIGHT, WIDTH)`` image and mask.
+Scene = tuple[Path, np.ndarray, np.ndarray]
+# A finished job: its JSON and the folder its files were downloaded into.
+Finished = tuple[dict[str, Any], Path]
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
@@ -100,7 +104,7 @@ def live(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Scene:
     image, mask = _scene()
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
     write_geotiff(path, image, mask=mask, tiled=True, blockxsize=256, blockysize=256)
@@ -122,9 +126,9 @@ def _run(live: LiveServer, path: Path, out: Path, **fields: str) -> dict[str, An
 @pytest.fixture(scope="module")
 def plain(
     live: LiveServer,
-    scene: tuple[Path, np.ndarray, np.ndarray],
+    scene: Scene,
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[dict[str, Any], Path]:
+) -> Finished:
     out = tmp_path_factory.mktemp("plain")
     return _run(live, scene[0], out), out
 
@@ -155,8 +159,8 @@ def _posted(
 @pytest.mark.parametrize("every", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_every_chip_gets_the_class_it_gets_alone(
     live: LiveServer,
-    scene: tuple[Path, np.ndarray, np.ndarray],
-    plain: tuple[dict[str, Any], Path],
+    scene: Scene,
+    plain: Finished,
     every: bool,
 ) -> None:
     path, image, mask = scene
@@ -218,7 +222,7 @@ def test_every_chip_gets_the_class_it_gets_alone(
 
 
 def test_attention_maps_are_mosaicked_at_their_own_resolution(
-    live: LiveServer, scene: tuple[Path, np.ndarray, np.ndarray], plain: tuple[dict[str, Any], Path]
+    live: LiveServer, scene: Scene, plain: Finished
 ) -> None:
     path, image, mask = scene
     body, files = plain
@@ -261,9 +265,7 @@ def test_attention_maps_are_mosaicked_at_their_own_resolution(
     assert "different resolutions" in both.json()["error"]["message"]
 
 
-def test_maps_and_stac_of_a_chip_scene(
-    live: LiveServer, plain: tuple[dict[str, Any], Path]
-) -> None:
+def test_maps_and_stac_of_a_chip_scene(live: LiveServer, plain: Finished) -> None:
     body, _ = plain
     job = body["job_id"]
     tilejson = httpx.get(f"{live.url}/jobs/{job}/tilejson/class.json", timeout=60)
@@ -287,8 +289,8 @@ def test_maps_and_stac_of_a_chip_scene(
 
 def test_min_confidence_leaves_unsure_chips_without_a_class(
     live: LiveServer,
-    scene: tuple[Path, np.ndarray, np.ndarray],
-    plain: tuple[dict[str, Any], Path],
+    scene: Scene,
+    plain: Finished,
     tmp_path: Path,
 ) -> None:
     _, files = plain
