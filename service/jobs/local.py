@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import time
@@ -24,11 +23,10 @@ from service.jobs.base import BaseJobStore
 from service.jobs.eviction import Room
 from service.jobs.pack import PACK, read_packed, write_chunked, write_pack
 from service.jobs.record import JobRecord, is_job_id, new_id
-from service.jobs.store import GONE, Arrays, FileCheck, Files, StoredFile
+from service.jobs.store import FILE_NAME, GONE, Arrays, FileCheck, Files, StoredFile
 
 log = logging.getLogger(__name__)
 
-_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Staging directories and download pins older than this were left by a crash.
 _STALE_S = 3600.0
 
@@ -146,12 +144,12 @@ class LocalJobStore(BaseJobStore):
             staging.mkdir(parents=True)
             self.make_room(size)
             for name in arrays:
-                if not _FILE.match(name):
+                if not FILE_NAME.match(name):
                     raise ValueError(f"bad layer name {name!r}")
             if arrays:
                 record.packed = self._write(staging / PACK, lambda f: write_pack(f, arrays))
             for name, data in (files or {}).items():
-                if not _FILE.match(name):
+                if not FILE_NAME.match(name):
                     raise ValueError(f"bad file name {name!r}")
                 self._write(staging / name, functools.partial(write_chunked, data=data))
             if check is not None:
@@ -192,7 +190,7 @@ class LocalJobStore(BaseJobStore):
 
     def file(self, record: JobRecord, name: str) -> Path:
         """Where a job's file is (this backend only; callers use :meth:`open_file`)."""
-        if not _FILE.match(name) or name.startswith("."):
+        if not FILE_NAME.match(name) or name.startswith("."):
             raise NotFound(f"job has no file {name!r}")
         self.pending.settle(record.id)
         return self._dir(record.id) / name

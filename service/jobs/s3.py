@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -40,12 +39,11 @@ from service.jobs.objects import (
 )
 from service.jobs.pack import PACK, write_pack
 from service.jobs.record import FINAL_STATES, JobRecord, is_job_id
-from service.jobs.store import Arrays, FileCheck, Files, StoredFile
+from service.jobs.store import FILE_NAME, Arrays, FileCheck, Files, StoredFile
 
 log = logging.getLogger(__name__)
 
 META = "meta.json"
-_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Objects of a job without its meta.json older than this were left by a crash.
 _STALE_S = 3600.0
 # Leeway between this server's clock and the object store's timestamps.
@@ -194,7 +192,7 @@ class S3JobStore(BaseJobStore):
         """
         size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
         for name in [*arrays, *(files or {})]:
-            if not _FILE.match(name) or name.startswith("."):
+            if not FILE_NAME.match(name) or name.startswith("."):
                 raise ValueError(f"bad layer or file name {name!r}")
         self.make_room(size)
         staged: list[Path] = []
@@ -275,7 +273,7 @@ class S3JobStore(BaseJobStore):
         paths = sorted(directory.iterdir()) if directory.is_dir() else []
         for path in paths:
             name = path.name
-            if name.startswith(".") or name.endswith(_TEMPORARY) or not _FILE.match(name):
+            if name.startswith(".") or name.endswith(_TEMPORARY) or not FILE_NAME.match(name):
                 continue
             if not path.is_file():
                 continue
@@ -290,7 +288,7 @@ class S3JobStore(BaseJobStore):
         return open_object(self.objects, self._file_key(record, name), name)
 
     def _file_key(self, record: JobRecord, name: str) -> str:
-        if not _FILE.match(name) or name.startswith(".") or name in (META, PACK):
+        if not FILE_NAME.match(name) or name.startswith(".") or name in (META, PACK):
             raise NotFound(f"job has no file {name!r}")
         self.pending.settle(record.id)
         return self._key(record.id, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 GONE = "no such job (it was deleted while being read)"
 CHUNK = 64 * 1024
+# What a job's file or array may be called in every store: a plain name, never a path.
+FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 Arrays = dict[str, np.ndarray]
 """A job's arrays by layer name."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -29,6 +28,7 @@ from rasterio.windows import Window
 
 from service.errors import InvalidInput
 from service.jobs.record import Layer, Tiling
+from service.jobs.store import FILE_NAME
 from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork, abort
 from service.pipeline.scene_read import all_valid, open_scene, read_window
 from service.pipeline.tasks.classes import ClassSceneOutputs
@@ -51,7 +51,6 @@ from service.runtime.tiling import TileGrid
 MIN_VALID_SHARE = 0.5
 # Chip sides a model without a fixed size is run at, when neither job nor manifest says.
 DEFAULT_CHIP = 256
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -175,9 +174,9 @@ def chip_stride(manifest: Manifest, options: SceneOptions) -> tuple[int, int]:
 
 
 def attention_file(index: int, spec: OutputSpec) -> str:
-    """The COG of one attention output's mosaic."""
-    name = spec.name if _SAFE_NAME.fullmatch(spec.name) else str(index)
-    return f"attention_{name}.tif"
+    """The COG of one attention output's mosaic: named after it where a job's file may be."""
+    named = f"attention_{spec.name}.tif"
+    return named if FILE_NAME.match(named) else f"attention_{index}.tif"
 
 
 # Rows of chips as a unit of a shared queue stores them: class probabilities in

@@ -28,12 +28,12 @@ from rio_cogeo.cogeo import cog_validate
 from service.config import Settings
 from service.errors import InvalidInput
 from service.jobs.record import JobRecord
-from service.jobs.store import open_store
+from service.jobs.store import FILE_NAME, open_store
 from service.pipeline.scene import SceneRunner
 from service.pipeline.scene_grid import SceneOptions
 from service.pipeline.scene_read import open_scene
 from service.pipeline.stac_validation import validate_item
-from service.pipeline.tasks.chip_scene import ChipGrid, chip_stride
+from service.pipeline.tasks.chip_scene import ChipGrid, attention_file, chip_stride
 from service.pipeline.units import (
     FinishPass,
     GridPlanned,
@@ -45,7 +45,7 @@ from service.pipeline.units import (
 )
 from service.raster.decode import describe
 from service.raster.georef import Georeference
-from service.runtime.manifest import Manifest, sidecar_path
+from service.runtime.manifest import Manifest, OutputSpec, sidecar_path
 from service.runtime.manifest_draft import draft_manifest
 from tests.helpers.bodies import upload
 from tests.helpers.geotiff import ORIGIN, UTM, geotiff, write_geotiff
@@ -410,6 +410,16 @@ def test_the_grid_scales_the_transform_and_pads_beyond_the_raster(tmp_path: Path
     assert valid[8:, 8:108].all()
     assert not valid[:, 108:].any()
     np.testing.assert_array_equal(data[:, 8:, 8:108], image[:, :24, :])
+
+
+def test_attention_cogs_are_named_after_their_outputs_where_a_store_keeps_such_a_name() -> None:
+    def spec(name: str) -> OutputSpec:
+        return OutputSpec(name, "attention", "spatial", ["batch", 1, 8, 8])
+
+    long = "g" * 60  # a store's name on its own, too long inside a file's name
+    named = [attention_file(i, spec(n)) for i, n in enumerate(["tokens", "a/b", long])]
+    assert named == ["attention_tokens.tif", "attention_1.tif", "attention_2.tif"]
+    assert all(FILE_NAME.match(name) for name in named)
 
 
 @pytest.mark.parametrize(
