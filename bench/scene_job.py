@@ -95,6 +95,29 @@ def _busy(before: dict[str, float], after: dict[str, float], wall_s: float) -> d
     }
 
 
+def follow_job(
+    client: httpx.Client, submit: dict[str, Any], limit_s: float, poll_s: float
+) -> tuple[dict[str, Any], float, float]:
+    """Submit an async job (``POST /predict`` with ``submit``) and poll it until it ends.
+
+    Returns its last JSON, and the seconds from submission to its acceptance and
+    to its end. A refused job, or one not ended after ``limit_s``, raises RuntimeError.
+    """
+    started = time.perf_counter()
+    resp = client.post("/predict", **submit)
+    accepted = time.perf_counter() - started
+    if resp.status_code != 202:
+        raise RuntimeError(f"scene job refused: {resp.status_code} {resp.text[:300]}")
+    job_id = resp.json()["job_id"]
+    while True:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job, accepted, time.perf_counter() - started
+        if time.perf_counter() - started > limit_s:
+            raise RuntimeError(f"scene job still {job['state']} after {limit_s:g} s")
+        time.sleep(poll_s)
+
+
 def run_scene_job(
     server: LiveServer,
     scene: Path,

@@ -26,7 +26,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import httpx
 
 from bench.machine import load_average, machine, report_head
 from bench.run import COMMON_ENV, SOURCE, say, server_dirs
+from bench.scene_job import follow_job
 from tests.helpers.redis_server import RedisServer, redis_binary
 from tests.helpers.scenes import tile_scene
 from tests.helpers.server import REPO, LiveServer, serve_command
@@ -74,22 +74,9 @@ def one_run(scene: Path, replicas: int, root: Path, unit_tiles: int, pin: bool) 
         for server in servers:
             server.wait_ready()
         with httpx.Client(base_url=servers[0].url, timeout=600) as client:
-            started = time.perf_counter()
             files = {"image": (scene.name, scene.read_bytes(), "image/tiff")}
-            resp = client.post(
-                "/predict", data={"model": "footprints", "async": "true"}, files=files
-            )
-            if resp.status_code != 202:
-                raise RuntimeError(f"scene job refused: {resp.status_code} {resp.text[:300]}")
-            job_id = resp.json()["job_id"]
-            while True:
-                job = client.get(f"/jobs/{job_id}").json()
-                if job["state"] in ("done", "failed", "cancelled"):
-                    break
-                if time.perf_counter() - started > JOB_LIMIT_S:
-                    raise RuntimeError(f"job not done after {JOB_LIMIT_S:g} s")
-                time.sleep(0.2)
-            seconds = time.perf_counter() - started
+            submit = {"data": {"model": "footprints", "async": "true"}, "files": files}
+            job, _, seconds = follow_job(client, submit, JOB_LIMIT_S, 0.2)
     finally:
         for server in servers:
             server.stop()
@@ -110,7 +97,7 @@ def one_run(scene: Path, replicas: int, root: Path, unit_tiles: int, pin: bool) 
         "finish_runs": len(finish),
         "workers": sorted(job.get("workers", {}).values(), reverse=True),
         "tiles": (job.get("tiling") or {}).get("tiles"),
-        "job_id": job_id,
+        "job_id": job["job_id"],
     }
 
 

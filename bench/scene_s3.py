@@ -25,6 +25,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from bench.machine import load_average, machine, report_head
 from bench.run import COMMON_ENV, SOURCE, say, server_dirs
+from bench.scene_job import follow_job
 from tests.helpers.objectstore import SeaweedS3, weed_binary
 from tests.helpers.scenes import tile_scene
 from tests.helpers.server import REPO, LiveServer
@@ -39,20 +40,8 @@ def _follow(server: LiveServer, submit: dict[str, Any], scene: Path, out: Path) 
     with rasterio.open(scene) as ds:
         crs, transform, size = ds.crs, ds.transform, (ds.width, ds.height)
     with httpx.Client(base_url=server.url, timeout=600) as client:
-        started = time.perf_counter()
-        resp = client.post("/predict", **submit)
-        accepted = time.perf_counter() - started
-        if resp.status_code != 202:
-            raise RuntimeError(f"scene job refused: {resp.status_code} {resp.text[:300]}")
-        job_id = resp.json()["job_id"]
-        while True:
-            job = client.get(f"/jobs/{job_id}").json()
-            if job["state"] in ("done", "failed", "cancelled"):
-                break
-            if time.perf_counter() - started > JOB_LIMIT_S:
-                raise RuntimeError(f"scene job still {job['state']} after {JOB_LIMIT_S:g} s")
-            time.sleep(0.5)
-        done = time.perf_counter() - started
+        job, accepted, done = follow_job(client, submit, JOB_LIMIT_S, 0.5)
+        job_id = job["job_id"]
         if job["state"] != "done":
             raise RuntimeError(f"scene job ended {job['state']}: {job.get('error')}")
         cogs = []
