@@ -82,9 +82,7 @@ def _autogroup(enabled: bool | None) -> list[str]:
     return [
         "- This kernel schedules by autogroup (`sched_autogroup_enabled` = 1): while the cores "
         "are contended, each session (`setsid`) gets as much CPU as any other. Every server "
-        "is started in a session of its own; 'sessions' counts those its processes are in "
-        "(Ray starts each worker, the replica and its HTTP proxy among them, in a session "
-        "of its own).",
+        "is started in a session of its own; 'sessions' counts those its processes are in.",
     ]
 
 
@@ -119,7 +117,7 @@ def section(peers: dict[str, Any]) -> list[str]:
         f"(1, 5, 15 min) at start {peers['load_average_start']}, at end "
         f"{peers['load_average_end']}. The 2 cores are shared with other people's work "
         "(their test runs included) while this runs: read each row with the raw figure "
-        "timed just before it.",
+        "timed in the same rounds.",
         f"- ONNX Runtime threads: every session may use the {peers['usable_cpus']} usable "
         "cores and no more: each peer runs one session with intra-op threads = "
         f"{peers['usable_cpus']}; attnserve's default runs one such session for a lone "
