@@ -85,15 +85,15 @@ def codec_lines(results: dict[str, Any]) -> list[str]:
         f"on the scene's own tiles ({raw['input_side']} px with halo, batch {raw['batch']}): "
         f"{raw['tiles_per_s']} tiles/s before the jobs, {end.get('tiles_per_s', '-')} after.",
         "",
-        "| file | MB | tiling tiles/s | vs JPEG | within 10% | server CPU s/tile | finish s "
-        "| whole job tiles/s | job vs raw | VmHWM MiB |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| file | MB | tiling tiles/s | vs JPEG | within 10% | server CPU s/tile | CPU vs JPEG "
+        "| finish s | whole job tiles/s | job vs raw | VmHWM MiB |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, v in results["after_summary"].items():
         lines.append(
             f"| {name} | {results['files'][name]['mb']} | {v['best_tiles_per_s']} | "
             f"{v['vs_jpeg']} | {_yes(v['within_10pct'])} | {v['server_cpu_s_per_tile']} | "
-            f"{v['finish_s']} | {v.get('best_job_tiles_per_s', '-')} | "
+            f"{v['cpu_vs_jpeg']} | {v['finish_s']} | {v.get('best_job_tiles_per_s', '-')} | "
             f"{v.get('job_vs_raw', '-')} | {v['vm_hwm_mib']} |"
         )
     deflate = results["after_summary"].get("deflate", {})
@@ -113,6 +113,8 @@ def section(bench_dir: Path) -> list[str]:
         parts += scale_lines(json.loads((bench_dir / SCALE).read_text()))
     if (bench_dir / CODECS).is_file():
         parts += codec_lines(json.loads((bench_dir / CODECS).read_text()))
+    while parts and not parts[-1]:
+        parts.pop()
     if not parts:
         return []
     return ["## Scenes as they grow, and by compression", "", *parts]

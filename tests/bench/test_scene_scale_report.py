@@ -39,6 +39,7 @@ def _codecs() -> dict[str, Any]:
             "vs_jpeg": round(tps / 9.0, 3),
             "within_10pct": tps / 9.0 >= 0.9,
             "server_cpu_s_per_tile": 0.23,
+            "cpu_vs_jpeg": 1.0,
             "finish_s": 4.0,
             "best_job_tiles_per_s": tps * 0.8,
             "job_vs_raw": round(tps * 0.8 / 9.5, 3),
