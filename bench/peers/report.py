@@ -1,8 +1,8 @@
 """The peers run's targets and its section of ``bench/results.md``.
 
-The section is the last of the page: ``bench.report`` renders it from the
-``peers`` key of ``results.json``, and ``bench.peers.run`` replaces it in place
-(everything from its heading on), so either leaves the rest of the page alone.
+``bench.report`` renders the section from the ``peers`` key of ``results.json``;
+``bench.peers.run`` replaces it in place, from its heading to the next ``## ``
+heading, so the sections around it stay as they are.
 """
 
 from __future__ import annotations
@@ -234,5 +234,17 @@ def merge(peers: dict[str, Any], out_dir: Path) -> None:
     path.write_text(json.dumps(results, indent=2) + "\n")
     md = out_dir / "results.md"
     text = md.read_text() if md.is_file() else "# attnserve benchmark results\n"
-    head = text.split("\n" + HEADING, 1)[0].rstrip("\n")
-    md.write_text(head + "\n\n" + "\n".join(section(peers)) + "\n")
+    md.write_text(replace_section(text, "\n".join(section(peers))))
+
+
+def replace_section(text: str, new: str) -> str:
+    """``text`` with its Peers section (up to the next ``## `` heading) replaced by ``new``.
+
+    Sections that others append after it stay; without one, ``new`` goes at the end.
+    """
+    head, found, rest = text.partition("\n" + HEADING)
+    tail = ""
+    if found and "\n## " in rest:
+        tail = "\n## " + rest.split("\n## ", 1)[1]
+    out = head.rstrip("\n") + "\n\n" + new.rstrip("\n") + "\n"
+    return out + ("\n" + tail.lstrip("\n") if tail else "")

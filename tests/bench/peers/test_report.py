@@ -56,6 +56,15 @@ def test_checks_compare_saturation_and_p99_at_the_most_clients() -> None:
     assert checks["attnserve p99 at 16 clients < slow"]["value"] == -1200.0
 
 
+def test_sections_after_the_peers_section_stay() -> None:
+    text = "# results\n\n## Scene path\n\nx\n\n" + report.HEADING + "\n\nold\n\n## Scenes\n\ny\n"
+    assert report.replace_section(text, report.HEADING + "\n\nnew") == (
+        "# results\n\n## Scene path\n\nx\n\n" + report.HEADING + "\n\nnew\n\n## Scenes\n\ny\n"
+    )
+    alone = report.replace_section("# results\n", "## Peers\n\nnew")
+    assert alone == "# results\n\n## Peers\n\nnew\n"
+
+
 def test_merge_replaces_only_the_peers_section(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text(json.dumps({"raw": {"kept": True}}))
     (tmp_path / "results.md").write_text("# attnserve benchmark results\n\n## Scene path\n\nx\n")
