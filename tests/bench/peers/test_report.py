@@ -77,7 +77,7 @@ def test_merge_replaces_only_the_peers_section(tmp_path: Path) -> None:
     assert md.startswith("# attnserve benchmark results\n\n## Scene path\n\nx\n\n" + report.HEADING)
     assert md.count(report.HEADING) == 1
     assert "2026-12-08" in md
-    assert "2026-12-07" not in md
+    assert "2026-12-07T07:00:00" not in md
     assert "**broken**: not measured: pip install failed: no wheel" in md
     assert "| attnserve | more | 10.00 (4) | 100% | 75 / 150 | 250 / 500 | 850 / 1700 |" in md
     results = json.loads((tmp_path / "results.json").read_text())
