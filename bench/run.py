@@ -165,13 +165,18 @@ def request_specs(work: Path) -> dict[str, Path]:
 
 
 def run_load(
-    server: LiveServer, spec: Path, concurrency: int, duration_s: float, min_requests: int
+    server: LiveServer,
+    spec: Path,
+    concurrency: int,
+    duration_s: float,
+    min_requests: int,
+    samples: bool = False,
 ) -> dict[str, Any]:
-    """Drive the server from a separate process (``bench.load``)."""
+    """Drive the server from a separate process (``bench.load``); ``samples``: every latency."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.load", "--url", server.url, "--request", str(spec),
          "--concurrency", str(concurrency), "--duration", str(duration_s),
-         "--min-requests", str(min_requests)],
+         "--min-requests", str(min_requests), *(["--samples"] if samples else [])],
         capture_output=True, text=True, cwd=REPO, check=True,
     )  # fmt: skip
     return dict(json.loads(out.stdout))

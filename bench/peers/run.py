@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -250,21 +249,8 @@ def start_system(system: System, work: Path, tile: bytes) -> Running:
         return Running(system, None, result)
     result["start_s"] = round(time.perf_counter() - started, 1)
     result["first_answer"] = _first_answer(server.url, tile, system)
-    load_burst(server, Path(work / "footprints.request.json"), 2, 0, 4)  # warm the path
+    run_load(server, work / "footprints.request.json", 2, 0, 4)  # warm the path
     return Running(system, server, result)
-
-
-def load_burst(
-    server: LiveServer, spec: Path, concurrency: int, seconds: float, min_requests: int
-) -> dict[str, Any]:
-    """``bench.load`` against ``server``, every latency kept."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.load", "--url", server.url, "--request", str(spec),
-         "--concurrency", str(concurrency), "--duration", str(seconds),
-         "--min-requests", str(min_requests), "--samples"],
-        capture_output=True, text=True, cwd=REPO, check=True,
-    )  # fmt: skip
-    return dict(json.loads(out.stdout))
 
 
 def pool(bursts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -347,7 +333,7 @@ def interleave(
             for r in live[shift:] + live[:shift]:
                 assert r.server is not None
                 cpu0 = cpu_seconds(r.server.proc.pid)
-                b = load_burst(r.server, spec, c, plan.burst_s, c)
+                b = run_load(r.server, spec, c, plan.burst_s, c, samples=True)
                 b["server_cpu_s"] = round(cpu_seconds(r.server.proc.pid) - cpu0, 2)
                 bursts[r.system.name].append(b)
             say(
