@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,22 +32,31 @@ def test_the_largest_scene_and_every_scene_are_judged_against_the_smallest() -> 
     assert out["server_cpu_s_per_tile"]["met"]
 
 
-def test_a_grandchild_started_by_a_thread_is_found_with_its_peak_memory() -> None:
+def test_a_grandchild_started_by_a_thread_is_found_with_its_peak_memory(tmp_path: Path) -> None:
     # A child that starts a grandchild holding 200 MB, from a thread (as forkserver workers are).
+    held = tmp_path / "held"
+    grandchild = tmp_path / "grandchild.py"
+    grandchild.write_text(
+        f"import pathlib, time\nb = b'x' * (200 * 2**20)\npathlib.Path({str(held)!r}).touch()\n"
+        "time.sleep(30)\n"
+    )
     code = (
         "import subprocess, sys, threading\n"
-        "def run():\n"
-        "    subprocess.run([sys.executable, '-c', "
-        "'import time; b = b\"x\" * (200 * 2**20); time.sleep(3)'])\n"
-        "t = threading.Thread(target=run); t.start(); t.join()\n"
+        f"argv = [sys.executable, {str(grandchild)!r}]\n"
+        "t = threading.Thread(target=subprocess.run, args=(argv,)); t.start(); t.join()\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
         with ChildPeak(os.getpid()) as peak:
-            time.sleep(2)
+            deadline = time.monotonic() + 60
+            while not held.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.3)  # a few samples once the memory is held
             assert len(descendants(os.getpid())) >= 2
         assert peak.peak_kib > 200 * 1024
     finally:
+        for pid in descendants(child.pid):
+            os.kill(pid, signal.SIGTERM)
         child.wait(10)
 
 
