@@ -85,7 +85,7 @@ class FootprintLimits:
     """
 
     max_features: int = 50_000
-    timeout_s: float = 30.0
+    timeout_s: float = 120.0
     workers: int = 2
     max_waiting: int = 8
     cache_bytes: int = 64 * 2**20
