@@ -61,6 +61,11 @@ def split(
 ) -> tuple[list[LabelledImage], list[LabelledImage], str]:
     """(train, held-out, description) by whole groups; one image: its bottom rows."""
     groups = {i.group for i in items}
+    if len(groups) == 1 and args.holdout is None and len(items) > 1:
+        # One group of several images: its last image, whole, in name order.
+        *rest, last = sorted(items, key=lambda i: i.name)
+        info = f"the whole image {last.name} of the only group, {last.group}"
+        return [*rest, *negatives], [last], info
     if len(groups) == 1 and args.holdout is None:
         (item,) = items
         split = int(item.image.shape[1] * (1.0 - HOLDOUT_FRACTION))

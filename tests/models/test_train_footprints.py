@@ -211,3 +211,19 @@ def test_bad_real_data_options_are_refused_clearly(
         extra = [*extra, "--mask-color", "#3C1098"]
     with pytest.raises(SystemExit, match=message):
         main([*argv, *extra])
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
+def test_one_group_of_several_images_holds_out_its_last_image_whole(tmp_path: Path) -> None:
+    data = tmp_path / "tile"
+    for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (data / "group" / sub).mkdir(parents=True)
+        for part in ("001", "002"):
+            src = DUBAI / "Tile 2" / sub / f"image_part_{part}{suffix}"
+            (data / "group" / sub / src.name).symlink_to(src)
+    out = tmp_path / "run"
+    argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
+    assert main([*argv, "--out", str(out)]) == 0
+    training = torch.load(out / "footprints.pt", weights_only=False)["training"]
+    assert training["held_out"] == "the whole image image_part_002 of the only group, group"
+    assert "pixel_iou" in json.loads((out / "metrics.json").read_text())
