@@ -180,17 +180,17 @@ class RasterSink:
         if scaled:
             self._dst.update_tags(SCALE="1/255", VALUES="uint8 0-255 stands for 0-1")
 
-    def write(self, first_row: int, block: np.ndarray) -> None:
-        """Write ``(count, rows, width)`` values (NaN = nodata) starting at ``first_row``."""
+    def write(self, first_row: int, block: np.ndarray, first_col: int = 0) -> None:
+        """Write ``(count, rows, columns)`` values (NaN = nodata) from ``first_row, first_col``."""
         rows = block.shape[1]
-        window = Window(0, first_row, block.shape[2], rows)
+        window = Window(first_col, first_row, block.shape[2], rows)
         # Band by band: a mask of the whole block at once takes a byte per value.
         valid = np.isfinite(block[0])
         for band in block[1:]:
             valid &= np.isfinite(band)
         if not valid.any():
             return  # unwritten blocks read as nodata
-        self._note_data(first_row, valid)
+        self._note_data(first_row, first_col, valid)
         if self.dtype == "uint8" and self.scaled:
             out = np.clip(np.nan_to_num(block) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             self._dst.write(out, window=window)
@@ -202,12 +202,14 @@ class RasterSink:
         else:
             self._dst.write(block.astype(np.float32, copy=False), window=window)
 
-    def _note_data(self, first_row: int, valid: np.ndarray) -> None:
+    def _note_data(self, first_row: int, first_col: int, valid: np.ndarray) -> None:
         """Remember which file blocks hold data (to choose how to finish)."""
         rows = range(first_row // BLOCK, (first_row + valid.shape[0] - 1) // BLOCK + 1)
-        for col in range(0, valid.shape[1], BLOCK):
-            if valid[:, col : col + BLOCK].any():
-                self._data_blocks.update((row, col // BLOCK) for row in rows)
+        last_col = first_col + valid.shape[1]
+        for col in range(first_col // BLOCK, (last_col - 1) // BLOCK + 1):
+            lo, hi = max(col * BLOCK, first_col), min((col + 1) * BLOCK, last_col)
+            if valid[:, lo - first_col : hi - first_col].any():
+                self._data_blocks.update((row, col) for row in rows)
 
     @property
     def data_share(self) -> float:

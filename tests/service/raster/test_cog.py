@@ -276,3 +276,28 @@ def test_the_compression_level_is_the_sinks_and_bounded(tmp_path: Path) -> None:
     assert sizes[9] < sizes[1]
     with pytest.raises(ValueError, match="level must be 1 to 9"):
         RasterSink(tmp_path / "x.tif", small, ["a"], level=10)
+
+
+@pytest.mark.parametrize(
+    "sink_kwargs",
+    [{}, {"dtype": "uint8", "scaled": True}, {"dtype": "uint8", "nodata": 255}],
+    ids=["float-nan", "uint8-mask", "classes"],
+)
+def test_windows_written_piece_by_piece_make_the_same_cog_as_whole_rows(
+    tmp_path: Path, sink_kwargs: dict[str, Any]
+) -> None:
+    rng = np.random.default_rng(3)
+    data = np.floor(rng.random((2, SMALL.height, SMALL.width)) * 4).astype(np.float32)
+    data[:, :, 512:] = np.nan  # the right-hand file blocks hold no data
+    whole = RasterSink(tmp_path / "whole.tif", SMALL, ["a", "b"], **sink_kwargs)
+    whole.write(0, data)
+    pieces = RasterSink(tmp_path / "pieces.tif", SMALL, ["a", "b"], **sink_kwargs)
+    # Windows that start and end inside file blocks, as blended tile columns come.
+    for row, stop in ((0, 200), (200, SMALL.height)):
+        for col, right in ((0, 90), (90, 530), (530, SMALL.width)):
+            pieces.write(row, data[:, row:stop, col:right], first_col=col)
+    # File blocks are 512 px: 2 x 2 here, and only the left column holds data.
+    assert pieces.data_share == whole.data_share == 0.5
+    with rasterio.open(whole.finish()) as a, rasterio.open(pieces.finish()) as b:
+        np.testing.assert_array_equal(a.read(masked=True).mask, b.read(masked=True).mask)
+        np.testing.assert_array_equal(a.read(), b.read())
