@@ -4,8 +4,11 @@ Every image is decoded once and kept in memory as an :class:`ImagePyramid`, so a
 batch costs a few resampled crops and no file reads. Each crop comes from the
 synthetic generator with probability ``synthetic_ratio``, from an image without
 buildings with probability ``negative_ratio``, and otherwise from an image with
-buildings; images are drawn in proportion to their pixel count, so every area
-of the data is as likely as any other.
+buildings. Images are drawn in proportion to their pixel count, so every area
+of the data is as likely as any other, or (``balance="groups"``) each group
+(a folder such as a Dubai ``Tile N``) is drawn as often as any other, and its
+images by pixel count within it: a few large images of one place then no
+longer make up most of the batches.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class MixConfig:
         negative_scale: the same for negatives (often finer imagery, shrunk more).
         synthetic_ratio: share of crops from the synthetic generator.
         negative_ratio: share of crops from the negatives (when there are any).
+        balance: ``"pixels"`` (every pixel as likely) or ``"groups"`` (every group
+            as likely, pixels within it).
         value_range: raw values of the data's 0..1 (for radiometric changes).
         radiometry: radiometric augmentation; None: off.
         scenes: synthetic generator settings.
@@ -42,6 +47,7 @@ class MixConfig:
     negative_scale: tuple[float, float] = (0.5, 8.0)
     synthetic_ratio: float = 0.0
     negative_ratio: float = 0.15
+    balance: str = "pixels"
     value_range: tuple[float, float] = (0.0, 255.0)
     radiometry: Radiometry | None = field(default_factory=Radiometry)
     scenes: SceneConfig = field(default_factory=SceneConfig)
@@ -68,13 +74,25 @@ class TrainingMix:
         self.negatives = [
             ImagePyramid(i.image, i.mask, _levels(config.negative_scale)) for i in negatives
         ]
-        self._p_weights = self._weights(self.positives)
-        self._n_weights = self._weights(self.negatives)
+        if config.balance not in ("pixels", "groups"):
+            raise ValueError(f"balance must be 'pixels' or 'groups', not {config.balance!r}")
+        groups = config.balance == "groups"
+        self._p_weights = self._weights(self.positives, [i.group for i in positives], groups)
+        self._n_weights = self._weights(self.negatives, [i.group for i in negatives], groups)
 
     @staticmethod
-    def _weights(pyramids: Sequence[ImagePyramid]) -> np.ndarray:
+    def _weights(
+        pyramids: Sequence[ImagePyramid], groups: Sequence[str], balance: bool
+    ) -> np.ndarray:
+        """Draw probability of each image: by pixels, or by pixels within equal groups."""
         px = np.array([p.pixels for p in pyramids], dtype=np.float64)
-        return px / px.sum() if len(px) else px
+        if not len(px):
+            return px
+        if balance:
+            names = np.array(groups)
+            for name in set(groups):
+                px[names == name] /= px[names == name].sum()
+        return px / px.sum()
 
     def _crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config

@@ -104,6 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--negative-ratio", type=float, default=0.15, help="share of crops from --negatives")
     a(
+        "--balance",
+        choices=("pixels", "groups"),
+        default="pixels",
+        help="draw crops by pixel count (default), or each group (e.g. a 'Tile N' folder) "
+        "as often as any other",
+    )
+    a(
         "--scale",
         type=_pair,
         default=(0.5, 2.0),
@@ -268,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
             negative_scale=args.negative_scale,
             synthetic_ratio=synthetic_ratio,
             negative_ratio=args.negative_ratio if train_negatives else 0.0,
+            balance=args.balance,
             value_range=(spec["value_range"][0], spec["value_range"][1]),
             radiometry=None if args.no_augment else Radiometry(),
             scenes=scenes,
@@ -325,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         "tile_size": args.tile_size,
         "scale": list(args.scale),
         "negative_scale": list(args.negative_scale),
+        "balance": args.balance,
         "augmentation": "scale, rotation, flips"
         + (
             "" if args.no_augment else ", band gain, brightness, contrast, gamma, haze, blur, noise"

@@ -111,3 +111,27 @@ def test_a_mix_draws_synthetic_negative_and_real_crops_in_its_shares() -> None:
 def test_a_mix_without_images_with_buildings_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one image with buildings"):
         TrainingMix([], [], MixConfig())
+
+
+@pytest.mark.parametrize(("balance", "low", "high"), [("pixels", 0, 30), ("groups", 70, 130)])
+def test_groups_can_be_drawn_as_often_as_each_other_whatever_their_size(
+    balance: str, low: int, high: int
+) -> None:
+    # Group "big" is one 400 x 400 image (value 200), group "small" two 50 x 50 images (value 20).
+    big = LabelledImage(
+        np.full((3, 400, 400), 200, np.uint8), np.zeros((400, 400), np.uint8), "big", "b"
+    )
+    small = [
+        LabelledImage(np.full((3, 50, 50), 20, np.uint8), np.zeros((50, 50), np.uint8), "small", n)
+        for n in ("s1", "s2")
+    ]
+    config = MixConfig(tile_size=16, negative_ratio=0.0, radiometry=None, balance=balance)
+    x, _ = TrainingMix([big, *small], [], config).batch(np.random.default_rng(1), 200)
+    from_small = int((x.flatten(1).mean(dim=1) < 100).sum())
+    assert low <= from_small <= high
+
+
+def test_an_unknown_balance_is_refused() -> None:
+    image, mask = _scene()
+    with pytest.raises(ValueError, match="balance must be"):
+        TrainingMix([LabelledImage(image, mask, "g", "g")], [], MixConfig(balance="area"))
