@@ -147,11 +147,11 @@ class SceneRunner:
     def check_disk(self, sinks: Mapping[str, RasterSink], finishing: bool = False) -> None:
         """Fail the job if its outputs pass the disk cap or the volume runs short.
 
-        Finishing adds overviews and the (compressed) COG beside each partial:
-        counted as half as much again as the partials take.
+        Finishing adds what each output's COG takes beside its unfinished files
+        (:meth:`RasterSink.finish_bytes`).
         """
         used = sum(sink.disk_bytes() for sink in sinks.values())
-        need = used // 2 if finishing else 0
+        need = sum(sink.finish_bytes() for sink in sinks.values()) if finishing else 0
         if self.max_temp_bytes and used + need > self.max_temp_bytes:
             raise StorageFailed(
                 f"the job's unfinished outputs need more than the {self.max_temp_bytes / 2**20:g} "

@@ -20,6 +20,7 @@ from rasterio.enums import Resampling as GdalResampling
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from service.raster.cog_stream import StreamedCog, can_stream
 from service.raster.gdal_env import reserve_block_cache
 from service.raster.georef import Georeference
 from service.runtime.cpus import usable_cpus
@@ -84,6 +85,11 @@ def _overviews_in_child(path: Path, factors: list[int], resampling: str) -> None
 class RasterSink:
     """A band stack written in row blocks to a tiled GeoTIFF, finished as a COG.
 
+    Float outputs compressed with deflate are written as a COG while their rows
+    come (:mod:`service.raster.cog_stream`) where every overview halves the
+    level above it exactly; the others go to an uncompressed partial file that
+    finishing makes into a COG with GDAL's COG driver.
+
     Float outputs in ``[0, 1]`` can be stored as uint8 (0-255 = 0-1) with an
     internal mask for nodata; otherwise float32 with NaN nodata. Class rasters
     are uint8 with a nodata value.
@@ -131,6 +137,19 @@ class RasterSink:
         self.compress = compress
         self.level = level
         self.count = len(descriptions)
+        self._stream: StreamedCog | None = None
+        self._blocks = -(-georef.height // BLOCK) * -(-georef.width // BLOCK)
+        self._data_blocks: set[tuple[int, int]] = set()
+        factors = overview_factors(georef.width, georef.height)
+        if (
+            dtype == "float32"
+            and compress == "deflate"
+            and can_stream(georef.width, georef.height, len(factors))
+        ):
+            self._stream = StreamedCog(
+                path, self.partial, georef, descriptions, factors, level, band_tags or ()
+            )
+            return
         use_mask = dtype == "uint8" and scaled
         if dtype == "float32":
             nodata = float("nan")
@@ -163,8 +182,6 @@ class RasterSink:
             "SPARSE_OK": "TRUE",
         }
         self._use_mask = use_mask
-        self._blocks = -(-georef.height // BLOCK) * -(-georef.width // BLOCK)
-        self._data_blocks: set[tuple[int, int]] = set()
         self._nodata = nodata
         itemsize = np.dtype(dtype).itemsize
         rows_bytes = georef.width * self.count * itemsize * BLOCK * WRITE_CACHE_BLOCK_ROWS
@@ -189,9 +206,14 @@ class RasterSink:
         for band in block[1:]:
             valid &= np.isfinite(band)
         if not valid.any():
+            if self._stream is not None:
+                # Nodata is what a block starts with: only the pixels are counted.
+                self._stream.write(first_row, block, first_col)
             return  # unwritten blocks read as nodata
         self._note_data(first_row, first_col, valid)
-        if self.dtype == "uint8" and self.scaled:
+        if self._stream is not None:
+            self._stream.write(first_row, block, first_col)
+        elif self.dtype == "uint8" and self.scaled:
             out = np.clip(np.nan_to_num(block) * 255.0 + 0.5, 0, 255).astype(np.uint8)
             self._dst.write(out, window=window)
             self._dst.write_mask(np.where(valid, 255, 0).astype(np.uint8), window=window)
@@ -212,27 +234,48 @@ class RasterSink:
                 self._data_blocks.update((row, col) for row in rows)
 
     @property
+    def streamed(self) -> bool:
+        """Whether the COG is written while the rows come (else: from a partial file at the end)."""
+        return self._stream is not None
+
+    @property
     def data_share(self) -> float:
         """Share of the raster's blocks that hold data so far."""
         return len(self._data_blocks) / max(1, self._blocks)
 
     def disk_bytes(self) -> int:
         """Disk the unfinished files take now (allocated blocks, not apparent size)."""
+        if self._stream is not None:
+            return self._stream.disk_bytes()
         total = 0
         for path in (self.partial, self.path.with_suffix(".cog.tmp")):
             with contextlib.suppress(OSError):
                 total += os.stat(path).st_blocks * 512
         return total
 
+    def finish_bytes(self) -> int:
+        """Disk finishing adds to :meth:`disk_bytes`.
+
+        A streamed COG copies its levels' tiles into the COG (as much again); GDAL's
+        overviews and COG beside a partial are counted as half as much again.
+        """
+        used = self.disk_bytes()
+        return used if self._stream is not None else used // 2
+
     def update_tags(self, **tags: str) -> None:
         """Dataset-level metadata."""
-        self._dst.update_tags(**tags)
+        if self._stream is not None:
+            self._stream.update_tags(**tags)
+        else:
+            self._dst.update_tags(**tags)
 
     def finish(self) -> Path:
         """Close, convert to a Cloud-Optimized GeoTIFF with overviews, and return its path."""
         # The overviews are built in the (uncompressed) partial file first and the
         # COG driver copies them: left to build them itself it takes several times
         # as long for the same overview pixels.
+        if self._stream is not None:
+            return self._stream.finish()
         width, height = self._dst.width, self._dst.height
         self._dst.close()
         factors = overview_factors(width, height)
@@ -272,6 +315,9 @@ class RasterSink:
 
     def abort(self) -> None:
         """Drop everything written (blocking file I/O: call it off the event loop)."""
+        if self._stream is not None:
+            self._stream.abort()
+            return
         if not self._dst.closed:
             self._dst.close()
         self._remove_temporaries()

@@ -166,11 +166,15 @@ def test_abort_leaves_no_file_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_finishing_a_full_output_leaves_other_threads_running(tmp_path: Path) -> None:
-    sink = RasterSink(tmp_path / "out.tif", GEOREF, ["a", "b"])
+@pytest.mark.parametrize(
+    "sink_kwargs", [{}, {"dtype": "uint8", "scaled": True}], ids=["streamed", "gdal"]
+)
+def test_writing_and_finishing_a_full_output_leave_other_threads_running(
+    tmp_path: Path, sink_kwargs: dict[str, Any]
+) -> None:
+    sink = RasterSink(tmp_path / "out.tif", GEOREF, ["a", "b"], **sink_kwargs)
+    assert sink.streamed == (not sink_kwargs)
     rng = np.random.default_rng(5)
-    for row in range(0, GEOREF.height, 512):
-        sink.write(row, rng.random((2, 512, GEOREF.width), dtype=np.float32))
     stalls: list[float] = []
     done = threading.Event()
 
@@ -183,6 +187,9 @@ def test_finishing_a_full_output_leaves_other_threads_running(tmp_path: Path) ->
     ticker = threading.Thread(target=tick)
     ticker.start()
     try:
+        # A streamed output compresses its tiles as the rows come.
+        for row in range(0, GEOREF.height, 512):
+            sink.write(row, rng.random((2, 512, GEOREF.width), dtype=np.float32))
         out = sink.finish()
     finally:
         done.set()
@@ -301,3 +308,37 @@ def test_windows_written_piece_by_piece_make_the_same_cog_as_whole_rows(
     with rasterio.open(whole.finish()) as a, rasterio.open(pieces.finish()) as b:
         np.testing.assert_array_equal(a.read(masked=True).mask, b.read(masked=True).mask)
         np.testing.assert_array_equal(a.read(), b.read())
+
+
+@pytest.mark.parametrize(
+    ("georef", "sink_kwargs", "streamed"),
+    [
+        (GEOREF, {}, True),
+        # 1030 / 4 is no whole number: GDAL makes the overviews of the partial file.
+        (Georeference(GEOREF.crs, GEOREF.transform, 1030, 1030), {}, False),
+        (GEOREF, {"compress": "zstd"}, False),
+        (GEOREF, {"dtype": "uint8", "scaled": True}, False),
+    ],
+    ids=["float-deflate", "float-odd-sides", "float-zstd", "uint8"],
+)
+def test_outputs_stream_where_they_can_and_count_finishing_disk_either_way(
+    tmp_path: Path, georef: Georeference, sink_kwargs: dict[str, Any], streamed: bool
+) -> None:
+    sink = RasterSink(tmp_path / "out.tif", georef, ["a"], **sink_kwargs)
+    assert sink.streamed is streamed
+    values = np.random.default_rng(9).random((1, georef.height, georef.width)).astype(np.float32)
+    values[:, :40] = np.nan
+    for row in range(0, georef.height, 700):
+        sink.write(row, values[:, row : row + 700])
+    used = sink.disk_bytes()
+    assert used > 0
+    # Streamed tiles are copied into the COG: as much again; a partial's COG half as much.
+    assert sink.finish_bytes() == (used if streamed else used // 2)
+    out = sink.finish()
+    assert cog_validate(out)[0]
+    assert list(tmp_path.iterdir()) == [out]
+    with rasterio.open(out) as ds:
+        assert ds.overviews(1)
+        got = read_band(ds, 1, False)
+    atol = 0.5 / 255 if sink_kwargs.get("dtype") == "uint8" else 0
+    np.testing.assert_allclose(got, values[0], atol=atol)
