@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,8 @@ from service.raster.cog_stream import StreamedCog, can_stream
 from service.raster.gdal_env import reserve_block_cache
 from service.raster.georef import Georeference
 from service.runtime.cpus import usable_cpus
+
+log = logging.getLogger(__name__)
 
 Resampling = Literal["average", "nearest", "mode"]
 
@@ -108,6 +112,12 @@ class RasterSink:
         level: its level (1, the fastest, to 9).
         colormap: RGBA colour of each value of a one-band class raster: its
             colour table, which GIS tools draw it with.
+        stream: write the COG while the rows come where the output allows it
+            (False: always from a partial file at the end, as for the others).
+
+    ``seconds`` adds up the wall seconds of each step: ``write`` (streamed:
+    compression and overviews included), then ``overviews`` and ``cog`` (GDAL's)
+    or ``assemble`` (streamed).
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class RasterSink:
         compress: str = "deflate",
         level: int = 1,
         colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+        stream: bool = True,
     ) -> None:
         if dtype not in ("float32", "uint8") or compress not in ("deflate", "zstd"):
             raise ValueError("dtype must be float32 or uint8, compress deflate or zstd")
@@ -138,11 +149,13 @@ class RasterSink:
         self.level = level
         self.count = len(descriptions)
         self._stream: StreamedCog | None = None
+        self.seconds: dict[str, float] = {"write": 0.0}
         self._blocks = -(-georef.height // BLOCK) * -(-georef.width // BLOCK)
         self._data_blocks: set[tuple[int, int]] = set()
         factors = overview_factors(georef.width, georef.height)
         if (
-            dtype == "float32"
+            stream
+            and dtype == "float32"
             and compress == "deflate"
             and can_stream(georef.width, georef.height, len(factors))
         ):
@@ -199,6 +212,13 @@ class RasterSink:
 
     def write(self, first_row: int, block: np.ndarray, first_col: int = 0) -> None:
         """Write ``(count, rows, columns)`` values (NaN = nodata) from ``first_row, first_col``."""
+        began = time.perf_counter()
+        try:
+            self._write(first_row, block, first_col)
+        finally:
+            self.seconds["write"] += time.perf_counter() - began
+
+    def _write(self, first_row: int, block: np.ndarray, first_col: int) -> None:
         rows = block.shape[1]
         window = Window(first_col, first_row, block.shape[2], rows)
         # Band by band: a mask of the whole block at once takes a byte per value.
@@ -275,12 +295,19 @@ class RasterSink:
         # COG driver copies them: left to build them itself it takes several times
         # as long for the same overview pixels.
         if self._stream is not None:
-            return self._stream.finish()
+            began = time.perf_counter()
+            path = self._stream.finish()
+            self.seconds["assemble"] = time.perf_counter() - began
+            self._log_seconds()
+            return path
+        began = time.perf_counter()
         width, height = self._dst.width, self._dst.height
         self._dst.close()
         factors = overview_factors(width, height)
         if factors and self.data_share >= DENSE_SHARE:
             _overviews_in_child(self.partial, factors, self.resampling)
+        self.seconds["overviews"] = time.perf_counter() - began
+        began = time.perf_counter()
         options = {
             "BLOCKSIZE": BLOCK,
             "COMPRESS": self.compress.upper(),
@@ -307,11 +334,18 @@ class RasterSink:
         try:
             rasterio.shutil.copy(self.partial, tmp, driver="COG", **options)
             tmp.replace(self.path)
+            self.seconds["cog"] = time.perf_counter() - began
         except BaseException:
             self._remove_temporaries()
             raise
         self.partial.unlink(missing_ok=True)
+        self._log_seconds()
         return self.path
+
+    def _log_seconds(self) -> None:
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
+        how = "streamed" if self._stream is not None else "from its partial file"
+        log.info("%s finished %s: %s", self.path.name, how, steps)
 
     def abort(self) -> None:
         """Drop everything written (blocking file I/O: call it off the event loop)."""

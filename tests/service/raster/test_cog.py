@@ -318,8 +318,9 @@ def test_windows_written_piece_by_piece_make_the_same_cog_as_whole_rows(
         (Georeference(GEOREF.crs, GEOREF.transform, 1030, 1030), {}, False),
         (GEOREF, {"compress": "zstd"}, False),
         (GEOREF, {"dtype": "uint8", "scaled": True}, False),
+        (GEOREF, {"stream": False}, False),
     ],
-    ids=["float-deflate", "float-odd-sides", "float-zstd", "uint8"],
+    ids=["float-deflate", "float-odd-sides", "float-zstd", "uint8", "not-asked"],
 )
 def test_outputs_stream_where_they_can_and_count_finishing_disk_either_way(
     tmp_path: Path, georef: Georeference, sink_kwargs: dict[str, Any], streamed: bool
@@ -337,6 +338,9 @@ def test_outputs_stream_where_they_can_and_count_finishing_disk_either_way(
     out = sink.finish()
     assert cog_validate(out)[0]
     assert list(tmp_path.iterdir()) == [out]
+    steps = {"write", "assemble"} if streamed else {"write", "overviews", "cog"}
+    assert set(sink.seconds) == steps
+    assert all(s >= 0 for s in sink.seconds.values())
     with rasterio.open(out) as ds:
         assert ds.overviews(1)
         got = read_band(ds, 1, False)
