@@ -1,10 +1,10 @@
-"""The grid loop of a scene job: tiles read, inferred and blended row by row, in order."""
+"""The grid loop of a scene job: tiles read, inferred and blended in the grid's blend order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -99,7 +99,7 @@ class SceneWork:
 
 Read = Callable[[Tile], "tuple[np.ndarray, np.ndarray] | None"]
 Infer = Callable[[Tile, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
-Flush = Callable[[int, np.ndarray], None]
+Flush = Callable[[int, int, np.ndarray], None]
 
 
 @dataclass
@@ -107,8 +107,10 @@ class GridPass:
     """One pass over a scene's tiles: the grid, where they blend, and what each tile goes through.
 
     ``read`` runs on one worker thread at a time (None: nothing to infer in the
-    tile); ``infer`` on the event loop; ``flush`` gets each finished block of
-    rows, on a worker thread; ``sinks`` are the outputs the rows go to.
+    tile); ``infer`` on the event loop; ``flush`` gets each finished window
+    ``(first row, first column, (layers, rows, columns))``, on a worker thread:
+    a row group's windows left to right, groups top to bottom; ``sinks`` are
+    the outputs they go to.
     ``sums`` are totals ``infer`` adds to over tiles (arrays, changed in place),
     added up over the units of a job shared through a queue.
     """
@@ -129,16 +131,15 @@ async def run_grid(
     blender: StripBlender | UnitBlender | None = None,
     cols: range | None = None,
 ) -> None:
-    """Read, infer and blend the tiles of the pass's grid, flushing finished rows in order.
+    """Read, infer and blend the tiles of the pass's grid, flushing finished windows in order.
 
     ``rows`` and ``cols`` limit the run to those tiles, blended by ``blender`` (a unit's).
     """
     grid, read, infer = grid_pass.grid, grid_pass.read, grid_pass.infer
     blender = blender or grid_pass.blender
     flush, sinks = grid_pass.flush, grid_pass.sinks
-    rows = rows if rows is not None else range(grid.rows)
-    cols = cols if cols is not None else range(grid.cols)
-    total = len(rows) * len(cols)
+    order = grid.blend_order(rows, cols)
+    total = sum(map(len, order))
     done = 0
     gate = asyncio.Semaphore(work.in_flight_tiles)
     # One reader thread keeps GDAL's dataset handle single-threaded while the
@@ -163,13 +164,12 @@ async def run_grid(
             raise
 
     pending: dict[int, list[asyncio.Task[tuple[Tile, np.ndarray | None]]]] = {}
-    # Rows are started one ahead, so the next row's reads overlap this row's
-    # inference; blending stays in order, on this task.
-    next_row = rows.start
+    # Row groups are started one ahead, so the next group's reads overlap this
+    # group's inference; blending stays in order, on this task.
+    next_group = 0
 
-    def start_row(row: int) -> None:
-        tiles = grid.row_tiles(row)[cols.start : cols.stop]
-        pending[row] = [asyncio.ensure_future(one(t)) for t in tiles]
+    def start_group(index: int) -> None:
+        pending[index] = [asyncio.ensure_future(one(t)) for t in order[index]]
 
     async def landed(
         task: asyncio.Task[tuple[Tile, np.ndarray | None]],
@@ -183,35 +183,35 @@ async def run_grid(
             if work.cancelled():
                 raise JobCancelled
 
-    def final_blocks(row: int) -> list[tuple[int, np.ndarray]]:
-        blender.row_done(row)
-        return list(blender.pop_final())
+    def flush_next(windows: Iterator[tuple[int, int, np.ndarray]]) -> bool:
+        # Each window is made, written and let go before the next is made.
+        got = next(windows, None)
+        if got is None:
+            return False
+        flush(*got)
+        return True
 
     current: list[asyncio.Task[tuple[Tile, np.ndarray | None]]] = []
     try:
-        for row in rows:
-            while next_row <= min(row + 1, rows.stop - 1):
-                start_row(next_row)
-                next_row += 1
-            current = pending.pop(row)
+        for index in range(len(order)):
+            while next_group <= min(index + 1, len(order) - 1):
+                start_group(next_group)
+                next_group += 1
+            current = pending.pop(index)
             while current:
                 # Blended tiles' outputs are let go (a task keeps its result).
                 tile, out = await landed(current[0])
                 current.pop(0)
-                # Blending a tile into scene-wide rows copies hundreds of MB
-                # on wide scenes: on a worker thread, one call at a time.
+                # Blending on a worker thread, one call at a time.
                 await asyncio.to_thread(blender.add, tile, out)
                 gate.release()
                 done += 1
                 work.progress(done, total)
-            blocks = await asyncio.to_thread(final_blocks, row)
-            while blocks:
-                first, block = blocks.pop(0)
-                await asyncio.to_thread(flush, first, block)
-                # Let the block go before the next one is made: scene-wide rows
-                # (176 MB of a 16384-wide scene's footprints outputs) held twice.
-                del block
-                await asyncio.to_thread(work.check_disk, sinks, False)
+                windows = blender.pop_final()
+                if await asyncio.to_thread(flush_next, windows):
+                    while await asyncio.to_thread(flush_next, windows):
+                        pass
+                    await asyncio.to_thread(work.check_disk, sinks, False)
     finally:
         leftover = [*current, *(t for tasks in pending.values() for t in tasks)]
         for task in leftover:
@@ -257,7 +257,7 @@ async def run_unit(work: SceneWork, grid_pass: GridPass, part: UnitPass) -> None
 
 
 async def blend_stored(work: SceneWork, grid_pass: GridPass, part: FinishPass) -> None:
-    """Flush the blocks that the units' stored partial sums blend into, in order."""
+    """Flush the windows that the units' stored partial sums blend into, in order."""
     blocks = blend_units(grid_pass.grid, part.units, part.load, grid_pass.sums)
     while True:
         if work.cancelled():
@@ -265,8 +265,8 @@ async def blend_stored(work: SceneWork, grid_pass: GridPass, part: FinishPass) -
         got = await asyncio.to_thread(next, blocks, None)
         if got is None:
             return
-        first, block = got
-        await asyncio.to_thread(grid_pass.flush, first, block)
+        first, col, block = got
+        await asyncio.to_thread(grid_pass.flush, first, col, block)
         await asyncio.to_thread(work.check_disk, grid_pass.sinks, False)
 
 

@@ -7,8 +7,9 @@ whole-scene run reads them) and keeps, over the scene pixels its tiles touch,
 the sum of Hann-weighted outputs and the sum of weights (float32), exactly as
 :class:`service.runtime.tiling.StripBlender` adds them. Finishing adds the
 units' partial sums where they overlap and divides, block of rows by block of
-rows, handing the task's ``flush`` the same blocks a whole-scene run would:
-outputs agree with it to float32 rounding (the sums are added in another order).
+rows in column windows, handing the task's ``flush`` windows as a whole-scene
+run does: outputs agree with it to float32 rounding (the sums are added in
+another order).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.tiling import Tile, TileGrid, add_weighted, hann_weight, read_bounds
+from service.runtime.tiling import (
+    WINDOW_COLUMNS,
+    BlendedWindow,
+    Tile,
+    TileGrid,
+    add_weighted,
+    hann_weight,
+    read_bounds,
+)
 
 
 @dataclass(frozen=True)
@@ -157,10 +166,7 @@ class UnitBlender:
         p = self.partial
         add_weighted(p.acc, p.wsum, p.top, tile, outputs, self.weight, self.grid, p.left)
 
-    def row_done(self, row: int) -> None:
-        """Rows are finished by the job's finishing step, not here."""
-
-    def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
+    def pop_final(self) -> Iterator[BlendedWindow]:
         """Nothing is final inside a unit."""
         return iter(())
 
@@ -170,13 +176,15 @@ def blend_units(
     units: list[Unit],
     load: Callable[[Unit], PartialSums],
     sums: dict[str, np.ndarray],
-) -> Iterator[tuple[int, np.ndarray]]:
-    """The final blocks of rows a whole-scene run flushes, from the units' partial sums.
+    columns: int = WINDOW_COLUMNS,
+) -> Iterator[BlendedWindow]:
+    """The final windows a whole-scene run flushes, from the units' partial sums.
 
-    Yields ``(first scene row, (layers, rows, width) float32)``, NaN where no
-    tile had data. Partials are loaded as their rows come up and dropped once
-    passed, so at most the units overlapping one block are held; ``sums``
-    gets each unit's totals added in.
+    Yields ``(first scene row, first column, (layers, rows, columns) float32)``,
+    NaN where no tile had data: each grid row's block of rows in windows of
+    ``columns``, left to right. Partials are loaded as their rows come up and
+    dropped once passed, so at most the units overlapping one block are held;
+    ``sums`` gets each unit's totals added in.
     """
     held: dict[int, PartialSums] = {}
     extents = {u.index: unit_extent(grid, u)[:2] for u in units}
@@ -192,24 +200,27 @@ def blend_units(
                 loaded.add(unit.index)
                 held[unit.index] = part
                 add_sums(sums, part.sums)
-        acc: np.ndarray | None = None
-        wsum = np.zeros((stop - start, grid.width), np.float32)
-        for part in held.values():
-            lo, hi = max(start, part.top), min(stop, part.bottom)
-            if hi <= lo:
-                continue
-            if acc is None:
-                acc = np.zeros((part.acc.shape[0], stop - start, grid.width), np.float32)
-            rows, cols = slice(lo - start, hi - start), slice(part.left, part.right)
-            acc[:, rows, cols] += part.acc[:, lo - part.top : hi - part.top]
-            wsum[rows, cols] += part.wsum[lo - part.top : hi - part.top]
+        layers = next((p.acc.shape[0] for p in held.values()), 0)
+        touching = [p for p in held.values() if max(start, p.top) < min(stop, p.bottom)]
+        for first_col in range(0, grid.width, columns) if touching else ():
+            last_col = min(grid.width, first_col + columns)
+            acc = np.zeros((layers, stop - start, last_col - first_col), np.float32)
+            wsum = np.zeros((stop - start, last_col - first_col), np.float32)
+            for part in touching:
+                lo, hi = max(start, part.top), min(stop, part.bottom)
+                left, right = max(first_col, part.left), min(last_col, part.right)
+                if right <= left:
+                    continue
+                y, x = slice(lo - start, hi - start), slice(left - first_col, right - first_col)
+                py = slice(lo - part.top, hi - part.top)
+                px = slice(left - part.left, right - part.left)
+                acc[:, y, x] += part.acc[:, py, px]
+                wsum[y, x] += part.wsum[py, px]
+            block = np.full(acc.shape, np.nan, np.float32)
+            np.divide(acc, wsum, out=block, where=wsum > 0)
+            yield start, first_col, block
         for index in [i for i, p in held.items() if p.bottom <= stop]:
             del held[index]
-        if acc is None:
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            block = np.where(wsum > 0, acc / np.where(wsum > 0, wsum, 1), np.nan)
-        yield start, block.astype(np.float32, copy=False)
     for unit in units:  # a unit whose rows no block needed still counts its totals
         if unit.index not in loaded:
             add_sums(sums, load(unit).sums)

@@ -120,6 +120,37 @@ class TileGrid:
         for row in range(self.rows):
             yield from self.row_tiles(row)
 
+    def row_groups(self) -> list[range]:
+        """Grid rows blended together: each row alone, bar a snapped last row.
+
+        The last row, snapped to the far edge, can overlap the one before by up
+        to a tile less a pixel: the two are blended together, column by column,
+        so that no row ever leaves more than ``overlap`` scene rows to the next.
+        """
+        groups = [range(row, row + 1) for row in range(self.rows)]
+        last = self.rows - 1
+        if last > 0:
+            y0 = self._origin(last - 1, self.rows, self.height)
+            if y0 + self.size - self._origin(last, self.rows, self.height) > self.overlap:
+                groups[-2:] = [range(last - 1, last + 1)]
+        return groups
+
+    def blend_order(self, rows: range | None = None, cols: range | None = None) -> list[list[Tile]]:
+        """Tiles as they are blended: row group by row group, column by column in a group.
+
+        ``rows`` and ``cols`` keep only those tiles (groups cut to ``rows``).
+        """
+        rows = rows if rows is not None else range(self.rows)
+        cols = cols if cols is not None else range(self.cols)
+        order: list[list[Tile]] = []
+        for group in self.row_groups():
+            kept = [r for r in group if r in rows]
+            if not kept:
+                continue
+            tiles = [self.row_tiles(r)[cols.start : cols.stop] for r in kept]
+            order.append([t for column in zip(*tiles, strict=True) for t in column])
+        return order
+
     def block_rows(self, row: int) -> tuple[int, int]:
         """Scene rows final once grid rows up to ``row`` are blended: ``[start, stop)``."""
         start = 0 if row == 0 else self._origin(row, self.rows, self.height)
@@ -182,9 +213,13 @@ def add_weighted(
 
     ``acc`` ``(layers, rows, columns)`` and ``wsum`` ``(rows, columns)`` hold
     scene pixels from row ``top`` and column ``left`` on; only the part of the
-    tile inside the scene is added.
+    tile inside the scene and the buffers is added.
     """
     y0, y1, x0, x1 = read_bounds(tile, grid.height, grid.width)
+    y0, y1 = max(y0, top), min(y1, top + wsum.shape[0])
+    x0, x1 = max(x0, left), min(x1, left + wsum.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
     ty, tx = y0 - tile.y, x0 - tile.x
     h, w = y1 - y0, x1 - x0
     part = weight[ty : ty + h, tx : tx + w]
@@ -193,92 +228,144 @@ def add_weighted(
     wsum[rows, cols] += part
 
 
-class StripBlender:
-    """Blends tile outputs row block by row block, so a scene is never held whole.
+# Width of the column windows blended rows are handed out in: the output files'
+# block width, so that each window fills whole file blocks across.
+WINDOW_COLUMNS = 512
 
-    Each grid row's tiles add ``weight * output`` into row blocks; once a grid
-    row and all rows above are added, the block of scene rows no later tile can
-    touch is final and handed out by :meth:`pop_final`.
+BlendedWindow = tuple[int, int, np.ndarray]
+"""A final window of blended rows: ``(first row, first column, (layers, rows, columns))``."""
+
+
+class StripBlender:
+    """Blends tile outputs window by window, so that no buffer spans the scene's width.
+
+    Tiles come in :meth:`TileGrid.blend_order`: a row group's tiles column by
+    column. A group's sums are kept in column windows of ``columns`` pixels;
+    once a tile column of the group is added, the windows left of the next
+    tile column are final: their group rows are divided out and handed out by
+    :meth:`pop_final`, and the rows the next group's tiles still reach (at
+    most ``overlap``) are kept for it. Memory is then a few tiles' worth plus
+    ``overlap`` rows of sums across the scene, however wide it is. Each pixel
+    gets its tiles' weighted outputs in the order a whole-row blend adds them,
+    but in a snapped last row group, where tiles come column by column.
 
     Args:
         grid: the tile grid.
         layers: number of output bands blended (predictions and attention).
+        columns: width of the windows handed out (the last may be narrower).
     """
 
-    def __init__(self, grid: TileGrid, layers: int) -> None:
+    def __init__(self, grid: TileGrid, layers: int, columns: int = WINDOW_COLUMNS) -> None:
         self.grid = grid
         self.layers = layers
+        self.columns = columns
         self.weight = hann_weight(grid.size)
-        # Buffers cover scene rows [self._top, self._top + self._used) and all
-        # columns. Allocated once: a grid row's tiles span ``size`` rows, and
-        # growing the buffers by copies held them twice over (on a 16384-wide
-        # scene, hundreds of MB more at the peak).
-        rows = min(grid.size, grid.height)
-        self._top = 0
-        self._used = 0
-        self._acc = np.zeros((layers, rows, grid.width), dtype=np.float32)
-        self._wsum = np.zeros((rows, grid.width), dtype=np.float32)
-        self._done_rows: set[int] = set()
-        self._next_row = 0
+        self._groups = grid.row_groups()
+        self._order = iter([t for group in grid.blend_order() for t in group])
+        self._group = 0
+        self._windows = -(-grid.width // columns)
+        self._next_window = 0
+        # Window index -> sums over the current group's rows.
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Window index -> sums of the rows the next group shares with this one.
+        self._seam: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Final sums not divided out yet: (first row, first column, acc, wsum).
+        self._final: list[tuple[int, int, np.ndarray, np.ndarray]] = []
 
-    def _ensure(self, stop: int) -> None:
-        need = stop - self._top
-        if need > self._wsum.shape[0]:  # rows the buffers never held yet: grown once
-            extra = need - self._wsum.shape[0]
-            self._acc = np.concatenate(
-                [self._acc, np.zeros((self.layers, extra, self.grid.width), np.float32)], axis=1
-            )
-            self._wsum = np.concatenate(
-                [self._wsum, np.zeros((extra, self.grid.width), np.float32)]
-            )
-        self._used = max(self._used, need)
+    def _rows(self) -> tuple[int, int, int]:
+        """The current group's scene rows: first, one past the last final, one past the last."""
+        group, g = self._groups[self._group], self.grid
+        top = g.block_rows(group.start)[0]
+        stop = g.block_rows(group.stop - 1)[1]
+        bottom = min(g.height, g.row_tiles(group.stop - 1)[0].y + g.size)
+        return top, stop, bottom
+
+    def _window(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """A window's sums over the group's rows, begun from what the group above left."""
+        got = self._open.get(index)
+        if got is None:
+            top, _, bottom = self._rows()
+            width = min(self.columns, self.grid.width - index * self.columns)
+            acc = np.zeros((self.layers, bottom - top, width), np.float32)
+            wsum = np.zeros((bottom - top, width), np.float32)
+            seam = self._seam.pop(index, None)
+            if seam is not None:
+                rows = seam[1].shape[0]
+                acc[:, :rows] = seam[0]
+                wsum[:rows] = seam[1]
+            got = self._open[index] = acc, wsum
+        return got
+
+    def _close(self, index: int) -> None:
+        """Set a window's final rows aside and keep the rows the next group shares."""
+        acc, wsum = self._window(index)
+        del self._open[index]
+        top, stop, _ = self._rows()
+        n = stop - top
+        if wsum.shape[0] > n:
+            self._seam[index] = acc[:, n:].copy(), wsum[n:].copy()
+        self._final.append((top, index * self.columns, acc[:, :n], wsum[:n]))
 
     def add(self, tile: Tile, outputs: np.ndarray | None) -> None:
-        """Add one tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
-        if outputs is None:
-            return
+        """Add the next tile's ``(layers, size, size)`` outputs (None: skipped, no data)."""
+        expected = next(self._order, None)
+        if expected is None or (expected.row, expected.col) != (tile.row, tile.col):
+            raise RuntimeError("tiles must be added in the grid's blend order")
         g = self.grid
-        y0, y1, _, _ = read_bounds(tile, g.height, g.width)
-        if y0 < self._top:
-            raise RuntimeError("tile added after its rows were finalised")
-        self._ensure(y1)
-        add_weighted(self._acc, self._wsum, self._top, tile, outputs, self.weight, g)
+        if outputs is not None:
+            top = self._rows()[0]
+            _, _, x0, x1 = read_bounds(tile, g.height, g.width)
+            for index in range(x0 // self.columns, -(-x1 // self.columns)):
+                acc, wsum = self._window(index)
+                add_weighted(acc, wsum, top, tile, outputs, self.weight, g, index * self.columns)
+        if tile.row != self._groups[self._group].stop - 1:
+            return  # the tile column goes on below
+        if tile.col == g.cols - 1:
+            done = self._windows
+        else:
+            done = g.row_tiles(tile.row)[tile.col + 1].x // self.columns
+        while self._next_window < done:
+            self._close(self._next_window)
+            self._next_window += 1
+        if tile.col == g.cols - 1:
+            self._group += 1
+            self._next_window = 0
 
-    def row_done(self, row: int) -> None:
-        """Mark a grid row's tiles as all added."""
-        self._done_rows.add(row)
+    def pop_final(self) -> Iterator[BlendedWindow]:
+        """Final windows, in order: ``(first row, first column, (layers, rows, columns))``.
 
-    def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Blocks of final rows: ``(first scene row, (layers, rows, width) float32)``.
-
-        Pixels no tile covered (all skipped) are NaN.
+        A row group's windows come left to right, and the groups top to bottom.
+        Pixels no tile covered (all skipped) are NaN. Each window is divided out
+        as it is asked for, so one need not be held while the next is made.
         """
-        while self._next_row in self._done_rows:
-            start, stop = self.grid.block_rows(self._next_row)
-            self._next_row += 1
-            if stop <= start:
-                continue
-            self._ensure(stop)
-            n = stop - self._top
-            acc, wsum = self._acc[:, :n], self._wsum[:n]
-            # One array for the block: no temporaries of its size.
-            covered = wsum > 0
-            block = np.full((self.layers, n, self.grid.width), np.nan, dtype=np.float32)
-            np.divide(acc, wsum, out=block, where=covered)
-            # The rows still open move to the top of the buffers; the rest is zeroed.
-            # Layer by layer: numpy copies the source first where it cannot rule
-            # out overlap, as it could not for all layers' rows at once.
-            keep = self._used - n
-            for layer in (*self._acc, self._wsum):
-                layer[:keep] = layer[n : self._used]
-            self._acc[:, keep : self._used] = 0
-            self._wsum[keep : self._used] = 0
-            self._used = keep
-            first = self._top
-            self._top = stop
-            yield first, block
+        while self._final:
+            top, left, acc, wsum = self._final.pop(0)
+            block = np.full(acc.shape, np.nan, dtype=np.float32)
+            np.divide(acc, wsum, out=block, where=wsum > 0)
+            del acc, wsum
+            yield top, left, block
 
     @property
     def finished(self) -> bool:
-        """Whether every grid row has been handed out."""
-        return self._next_row >= self.grid.rows
+        """Whether every tile has been added and every window handed out."""
+        return self._group >= len(self._groups) and not self._final
+
+
+class RowJoiner:
+    """Joins a row group's windows back into whole-width blocks of rows.
+
+    For consumers that need whole rows (resampling back to the input's grid):
+    they hold a block of rows across the scene, as blending used to.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._parts: list[np.ndarray] = []
+
+    def push(self, first: int, col: int, block: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """Add a window; the whole block of rows once its last window is in."""
+        self._parts.append(block)
+        if col + block.shape[2] < self.width:
+            return None
+        parts, self._parts = self._parts, []
+        return first, np.concatenate(parts, axis=2)

@@ -83,7 +83,7 @@ class ClassSceneOutputs(SceneOutputs):
             descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
             self.sinks["attention"] = work.sink("attention.tif", info, descriptions)
 
-    def write(self, first: int, values: np.ndarray) -> None:
+    def write(self, first: int, values: np.ndarray, col: int = 0) -> None:
         """Class map and probabilities of the first K bands; the attention maps of the rest."""
         k = len(self.manifest.classes)
         probs = values[:k]
@@ -92,10 +92,10 @@ class ClassSceneOutputs(SceneOutputs):
         coded = classes.astype(np.float32)
         # NaN rather than the nodata code: blocks holding no class stay unwritten.
         coded[classes == CLASS_NODATA] = np.nan
-        self.sinks["class"].write(first, coded[None])
-        self.sinks["probabilities"].write(first, probs)
+        self.sinks["class"].write(first, coded[None], col)
+        self.sinks["probabilities"].write(first, probs, col)
         if "attention" in self.sinks:
-            self.sinks["attention"].write(first, values[k:])
+            self.sinks["attention"].write(first, values[k:], col)
 
     def layers(self, georef: dict[str, Any] | None) -> list[Layer]:
         """The class map, the probabilities and the attention maps."""

@@ -24,7 +24,7 @@ from service.raster.resample import (
 )
 from service.runtime.manifest import Manifest, OutputSpec
 from service.runtime.segmentation import SegmentationTask, context_px, upsample
-from service.runtime.tiling import StripBlender, Tile, TileGrid
+from service.runtime.tiling import RowJoiner, StripBlender, Tile, TileGrid
 from service.runtime.validation import check_layout
 
 
@@ -67,8 +67,9 @@ def scene_maps(spec: OutputSpec, maps: np.ndarray) -> np.ndarray:
 class SceneOutputs:
     """Where a segmentation scene's blended rows go, and the layers they become.
 
-    Rows come as ``(channels, rows, width)`` float32, NaN where there is no data:
-    every spatial output's bands in manifest order (the prediction first).
+    Windows of rows come as ``(channels, rows, columns)`` float32, NaN where
+    there is no data: every spatial output's bands in manifest order (the
+    prediction first).
     This one writes a binary probability map and the attention maps.
     """
 
@@ -82,11 +83,11 @@ class SceneOutputs:
             descriptions = [f"{o.name} ({o.kind}, level {o.level})" for o in spatial[1:]]
             self.sinks["attention"] = work.sink("attention.tif", info, descriptions)
 
-    def write(self, first: int, values: np.ndarray) -> None:
-        """Write rows from ``first`` on (on a worker thread, in order)."""
-        self.sinks["prediction"].write(first, values[:1])
+    def write(self, first: int, values: np.ndarray, col: int = 0) -> None:
+        """Write a window from row ``first``, column ``col`` (on a worker thread, in order)."""
+        self.sinks["prediction"].write(first, values[:1], col)
         if len(self.spatial) > 1:
-            self.sinks["attention"].write(first, values[1:])
+            self.sinks["attention"].write(first, values[1:], col)
 
     def layers(self, georef: dict[str, Any] | None) -> list[Layer]:
         """The layers of the spatial outputs, stored as bands of the job's COGs."""
@@ -215,6 +216,8 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
             source = ModelGridSource(ds, plan, valid_everywhere) if plan.applied else None
             back = RowsBack(plan) if plan.applied else None
+            # Resampling back to the input's grid takes whole rows of the model's.
+            joiner = RowJoiner(tiled.width) if back is not None else None
 
             def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
                 # The model reads the tile with its context; only the tile
@@ -248,14 +251,17 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
 
             write = outputs.write
 
-            def flush(first: int, block: np.ndarray) -> None:
+            def flush(first: int, col: int, block: np.ndarray) -> None:
                 valid = block[-1] > 0.5
                 values = block[:-1]
                 values[:, ~valid] = np.nan
-                if back is None:
-                    write(first, values)
+                if back is None or joiner is None:
+                    write(first, values, col)
                     return
-                for row, part in back.push(first, values):
+                rows = joiner.push(first, col, values)
+                if rows is None:
+                    return
+                for row, part in back.push(*rows):
                     # Nodata of the input stays nodata, whatever the model's grid saw.
                     mask = input_valid_rows(rows_ds, row, part.shape[1], valid_everywhere)
                     if mask is not None:

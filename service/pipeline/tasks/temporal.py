@@ -145,16 +145,16 @@ class TemporalClassification(SyncTask[SeriesInput, TemporalTask]):
                 view[-1] = pixels
                 return result
 
-            def flush(first: int, block: np.ndarray) -> None:
+            def flush(first: int, col: int, block: np.ndarray) -> None:
                 valid = block[-1] > 0.5
                 probs = block[:k]
                 cls = np.where(valid, np.nan_to_num(probs, nan=-1).argmax(axis=0), CLASS_NODATA)
-                sinks["class"].write(first, cls[None].astype(np.float32))
+                sinks["class"].write(first, cls[None].astype(np.float32), col)
                 probs[:, ~valid] = np.nan
-                sinks["probabilities"].write(first, probs)
+                sinks["probabilities"].write(first, probs, col)
                 att = block[k : k + t]
                 att[:, ~valid] = np.nan
-                sinks["attention"].write(first, att)
+                sinks["attention"].write(first, att, col)
 
             def finish() -> None:
                 for sink in sinks.values():

@@ -1,4 +1,4 @@
-"""The grid loop: every tile blended once, rows flushed in order, cancel and failure."""
+"""The grid loop: every tile blended once, windows flushed in order, cancel and failure."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from service.pipeline.scene_grid import (
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
 from service.raster.georef import Georeference
-from service.runtime.tiling import StripBlender, Tile, TileGrid
+from service.runtime.tiling import BlendedWindow, StripBlender, Tile, TileGrid
 
 SIZE = 100
 
@@ -69,19 +69,25 @@ async def _ones(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.ones((1, tile.size, tile.size), np.float32)
 
 
-def test_every_row_is_flushed_once_in_order_and_progress_counts_every_tile(
+def test_every_window_is_flushed_once_in_order_and_progress_counts_every_tile(
     tmp_path: Path,
 ) -> None:
     work, seen = _work(tmp_path)
     grid = TileGrid(SIZE, SIZE, 40, 8)
-    blender = StripBlender(grid, 1)
+    blender = StripBlender(grid, 1, columns=32)
     out = np.full((SIZE, SIZE), np.nan, np.float32)
+    flushed: list[tuple[int, int]] = []
 
-    def flush(first: int, block: np.ndarray) -> None:
-        assert np.isnan(out[first : first + block.shape[1]]).all()  # each row once
-        out[first : first + block.shape[1]] = block[0]
+    def flush(first: int, col: int, block: np.ndarray) -> None:
+        window = out[first : first + block.shape[1], col : col + block.shape[2]]
+        assert np.isnan(window).all()  # each pixel once
+        window[:] = block[0]
+        flushed.append((first, col))
 
     asyncio.run(run_grid(work, GridPass(grid, blender, _read, _ones, flush, {})))
+    # Row groups top to bottom, each left to right in windows of 32 columns.
+    assert flushed == sorted(flushed)
+    assert {col for _, col in flushed} == {0, 32, 64, 96}
     assert seen == [(i, len(grid)) for i in range(1, len(grid) + 1)]
     # Blending ones gives ones; where only the skipped tile reached, no data.
     assert np.isnan(out[:20, :20]).all()
@@ -123,16 +129,16 @@ def test_a_flushed_block_is_let_go_before_the_next_is_made(tmp_path: Path) -> No
     made: list[weakref.ref[np.ndarray]] = []
 
     class Watching(StripBlender):
-        def pop_final(self) -> Iterator[tuple[int, np.ndarray]]:
-            for first, block in super().pop_final():
+        def pop_final(self) -> Iterator[BlendedWindow]:
+            for first, col, block in super().pop_final():
                 assert all(ref() is None for ref in made)  # blocks written are gone
                 made.append(weakref.ref(block))
-                yield first, block
+                yield first, col, block
 
     asyncio.run(
-        run_grid(work, GridPass(grid, Watching(grid, 1), _read, _ones, lambda *a: None, {}))
+        run_grid(work, GridPass(grid, Watching(grid, 1, 32), _read, _ones, lambda *a: None, {}))
     )
-    assert len(made) == grid.rows
+    assert len(made) == len(grid.row_groups()) * 4
 
 
 def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
@@ -161,7 +167,7 @@ def test_a_failing_tile_drops_the_unfinished_outputs(tmp_path: Path) -> None:
                     StripBlender(grid, 1),
                     _read,
                     broken,
-                    lambda first, block: sinks["prediction"].write(first, block),
+                    lambda first, col, block: sinks["prediction"].write(first, block, col),
                     sinks,
                 ),
                 lambda: [s.finish() for s in sinks.values()],

@@ -14,6 +14,7 @@ from service.pipeline.units import (
     unit_extent,
 )
 from service.runtime.tiling import StripBlender, TileGrid
+from tests.helpers.blending import blend_scene
 
 
 def _outputs(grid: TileGrid, layers: int, seed: int) -> dict[tuple[int, int], np.ndarray | None]:
@@ -26,20 +27,6 @@ def _outputs(grid: TileGrid, layers: int, seed: int) -> dict[tuple[int, int], np
             None if skipped else rng.random((layers, grid.size, grid.size), dtype=np.float32)
         )
     return out
-
-
-def _whole(
-    grid: TileGrid, layers: int, out: dict[tuple[int, int], np.ndarray | None]
-) -> np.ndarray:
-    blender = StripBlender(grid, layers)
-    scene = np.full((layers, grid.height, grid.width), -1.0, np.float32)
-    for row in range(grid.rows):
-        for tile in grid.row_tiles(row):
-            blender.add(tile, out[tile.row, tile.col])
-        blender.row_done(row)
-        for first, block in blender.pop_final():
-            scene[:, first : first + block.shape[1]] = block
-    return scene
 
 
 @pytest.mark.parametrize(
@@ -73,9 +60,10 @@ def test_units_blend_to_the_whole_scene_blend(height: int, width: int, unit_tile
         loaded.append(unit.index)
         return PartialSums.from_bytes(stored[unit.index])
 
-    for first, block in blend_units(grid, units, load, sums):
-        scene[:, first : first + block.shape[1]] = block
-    whole = _whole(grid, layers, out)
+    for first, col, block in blend_units(grid, units, load, sums, columns=100):
+        assert block.shape[2] <= 100
+        scene[:, first : first + block.shape[1], col : col + block.shape[2]] = block
+    whole = blend_scene(StripBlender(grid, layers), out)
     np.testing.assert_allclose(scene, whole, atol=1e-5, equal_nan=True)
     assert np.array_equal(np.isnan(scene), np.isnan(whole))
     assert (scene != -1).all()  # every row came out
