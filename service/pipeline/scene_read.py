@@ -86,23 +86,76 @@ def all_valid(dataset: DatasetReader) -> bool:
     return all(flags == [MaskFlags.all_valid] for flags in dataset.mask_flag_enums)
 
 
+# Side of the sample of a scene that its band means are taken over.
+MEAN_SAMPLE_PX = 2048
+
+
+def nearest_pixels(size: int, out: int) -> np.ndarray:
+    """``(out,)`` source pixels GDAL's nearest-neighbour decimation of ``size`` to ``out`` reads.
+
+    The pixel under each output pixel's centre, as ``GDALRasterBand::IRasterIO``
+    picks it (with its small epsilon).
+    """
+    centres = (np.arange(out) + 0.5) * (size / out) + 1e-10
+    return np.minimum(centres.astype(np.int64), size - 1)
+
+
 def scene_band_mean(ds: DatasetReader, info: RasterInfo, valid_everywhere: bool) -> np.ndarray:
     """``(C,)`` mean of each band over the scene's valid pixels.
 
-    Read at most 2048 pixels a side (exact for smaller scenes), so that every
-    tile gets the band statistics the whole scene would.
+    Taken over at most 2048 pixels a side (exact for smaller scenes), so that
+    every tile gets the band statistics the whole scene would: the pixels
+    GDAL's nearest-neighbour decimation picks. A file without overviews is read
+    one sampled row at a time, each source block decoded once, so that neither
+    a decimated read's temporaries nor the scene's width weigh on memory; a
+    file with overviews is read decimated, from them, as before.
     """
-    scale = max(1, -(-max(info.width, info.height) // 2048))
+    scale = max(1, -(-max(info.width, info.height) // MEAN_SAMPLE_PX))
     shape = (info.count, max(1, info.height // scale), max(1, info.width // scale))
+    indexes = list(info.indexes) or None
     try:
-        data = ds.read(list(info.indexes) or None, out_shape=shape).astype(np.float32)
-        valid = None if valid_everywhere else ds.dataset_mask(out_shape=shape[1:]) > 0
+        if ds.overviews(1):
+            data = ds.read(indexes, out_shape=shape)
+            mask = None if valid_everywhere else ds.dataset_mask(out_shape=shape[1:])
+        else:
+            data, mask = _sample_rows(ds, indexes, shape, valid_everywhere)
     except RasterioError:
         raise InvalidRaster(UNREADABLE) from None
+    valid = None if mask is None else mask > 0
     if data.dtype.kind == "f":
-        finite = np.isfinite(data).all(axis=0)
+        finite = np.ones(shape[1:], bool)
+        for band in data:
+            finite &= np.isfinite(band.astype(np.float32, copy=False))
         valid = finite if valid is None else valid & finite
-    return band_means(np.nan_to_num(data), valid)
+    use = valid if valid is not None and valid.any() else None
+    means = []
+    # Band by band: one band's float32 values at a time (the sample's own, where
+    # it is float32), its mean as band_means takes it.
+    for band in data:
+        values = np.nan_to_num(band.astype(np.float32, copy=False), copy=False)
+        means.append(band_means(values[None], use)[0])
+    return np.array(means, dtype=np.float32)
+
+
+def _sample_rows(
+    ds: DatasetReader, indexes: list[int] | None, shape: tuple[int, int, int], all_valid: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The decimated ``(C, h, w)`` sample and ``(h, w)`` mask, read row by sampled row."""
+    rows = nearest_pixels(ds.height, shape[1])
+    cols = nearest_pixels(ds.width, shape[2])
+    data: np.ndarray | None = None
+    mask = None if all_valid else np.empty(shape[1:], np.uint8)
+    for i, row in enumerate(rows.tolist()):
+        # GDAL's block cache keeps the decoded blocks of this row for the next.
+        line = Window(0, row, ds.width, 1)
+        values = ds.read(indexes, window=line)[:, 0, cols]
+        if data is None:
+            data = np.empty(shape, values.dtype)
+        data[:, i] = values
+        if mask is not None:
+            mask[i] = ds.dataset_mask(window=line)[0, cols]
+    assert data is not None  # a raster has at least one row
+    return data, mask
 
 
 def read_window(

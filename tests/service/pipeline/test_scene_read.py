@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from service.errors import InvalidRaster
 from service.pipeline import scene_read
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.raster.decode import describe
+from service.runtime.segmentation import band_means
 from service.runtime.tiling import TileGrid
 from tests.helpers.geotiff import noise, write_geotiff
 from tests.helpers.scenes import tile_scene
@@ -74,6 +77,65 @@ def test_band_means_count_only_valid_pixels(tmp_path: Path) -> None:
     with open_scene(path) as ds:
         means = scene_band_mean(ds, describe(ds), all_valid(ds))
     np.testing.assert_allclose(means, data[:, valid].mean(axis=1), rtol=1e-5)
+
+
+def _decimated_mean(path: Path) -> np.ndarray:
+    """The band means of GDAL's decimated read of the whole file at once, as they were taken."""
+    with open_scene(path) as ds:
+        scale = max(1, -(-max(ds.width, ds.height) // 2048))
+        shape = (ds.count, max(1, ds.height // scale), max(1, ds.width // scale))
+        data = ds.read(out_shape=shape).astype(np.float32)
+        valid = None if all_valid(ds) else ds.dataset_mask(out_shape=shape[1:]) > 0
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data).all(axis=0)
+        valid = finite if valid is None else valid & finite
+    return band_means(np.nan_to_num(data), valid)
+
+
+def _scene_mean(path: Path) -> np.ndarray:
+    with open_scene(path) as ds:
+        return scene_band_mean(ds, describe(ds), all_valid(ds))
+
+
+def _traced(call: Callable[[], np.ndarray]) -> tuple[np.ndarray, int]:
+    """What ``call`` gives, and the peak bytes numpy allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        return call(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "dtype", "overviews"),
+    [
+        (1000, 4200, "uint8", False),  # one pixel in 3, across rows of blocks
+        (2050, 2051, "float32", False),  # one in 2, NaN bands as no data
+        (700, 900, "uint16", False),  # every pixel
+        (1000, 4200, "uint8", True),  # decimated by GDAL from the overviews
+    ],
+)
+def test_band_means_take_the_pixels_of_a_decimated_read_with_a_bounded_memory(
+    tmp_path: Path, height: int, width: int, dtype: str, overviews: bool
+) -> None:
+    rng = np.random.default_rng(height)
+    data = rng.integers(0, 3000, (3, height, width)).astype(dtype)
+    mask = np.full((height, width), 255, np.uint8)
+    mask[:, : width // 3] = 0  # the left third has no data
+    if dtype == "float32":
+        data[1, 100:900, 300:] = np.nan
+    path = tmp_path / "scene.tif"
+    write_geotiff(path, data, mask=mask, tiled=True, blockxsize=256, blockysize=256)
+    if overviews:
+        with rasterio.open(path, "r+") as ds:
+            ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
+    means, peak = _traced(lambda: _scene_mean(path))
+    want, decimated_peak = _traced(lambda: _decimated_mean(path))
+    np.testing.assert_array_equal(means, want)
+    if not overviews:
+        # The sample in the file's type and one band's float32 copies at a time,
+        # not every band's at once and their copies.
+        assert peak < 0.6 * decimated_peak
 
 
 class CountingFile(io.FileIO):
