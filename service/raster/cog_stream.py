@@ -3,11 +3,12 @@
 GDAL makes a COG from a finished file only: read back, overviews built, every
 tile compressed again (4.5 s of a 4096 x 4096 footprints scene's 33 s, most of
 it compressing the attention bands; see bench/scene_finish.md). Here each
-block row of 512 rows is compressed (deflate, floating-point predictor, tiles
-of one row on all usable CPUs) as soon as the scene has blended it, and its
-2 x 2 average feeds the next overview level, which does the same in turn; each
-level's tiles go to a file of their own. Finishing is left with writing the
-IFDs and appending the levels' tiles, smallest overview first: file copies.
+block row of 512 rows is compressed (deflate by libdeflate, as GDAL does, with
+the floating-point predictor; the tiles of one row on all usable CPUs) as soon
+as the scene has blended it, and its 2 x 2 average feeds the next overview
+level, which does the same in turn; each level's tiles go to a file of their
+own. Finishing is left with writing the IFDs and appending the levels' tiles,
+smallest overview first: file copies.
 
 The averages are GDAL's: NaN (nodata) left out, in double precision, each
 level from the one above it. Levels halve exactly, so the raster's sides must
@@ -22,11 +23,11 @@ import os
 import shutil
 import struct
 import threading
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import deflate
 import numpy as np
 import rasterio
 from affine import Affine
@@ -49,7 +50,7 @@ _pool_lock = threading.Lock()
 
 
 def _encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
-    # zlib and numpy let go of the GIL: one row's tiles compress on every usable CPU.
+    # libdeflate and numpy let go of the GIL: one row's tiles compress on every usable CPU.
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -65,7 +66,7 @@ def can_stream(width: int, height: int, levels: int) -> bool:
     return bool(width % step == 0 and height % step == 0)
 
 
-def encode_tile(tile: np.ndarray, level: int) -> bytes:
+def encode_tile(tile: np.ndarray, level: int) -> bytearray:
     """A ``(rows, cols, bands)`` float32 tile as TIFF stores it: predictor 3, then deflate.
 
     The floating-point predictor (TIFF Technical Note 3): each row's bytes are
@@ -77,23 +78,36 @@ def encode_tile(tile: np.ndarray, level: int) -> bytes:
     planes = np.ascontiguousarray(values[:, :, ::-1].transpose(0, 2, 1)).reshape(rows, -1)
     diff = planes.copy()
     diff[:, bands:] -= planes[:, :-bands]
-    return zlib.compress(diff.data, level)
+    return deflate.zlib_compress(diff.data, level)
 
 
 def average_2x2(rows: np.ndarray) -> np.ndarray:
-    """``(bands, 2h, 2w)`` float32 to ``(bands, h, w)``: each 2 x 2's mean of its non-NaN values."""
+    """``(bands, 2h, 2w)`` float32 to ``(bands, h, w)``: each 2 x 2's mean of its non-NaN values.
+
+    In double precision, summed in GDAL's order (row by row), then rounded.
+    """
     bands, height, width = rows.shape
     out = np.empty((bands, height // 2, width // 2), np.float32)
-    for b in range(bands):
-        for top in range(0, height, REDUCE_ROWS):
-            part = rows[b, top : top + REDUCE_ROWS]
-            quads = part.reshape(part.shape[0] // 2, 2, width // 2, 2)
-            valid = ~np.isnan(quads)
-            # Infinities of both signs average to NaN, as in GDAL.
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                total = np.where(valid, quads, 0).sum(axis=(1, 3), dtype=np.float64)
-                count = valid.sum(axis=(1, 3))
-                out[b, top // 2 : (top + part.shape[0]) // 2] = total / count
+    # Infinities of both signs average to NaN, as in GDAL.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for b in range(bands):
+            for top in range(0, height, REDUCE_ROWS):
+                part = rows[b, top : top + REDUCE_ROWS]
+                corners = (part[0::2, 0::2], part[0::2, 1::2], part[1::2, 0::2], part[1::2, 1::2])
+                target = out[b, top // 2 : (top + part.shape[0]) // 2]
+                total = corners[0].astype(np.float64)
+                if not np.isnan(part).any():
+                    for corner in corners[1:]:
+                        total += corner
+                    np.multiply(total, 0.25, out=target, casting="same_kind")
+                    continue
+                count = (~np.isnan(corners[0])).astype(np.float64)
+                np.nan_to_num(total, copy=False, nan=0.0, posinf=np.inf, neginf=-np.inf)
+                for corner in corners[1:]:
+                    valid = ~np.isnan(corner)
+                    total += np.where(valid, corner, 0.0)
+                    count += valid
+                np.divide(total, count, out=target, casting="same_kind")
     return out
 
 
