@@ -1,7 +1,11 @@
-"""Scene outputs: tiled GeoTIFFs written block by block, then made Cloud-Optimized."""
+"""Scene outputs: COGs written while the rows come, or tiled GeoTIFFs made Cloud-Optimized after.
+
+Float outputs compressed with deflate stream (:mod:`service.raster.cog_stream`);
+the others are written block by block to a partial file that GDAL makes a COG.
+"""
 
 # Partial files are sparse: a block that holds only nodata is never written, so a
-# mostly empty scene takes disk for its data only.
+# mostly empty scene takes disk for its data only (streamed tiles alike).
 
 from __future__ import annotations
 
