@@ -4,7 +4,7 @@
 ``cogeo.tif`` repeated ``r x r`` (deflate, 512-px blocks) for each ``r`` and runs it
 as an async footprints scene job on a fresh server from the server code of
 commit ``--before`` (before), then on one from this checkout or commit
-``--after`` (after), back to back.
+``--after`` (after), back to back (``--after-first``: the other way round).
 Per job: the tiling phase (from running until ``/metrics`` counts every tile
 inferred), finishing (from then until done), the whole job (the server's own
 seconds), the server's CPU seconds, its peak memory, the COG checks; the two
@@ -185,14 +185,18 @@ def replay(cog: Path, work: Path, stream: bool) -> tuple[Path, dict[str, Any]]:
     return out, result
 
 
-def one_scene(repeat: int, work: Path, before: Path, after: Path) -> dict[str, Any]:
+def one_scene(
+    repeat: int, work: Path, before: Path, after: Path, after_first: bool = False
+) -> dict[str, Any]:
     """Before and after jobs of one scene, their outputs compared, the finishing profiled."""
     side = 1024 * repeat
     scene = tile_scene(SOURCE, repeat, work / f"scene-{side}.tif", "deflate")
-    jobs = {
-        "before": one_job(scene, work, f"{side}-before", before),
-        "after": one_job(scene, work, f"{side}-after", after),
+    order = [("before", before), ("after", after)]
+    ran = {
+        code: one_job(scene, work, f"{side}-{code}", cwd)
+        for code, cwd in order[:: -1 if after_first else 1]
     }
+    jobs = {"before": ran["before"], "after": ran["after"]}
     scene.unlink()
     b, a = Path(jobs["before"].pop("folder")), Path(jobs["after"].pop("folder"))
     names = sorted(jobs["before"]["outputs"])
@@ -224,7 +228,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results.get('after', 'this checkout')}. Scenes: `cogeo.tif` repeated r x r (RGB uint8, "
         "deflate), the shipped footprints model, default settings (deflate level 1 COGs, "
         "float32 outputs: `prediction.tif` one band, `attention.tif` four), one fresh server "
-        "per job, before and after back to back.",
+        f"per job, {'after then before' if results.get('after_first') else 'before then after'} "
+        "back to back.",
         "The machine's 2 cores are shared with other people's work (model training, tests) "
         f"at the same time: load average at start {results['load_average_start']}, at end "
         f"{results['load_average_end']}. Wall seconds move with it; server CPU seconds hardly.",
@@ -300,6 +305,7 @@ def main() -> int:
     parser.add_argument(
         "--after", help="commit whose server code runs second (default: this checkout's files)"
     )
+    parser.add_argument("--after-first", action="store_true", help="run the after job first")
     parser.add_argument("--out", type=Path, default=REPO / "bench")
     parser.add_argument(
         "--report", type=Path, help="rewrite the page of this JSON, running nothing"
@@ -314,6 +320,7 @@ def main() -> int:
         "machine": machine(),
         "cpus": usable_cpus(),
         "load_average_start": load_average(),
+        "after_first": args.after_first,
         "scenes": [],
     }
     with tempfile.TemporaryDirectory(prefix="attnserve-finish-") as tmp:
@@ -325,7 +332,8 @@ def main() -> int:
             after = work / "after"
         for repeat in (int(r) for r in args.repeats.split(",")):
             say(f"scene {1024 * repeat} x {1024 * repeat}")
-            results["scenes"].append(one_scene(repeat, work, work / "before", after))
+            scene = one_scene(repeat, work, work / "before", after, args.after_first)
+            results["scenes"].append(scene)
             # Written after each scene: a later scene cut short keeps the earlier ones.
             results["load_average_end"] = load_average()
             args.out.mkdir(parents=True, exist_ok=True)
