@@ -217,6 +217,11 @@ def one_scene(
     return out
 
 
+def sizes(outputs: dict[str, dict[str, Any]]) -> str:
+    """Each output's name and MiB."""
+    return ", ".join(f"{name} {o['mib']}" for name, o in outputs.items())
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown page."""
     lines = report_head(
@@ -241,7 +246,7 @@ def markdown(results: dict[str, Any]) -> str:
         "then until done (the last rows' blending included).",
         "",
         "| side | code | tiles | tiling s | finishing s | whole job s | finishing share "
-        "| server CPU s | VmHWM MiB | COGs valid | MiB (prediction, attention) | load after |",
+        "| server CPU s | VmHWM MiB | COGs valid | MiB per output | load after |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for s in results["scenes"]:
@@ -252,7 +257,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{j['job_s']} | {j['finish_s'] / max(j['job_s'], 1e-9):.1%} | "
                 f"{j['server_cpu_s']} | {j['vm_hwm_mib']} | "
                 f"{all(o['cog_valid'] for o in outs.values())} | "
-                f"{', '.join(str(o['mib']) for o in outs.values())} | "
+                f"{sizes(outs)} | "
                 f"{j['load_average_after']} |"
             )
     lines += [

@@ -87,7 +87,8 @@ def test_the_page_shows_each_job_comparison_and_profile_row() -> None:
     }
     results["scenes"][0]["profile"]["attention.tif"]["partial_file"]["cog_valid"] = True
     page = markdown(results)
-    assert "| 4096 | before | 121 | 30.0 | 5.0 | 35.0 | 14.3% |" in page
+    row = "| 4096 | before | 121 | 30.0 | 5.0 | 35.0 | 14.3% | 40.0 | 1300.0 | True |"
+    assert f"{row} attention.tif 250.0 |" in page
     assert "| 4096 | after | 121 | 30.0 | 0.5 | 35.0 | 1.4% |" in page
     assert "| 4096 | attention.tif | same values both ways | True | 0.0 | [0] |" in page
     assert "| 4096 | attention.tif | partial_file | 1.0 | 1.0 | 3.0 | - |" in page
