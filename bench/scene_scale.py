@@ -172,22 +172,33 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *scene_table(results["scenes"]),
     ]
-    before = results.get("before")
-    if before:
-        lines += [
-            "",
-            f"Before (git {before['machine'].get('attnserve_git')}, {before['started']}, load "
-            f"average {before['load_average_start']} to {before['load_average_end']}): "
-            f"{before.get('note', '')}",
-            "",
-            *scene_table(before["scenes"]),
-        ]
     lines += [
         "",
         "| target | against the smallest scene | met |",
         "| --- | --- | --- |",
+        *verdict_rows(results["verdicts"]),
     ]
-    return "\n".join(lines + verdict_rows(results["verdicts"]) + [""])
+    if results.get("note"):
+        lines += ["", results["note"]]
+    for other in compared(results):
+        lines += [
+            "",
+            f"{other.get('label', 'Before')} (git {other['machine'].get('attnserve_git')}, "
+            f"{other['started']}, load average {other['load_average_start']} to "
+            f"{other['load_average_end']}): {other.get('note', '')}",
+            "",
+            *scene_table(other["scenes"]),
+            "",
+            "| target | against the smallest scene | met |",
+            "| --- | --- | --- |",
+            *verdict_rows(verdicts(other["scenes"])),
+        ]
+    return "\n".join([*lines, ""])
+
+
+def compared(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Other runs shown beside this one (``before``: a page written before there were several)."""
+    return [*results.get("compared", []), *([results["before"]] if "before" in results else [])]
 
 
 def scene_table(scenes: list[dict[str, Any]]) -> list[str]:
@@ -235,16 +246,34 @@ def main() -> int:
         "--report", type=Path, help="rewrite the page of this results JSON, running nothing"
     )
     parser.add_argument(
-        "--before", type=Path, help="with --report: a run of earlier code to show beside it"
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="with --report: another run to show beside it (repeat for several)",
     )
-    parser.add_argument("--before-note", default="", help="what the earlier code was")
+    parser.add_argument(
+        "--label", action="append", default=[], help="each --compare run's name (Before, ...)"
+    )
+    parser.add_argument(
+        "--compare-note", action="append", default=[], help="what each --compare run's code was"
+    )
+    parser.add_argument("--note", help="with --report: what the run found, below its targets")
     args = parser.parse_args()
     if args.report:
         results = json.loads(args.report.read_text())
-        if args.before:
-            results["before"] = json.loads(args.before.read_text())
-            results["before"].pop("before", None)
-            results["before"]["note"] = args.before_note
+        if args.note is not None:
+            results["note"] = args.note
+        if args.compare:
+            results.pop("before", None)
+            results["compared"] = []
+            for i, path in enumerate(args.compare):
+                other = json.loads(path.read_text())
+                for key in ("before", "compared", "note"):
+                    other.pop(key, None)
+                other["label"] = args.label[i] if i < len(args.label) else "Before"
+                other["note"] = args.compare_note[i] if i < len(args.compare_note) else ""
+                results["compared"].append(other)
         results["verdicts"] = verdicts(results["scenes"])
         args.report.write_text(json.dumps(results, indent=2) + "\n")
         args.report.with_suffix(".md").write_text(markdown(results))

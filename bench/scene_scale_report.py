@@ -69,6 +69,18 @@ def scale_lines(results: dict[str, Any]) -> list[str]:
             f"| server CPU seconds per tile within 10% | {cpu['vs_smallest']} | "
             f"{_yes(cpu['met'])} |"
         )
+    if results.get("note"):
+        lines += ["", results["note"]]
+    others = results.get("compared", [])
+    if others:
+        lines += ["", "The same scenes run by other code (tables in `scene_scale.md`):", ""]
+    for other in others:
+        hwm = [s["vm_hwm_mib"] for s in other["scenes"]]
+        lines.append(
+            f"- {other['label']} (git {other['machine'].get('attnserve_git')}): VmHWM "
+            f"{' / '.join(map(str, hwm))} MiB, the largest {hwm[-1] / hwm[0]:.3f}x the "
+            f"smallest's. {other.get('note', '')}"
+        )
     return [*lines, ""]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,3 +69,32 @@ def test_a_small_run_writes_both_reports(tmp_path: Path, monkeypatch: pytest.Mon
     assert "| 2048 |" in text
     assert "peak RSS (VmHWM) of the largest" in text
     assert (tmp_path / "scene_scale.json").is_file()
+
+
+def test_a_report_shows_each_run_compared_with_its_own_targets_and_the_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committed = json.loads((Path(__file__).parents[2] / "bench" / "scene_scale.json").read_text())
+    run = tmp_path / "scene_scale.json"
+    run.write_text(json.dumps(committed))
+    other = json.loads(json.dumps(committed))
+    for scene, hwm in zip(other["scenes"], (1000, 1010, 1020), strict=True):
+        scene["vm_hwm_mib"] = hwm
+    others = [tmp_path / "a.json", tmp_path / "b.json"]
+    others[0].write_text(json.dumps(other))
+    others[1].write_text(json.dumps(committed))
+    first = ["--compare", str(others[0]), "--label", "Flat", "--compare-note", "no streaming"]
+    second = ["--compare", str(others[1]), "--label", "Before", "--compare-note", "older code"]
+    argv = ["scene_scale", "--report", str(run), "--note", "What was found.", *first, *second]
+    monkeypatch.setattr("sys.argv", argv)
+    assert main() == 0
+    text = run.with_suffix(".md").read_text()
+    assert "What was found." in text
+    assert "Flat (git" in text
+    assert "no streaming" in text
+    assert "Before (git" in text
+    assert "older code" in text
+    # Each run is judged by its own figures: only the flat one meets the memory target.
+    memory = [line for line in text.splitlines() if line.startswith("| peak RSS")]
+    assert [line.endswith("| yes |") for line in memory] == [False, True, False]
+    assert [o["label"] for o in json.loads(run.read_text())["compared"]] == ["Flat", "Before"]

@@ -73,3 +73,18 @@ def test_the_section_names_the_machine_the_figures_and_each_target(tmp_path: Pat
     assert "| deflate | 124.3 | 7.9 | 0.878 | **no** |" in text
     assert "9.5 tiles/s before the jobs, 9.1 after" in text
     assert "against the raw session: 66% (target 90%): **no**" in text
+
+
+def test_the_section_gives_the_note_and_each_compared_runs_peak_memory(tmp_path: Path) -> None:
+    scenes = [_scene(4096, 1400.0), _scene(8192, 1450.0), _scene(16384, 1600.0)]
+    flat = [_scene(4096, 1300.0), _scene(8192, 1310.0), _scene(16384, 1326.0)]
+    other = {**HEAD, "scenes": flat, "label": "Without streaming", "note": "A patch."}
+    scale = {**HEAD, "scenes": scenes, "verdicts": verdicts(scenes), "note": "Found this."}
+    scale["compared"] = [other]
+    (tmp_path / "scene_scale.json").write_text(json.dumps(scale))
+    text = "\n".join(section(tmp_path))
+    assert "\nFound this.\n" in text
+    assert (
+        "- Without streaming (git abc): VmHWM 1300.0 / 1310.0 / 1326.0 MiB, the largest "
+        "1.020x the smallest's. A patch." in text
+    )
