@@ -146,26 +146,29 @@ class _LevelFile:
 
     def write_row(self, rows: np.ndarray, compress_level: int) -> None:
         """Compress one block row's tiles (left out where all NaN) and append them."""
-        tiles = []
-        for col in range(self.cols):
+
+        def encode(col: int) -> bytearray | None:
+            # Each tile is cut out by the thread that compresses it: only the
+            # tiles being compressed are held, not a copy of the whole row.
             part = rows[:, :, col * TILE : (col + 1) * TILE]
+            if np.isnan(part).all():
+                return None
             tile = np.full((TILE, TILE, self.bands), np.nan, np.float32)
             tile[: part.shape[1], : part.shape[2]] = part.transpose(1, 2, 0)
-            tiles.append(tile)
-        pool = _encoder_pool()
-        coded = list(
-            pool.map(lambda t: None if np.isnan(t).all() else encode_tile(t, compress_level), tiles)
-        )
-        for data in coded:
+            return encode_tile(tile, compress_level)
+
+        # In order, each written as soon as it is ready.
+        for data in _encoder_pool().map(encode, range(self.cols)):
             if data is None:
                 self.sizes.append(0)
                 self.offsets.append(0)
                 continue
             self.offsets.append(self.written)
             self.sizes.append(len(data))
-            chunk = struct.pack("<I", len(data)) + data + data[-4:]
-            self.file.write(chunk)
-            self.written += len(chunk)
+            self.file.write(struct.pack("<I", len(data)))
+            self.file.write(data)
+            self.file.write(data[-4:])
+            self.written += len(data) + 8
 
     def disk_bytes(self) -> int:
         with contextlib.suppress(OSError):
