@@ -75,10 +75,29 @@ def encode_tile(tile: np.ndarray, level: int) -> bytearray:
     """
     rows, cols, bands = tile.shape
     values = np.ascontiguousarray(tile, dtype="<f4").view(np.uint8).reshape(rows, cols * bands, 4)
-    planes = np.ascontiguousarray(values[:, :, ::-1].transpose(0, 2, 1)).reshape(rows, -1)
-    diff = planes.copy()
-    diff[:, bands:] -= planes[:, :-bands]
+    # The thread's own buffers, used again for each tile: fresh ones of several MB
+    # per tile left each thread's malloc arena holding more and more.
+    planes = _scratch("planes", (rows, 4, cols * bands))
+    np.copyto(planes, values[:, :, ::-1].transpose(0, 2, 1))
+    flat = planes.reshape(rows, -1)
+    diff = _scratch("diff", flat.shape)
+    diff[:, :bands] = flat[:, :bands]
+    np.subtract(flat[:, bands:], flat[:, :-bands], out=diff[:, bands:])
     return deflate.zlib_compress(diff.data, level)
+
+
+_local = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 buffer of this thread's, kept for the next call of the same shape."""
+    key = (name, shape)
+    buffers: dict[tuple[str, tuple[int, ...]], np.ndarray] = _local.__dict__.setdefault("b", {})
+    if key not in buffers:
+        if len(buffers) > 8:  # outputs of other band counts: not kept forever
+            buffers.clear()
+        buffers[key] = np.empty(shape, np.uint8)
+    return buffers[key]
 
 
 def average_2x2(rows: np.ndarray) -> np.ndarray:
@@ -153,7 +172,9 @@ class _LevelFile:
             part = rows[:, :, col * TILE : (col + 1) * TILE]
             if np.isnan(part).all():
                 return None
-            tile = np.full((TILE, TILE, self.bands), np.nan, np.float32)
+            tile = _scratch("tile", (TILE, TILE, self.bands * 4)).view(np.float32)
+            if part.shape[1:] != (TILE, TILE):
+                tile.fill(np.nan)
             tile[: part.shape[1], : part.shape[2]] = part.transpose(1, 2, 0)
             return encode_tile(tile, compress_level)
 
@@ -216,6 +237,7 @@ class StreamedCog:
         # pixels written into them so far.
         self._open: dict[int, tuple[np.ndarray, list[int]]] = {}
         self._next = 0  # the next block row to compress
+        self._spare: np.ndarray | None = None
         self._block_rows = -(-georef.height // TILE)
 
     def write(self, first_row: int, values: np.ndarray, first_col: int = 0) -> None:
@@ -244,7 +266,13 @@ class StreamedCog:
         if index not in self._open:
             rows = min(TILE, self.georef.height - index * TILE)
             shape = (len(self.descriptions), rows, self.georef.width)
-            self._open[index] = (np.full(shape, np.nan, np.float32), [0])
+            # The last block row written is used again (a block row is tens of MB).
+            spare, self._spare = self._spare, None
+            block = (
+                spare if spare is not None and spare.shape == shape else np.empty(shape, np.float32)
+            )
+            block.fill(np.nan)
+            self._open[index] = (block, [0])
         return self._open[index]
 
     def _flush_next(self) -> None:
@@ -254,6 +282,7 @@ class StreamedCog:
         self.levels[0].write_row(block, self.level)
         if len(self.levels) > 1:
             self._push(1, average_2x2(block))
+        self._spare = block
 
     def _push(self, index: int, rows: np.ndarray) -> None:
         level = self.levels[index]
