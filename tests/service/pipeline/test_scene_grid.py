@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from service.jobs.record import JobRecord
 from service.pipeline.scene_grid import (
@@ -25,7 +27,15 @@ from service.pipeline.scene_grid import (
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
 from service.raster.georef import Georeference
-from service.runtime.tiling import BlendedWindow, StripBlender, Tile, TileGrid
+from service.runtime.tiling import (
+    BlendedWindow,
+    StripBlender,
+    Tile,
+    TileGrid,
+    read_bounds,
+    reflect_pad,
+)
+from tests.helpers.blending import summed_scene
 
 SIZE = 100
 
@@ -175,3 +185,44 @@ def test_a_failing_tile_drops_the_unfinished_outputs(tmp_path: Path) -> None:
         )
     assert not (tmp_path / "prediction.tif").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_real_geotiff_blends_into_its_cog_as_whole_scene_sums_do(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    # Real imagery, 700 x 900 pixels of it: tiles of 256 overlapping by 64 with
+    # a snapped last row and column. Each tile says something a little
+    # different, so every seam's Hann weights matter.
+    with rasterio.open(shared_data / "cogeo.tif") as src:
+        image = src.read(window=Window(50, 100, 900, 700)).astype(np.float32) / 255
+    work, _ = _work(tmp_path)
+    transform = tuple(from_origin(500_000, 4_000_000, 10, 10))[:6]
+    georef = Georeference(CRS.from_epsg(32631).to_wkt(), transform, 900, 700)
+    grid = TileGrid(700, 900, 256, 64)
+    outputs: dict[tuple[int, int], np.ndarray | None] = {}
+
+    def read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+        if (tile.row, tile.col) == (1, 1):
+            return None  # skipped: its pixels get the neighbours' outputs
+        y0, y1, x0, x1 = read_bounds(tile, 700, 900)
+        data = reflect_pad(image[:, y0:y1, x0:x1], tile, 700, 900)
+        return data, np.ones(data.shape[1:], bool)
+
+    async def infer(tile: Tile, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        outputs[tile.row, tile.col] = data * (1 + 0.01 * (tile.row * 7 + tile.col))
+        return outputs[tile.row, tile.col]
+
+    sink = RasterSink(tmp_path / "blended.tif", georef, ["r", "g", "b"])
+
+    def flush(first: int, col: int, block: np.ndarray) -> None:
+        sink.write(first, block, col)
+
+    grid_pass = GridPass(grid, StripBlender(grid, 3), read, infer, flush, {"blended": sink})
+    asyncio.run(run_grid(work, grid_pass))
+    outputs.setdefault((1, 1), None)
+    want = summed_scene(grid, 3, outputs)
+    with rasterio.open(sink.finish()) as cog:
+        got = cog.read()
+    exact = grid.block_rows(grid.row_groups()[-1].start)[0]
+    np.testing.assert_array_equal(got[:, :exact], want[:, :exact])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
