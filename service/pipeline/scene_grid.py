@@ -149,7 +149,7 @@ async def run_grid(
     async def one(tile: Tile) -> tuple[Tile, np.ndarray | None]:
         # The slot is held until the tile is blended, not only inferred: a
         # 16384-wide scene's next row of outputs (37 tiles) waited otherwise.
-        # Tiles take slots in grid order (the semaphore is first come, first served).
+        # Tiles take slots in blend order (the semaphore is first come, first served).
         await gate.acquire()
         try:
             if work.cancelled():
