@@ -108,6 +108,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         max_temp_bytes=int(settings.scene_max_temp_mb * 2**20),
         min_free_bytes=int(settings.job_min_free_mb * 2**20),
         cog_level=settings.scene_cog_level,
+        cog_stream=settings.scene_cog_stream,
     )
     manager: JobManager | SharedJobs
     if settings.queue_url:

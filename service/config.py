@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     """
     scene_cog_level: int = Field(1, ge=1, le=9)
     """Compression level of scene jobs' COGs, deflate or zstd alike: 1, the fastest, by default."""
+    scene_cog_stream: bool = True
+    """Write float deflate COGs while the tiles come (finishing in seconds, a block row of each
+    output held); false: every COG made by GDAL after the last tile."""
     footprints_max_features: int = Field(50_000, ge=1)
     """Most polygons in one footprints answer (422 past it)."""
     footprints_timeout_s: float = Field(120.0, gt=0, le=3600)

@@ -48,6 +48,7 @@ class SceneRunner:
         max_temp_bytes: most disk a job's unfinished outputs may take (0: no cap).
         min_free_bytes: free disk a job must leave on the job volume.
         cog_level: compression level of the job's COGs (1 to 9).
+        cog_stream: write COGs while the tiles come where an output allows it.
         budget: the memory budget requests reserve from (set by the app;
             unbounded alone).
         references: reads jobs' inputs by reference (set by the app; None: none are read).
@@ -59,6 +60,7 @@ class SceneRunner:
     max_temp_bytes: int = 0
     min_free_bytes: int = 0
     cog_level: int = 1
+    cog_stream: bool = True
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(2**62, 2**62), init=False)
     references: References | None = field(default=None, init=False)
 
@@ -141,6 +143,7 @@ class SceneRunner:
             descriptions,
             compress="zstd" if options.compress == "zstd" else "deflate",
             level=self.cog_level,
+            stream=self.cog_stream,
             **kwargs,
         )
 

@@ -10,6 +10,10 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+from service.jobs.local import LocalJobStore
+from service.pipeline.scene import SceneOptions, SceneRunner
+from service.raster.decode import RasterInfo
+from service.raster.georef import Georeference
 from tests.helpers.jobs import download, follow, submit
 from tests.helpers.scenes import dated_stack, tile_scene
 from tests.helpers.server import LiveServer
@@ -182,3 +186,15 @@ def test_dated_uploads_go_sync_or_to_a_job_by_size_and_must_share_it(
         resp = upload(*sizes)
         assert resp.status_code == 422, (sizes, resp.text)
         assert "size" in resp.json()["error"]["message"], resp.text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_the_runner_streams_float_cogs_unless_told_not_to(tmp_path: Path, stream: bool) -> None:
+    crs = rasterio.crs.CRS.from_epsg(32631).to_wkt()
+    georef = Georeference(crs, (10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0), 1024, 1024)
+    info = RasterInfo(1024, 1024, 3, "uint8", None, georef)
+    runner = SceneRunner(LocalJobStore(tmp_path / "jobs", ttl_s=60), 30.0, cog_stream=stream)
+    sink = runner.sink(None, SceneOptions(), "prediction.tif", info, ["p"], folder=tmp_path)  # type: ignore[arg-type]
+    assert sink.streamed is stream
+    sink.abort()
+    assert not list(tmp_path.glob("prediction*"))
