@@ -235,7 +235,7 @@ def main() -> int:
             }
         results["side"] = 1024 * args.repeat
         settings = settings_with({**COMMON_ENV, **server_dirs(work / "jobs-raw")})
-        session = ModelSession(SHIPPED_MODELS / "footprints-2.0.0.onnx", session_options(settings))
+        session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
         batch = settings.batching.max_batch_size
         results["raw"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
         del session
@@ -250,7 +250,7 @@ def main() -> int:
         results["after"] = run_phase(scenes, names, work, "after", REPO, args.rounds)
         results["after_summary"] = summary(results["after"], results["raw"]["tiles_per_s"])
         # Again at the end: on a shared machine the limit moves with others' work.
-        session = ModelSession(SHIPPED_MODELS / "footprints-2.0.0.onnx", session_options(settings))
+        session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
         results["raw_end"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
         del session
         results["load_average_end"] = load_average()

@@ -19,7 +19,7 @@ from models.data.rasters import MaskRule, parse_colour
 from models.export import read_manifest
 from models.metrics import GateContrast, footprint_scores, gate_contrast
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped" / "footprints-2.0.0.onnx"
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped" / "footprints-2.1.0.onnx"
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "footprints"
 HELD_OUT_TILES = ("Tile 1", "Tile 3")
 NEGATIVES = ("SOAP_031", "SOAP_061", "2019_YELL_2_541000_4977000_image_crop")
@@ -53,7 +53,7 @@ def test_shipped_file_is_small_enough_to_ship() -> None:
 
 def test_manifest_describes_the_model() -> None:
     manifest = read_manifest(SHIPPED)
-    assert manifest.ref == "footprints:2.0.0"
+    assert manifest.ref == "footprints:2.1.0"
     assert manifest.task == "segmentation"
     assert manifest.classes == ["building"]
     assert manifest.input.bands == ["red", "green", "blue"]
@@ -110,9 +110,9 @@ def held_out(session: ort.InferenceSession) -> tuple[dict[str, float], GateContr
     return _held_out(session)
 
 
-# Known miss, stated in the model card: 2.0.0 reaches pixel IoU 0.25 and building F1
-# 0.01 here. strict: the day a model meets the targets, this test says so.
-@pytest.mark.xfail(strict=True, reason="footprints 2.0.0 misses the held-out targets (card)")
+# Known miss, stated in the model card: 2.1.0 reaches pixel IoU 0.31 and building F1
+# 0.03 here. strict: the day a model meets the targets, this test says so.
+@pytest.mark.xfail(strict=True, reason="footprints 2.1.0 misses the held-out targets (card)")
 def test_meets_targets_on_held_out_dubai_tiles(
     held_out: tuple[dict[str, float], GateContrast],
 ) -> None:
@@ -124,9 +124,9 @@ def test_meets_targets_on_held_out_dubai_tiles(
 def test_finds_buildings_on_held_out_dubai_tiles_at_all(
     held_out: tuple[dict[str, float], GateContrast],
 ) -> None:
-    # The synthetic-only 1.1.0 scored pixel IoU 0.05 here.
+    # The synthetic-only 1.1.0 scored pixel IoU 0.05 here, 2.0.0 0.25, 2.1.0 0.31.
     scores, _ = held_out
-    assert scores["pixel_iou"] >= 0.2, scores
+    assert scores["pixel_iou"] >= 0.3, scores
 
 
 def test_the_finest_gate_is_higher_on_held_out_buildings(
@@ -136,9 +136,7 @@ def test_the_finest_gate_is_higher_on_held_out_buildings(
     assert contrast.ratio >= 1.5, contrast
 
 
-# Known miss, stated in the model card: at 0.1 m, 2.0.0 marks 10.0% of SOAP_031 and
-# 5.2% of SOAP_061 as building (1.2% of the Yellowstone image); 1.1.0 marked 32-73%.
-@pytest.mark.xfail(strict=True, reason="footprints 2.0.0 marks >5% of two forests (card)")
+# 2.0.0 marked 10.0% of SOAP_031 and 5.2% of SOAP_061 here, 1.1.0 32-73%; 2.1.0 none.
 @needs_data
 def test_forests_at_their_native_0_1_m_are_not_buildings(session: ort.InferenceSession) -> None:
     negatives = load_negatives([DATA / "negatives"])
@@ -149,6 +147,12 @@ def test_forests_at_their_native_0_1_m_are_not_buildings(session: ort.InferenceS
 
 
 @needs_data
-def test_forests_are_mostly_not_buildings(session: ort.InferenceSession) -> None:
+def test_forests_shrunk_to_the_model_resolution_are_not_buildings(
+    session: ort.InferenceSession,
+) -> None:
+    # 5 x 5 area average: about 0.5 m. 2.0.0 marked 16-27% of the Sierra Nevada images.
     for item in load_negatives([DATA / "negatives"]):
-        assert (_run(session, item.image)[0] >= 0.5).mean() <= 0.15, item.name
+        c, h, w = item.image.shape
+        blocks = item.image[:, : h // 5 * 5, : w // 5 * 5].reshape(c, h // 5, 5, w // 5, 5)
+        shrunk = np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+        assert (_run(session, shrunk)[0] >= 0.5).mean() <= 0.05, item.name
