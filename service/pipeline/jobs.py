@@ -232,6 +232,10 @@ class JobManager:
             record.eta_s = elapsed_eta(started, done, total)
             now = time.monotonic()
             if writing is not None and not writing.done():
+                if done == total:
+                    # No later progress catches up with the last one: written after
+                    # the one in flight, so the finishing phase shows every tile done.
+                    writing = asyncio.create_task(self._write_after(writing, copy.deepcopy(record)))
                 return  # the disk is slow: skip this one, the next progress catches up
             if now - last_write >= PROGRESS_WRITE_S or done == total:
                 last_write = now
@@ -272,6 +276,11 @@ class JobManager:
         record.expires = time.time() + self.store.ttl_s
         with contextlib.suppress(NotFound):
             await asyncio.to_thread(self.store.update, record)
+
+    async def _write_after(self, before: asyncio.Task[None], record: JobRecord) -> None:
+        """Write a progress snapshot once the write ``before`` it has landed."""
+        await asyncio.gather(asyncio.shield(before), return_exceptions=True)
+        await self._write_quietly(record)
 
     async def _write_quietly(self, record: JobRecord) -> None:
         """Write a progress snapshot; a job deleted meanwhile is the runner's concern."""

@@ -209,3 +209,51 @@ def test_sigkill_during_a_job_twice_then_the_restart_fails_it(
     body = _follow_state(server, job_id, {"failed", "done"}, 30)
     assert body["state"] == "failed", body
     assert "resumed 1 times" in body["error"]["message"]
+
+
+class SlowStore(LocalJobStore):
+    """A job store whose updates take a while, as on a disk behind many dirty pages."""
+
+    def update(self, record: JobRecord) -> None:
+        time.sleep(0.3)
+        super().update(record)
+
+
+class LastTileRunner:
+    """Reports both tiles at once, then finishes only when released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def run(
+        self,
+        record: JobRecord,
+        served: object,
+        progress: Callable[[int, int], None],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        progress(1, 2)
+        progress(2, 2)  # while the first snapshot is still being written
+        await self.release.wait()
+
+
+def test_the_last_progress_is_written_even_behind_a_slow_write(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        store = SlowStore(tmp_path, ttl_s=60)
+        job = _queued_job(store)
+        runner = LastTileRunner()
+        manager = JobManager(store, runner, _no_model, 1, 10, 3)  # type: ignore[arg-type]
+        await manager.start()
+        deadline = time.monotonic() + 20
+        progress: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            record = await asyncio.to_thread(store.load, job, any_owner=True)
+            progress = record.progress
+            if record.state == "running" and progress.get("done") == 2:
+                break
+            await asyncio.sleep(0.1)
+        runner.release.set()
+        await manager.stop(5)
+        return progress
+
+    assert asyncio.run(scenario()) == {"done": 2, "total": 2, "fraction": 1.0}
