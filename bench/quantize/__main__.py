@@ -268,7 +268,7 @@ def markdown(result: dict[str, Any]) -> str:
         "- `int8-gates-fp32`: the same with `--keep-float /gates.`: the four attention "
         "gates (their convolutions, sigmoid and product) kept in float32",
         "- `int8-finest-fp32`: the full-resolution level (first encoder block, last "
-        "decoder block, head: 8-16 channels at 512 x 512) kept in float32, where INT8 "
+        "decoder block, head: 16-32 channels at 512 x 512) kept in float32, where INT8 "
         "convolutions of so few channels are slower than ONNX Runtime's float32 ones",
         f"- calibration: {result['calibration']['calibration_images']} images of "
         f"{result['calibration']['calibration_folders']}, 256 px centre crops; held out: "
@@ -346,7 +346,7 @@ def markdown(result: dict[str, Any]) -> str:
         + [["**total**"] + [f"**{sum(profile[n].values()):.1f}**" for n in names]],
         "Modules by node name; nodes outside a module or made by the optimiser (layout "
         "reorders, transposes, pooling, concatenation) by operator. `encoders.0`, "
-        "`decoders.3`, `gates.3` and `head` run at full resolution with 8-16 channels.",
+        "`decoders.3`, `gates.3` and `head` run at full resolution with 16-32 channels.",
     )
     sat = result["summary"]["saturation_tiles_per_s"]
     lines += [
