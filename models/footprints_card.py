@@ -44,7 +44,8 @@ def run_image(session: ort.InferenceSession, image: np.ndarray) -> list[np.ndarr
     return out
 
 
-def _shrink(image: np.ndarray, factor: int) -> np.ndarray:
+def shrink(image: np.ndarray, factor: int) -> np.ndarray:
+    """``(C, H, W)`` uint8 averaged over ``factor`` x ``factor`` blocks (edges cut)."""
     c, h, w = image.shape
     h, w = h // factor * factor, w // factor * factor
     blocks = image[:, :h, :w].reshape(c, h // factor, factor, w // factor, factor)
@@ -88,7 +89,7 @@ def card_figures(model: Path, holdout: Sequence[str], threads: int = 2) -> dict[
     forests: dict[str, Any] = {}
     for item in load_negatives([SHARED / "footprints" / "negatives"]):
         native = float((run_image(session, item.image)[0] >= 0.5).mean())
-        shrunk = float((run_image(session, _shrink(item.image, 5))[0] >= 0.5).mean())
+        shrunk = float((run_image(session, shrink(item.image, 5))[0] >= 0.5).mean())
         forests[item.name] = {"native_0.1m": round(native, 4), "shrunk_5x": round(shrunk, 4)}
     figures["forest_building_share"] = forests
     with rasterio.open(SHARED / "geotiff" / "cogeo.tif") as ds:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 
 from models.data.footprint_sources import load_negatives, load_pair, pair_folder
 from models.data.rasters import MaskRule, parse_colour
 from models.export import read_manifest
+from models.footprints_card import run_image, shrink
 from models.metrics import GateContrast, footprint_scores, gate_contrast
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "shipped" / "footprints-2.1.0.onnx"
@@ -31,20 +31,6 @@ def session() -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     return ort.InferenceSession(str(SHIPPED), options, providers=["CPUExecutionProvider"])
-
-
-def _run(session: ort.InferenceSession, image: np.ndarray) -> list[np.ndarray]:
-    """Probability ``(H, W)`` and gates of one whole image, padded as the server pads."""
-    _, h, w = image.shape
-    x = image.astype(np.float32)[None]
-    band_mean = x.mean(axis=(2, 3))
-    x = np.pad(x, ((0, 0), (0, 0), (0, -h % 16), (0, -w % 16)), mode="reflect")
-    probability, *gates, _ = session.run(None, {"image": x, "band_mean": band_mean})
-    out = [probability[0, 0, :h, :w]]
-    for level, g in enumerate(gates, start=1):
-        s = 2 ** (level - 1)
-        out.append(g[0, 0, : h // s, : w // s])  # whole cells only
-    return out
 
 
 def test_shipped_file_is_small_enough_to_ship() -> None:
@@ -95,7 +81,7 @@ def _held_out(session: ort.InferenceSession) -> tuple[dict[str, float], GateCont
         if group not in HELD_OUT_TILES:
             continue
         item = load_pair(image_path, mask_path, rule, group)
-        probability, gate_1, *_ = _run(session, item.image)
+        probability, gate_1, *_ = run_image(session, item.image)
         preds.append(probability >= 0.5)
         truths.append(item.mask.astype(bool))
         contrast = contrast + gate_contrast(gate_1, item.mask)
@@ -142,7 +128,7 @@ def test_forests_at_their_native_0_1_m_are_not_buildings(session: ort.InferenceS
     negatives = load_negatives([DATA / "negatives"])
     assert sorted(n.name for n in negatives) == sorted(NEGATIVES)
     for item in negatives:
-        probability = _run(session, item.image)[0]
+        probability = run_image(session, item.image)[0]
         assert (probability >= 0.5).mean() <= 0.05, item.name
 
 
@@ -152,7 +138,4 @@ def test_forests_shrunk_to_the_model_resolution_are_not_buildings(
 ) -> None:
     # 5 x 5 area average: about 0.5 m. 2.0.0 marked 16-27% of the Sierra Nevada images.
     for item in load_negatives([DATA / "negatives"]):
-        c, h, w = item.image.shape
-        blocks = item.image[:, : h // 5 * 5, : w // 5 * 5].reshape(c, h // 5, 5, w // 5, 5)
-        shrunk = np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
-        assert (_run(session, shrunk)[0] >= 0.5).mean() <= 0.05, item.name
+        assert (run_image(session, shrink(item.image, 5))[0] >= 0.5).mean() <= 0.05, item.name
