@@ -63,6 +63,11 @@ class BaseJobStore(abc.ABC):
     def open_file(self, record: JobRecord, name: str) -> StoredFile:
         """One of a job's files for reading; NotFound when it is not there."""
 
+    @property
+    @abc.abstractmethod
+    def upload_dir(self) -> Path:
+        """A local folder for requests' uploads, on the volume running jobs' files are on."""
+
     @abc.abstractmethod
     def workspace(self, record: JobRecord) -> Path:
         """A local directory with a running job's files; what it writes there is kept."""

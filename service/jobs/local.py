@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -21,9 +20,18 @@ from service.errors import NotFound, StorageFailed
 from service.jobs import eviction
 from service.jobs.base import BaseJobStore
 from service.jobs.eviction import Room
-from service.jobs.pack import PACK, read_packed, write_chunked, write_pack
+from service.jobs.pack import PACK, read_packed, write_pack
 from service.jobs.record import JobRecord, is_job_id, new_id
-from service.jobs.store import FILE_NAME, GONE, Arrays, FileCheck, Files, StoredFile
+from service.jobs.store import (
+    FILE_NAME,
+    GONE,
+    Arrays,
+    FileCheck,
+    Files,
+    StoredFile,
+    file_size,
+    place_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +144,7 @@ class LocalJobStore(BaseJobStore):
         called with their staged paths, and an exception from it leaves no trace.
         """
         final = self._dir(record.id)
-        size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
+        size = sum(a.nbytes for a in arrays.values()) + sum(map(file_size, (files or {}).values()))
         staging = self._tmp / f"{record.id}.{secrets.token_hex(4)}"
         try:
             # Parents too: the store's folder may have been removed under a running
@@ -151,7 +159,7 @@ class LocalJobStore(BaseJobStore):
             for name, data in (files or {}).items():
                 if not FILE_NAME.match(name):
                     raise ValueError(f"bad file name {name!r}")
-                self._write(staging / name, functools.partial(write_chunked, data=data))
+                place_file(data, staging / name, self.fsync)
             if check is not None:
                 check([staging / name for name in files or {}])
             meta = json.dumps(asdict(record), separators=(",", ":")).encode()
@@ -202,6 +210,11 @@ class LocalJobStore(BaseJobStore):
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(GONE) from None
         return StoredFile(name, os.fstat(stream.fileno()).st_size, stream)
+
+    @property
+    def upload_dir(self) -> Path:
+        """The staging folder: uploads linked from there into a job are not copied."""
+        return self._tmp
 
     def workspace(self, record: JobRecord) -> Path:
         """The job's own directory: files a running job writes there are its files."""

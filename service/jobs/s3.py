@@ -29,6 +29,7 @@ from service.jobs import eviction
 from service.jobs.base import BaseJobStore
 from service.jobs.eviction import Room
 from service.jobs.objects import (
+    MAX_FETCH,
     PackParts,
     connect,
     download,
@@ -39,13 +40,23 @@ from service.jobs.objects import (
 )
 from service.jobs.pack import PACK, write_pack
 from service.jobs.record import FINAL_STATES, JobRecord, is_job_id
-from service.jobs.store import FILE_NAME, Arrays, FileCheck, Files, StoredFile
+from service.jobs.store import (
+    FILE_NAME,
+    Arrays,
+    FileCheck,
+    Files,
+    StoredFile,
+    file_size,
+    place_file,
+)
 
 log = logging.getLogger(__name__)
 
 META = "meta.json"
 # Objects of a job without its meta.json older than this were left by a crash.
 _STALE_S = 3600.0
+# Requests' uploads, in the scratch directory.
+UPLOADS = ".uploads"
 # Leeway between this server's clock and the object store's timestamps.
 _CLOCK_SKEW_S = 300.0
 # What a running job writes to its scratch directory and never keeps.
@@ -190,7 +201,7 @@ class S3JobStore(BaseJobStore):
         scene job reads its input) and ``check`` is called with their paths; an
         exception from it leaves no trace.
         """
-        size = sum(a.nbytes for a in arrays.values()) + sum(map(len, (files or {}).values()))
+        size = sum(a.nbytes for a in arrays.values()) + sum(map(file_size, (files or {}).values()))
         for name in [*arrays, *(files or {})]:
             if not FILE_NAME.match(name) or name.startswith("."):
                 raise ValueError(f"bad layer or file name {name!r}")
@@ -200,12 +211,19 @@ class S3JobStore(BaseJobStore):
             if files:
                 directory = self.workspace(record, fetch=False)
                 for name, data in files.items():
-                    (directory / name).write_bytes(data)
+                    place_file(data, directory / name)
                     staged.append(directory / name)
                 if check is not None:
                     check(staged)
-                for name, data in files.items():
-                    obstore.put(self.objects, self._key(record.id, name), data)
+                for path in staged:
+                    # From the staged file: in parts past MAX_FETCH, a few at a time.
+                    obstore.put(
+                        self.objects,
+                        self._key(record.id, path.name),
+                        path,
+                        chunk_size=MAX_FETCH,
+                        max_concurrency=2,
+                    )
             if arrays:
                 pack = PackParts()
                 record.packed = write_pack(cast(BinaryIO, pack), arrays)
@@ -302,6 +320,13 @@ class S3JobStore(BaseJobStore):
             obstore.head(self.objects, key)
         return obstore.sign(self.objects, "GET", key, timedelta(seconds=self.presign_s))
 
+    @property
+    def upload_dir(self) -> Path:
+        """``.uploads`` in the scratch directory (swept of what a crash left)."""
+        if self.scratch is None:
+            raise RuntimeError("this store is a reader: it has no scratch directory")
+        return self.scratch / UPLOADS
+
     def workspace(self, record: JobRecord, fetch: bool = True) -> Path:
         """The job's scratch directory, with its input files (downloaded when missing)."""
         if self.scratch is None:
@@ -350,6 +375,10 @@ class S3JobStore(BaseJobStore):
                 self._forget(job_id)
         if self.scratch is None:
             return
+        uploads = self.scratch / UPLOADS
+        for path in uploads.iterdir() if uploads.is_dir() else ():
+            if _age_s(path) >= _STALE_S:
+                path.unlink(missing_ok=True)
         for path in self.scratch.iterdir():
             if not is_job_id(path.name) or _age_s(path) < _STALE_S:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
@@ -23,10 +24,39 @@ FILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 Arrays = dict[str, np.ndarray]
 """A job's arrays by layer name."""
-Files = dict[str, bytes]
-"""A job's files by name (e.g. a scene's input)."""
+Files = dict[str, bytes | Path]
+"""A job's files by name (e.g. a scene's input): bytes, or a local file to take them from."""
 FileCheck = Callable[[list[Path]], None] | None
 """Called with local copies of a job's files before the job becomes visible; raises to refuse."""
+
+
+def file_size(data: bytes | Path) -> int:
+    """Bytes of one of a job's files as given to ``save``."""
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
+def place_file(data: bytes | Path, target: Path, fsync: bool = False) -> None:
+    """Create ``target`` with a job's file: bytes written, a local file hard-linked or copied.
+
+    A file is linked where it is on the same volume (no copy, however large), copied
+    otherwise; the caller's file is left as it was either way.
+    """
+    if isinstance(data, Path):
+        try:
+            os.link(data, target)
+        except OSError:
+            shutil.copyfile(data, target)
+        if fsync:
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+        return
+    with open(target, "wb") as f:
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            f.write(view[start : start + CHUNK])
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class StoredFile:
@@ -151,6 +181,11 @@ class JobStore(Protocol):
 
     def presign(self, record: JobRecord, name: str) -> str | None:
         """A URL a client may fetch one of a job's files from directly; None where not offered."""
+        ...
+
+    @property
+    def upload_dir(self) -> Path:
+        """A local folder for requests' uploads, on the volume running jobs' files are on."""
         ...
 
     def workspace(self, record: JobRecord) -> Path:

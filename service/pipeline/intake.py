@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -149,7 +149,8 @@ class SceneRequest:
 
     Attributes:
         served: the model.
-        parts: the uploaded files, stored as the job's input.
+        parts: the uploaded files (bytes, or the files they were spooled to), stored as the
+            job's input.
         options: tiling and output options, with the tile size that fits the budget.
         limits: what each stored file is checked against.
         georef: the first file's georeference.
@@ -158,7 +159,7 @@ class SceneRequest:
     """
 
     served: ServedModel
-    parts: list[bytes]
+    parts: list[bytes | Path]
     options: SceneOptions
     limits: RasterLimits
     georef: Georeference
@@ -207,7 +208,7 @@ class Intake:
         )
 
     async def upload(
-        self, served: ServedModel, parts: list[bytes], options: UploadOptions
+        self, served: ServedModel, parts: Sequence[bytes | Path], options: UploadOptions
     ) -> SyncRequest | SceneRequest:
         """An upload as a synchronous request, or a scene job when too large to run at once.
 
@@ -237,7 +238,7 @@ class Intake:
         return await reference_intake.by_reference(self, served, query, options)
 
     def _image(
-        self, served: ServedModel, data: bytes, options: UploadOptions
+        self, served: ServedModel, data: bytes | Path, options: UploadOptions
     ) -> SyncRequest | tuple[RasterInfo, Resampling]:
         """The decoded image, or its header and grid plan when it must run as a scene job.
 
@@ -268,7 +269,7 @@ class Intake:
             return SyncRequest(served, raster, held)
 
     def _series(
-        self, served: ServedModel, parts: list[bytes], options: UploadOptions
+        self, served: ServedModel, parts: Sequence[bytes | Path], options: UploadOptions
     ) -> SyncRequest | list[RasterInfo]:
         """The dated images as series, or their headers when they must run as a scene job."""
         manifest = served.manifest
@@ -311,7 +312,7 @@ class Intake:
     def scene_request(
         self,
         served: ServedModel,
-        parts: list[bytes],
+        parts: Sequence[bytes | Path],
         options: UploadOptions,
         infos: list[RasterInfo],
         plan: Resampling | None,
@@ -341,7 +342,7 @@ class Intake:
             chip_stride=options.chip_stride,
         )
         task_for(manifest).check_scene_options(manifest, scene)
-        return SceneRequest(served, parts, scene, self.scene_limits, infos[0].georef, plan)
+        return SceneRequest(served, list(parts), scene, self.scene_limits, infos[0].georef, plan)
 
     def scene_tile(self, served: ServedModel, asked: int | None, dates: int) -> int | None:
         """The tile size a scene job runs with, within one request's memory budget.

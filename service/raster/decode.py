@@ -1,17 +1,22 @@
-"""Opening uploaded GeoTIFFs: from memory, GTiff driver only, checked before reading.
+"""Opening uploaded GeoTIFFs: GTiff driver only, checked before reading.
 
 GDAL opens many formats, some of which read other files or URLs (VRT, MRF,
-``/vsicurl/``). Uploads never reach GDAL as a path, only as bytes in memory
-opened with the GTiff driver, under a defensive GDAL configuration.
+``/vsicurl/``). Uploads reach GDAL only as bytes in memory or as a file the
+server itself named (an upload spooled to disk, see
+:mod:`service.pipeline.spool`), never as a path or URL a client gave, and are
+opened with the GTiff driver under a defensive GDAL configuration (no sidecar
+files looked for).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -86,7 +91,10 @@ class RasterLimits:
     max_block_bytes: int = 256 * 2**20
 
 
-def _require_tiff(data: bytes) -> None:
+def _require_tiff(data: bytes | Path) -> None:
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            data = f.read(len(TIFF_MAGIC[0]))
     if not data:
         raise InvalidRaster("the uploaded file is empty")
     if data[:4] not in TIFF_MAGIC:
@@ -94,18 +102,23 @@ def _require_tiff(data: bytes) -> None:
 
 
 @contextmanager
-def open_geotiff(data: bytes) -> Iterator[DatasetReader]:
-    """Open GeoTIFF bytes from memory with the GTiff driver only.
+def open_geotiff(data: bytes | Path) -> Iterator[DatasetReader]:
+    """Open an uploaded GeoTIFF (its bytes, or the file it was spooled to), GTiff driver only.
 
     Raises:
         InvalidRaster: not a TIFF, or GDAL cannot open it.
     """
     _require_tiff(data)
     # An image without georeference is still an image; the answer says crs null.
-    with warnings.catch_warnings(), rasterio.Env(**HARDENED_GDAL), MemoryFile(data) as memfile:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        stack.enter_context(rasterio.Env(**HARDENED_GDAL))
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            dataset = memfile.open(driver="GTiff")
+            if isinstance(data, Path):
+                dataset = rasterio.open(data, driver="GTiff")
+            else:
+                dataset = stack.enter_context(MemoryFile(data)).open(driver="GTiff")
         except RasterioError:
             raise InvalidRaster("the uploaded file could not be opened as a GeoTIFF") from None
         with dataset:
@@ -220,14 +233,14 @@ def read_valid_mask(dataset: DatasetReader, data: np.ndarray) -> np.ndarray | No
 
 
 def read_geotiff(
-    data: bytes,
+    data: bytes | Path,
     limits: RasterLimits,
     check: Callable[[RasterInfo], None] | None = None,
 ) -> DecodedRaster:
     """Open, check and read an uploaded GeoTIFF.
 
     Args:
-        data: the file's bytes.
+        data: the file's bytes, or the file an upload was spooled to.
         limits: size limits checked before reading.
         check: more checks on the open raster (e.g. against a model's
             manifest), run before any pixel is read.

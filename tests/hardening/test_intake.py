@@ -12,6 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +23,7 @@ from rasterio.transform import Affine
 
 from tests.helpers.bodies import v2_gzip_zeros
 from tests.helpers.geotiff import UTM, geotiff, noise
+from tests.helpers.redis_server import RedisServer
 from tests.helpers.server import LiveServer, serving
 
 LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
@@ -209,6 +211,53 @@ def test_large_uploads_run_as_scene_jobs_with_tiles_the_budget_allows(
     ok = predict(server, scene, tile_size=str(fits), **{"async": "true"})
     assert ok.status_code == 202, ok.text
     assert httpx.delete(f"{server.url}/jobs/{ok.json()['job_id']}").status_code in (200, 204)
+
+
+def test_a_large_upload_is_spooled_to_disk_not_held_in_memory(
+    start_server: Callable[..., LiveServer], tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # A 147 MiB uncompressed scene posted as a job: the server's peak memory
+    # while taking it grows by a small part of the file (it was read whole into
+    # memory once, and grew by more than its size), the job keeps its input,
+    # and no spooled file outlives the request. The job only queues (on a
+    # shared queue no replica here takes from), so its tiles add nothing.
+    server = start_server(queue_url=redis_server.url, scene_workers="0")
+    scene = tmp_path / "scene.tif"
+    side = 7168
+    with rasterio.open(
+        scene,
+        "w",
+        driver="GTiff",
+        width=side,
+        height=side,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32640",
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 2800000),
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+    ) as ds:
+        ds.write(np.full((3, side, side), 7, np.uint8))
+    size_mib = scene.stat().st_size / 2**20
+    assert size_mib > 140
+    before = (server.rss_kib() or 0) // 1024
+    reset_hwm(server)
+    with open(scene, "rb") as f:
+        resp = httpx.post(
+            f"{server.url}/predict",
+            data={"model": "footprints", "async": "true"},
+            files={"image": ("scene.tif", f)},
+            timeout=300,
+        )
+    assert resp.status_code == 202, resp.text
+    grew = hwm_mib(server) - before
+    assert grew < size_mib / 3, f"peak grew {grew} MiB taking a {size_mib:.0f} MiB upload"
+    job = resp.json()["job_id"]
+    stored = next(tmp_path.rglob(f"{job}/input_0.tif"))
+    assert stored.stat().st_size == scene.stat().st_size
+    assert not list(tmp_path.rglob("upload-*"))
+    assert httpx.delete(f"{server.url}/jobs/{job}").status_code in (200, 204)
 
 
 def test_dated_stacks_are_checked_from_headers_before_any_part_is_decoded(

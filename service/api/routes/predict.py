@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from service.errors import InvalidInput, UnsupportedMediaType
 from service.pipeline.inputs import validate_json
 from service.pipeline.intake import SceneRequest, SyncRequest, UploadOptions
 from service.pipeline.runner import Stored
+from service.pipeline.spool import UploadSpool
 from service.pipeline.stac_inputs import ReferenceQuery
 
 router = APIRouter(tags=["predict"])
@@ -121,9 +123,12 @@ _JSON_SCHEMA = {
 
 
 async def _read_form(
-    request: Request,
-) -> tuple[str, list[bytes], ReferenceQuery | None, UploadOptions]:
-    """The model reference, image parts (or references) and options of a multipart upload."""
+    request: Request, spool: UploadSpool
+) -> tuple[str, list[bytes | Path], ReferenceQuery | None, UploadOptions]:
+    """The model reference, image parts (or references) and options of a multipart upload.
+
+    Images past a few megabytes are copied to files of ``spool``, not read into memory.
+    """
     try:
         form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
     except ClientDisconnect:
@@ -150,7 +155,7 @@ async def _read_form(
             raise InvalidInput("give image parts or references (href, stac), not both")
         if not uploads and query is None:
             raise InvalidInput("image: the form needs at least one image file part (or an href)")
-        parts = [await u.read() for u in uploads]
+        parts: list[bytes | Path] = [await spool.take(u.file, u.size) for u in uploads]
     finally:
         await form.close()
     return (
@@ -203,13 +208,16 @@ async def _respond(
 
 
 async def _from_multipart(request: Request, state: State, owner: str | None) -> Response:
-    ref, parts, query, options = await _read_form(request)
-    served = resolve_model(state, request, ref)
-    if query is not None:
-        accepted = await state.intake.references(served, query, options)
-    else:
-        accepted = await state.intake.upload(served, parts, options)
-    return await _respond(request, state, owner, accepted, options.format)
+    # The spooled files go when the request is answered: a scene job's store keeps
+    # a link (or a copy) of its own.
+    with UploadSpool(state.store.upload_dir) as spool:
+        ref, parts, query, options = await _read_form(request, spool)
+        served = resolve_model(state, request, ref)
+        if query is not None:
+            accepted = await state.intake.references(served, query, options)
+        else:
+            accepted = await state.intake.upload(served, parts, options)
+        return await _respond(request, state, owner, accepted, options.format)
 
 
 async def _from_json(request: Request, state: State, owner: str | None) -> Response:

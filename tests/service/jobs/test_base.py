@@ -16,6 +16,7 @@ import pytest
 from service.errors import NotFound
 from service.jobs.base import BaseJobStore
 from service.jobs.local import LocalJobStore
+from service.jobs.objects import MAX_FETCH
 from service.jobs.record import Layer, owner_of
 from service.jobs.s3 import S3JobStore
 
@@ -84,6 +85,31 @@ def test_written_behind_jobs_are_served_from_memory_then_stored(open_store: Open
     store.flush()
     other = open_store(ttl_s=60)
     np.testing.assert_array_equal(other.array(other.load(record.id), "p"), np.ones(3))
+
+
+def test_a_spooled_upload_is_stored_as_the_jobs_file_and_left_to_its_spool(
+    open_store: Opener,
+) -> None:
+    # An upload spooled to the store's upload folder, larger than one ranged
+    # fetch (an object store uploads it in parts): stored whole, checked on a
+    # local copy first; the spooled file stays the spool's to remove.
+    store = open_store(ttl_s=60)
+    data = np.random.default_rng(0).bytes(MAX_FETCH + 12345)
+    spooled = store.upload_dir / "upload-test.tif"
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    spooled.write_bytes(data)
+    record = store.new_record(MODEL, "raster", None)
+    record.params = {"inputs": ["input_0.tif"]}
+    checked: list[bytes] = []
+    store.save(
+        record, {}, {"input_0.tif": spooled}, lambda paths: checked.append(paths[0].read_bytes())
+    )
+    assert checked == [data]
+    assert spooled.read_bytes() == data
+    spooled.unlink()  # the request ends; the job's copy stays
+    with open_store(ttl_s=60).open_file(record, "input_0.tif") as f:
+        assert f.size == len(data)
+        assert f.read() == data
 
 
 def test_the_oldest_finished_jobs_go_first_past_the_byte_cap(open_store: Opener) -> None:
