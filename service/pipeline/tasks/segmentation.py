@@ -14,6 +14,7 @@ from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.pipeline.statistics import coarse_statistics, statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
+from service.pipeline.units import FinishPass, PlanPass
 from service.raster.decode import RasterInfo, describe
 from service.raster.resample import (
     ModelGridSource,
@@ -213,7 +214,11 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             outputs = self.scene_outputs(work, info, spatial)
             sinks = outputs.sinks
             valid_everywhere = all_valid(ds)
-            scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
+            # Planning and finishing infer no tile; a model without a band-mean input needs none.
+            if model.band_mean_name is None or isinstance(work.part, PlanPass | FinishPass):
+                scene_mean = np.zeros(info.count, np.float32)
+            else:
+                scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
             source = ModelGridSource(ds, plan, valid_everywhere) if plan.applied else None
             back = RowsBack(plan) if plan.applied else None
             # Resampling back to the input's grid takes whole rows of the model's.
