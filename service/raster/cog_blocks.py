@@ -24,6 +24,13 @@ import numpy as np
 
 from service.runtime.cpus import usable_cpus
 
+try:
+    # Intel's ISA-L: its deflate level 1 compresses these tiles 2.5-4x faster than
+    # libdeflate's level 1, to within 0-3% of the size (wheels for x86-64 and Arm).
+    from isal import isal_zlib
+except ImportError:  # pragma: no cover - platforms without its wheels
+    isal_zlib = None  # type: ignore[assignment]
+
 TILE = 512
 # Rows of a tile are averaged this many at a time (float64 temporaries stay small).
 REDUCE_ROWS = 64
@@ -33,7 +40,7 @@ _pool_lock = threading.Lock()
 
 
 def encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """Threads that compress tiles: libdeflate and numpy let go of the GIL."""
+    """Threads that compress tiles: ISA-L, libdeflate and numpy let go of the GIL."""
     global _pool
     with _pool_lock:
         if _pool is None:
@@ -43,7 +50,18 @@ def encoder_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _pool
 
 
-def encode_tile(tile: np.ndarray, level: int) -> bytearray:
+def zlib_deflate(data: memoryview, level: int) -> bytes | bytearray:
+    """``data`` as a zlib stream (what a TIFF deflate tile holds), at ``level`` (1 to 9).
+
+    Level 1, the fastest, is ISA-L's level 1 where it is installed; other
+    levels are libdeflate's, as GDAL's own.
+    """
+    if level == 1 and isal_zlib is not None:
+        return isal_zlib.compress(data, 1)
+    return deflate.zlib_compress(data, level)
+
+
+def encode_tile(tile: np.ndarray, level: int) -> bytes | bytearray:
     """A ``(rows, cols, bands)`` float32 tile as TIFF stores it: predictor 3, then deflate.
 
     The floating-point predictor (TIFF Technical Note 3): each row's bytes are
@@ -60,7 +78,7 @@ def encode_tile(tile: np.ndarray, level: int) -> bytearray:
     diff = _scratch("diff", flat.shape)
     diff[:, :bands] = flat[:, :bands]
     np.subtract(flat[:, bands:], flat[:, :-bands], out=diff[:, bands:])
-    return deflate.zlib_compress(diff.data, level)
+    return zlib_deflate(diff.data, level)
 
 
 _local = threading.local()
@@ -109,7 +127,7 @@ def average_2x2(rows: np.ndarray) -> np.ndarray:
 
 # What compressing one tile gives: its bytes (None: all nodata) and its 2 x 2
 # average (None where no level below wants it).
-Encoded = tuple[bytearray | None, np.ndarray | None]
+Encoded = tuple[bytes | bytearray | None, np.ndarray | None]
 
 
 class BlockLevel:
@@ -217,7 +235,7 @@ class BlockLevel:
         reduced = average_2x2(tile[:rows, :cols].transpose(2, 0, 1)) if average else None
         return data, reduced
 
-    def append(self, index: int, data: bytearray | None) -> None:
+    def append(self, index: int, data: bytes | bytearray | None) -> None:
         """Write tile ``index`` (the next one) and give its slot to the next tile."""
         if index != self.next:
             raise AssertionError("tiles appended out of order")

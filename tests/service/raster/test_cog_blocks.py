@@ -11,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.enums import Resampling
 
-from service.raster.cog_blocks import TILE, BlockLevel, average_2x2
+from service.raster.cog_blocks import TILE, BlockLevel, average_2x2, isal_zlib, zlib_deflate
 
 
 def _tiles(level: BlockLevel) -> list[np.ndarray | None]:
@@ -115,3 +115,12 @@ def test_average_2x2_is_gdals_average_overview(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, want)
     # A band-last tile's view averages the same.
     np.testing.assert_array_equal(average_2x2(values.transpose(1, 2, 0).transpose(2, 0, 1)), want)
+
+
+def test_level_1_is_isal_and_other_levels_libdeflate_both_plain_zlib() -> None:
+    # Both are zlib streams a TIFF reader inflates; ISA-L is the fast level 1.
+    data = np.random.default_rng(3).integers(0, 30, 1 << 20, dtype=np.uint8)
+    for level in (1, 6):
+        assert zlib.decompress(zlib_deflate(memoryview(data), level)) == data.tobytes()
+    if isal_zlib is not None:
+        assert zlib_deflate(memoryview(data), 1) == isal_zlib.compress(memoryview(data), 1)
