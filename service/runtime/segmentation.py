@@ -82,24 +82,44 @@ def _linear_axis(size: int, stride: int, n: int) -> tuple[np.ndarray, np.ndarray
     return low, high, (pos - low).astype(np.float32)
 
 
-def upsample(native: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
+def upsample(
+    native: np.ndarray,
+    stride: int,
+    height: int,
+    width: int,
+    window: tuple[slice, slice] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Bilinear upsampling of a 2-D map by ``stride`` to ``(height, width)`` float32.
 
     The same as ONNX ``Resize`` (``linear``, ``half_pixel``) or PyTorch's
     ``interpolate(mode="bilinear", align_corners=False)`` by an integer scale:
     output pixel centre ``y + 0.5`` samples the map at ``(y + 0.5) / stride - 0.5``,
     clamped at the edges. NaN spreads to the pixels that interpolate from it.
+
+    ``window`` (rows, columns of the full result) computes only that part, the
+    same values; ``out``, of the result's shape, receives it.
     """
     values = np.asarray(native, dtype=np.float32)
+    rows, cols = window or (slice(0, height), slice(0, width))
     if stride == 1:
-        return np.array(values[:height, :width])
+        part = values[:height, :width][rows, cols]
+        if out is None:
+            return np.array(part)
+        out[...] = part
+        return out
     n, m = values.shape
     # Columns first, on the small map; the rows, gathered along axis 0, then
     # give a C-contiguous result.
-    low, high, frac = _linear_axis(width, stride, m)
-    cols = values[:, low] + (values[:, high] - values[:, low]) * frac
-    low, high, frac = _linear_axis(height, stride, n)
-    out: np.ndarray = cols[low] + (cols[high] - cols[low]) * frac[:, None]
+    low, high, frac = (a[cols] for a in _linear_axis(width, stride, m))
+    across = values[:, low] + (values[:, high] - values[:, low]) * frac
+    low, high, frac = (a[rows] for a in _linear_axis(height, stride, n))
+    top = across[low]
+    if out is None:
+        out = np.empty(top.shape, np.float32)
+    np.subtract(across[high], top, out=out)
+    out *= frac[:, None]
+    out += top
     return out
 
 

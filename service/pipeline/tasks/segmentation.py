@@ -246,13 +246,15 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
                     channel_sum[o.name] = summed + flat if summed.size else flat
                 channel_weight += weight
                 h, w = x.shape[1:]
-                stack = [
-                    upsample(band, o.stride, h, w)[core] if o.stride > 1 else band[core]
-                    for o in spatial
-                    for band in scene_maps(o, out[o.name][0])
+                bands = [
+                    (o.stride, band) for o in spatial for band in scene_maps(o, out[o.name][0])
                 ]
-                stack.append(valid[core].astype(np.float32))
-                return np.stack(stack)
+                # Each band upsampled over the tile itself (not its halo), in place.
+                stack = np.empty((len(bands) + 1, *valid[core].shape), np.float32)
+                for i, (stride, band) in enumerate(bands):
+                    upsample(band, stride, h, w, core, stack[i])
+                stack[-1] = valid[core]
+                return stack
 
             write = outputs.write
 

@@ -50,6 +50,18 @@ def test_upsampling_equals_onnx_resize(stride: int) -> None:
     np.testing.assert_allclose(got, want, atol=2e-7, rtol=0)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 16])
+def test_a_window_of_the_upsampled_map_is_the_same_pixels_written_in_place(stride: int) -> None:
+    # A scene tile keeps only its core: computed alone, into the caller's buffer.
+    values = np.random.default_rng(stride).random((40, 40), dtype=np.float32)
+    whole = upsample(values, stride, 40 * stride, 40 * stride)
+    window = (slice(5, 5 + 20 * stride), slice(3, 3 + 17 * stride))
+    out = np.full((20 * stride, 17 * stride), np.nan, np.float32)
+    assert upsample(values, stride, 40 * stride, 40 * stride, window, out) is out
+    np.testing.assert_array_equal(out, whole[window])
+    np.testing.assert_array_equal(upsample(values, stride, 40 * stride, 40 * stride, window), out)
+
+
 @pytest.mark.parametrize("stride", [2, 4, 8])
 def test_kept_values_reproduce_the_edges_of_any_image_size(stride: int) -> None:
     # A tile padded to 64 px: whatever the image's own size, the values kept
