@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,13 +108,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_phase(
-    scenes: dict[str, Path], names: tuple[str, ...], work: Path, label: str, cwd: Path, rounds: int
+    scenes: dict[str, Path],
+    names: tuple[str, ...],
+    work: Path,
+    label: str,
+    cwd: Path,
+    rounds: int,
+    raw: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Every file ``rounds`` times (reverse order every other round); each file's rounds."""
+    """Every file ``rounds`` times (reverse order every other round); each file's rounds.
+
+    With ``raw``, the raw session's tiles/s is measured right before each job
+    (the machine's speed drifts from minute to minute) and kept with it.
+    """
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else tuple(reversed(names)):
-            runs[name].append(one_job(scenes[name], work, f"{label}-{name}-{r}", cwd))
+            beside = raw() if raw is not None else None
+            job = one_job(scenes[name], work, f"{label}-{name}-{r}", cwd)
+            if beside:
+                job["raw_tiles_per_s"] = beside
+                job["job_vs_raw"] = round(job["tiles_per_s_job"] / beside, 3)
+            runs[name].append(job)
     return runs
 
 
@@ -149,6 +165,9 @@ def summary(
             job = max(j["tiles_per_s_job"] for j in jobs)
             out[name]["best_job_tiles_per_s"] = job
             out[name]["job_vs_raw"] = round(job / raw_tiles_per_s, 3)
+        beside = [j["job_vs_raw"] for j in jobs if "job_vs_raw" in j]
+        if beside:
+            out[name]["job_vs_raw_beside"] = beside
     return out
 
 
@@ -169,7 +188,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"Raw session on the scene's own tiles ({results['raw']['input_side']} px with halo, "
         f"batch {results['raw']['batch']}): {results['raw']['tiles_per_s']} tiles/s before the "
         f"jobs, {results.get('raw_end', {}).get('tiles_per_s', '-')} after them; 'job vs raw' "
-        "is each file's best whole job (COG finishing included) against the first.",
+        "is each file's best whole job (COG finishing included) against the first. "
+        "'job vs raw beside' is each round's whole job against the raw session measured "
+        "right before it (10 s, same tiles and batch): the machine's speed drifts between "
+        "the start and the end.",
         "",
     ]
     for phase, title in (("before", "Before"), ("after", "After")):
@@ -181,9 +203,9 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "| file | MB | best tiles/s | vs JPEG | within 10% | median tiles/s | median vs JPEG "
             "| server CPU s/tile | CPU vs JPEG | finish s | best whole job tiles/s | job vs raw "
-            "| peak RSS MiB | load after each |",
+            "| job vs raw beside | peak RSS MiB | load after each |",
             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-            "| ---: | --- |",
+            "| --- | ---: | --- |",
         ]
         for name, v in results[f"{phase}_summary"].items():
             lines.append(
@@ -192,7 +214,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{v['median_tiles_per_s']} | {v['median_vs_jpeg']} | "
                 f"{v['server_cpu_s_per_tile']} | {v['cpu_vs_jpeg']} | {v['finish_s']} | "
                 f"{v.get('best_job_tiles_per_s', '')} | {v.get('job_vs_raw', '')} | "
-                f"{v['vm_hwm_mib']} | {v['load_after']} |"
+                f"{v.get('job_vs_raw_beside', '')} | {v['vm_hwm_mib']} | {v['load_after']} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -238,8 +260,15 @@ def main() -> int:
         session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
         batch = settings.batching.max_batch_size
         results["raw"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
-        del session
         say(f"raw session: {results['raw']['tiles_per_s']} tiles/s")
+
+        def raw_now() -> float:
+            tiles_per_s = float(
+                raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)["tiles_per_s"]
+            )
+            say(f"  raw session: {tiles_per_s} tiles/s")
+            return tiles_per_s
+
         if args.before:
             before_dir = work / "before"
             results["before_git"] = checkout(args.before, before_dir)
@@ -247,12 +276,10 @@ def main() -> int:
             results["before"] = run_phase(scenes, before, work, "before", before_dir, 1)
             results["before_summary"] = summary(results["before"], results["raw"]["tiles_per_s"])
         results["after_git"] = results["machine"].get("attnserve_git")
-        results["after"] = run_phase(scenes, names, work, "after", REPO, args.rounds)
+        results["after"] = run_phase(scenes, names, work, "after", REPO, args.rounds, raw_now)
         results["after_summary"] = summary(results["after"], results["raw"]["tiles_per_s"])
         # Again at the end: on a shared machine the limit moves with others' work.
-        session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
         results["raw_end"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
-        del session
         results["load_average_end"] = load_average()
     stem = "scene_compression" if args.repeat == 4 else f"scene_compression_{results['side']}"
     args.out.mkdir(parents=True, exist_ok=True)

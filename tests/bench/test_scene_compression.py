@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.scene_compression import checkout, cpu_seconds, main, summary
+from bench.scene_compression import checkout, cpu_seconds, main, run_phase, summary
 
 
 def _job(tiles_per_s: float, cpu: float) -> dict[str, Any]:
@@ -39,6 +39,22 @@ def test_each_file_is_judged_by_its_best_round_against_jpegs_best() -> None:
     assert out["lzw"]["cpu_vs_jpeg"] == 2.0
     # The whole job's best round against the raw session.
     assert out["deflate"]["job_vs_raw"] == pytest.approx(0.828)
+
+
+def test_each_job_is_compared_with_the_raw_session_measured_right_before_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The machine slows down between jobs: each job against its own raw figure.
+    speeds = iter([10.0, 5.0, 8.0, 4.0])
+    raws = iter([12.0, 6.0, 10.0, 4.0])
+    monkeypatch.setattr("bench.scene_compression.one_job", lambda *a: _job(next(speeds) / 0.9, 0.3))
+    paths = {"jpeg": tmp_path / "j.tif", "deflate": tmp_path / "d.tif"}
+    runs = run_phase(paths, ("jpeg", "deflate"), tmp_path, "after", tmp_path, 2, lambda: next(raws))
+    # Round 1: jpeg, deflate; round 2 reversed: deflate, jpeg.
+    assert [j["job_vs_raw"] for j in runs["jpeg"]] == [pytest.approx(0.833), 1.0]
+    assert [j["job_vs_raw"] for j in runs["deflate"]] == [pytest.approx(0.833), 0.8]
+    out = summary(runs, raw_tiles_per_s=12.0)
+    assert out["deflate"]["job_vs_raw_beside"] == [pytest.approx(0.833), 0.8]
 
 
 def test_cpu_seconds_count_this_process_work() -> None:
