@@ -84,6 +84,8 @@ class SceneRunner:
         tile = options.tile_size or served.task.scene_tile(served.manifest)
         need = scene_bytes(served, tile, max(1, len(options.dates)), self.in_flight_tiles)
         held = await asyncio.to_thread(self.budget.hold, need, cancelled)
+        # The sessions keep their arenas from tile to tile while the job runs.
+        arenas = served.hold_arenas()
         folder: Path | None = None
         if isinstance(part, PlanPass | UnitPass):
             # Units of one job may run side by side here: each its own folder.
@@ -109,6 +111,8 @@ class SceneRunner:
             )
             await task_for(served.manifest).run_scene(work)
         finally:
+            # On a worker thread, not awaited: a cancelled job gives them back too.
+            asyncio.get_running_loop().run_in_executor(None, arenas)
             if folder is not None:
                 await asyncio.to_thread(shutil.rmtree, folder, True)
             await held.release_async()

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +44,21 @@ class ServedModel:
     task: InferenceTask
     load_s: float
     warmup_s: float
+    # The CPU instances beside the main session (the batcher's helpers).
+    helpers: list[ModelSession] = field(default_factory=list)
+
+    def hold_arenas(self) -> Callable[[], None]:
+        """Hold every session's arena for a scene job (:meth:`ModelSession.hold_arena`).
+
+        Returns the release, which gives the growth back (call it off the event loop).
+        """
+        releases = [s.hold_arena() for s in (self.session, *self.helpers)]
+
+        def release() -> None:
+            for give_back in releases:
+                give_back()
+
+        return release
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -199,7 +214,14 @@ class ModelRepository:
             helpers=[h.run for h in helpers],
         )
         return ServedModel(
-            manifest, path, session, batcher, task_class(manifest, batcher), load_s, warmup_s
+            manifest,
+            path,
+            session,
+            batcher,
+            task_class(manifest, batcher),
+            load_s,
+            warmup_s,
+            helpers,
         )
 
     def _helpers(self, path: Path, session: ModelSession) -> list[ModelSession]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,11 @@ class ModelSession:
         self._shrink_above = 0
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        # While held (a scene job runs), large runs keep their arena growth and
+        # the last holder gives it back at once (see hold_arena).
+        self._holds = 0
+        self._grown = False
+        self._holds_lock = threading.Lock()
         if options.cuda_graph and self.cuda_active:
             device_id = int(options.cuda.get("device_id", 0) or 0)
             self._graphs = CudaGraphs(
@@ -188,11 +195,52 @@ class ModelSession:
                     return _to_float32(replayed)
             if self._bind:
                 return _to_float32(self._run_bound(feed))
-            large = self._shrink_above and feed_units(feed) > self._shrink_above
+            large = bool(self._shrink_above) and feed_units(feed) > self._shrink_above
+            if large and self._holds:
+                self._grown, large = True, False
             outputs = self._session.run(self.output_names, feed, self._shrink if large else None)
         except Exception as exc:
             raise _classify(exc) from exc
         return _to_float32(dict(zip(self.output_names, outputs, strict=True)))
+
+    def hold_arena(self) -> Callable[[], None]:
+        """Keep the arena's growth between runs until the returned release is called.
+
+        A run larger than any warm-up run shrinks the arena at its end, so that
+        one large request does not leave its working memory held. A scene job
+        runs thousands of such tiles (a scene tile is the model's tile plus its
+        halo): shrinking after each made every batch allocate and fault in its
+        working memory again, 16% of a 640 x 640 batch of two on one core.
+        While a job holds the arena its runs keep it; the last release gives it
+        back with one small run (call it off the event loop).
+        """
+        with self._holds_lock:
+            self._holds += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._holds_lock:
+                if released:
+                    return
+                released = True
+                self._holds -= 1
+                give_back = self._holds == 0 and self._grown
+                if give_back:
+                    self._grown = False
+            if give_back:
+                self._give_back()
+
+        return release
+
+    def _give_back(self) -> None:
+        """Shrink the arena: one run of the smallest feed, with shrinkage on."""
+        try:
+            side = self.manifest.input.size_multiple or 32
+            feed = self._cast(self.example_feed(batch=1, size=side))
+            self._session.run(self.output_names, feed, self._shrink)
+        except Exception as exc:  # the memory stays held; the server goes on
+            log.warning("model %s: its arena could not be shrunk: %s", self.manifest.ref, exc)
 
     def _cast(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}

@@ -40,3 +40,30 @@ def test_a_run_larger_than_warmup_gives_its_arena_growth_back(footprints: ModelS
     # Without shrinking, the arena keeps about 280 MB after a 1024 x 1024 run.
     assert (after - before) / 2**20 < 120
     assert np.isfinite(footprints.activation_per_unit)
+
+
+@pytest.mark.skipif(_rss_bytes("VmRSS") is None, reason="needs /proc")
+def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(
+    footprints: ModelSession,
+) -> None:
+    # A scene job's tiles are larger than the warm-up: held, the arena is not
+    # shrunk after each of them (the next run reuses it); released, it is.
+    feed = footprints.example_feed(size=512)
+    before = _rss_bytes("VmRSS")
+    assert before is not None
+    first, second = footprints.hold_arena(), footprints.hold_arena()
+    footprints.run(feed)
+    held = _rss_bytes("VmRSS")
+    assert held is not None
+    grown = (held - before) / 2**20
+    assert grown > 40, f"the run kept only {grown:.0f} MiB"
+    first()
+    first()  # a release called twice counts once
+    footprints.run(feed)
+    still = _rss_bytes("VmRSS")
+    assert still is not None
+    assert (still - before) / 2**20 > 40
+    second()
+    after = _rss_bytes("VmRSS")
+    assert after is not None
+    assert (after - before) / 2**20 < grown / 2, (before, held, still, after)
