@@ -7,9 +7,11 @@ finished job for its footprints (GeoJSON). Per scene: the server's peak memory
 (VmHWM of a fresh server, and VmRSS sampled), seconds per tile in the tiling
 phase and over the whole job, the whole job's and the finishing's seconds, the
 server's CPU seconds per tile, and the footprints answer's seconds, polygons and
-the peak memory of the worker process that made them. Targets: the largest
-scene's peak RSS at most 10% above the smallest's; seconds per tile within 10%
-across the scenes.
+the peak memory of the worker process that made them. The raw session's
+tiles/s on each scene's own tiles is measured right before its job (the
+machine's speed drifts from minute to minute), and each job's tiling compared
+with it. Targets: the largest scene's peak RSS at most 10% above the
+smallest's; seconds per tile within 10% across the scenes.
 
 Writes ``scene_scale.json`` and ``scene_scale.md`` to ``--out`` (``bench/`` by default).
 """
@@ -20,16 +22,20 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.machine import load_average, machine, report_head
-from bench.run import COMMON_ENV, SOURCE, say, server_dirs
+from bench.run import COMMON_ENV, SOURCE, say, server_dirs, settings_with
 from bench.scene_compression import cpu_seconds
-from bench.scene_job import run_scene_job
+from bench.scene_job import raw_on_tiles, run_scene_job
+from service.app import session_options
+from service.config import SHIPPED_MODELS
 from service.runtime.cpus import usable_cpus
+from service.runtime.session import ModelSession
 from tests.helpers.scenes import tile_scene
 from tests.helpers.server import REPO, LiveServer, RssSampler, proc_status_kib
 
@@ -94,10 +100,17 @@ def footprints(server: LiveServer, job_id: str) -> dict[str, Any]:
     return out
 
 
-def one_scene(repeat: int, work: Path) -> dict[str, Any]:
-    """A deflate scene of ``cogeo.tif`` repeated ``repeat`` times, as a job on a fresh server."""
+def one_scene(
+    repeat: int, work: Path, raw: Callable[[Path], float] | None = None
+) -> dict[str, Any]:
+    """A deflate scene of ``cogeo.tif`` repeated ``repeat`` times, as a job on a fresh server.
+
+    With ``raw``, the raw session's tiles/s on the scene's own tiles is measured
+    right before the job (the machine's speed drifts) and the tiling compared with it.
+    """
     scene = tile_scene(SOURCE, repeat, work / f"scene-{repeat}.tif", "deflate")
     label = f"{1024 * repeat}"
+    beside = raw(scene) if raw is not None else None
     jobs = work / f"jobs-{label}"
     env = {**COMMON_ENV, **SCALE_ENV, **server_dirs(jobs)}
     load_before = load_average()
@@ -131,6 +144,9 @@ def one_scene(repeat: int, work: Path) -> dict[str, Any]:
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
+    if beside:
+        out["raw_tiles_per_s"] = beside
+        out["tiling_vs_raw"] = round(tiles / job["tiling_s"] / beside, 3)
     say(
         f"  [{label}] {tiles} tiles, tiling {out['s_per_tile_tiling']} s/tile, job "
         f"{out['s_per_tile_job']} s/tile, finish {out['finish_s']} s, VmHWM "
@@ -151,6 +167,13 @@ def verdicts(scenes: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             ok = max(ratios) / min(ratios) <= 1 + TOLERANCE
         out[key] = {"vs_smallest": ratios, "met": ok}
+    if all("tiling_vs_raw" in s for s in scenes):
+        ratios = [round(s["tiling_vs_raw"] / small["tiling_vs_raw"], 3) for s in scenes]
+        out["tiling_vs_raw"] = {
+            "vs_smallest": ratios,
+            "met": max(ratios) / min(ratios) <= 1 + TOLERANCE,
+            "values": [s["tiling_vs_raw"] for s in scenes],
+        }
     return out
 
 
@@ -235,6 +258,16 @@ def verdict_rows(v: dict[str, Any]) -> list[str]:
         f"| server CPU seconds per tile (what others' work hardly moves), within 10% | "
         f"{v['server_cpu_s_per_tile']['vs_smallest']} | "
         f"{'yes' if v['server_cpu_s_per_tile']['met'] else 'NO'} |",
+        *(
+            [
+                "| tiling tiles/s against the raw session measured right before each job "
+                f"({v['tiling_vs_raw']['values']}), within 10% | "
+                f"{v['tiling_vs_raw']['vs_smallest']} | "
+                f"{'yes' if v['tiling_vs_raw']['met'] else 'NO'} |"
+            ]
+            if "tiling_vs_raw" in v
+            else []
+        ),
     ]
 
 
@@ -287,10 +320,19 @@ def main() -> int:
         "settings": SCALE_ENV,
         "scenes": [],
     }
+    settings = settings_with({**COMMON_ENV, **server_dirs(REPO / "var" / "bench-raw")})
+    session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
+    batch = settings.batching.max_batch_size
+
+    def raw(scene: Path) -> float:
+        tiles_per_s = float(raw_on_tiles(session, scene, batch, 16, 10.0)["tiles_per_s"])
+        say(f"  raw session: {tiles_per_s} tiles/s")
+        return tiles_per_s
+
     with tempfile.TemporaryDirectory(prefix="attnserve-scale-") as tmp:
         for repeat in repeats:
             say(f"scene {1024 * repeat} x {1024 * repeat}")
-            results["scenes"].append(one_scene(repeat, Path(tmp)))
+            results["scenes"].append(one_scene(repeat, Path(tmp), raw))
     results["load_average_end"] = load_average()
     results["verdicts"] = verdicts(results["scenes"])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,19 @@ def test_the_largest_scene_and_every_scene_are_judged_against_the_smallest() -> 
     assert out["server_cpu_s_per_tile"]["met"]
 
 
+def test_tiling_is_also_judged_against_the_raw_session_beside_each_job() -> None:
+    # The machine ran 10% faster during the last job: its seconds per tile look
+    # 10% better, its share of the raw session does not.
+    scenes = [_scene(1000, 0.20, 0.25), _scene(1000, 0.20, 0.25), _scene(1000, 0.18, 0.22)]
+    for scene, share in zip(scenes, (0.90, 0.91, 0.92), strict=True):
+        scene["tiling_vs_raw"] = share
+    out = verdicts(scenes)
+    assert not out["s_per_tile_tiling"]["met"]
+    assert out["tiling_vs_raw"]["met"]
+    assert out["tiling_vs_raw"]["values"] == [0.90, 0.91, 0.92]
+    assert "tiling_vs_raw" not in verdicts([*scenes[:1], _scene(1000, 0.2, 0.25)])
+
+
 def test_a_grandchild_started_by_a_thread_is_found_with_its_peak_memory(tmp_path: Path) -> None:
     # A child that starts a grandchild holding 200 MB, from a thread (as forkserver workers are).
     held = tmp_path / "held"
