@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
 import threading
@@ -30,14 +31,24 @@ log = logging.getLogger(__name__)
 M_ARENA_MAX = -8
 
 
-def _glibc(function: str) -> Any | None:
-    """A glibc function through ctypes, or None where libc has none of that name."""
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once: ``find_library`` runs ``ldconfig -p`` in a subprocess."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        return getattr(ctypes.CDLL(name), function)
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def _glibc(function: str) -> Any | None:
+    """A glibc function through ctypes, or None where libc has none of that name."""
+    libc = _libc()
+    try:
+        return None if libc is None else getattr(libc, function)
+    except AttributeError:  # not glibc (musl, macOS)
         return None
 
 

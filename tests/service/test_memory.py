@@ -126,3 +126,20 @@ def test_jobs_hold_their_share_until_cancelled() -> None:
     assert empty.budget is None  # nothing held, nothing to give back
     held.release()
     assert budget.in_use == 0
+
+
+def test_the_c_library_is_looked_up_once_not_per_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    # find_library runs `ldconfig -p` in a subprocess: once per large request's
+    # release it was a fork and exec of the whole server.
+    import ctypes.util
+
+    from service import memory
+
+    calls: list[str] = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda n: calls.append(n) or real(n))
+    memory._libc.cache_clear()
+    for _ in range(3):
+        memory.malloc_trim()
+    memory.limit_malloc_arenas(0)
+    assert calls == ["c"]
