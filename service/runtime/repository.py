@@ -203,6 +203,9 @@ class ModelRepository:
         else:
             warmup_s = 0.0
         limits = self._limits(manifest)
+        for helper in helpers:
+            # Each helper runs at most its share of a batch (DynamicBatcher).
+            helper.keep_batches(max(1, limits.max_batch_size // len(helpers)))
         batcher = DynamicBatcher(
             manifest.ref,
             session.run,

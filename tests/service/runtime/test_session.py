@@ -67,3 +67,30 @@ def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(
     after = _rss_bytes("VmRSS")
     assert after is not None
     assert (after - before) / 2**20 < grown / 2, (before, held, still, after)
+
+
+class _RunOptionsSpy:
+    """Wraps an ONNX Runtime session and records whether each run shrank the arena."""
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+        self.shrunk: list[bool] = []
+
+    def run(self, names: object, feed: object, options: object = None) -> object:
+        self.shrunk.append(options is not None)
+        return self.session.run(names, feed, options)  # type: ignore[attr-defined]
+
+
+def test_a_cpu_instance_keeps_its_arena_after_batches_of_its_share(model_dir: Path) -> None:
+    session = ModelSession(
+        next(model_dir.glob("footprints-*.onnx")),
+        SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=1),
+    )
+    session.warmup(sizes=(256,), measure=False)
+    spy = _RunOptionsSpy(session._session)
+    session._session = spy  # type: ignore[assignment]
+    session.keep_batches(2)
+    for batch in (1, 2, 3):
+        session.run(session.example_feed(batch=batch, size=256))
+    # Batches of one and two are a helper's own (kept); three is larger (shrunk).
+    assert spy.shrunk == [False, False, True]
