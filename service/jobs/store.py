@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
 
+from service.jobs.pack import write_chunked
 from service.jobs.record import JobRecord
 
 if TYPE_CHECKING:
@@ -51,9 +52,7 @@ def place_file(data: bytes | Path, target: Path, fsync: bool = False) -> None:
                 os.fsync(f.fileno())
         return
     with open(target, "wb") as f:
-        view = memoryview(data)
-        for start in range(0, len(view), CHUNK):
-            f.write(view[start : start + CHUNK])
+        write_chunked(f, data)
         if fsync:
             f.flush()
             os.fsync(f.fileno())
