@@ -42,33 +42,6 @@ def test_a_run_larger_than_warmup_gives_its_arena_growth_back(footprints: ModelS
     assert np.isfinite(footprints.activation_per_unit)
 
 
-@pytest.mark.skipif(_rss_bytes("VmRSS") is None, reason="needs /proc")
-def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(
-    footprints: ModelSession,
-) -> None:
-    # A scene job's tiles are larger than the warm-up: held, the arena is not
-    # shrunk after each of them (the next run reuses it); released, it is.
-    feed = footprints.example_feed(size=512)
-    before = _rss_bytes("VmRSS")
-    assert before is not None
-    first, second = footprints.hold_arena(), footprints.hold_arena()
-    footprints.run(feed)
-    held = _rss_bytes("VmRSS")
-    assert held is not None
-    grown = (held - before) / 2**20
-    assert grown > 40, f"the run kept only {grown:.0f} MiB"
-    first()
-    first()  # a release called twice counts once
-    footprints.run(feed)
-    still = _rss_bytes("VmRSS")
-    assert still is not None
-    assert (still - before) / 2**20 > 40
-    second()
-    after = _rss_bytes("VmRSS")
-    assert after is not None
-    assert (after - before) / 2**20 < grown / 2, (before, held, still, after)
-
-
 class _RunOptionsSpy:
     """Wraps an ONNX Runtime session and records whether each run shrank the arena."""
 
@@ -79,6 +52,38 @@ class _RunOptionsSpy:
     def run(self, names: object, feed: object, options: object = None) -> object:
         self.shrunk.append(options is not None)
         return self.session.run(names, feed, options)  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(_rss_bytes("VmRSS") is None, reason="needs /proc")
+def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(model_dir: Path) -> None:
+    # A scene job's tiles are larger than the warm-up: held, the arena is not
+    # shrunk after each of them (the next run reuses it); when the last holder
+    # lets go, one run shrinks it. (How much glibc then hands back to the OS
+    # depends on the rest of the process: the shrinking runs are what is checked.)
+    session = ModelSession(
+        next(model_dir.glob("footprints-*.onnx")),
+        SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=2),
+    )
+    session.warmup(sizes=(64,), measure=False)
+    spy = _RunOptionsSpy(session._session)
+    session._session = spy  # type: ignore[assignment]
+    feed = session.example_feed(size=512)
+    before = _rss_bytes("VmRSS")
+    assert before is not None
+    first, second = session.hold_arena(), session.hold_arena()
+    session.run(feed)
+    held = _rss_bytes("VmRSS")
+    assert held is not None
+    grown = (held - before) / 2**20
+    assert grown > 40, f"the run kept only {grown:.0f} MiB"
+    first()
+    first()  # a release called twice counts once
+    session.run(feed)
+    assert spy.shrunk == [False, False]
+    second()
+    assert spy.shrunk == [False, False, True]  # the give-back run
+    session.run(feed)
+    assert spy.shrunk == [False, False, True, True]  # no holder: large runs shrink again
 
 
 def test_a_cpu_instance_keeps_its_arena_after_batches_of_its_share(model_dir: Path) -> None:
