@@ -138,6 +138,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="metres per pixel of the data (default: from a georeferenced image)",
     )
+    a(
+        "--model-gsd",
+        type=float,
+        default=None,
+        help="metres per pixel the model works at (default: --gsd): crops are resampled to it "
+        "(--scale and --negative-scale are multiplied by model-gsd / gsd) and the server "
+        "resamples inputs to it",
+    )
     a("--no-augment", action="store_true", help="no radiometric augmentation")
     a(
         "--gate-loss",
@@ -234,6 +242,16 @@ def run(args: argparse.Namespace) -> int:
     except RasterDataError as exc:
         raise SystemExit(str(exc)) from exc
     spec = data_spec(args, [*real, *negatives])
+    data_gsd = spec["gsd_m"]
+    scale, negative_scale = args.scale, args.negative_scale
+    if args.model_gsd is not None:
+        if not data_gsd:
+            raise SystemExit("--model-gsd needs the data's --gsd (or georeferenced images)")
+        # Source pixels per model pixel: the augmentation's range moves with the grid.
+        f = args.model_gsd / data_gsd
+        scale = (scale[0] * f, scale[1] * f)
+        negative_scale = (negative_scale[0] * f, negative_scale[1] * f)
+        spec["gsd_m"] = args.model_gsd
     if real:
         if args.synthetic_ratio and (len(spec["bands"]) != 3 or spec["value_range"] != [0, 255]):
             raise SystemExit("--synthetic-ratio needs 3-band imagery in 0..255 (synthetic is RGB)")
@@ -271,8 +289,8 @@ def run(args: argparse.Namespace) -> int:
         train_negatives,
         MixConfig(
             tile_size=args.tile_size,
-            scale=args.scale,
-            negative_scale=args.negative_scale,
+            scale=scale,
+            negative_scale=negative_scale,
             synthetic_ratio=synthetic_ratio,
             negative_ratio=args.negative_ratio if train_negatives else 0.0,
             balance=args.balance,
@@ -322,7 +340,9 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     wall = time.monotonic() - start
 
-    metrics = {k: round(v, 4) for k, v in evaluate(model, held_out).items()}
+    metrics = {
+        k: round(v, 4) for k, v in evaluate(model, held_out, spec["gsd_m"], data_gsd).items()
+    }
     training = {
         "data": data_info,
         "held_out": held_info,
@@ -331,8 +351,8 @@ def run(args: argparse.Namespace) -> int:
         "stopped_early": steps_done < args.steps,
         "batch_size": args.batch_size,
         "tile_size": args.tile_size,
-        "scale": list(args.scale),
-        "negative_scale": list(args.negative_scale),
+        "scale": list(scale),
+        "negative_scale": list(negative_scale),
         "balance": args.balance,
         "augmentation": "scale, rotation, flips"
         + (

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from models.attention_unet import AttentionUNet
 from models.data.footprint_sources import LabelledImage
+from models.data.model_grid import grid_factor, predict_on_model_grid
 from models.metrics import GateContrast, footprint_scores, gate_contrast
 
 
@@ -51,8 +52,17 @@ def _crop_to_stride(mask: np.ndarray, gate: np.ndarray, stride: int) -> tuple[np
     return mask[: gh * stride, : gw * stride], gate[:gh, :gw]
 
 
-def evaluate(model: AttentionUNet, held_out: Sequence[LabelledImage]) -> dict[str, float]:
+def evaluate(
+    model: AttentionUNet,
+    held_out: Sequence[LabelledImage],
+    model_gsd_m: float | None = None,
+    data_gsd_m: float | None = None,
+) -> dict[str, float]:
     """Held-out scores of ``model``.
+
+    Images whose ground resolution (their own, else ``data_gsd_m`` for labelled
+    ones) differs from the model's ``model_gsd_m`` run on the model's grid and
+    are scored on their own, as the server answers them.
 
     Returns:
         For images with buildings: ``pixel_iou``, ``building_f1``, ``precision``,
@@ -64,7 +74,11 @@ def evaluate(model: AttentionUNet, held_out: Sequence[LabelledImage]) -> dict[st
     contrasts: list[GateContrast] = []
     negative_fractions = []
     for item in held_out:
-        prob, gates = predict_image(model, item.image)
+        gsd = item.gsd_m or (None if item.negative else data_gsd_m)
+        factor = grid_factor(gsd, model_gsd_m)
+        prob, gates = predict_on_model_grid(
+            lambda image: predict_image(model, image), item.image, factor
+        )
         pred = prob >= 0.5
         if item.negative:
             negative_fractions.append(float(pred.mean()))

@@ -227,3 +227,29 @@ def test_one_group_of_several_images_holds_out_its_last_image_whole(tmp_path: Pa
     training = torch.load(out / "footprints.pt", weights_only=False)["training"]
     assert training["held_out"] == "the whole image image_part_002 of the only group, group"
     assert "pixel_iou" in json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
+def test_a_model_trained_on_a_coarser_grid_records_it_and_is_scored_on_it(tmp_path: Path) -> None:
+    data = tmp_path / "dubai"
+    for tile in ("Tile 1", "Tile 2"):
+        for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
+            (data / tile / sub).mkdir(parents=True)
+            src = DUBAI / tile / sub / f"image_part_001{suffix}"
+            (data / tile / sub / src.name).symlink_to(src)
+    out = tmp_path / "run"
+    argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
+    argv += ["--holdout", "Tile 1", "--gsd", "0.5", "--model-gsd", "1.0", "--scale", "0.8 1.25"]
+    assert main([*argv, "--out", str(out)]) == 0
+    training = torch.load(out / "footprints.pt", weights_only=False)["training"]
+    # Source pixels per model pixel: the range moved by 1.0 / 0.5.
+    assert training["scale"] == [1.6, 2.5]
+    assert {"pixel_iou", "gate_4_ratio"} <= set(json.loads((out / "metrics.json").read_text()))
+    onnx_path = tmp_path / "coarse.onnx"
+    assert main(["export", str(out / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    assert read_manifest(onnx_path).input.gsd_m == 1.0
+
+
+def test_a_model_grid_needs_the_data_resolution(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--model-gsd needs the data's --gsd"):
+        main(["train", "footprints", "--tiny", "--model-gsd", "1.0", "--out", str(tmp_path)])
