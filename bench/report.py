@@ -280,7 +280,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"({', '.join(m['onnxruntime_providers'])}), numpy {m['numpy']}",
         f"- attnserve git {m['attnserve_git']}",
         f"- load average (1, 5, 15 min) at start {results['load_average_start']}, "
-        f"at end {results['load_average_end']} (the machine's 2 cores are shared with "
+        f"at end {results['load_average_end']} (the machine's 2 cores may be shared with "
         "other work; figures are as noisy as that load)",
         f"- started {results['started']}",
         "",

@@ -235,8 +235,9 @@ def markdown(results: dict[str, Any]) -> str:
         "float32 outputs: `prediction.tif` one band, `attention.tif` four), one fresh server "
         f"per job, {'after then before' if results.get('after_first') else 'before then after'} "
         "back to back.",
-        "The machine's 2 cores are shared with other people's work (model training, tests) "
-        f"at the same time: load average at start {results['load_average_start']}, at end "
+        "The machine's 2 cores may be shared with other work (model training, tests) while "
+        "this runs; the load average says how busy they were: at start "
+        f"{results['load_average_start']}, at end "
         f"{results['load_average_end']}. Wall seconds move with it; server CPU seconds hardly.",
     )
     lines += [

@@ -128,7 +128,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"`python -m bench.scene_s3`, {results['started']}: `cogeo.tif` repeated into "
         f"{results['side']} x {results['side']} px ({results['scene_mib']} MiB, JPEG tiles), "
         "the shipped footprints model, one fresh server per run, runs one after the other; "
-        "the object store is SeaweedFS on the same machine. The cores are shared with other "
+        "the object store is SeaweedFS on the same machine. The cores may be shared with other "
         f"work: load average at start {results['load_average_start']}, at end "
         f"{results['load_average_end']}."
     )

@@ -189,8 +189,9 @@ def markdown(results: dict[str, Any]) -> str:
         "one fresh server per scene, one after the other, then `GET /jobs/{id}/footprints`.",
     )
     lines += [
-        "The machine's 2 cores are shared with other people's tests and builds running at the "
-        f"same time: load average at start {results['load_average_start']}, at end "
+        "The machine's 2 cores may be shared with other work (tests, builds) while this runs; "
+        "the load average says how busy they were: at start "
+        f"{results['load_average_start']}, at end "
         f"{results['load_average_end']}; each scene's own is in the table.",
         "",
         *scene_table(results["scenes"]),

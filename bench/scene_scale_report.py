@@ -20,8 +20,8 @@ def _machine(results: dict[str, Any]) -> str:
     m = results["machine"]
     return (
         f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM, no GPU; "
-        f"git {m.get('attnserve_git')}, {results['started']}. The 2 cores were shared with "
-        "other people's tests, builds and benchmarks running at the same time: load average "
+        f"git {m.get('attnserve_git')}, {results['started']}. The 2 cores may have been "
+        "shared with other work (tests, builds, benchmarks); the load average says how busy: "
         f"{results['load_average_start']} at the start, {results['load_average_end']} at the end"
     )
 

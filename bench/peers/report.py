@@ -115,9 +115,9 @@ def section(peers: dict[str, Any]) -> list[str]:
         f"{m['onnxruntime']} (the same in every peer's environment)",
         f"- attnserve git {m['attnserve_git']}, started {peers['started']}; load average "
         f"(1, 5, 15 min) at start {peers['load_average_start']}, at end "
-        f"{peers['load_average_end']}. The 2 cores are shared with other people's work "
-        "(their test runs included) while this runs: read each row with the raw figure "
-        "timed in the same rounds.",
+        f"{peers['load_average_end']}. The 2 cores may be shared with other work (test "
+        "runs included) while this runs; the load average says how busy they were: read "
+        "each row with the raw figure timed in the same rounds.",
         f"- ONNX Runtime threads: every session may use the {peers['usable_cpus']} usable "
         "cores and no more: each peer runs one session with intra-op threads = "
         f"{peers['usable_cpus']}; attnserve's default runs one such session for a lone "

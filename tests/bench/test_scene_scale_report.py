@@ -67,7 +67,7 @@ def test_the_section_names_the_machine_the_figures_and_each_target(tmp_path: Pat
     (tmp_path / "scene_compression_8192.json").write_text(json.dumps(_codecs()))
     text = "\n".join(section(tmp_path))
     assert "Test CPU, 2 cores" in text
-    assert "shared with other people's tests" in text
+    assert "shared with other work" in text
     assert "| 16384 | 163 | 0.2 | 0.22 | 0.21 | 1600.0 | 2.0 | 821 | 240.0 | 3.5 |" in text
     assert "| [1.0, 1.036, 1.143] | **no** |" in text  # 1600 / 1400: 14% above
     assert "| deflate | 124.3 | 7.9 | 0.878 | **no** |" in text
