@@ -202,10 +202,28 @@ def series_prediction(record: JobRecord, store: ArraySource) -> dict[str, Any]:
     return {"name": layer.name, "kind": layer.kind, "classes": classes, "items": items}
 
 
-def series_attention(record: JobRecord, store: ArraySource, name: str) -> list[dict[str, Any]]:
-    """Per-series attention weights: per head and mean over heads, per date."""
+def series_attention(
+    record: JobRecord, store: ArraySource, name: str, head: int | None = None
+) -> list[dict[str, Any]]:
+    """Per-series attention weights per date: per head and their mean, or ``head``'s only.
+
+    Raises:
+        InvalidInput: ``head`` is not one of the layer's heads.
+    """
     weights = np.asarray(store.array(record, name))  # (N, heads, T)
     _, ids = _series_items(record)
+    if head is not None:
+        heads = weights.shape[1]
+        if not 0 <= head < heads:
+            raise InvalidInput(
+                f"head {head} is out of range: layer {name!r} has {heads} heads, 0 to {heads - 1}",
+                layer=name,
+                heads=heads,
+            )
+        return [
+            {"id": item_id, "weights": w}
+            for item_id, w in zip(ids, weights[:, head].tolist(), strict=True)
+        ]
     means = weights.mean(axis=1).tolist()
     return [
         {"id": item_id, "weights": w, "mean": m}
@@ -245,7 +263,9 @@ def layer_json(
     if head is not None and not layer.heads and layer.kind != "temporal":
         pick_head(layer, np.empty(0), head)  # refuses: the layer has one head
     if record.kind == "series" and layer.role == "attention":
-        body["items"] = series_attention(record, store, name)
+        body["items"] = series_attention(record, store, name, head)
+        if head is not None:
+            body["head"] = head
     elif record.kind == "series":
         body.update(series_prediction(record, store))
     elif layer.storage == "inline":

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.api.state import AppState
-from service.errors import Conflict
+from service.errors import Conflict, InvalidInput
 from service.jobs.record import JobRecord
 from service.pipeline import views
 from service.pipeline.inputs import validate_json
@@ -74,5 +74,32 @@ def test_a_series_job_stored_with_one_extra_dict_answers_as_it_did(tmp_path: Pat
             del old[name]
         legacy = JobRecord(**json.loads(json.dumps(old)))
         assert views.job_json(legacy, state.store) == answer
+
+    run(tmp_path, (CROPS,), scenario)
+
+
+def test_one_head_of_a_series_attention_layer_as_json(tmp_path: Path) -> None:
+    async def scenario(state: AppState) -> None:
+        served = state.repository.get("crops")
+        bands = len(served.manifest.input.bands)
+        series = np.random.default_rng(4).uniform(500, 4000, (2, 3, bands))
+        dates = ["2024-03-02", "2024-03-19", "2024-04-08"]
+        request = await state.intake.json(served, validate_json(parcels(series, dates=dates)))
+        stored = await state.jobs.run(request, None)
+        request.held.release()
+        record = stored.record
+        (layer,) = [x for x in record.layers if x.role == "attention" and x.kind == "temporal"]
+        every = views.layer_json(record, state.store, layer.name)
+        heads = len(every["items"][0]["weights"])
+        assert heads > 1
+        assert "head" not in every
+        one = views.layer_json(record, state.store, layer.name, head=heads - 1)
+        assert one["head"] == heads - 1
+        for item, whole in zip(one["items"], every["items"], strict=True):
+            assert item["id"] == whole["id"]
+            assert item["weights"] == whole["weights"][heads - 1]
+            assert "mean" not in item
+        with pytest.raises(InvalidInput, match=f"head {heads} is out of range"):
+            views.layer_json(record, state.store, layer.name, head=heads)
 
     run(tmp_path, (CROPS,), scenario)
