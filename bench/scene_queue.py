@@ -149,7 +149,8 @@ def page(results: dict[str, Any]) -> str:
         results["machine"],
         f"`python -m bench.scene_queue` (`{' '.join(results['argv'])}`): a "
         f"{results['size']} x {results['size']} footprints scene job, units of "
-        f"{results['unit_tiles']} tiles; load average before: {results['load_before']}.",
+        f"{results['unit_tiles']} tiles; load average before: {results['load_before']}, "
+        f"after: {results.get('load_after', 'not recorded')}.",
     )
     lines += [
         "",

@@ -27,4 +27,6 @@ def test_a_small_scene_is_split_over_two_replicas_and_modelled(tmp_path: Path) -
     assert sum(two["workers"]) == two["units"]
     assert 0 < one["serial_share"] < 1
     assert two["max_difference"] <= 1e-5  # split over two replicas, same outputs
-    assert "Amdahl from 1 replica" in out.with_suffix(".md").read_text()
+    page = out.with_suffix(".md").read_text()
+    assert "Amdahl from 1 replica" in page
+    assert f"after: {results['load_after']}" in page
