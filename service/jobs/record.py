@@ -192,6 +192,8 @@ class ResamplingSummary:
         model_grid: the input's size on the model's grid (applied only).
         method: imagery resampling to the model's grid (applied only).
         method_back: output resampling back to the input's grid (applied only).
+        input_gsd_from: ``"request"`` where ``input_gsd_m`` is the request's ``gsd_m``
+            for an image without a georeference (absent where measured).
     """
 
     applied: bool
@@ -203,6 +205,7 @@ class ResamplingSummary:
     model_grid: ModelGrid | None = None
     method: str | None = None
     method_back: str | None = None
+    input_gsd_from: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model_grid, dict):  # read back from JSON
@@ -211,7 +214,7 @@ class ResamplingSummary:
     def to_json(self) -> dict[str, Any]:
         """The summary as a job's answer shows it: what was not decided is left out."""
         body = asdict(self)
-        for name in ("reason", "factor", "model_grid", "method", "method_back"):
+        for name in ("reason", "factor", "model_grid", "method", "method_back", "input_gsd_from"):
             if body[name] is None:
                 del body[name]
         return body

@@ -37,6 +37,7 @@ from service.raster.decode import (
     open_geotiff,
 )
 from service.raster.georef import Georeference
+from service.raster.gsd import GSD_LIMITS_M
 from service.raster.resample import Resampling, check_grid, plan_resampling
 from service.runtime.repository import ServedModel
 from service.runtime.tiling import tiling_problem
@@ -97,6 +98,20 @@ def _bounded_int(fields: Mapping[str, str], name: str, bounds: tuple[int, int]) 
     return value
 
 
+def ground_sample_distance(fields: Mapping[str, str], name: str = "gsd_m") -> float | None:
+    """A stated metres per pixel within :data:`GSD_LIMITS_M` (absent: None)."""
+    if name not in fields:
+        return None
+    low, high = GSD_LIMITS_M
+    try:
+        value = float(fields[name])
+    except ValueError:
+        raise InvalidInput(f"{name} must be metres per pixel, not {fields[name]!r}") from None
+    if not low <= value <= high:  # NaN fails too
+        raise InvalidInput(f"{name} must be from {low:g} to {high:g} metres per pixel")
+    return value
+
+
 @dataclass(frozen=True)
 class UploadOptions:
     """The options of an upload besides its model and images, checked."""
@@ -110,6 +125,7 @@ class UploadOptions:
     compress: str = "deflate"
     min_confidence: float | None = None
     chip_stride: int | None = None
+    gsd_m: float | None = None
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str], run_async: str | None = None) -> UploadOptions:
@@ -124,6 +140,7 @@ class UploadOptions:
             compress=fields.get("compress", "deflate"),
             min_confidence=probability(fields, "min_confidence"),
             chip_stride=_bounded_int(fields, "chip_stride", CHIP_STRIDES),
+            gsd_m=ground_sample_distance(fields),
         )
         if options.compress not in COMPRESSIONS:
             raise InvalidInput("compress must be deflate or zstd")
@@ -250,7 +267,7 @@ class Intake:
         with open_geotiff(data) as dataset:
             info = describe(dataset)
             check_limits(info, self.scene_limits)
-            plan = self.grid_plan(served, info)
+            plan = self.grid_plan(served, info, options.gsd_m)
             sync = self.sync_limits(served)
             pixels = max(info.width * info.height, plan.model_pixels)
             if options.run_async or pixels > sync.max_pixels:
@@ -300,11 +317,20 @@ class Intake:
                 raise
             return SyncRequest(served, series, held)
 
-    def grid_plan(self, served: ServedModel, info: RasterInfo) -> Resampling:
-        """How an image meets the model's ground resolution, checked against the scene limits."""
+    def grid_plan(
+        self, served: ServedModel, info: RasterInfo, stated_gsd_m: float | None = None
+    ) -> Resampling:
+        """How an image meets the model's ground resolution, checked against the scene limits.
+
+        ``stated_gsd_m``: the request's ``gsd_m``, for an image without a georeference.
+        """
         s = self.settings
         plan = plan_resampling(
-            info.georef, served.manifest.input.gsd_m, s.resample_tolerance, s.resample_max_factor
+            info.georef,
+            served.manifest.input.gsd_m,
+            s.resample_tolerance,
+            s.resample_max_factor,
+            stated_gsd_m,
         )
         check_grid(plan, self.scene_limits)
         return plan

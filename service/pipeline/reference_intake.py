@@ -78,7 +78,7 @@ def _plan(
             raise
     pixels = max(info.width * info.height for info in infos)
     if not served.task.dated:  # as for uploads: its size on the model's grid counts too
-        pixels = max(pixels, intake.grid_plan(served, infos[0]).model_pixels)
+        pixels = max(pixels, intake.grid_plan(served, infos[0], options.gsd_m).model_pixels)
     if not options.run_async and pixels <= intake.sync_limits(served).max_pixels:
         parts = _read_whole(sources, limit)
         if parts is not None:
@@ -138,7 +138,7 @@ def _scene(
     manifest = served.manifest
     if not served.task.dated and len(paths) != 1:
         raise InvalidInput(f"model {manifest.name} takes one image, got {len(paths)}")
-    plan = None if served.task.dated else intake.grid_plan(served, infos[0])
+    plan = None if served.task.dated else intake.grid_plan(served, infos[0], options.gsd_m)
     request = intake.scene_request(served, [], options, infos, plan, len(paths))
     check_scene(paths, manifest, intake.scene_limits, request.options.dates)
     request.references = [cast(ReferencePath, path).url for path in paths]

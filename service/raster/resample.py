@@ -54,6 +54,7 @@ class Resampling:
     model_height: int
     method: str = "none"
     tolerance: float = 1.25
+    stated: bool = False
 
     @property
     def model_pixels(self) -> int:
@@ -68,6 +69,8 @@ class Resampling:
             "input_gsd_m": list(self.input_gsd_m) if self.input_gsd_m else None,
             "tolerance": self.tolerance,
         }
+        if self.stated:
+            body["input_gsd_from"] = "request"
         if self.reason:
             body["reason"] = self.reason
         if self.applied:
@@ -93,6 +96,7 @@ class Resampling:
             model_height=int(grid["height"]),
             method=str(data.get("method", "none")),
             tolerance=float(data.get("tolerance", 1.25)),
+            stated=data.get("input_gsd_from") == "request",
         )
 
     def _forward(self) -> tuple[Kernel, Kernel]:
@@ -177,6 +181,7 @@ def plan_resampling(
     model_gsd_m: float | None,
     tolerance: float,
     max_factor: float = DEFAULT_MAX_FACTOR,
+    stated_gsd_m: float | None = None,
 ) -> Resampling:
     """Decide whether an input runs on the model's grid, and the grid's size.
 
@@ -185,18 +190,35 @@ def plan_resampling(
     by no more than ``max_factor``: imagery that far from the model's resolution
     (a 300 m Landsat scene for a 0.5 m building model) would be invented detail
     or lost detail either way, so it runs as sent and the answer says so.
+
+    ``stated_gsd_m`` is the client's word for the metres per pixel of an input
+    without a usable georeference (a plain PNG or JPEG); a georeference, where
+    there is one, wins.
     """
     width = georef.width if georef else 0
     height = georef.height if georef else 0
+    gsd = ground_resolution(georef)
+    stated = gsd is None and stated_gsd_m is not None and georef is not None
+    if stated and stated_gsd_m is not None:
+        gsd = (stated_gsd_m, stated_gsd_m)
 
     def as_is(reason: str, gsd: tuple[float, float] | None = None) -> Resampling:
         return Resampling(
-            False, reason, gsd, model_gsd_m, width, height, width, height, "none", tolerance
+            False,
+            reason,
+            gsd,
+            model_gsd_m,
+            width,
+            height,
+            width,
+            height,
+            "none",
+            tolerance,
+            stated and gsd is not None,
         )
 
     if model_gsd_m is None:
         return as_is("the model states no ground sample distance (gsd_m): run as is")
-    gsd = ground_resolution(georef)
     if gsd is None or georef is None:
         return as_is(NOT_GEOREFERENCED)
     fx, fy = gsd[0] / model_gsd_m, gsd[1] / model_gsd_m
@@ -215,7 +237,17 @@ def plan_resampling(
     shrinks = (model_width < width, model_height < height)
     method = "average" if all(shrinks) else "bilinear" if not any(shrinks) else "average+bilinear"
     return Resampling(
-        True, None, gsd, model_gsd_m, width, height, model_width, model_height, method, tolerance
+        True,
+        None,
+        gsd,
+        model_gsd_m,
+        width,
+        height,
+        model_width,
+        model_height,
+        method,
+        tolerance,
+        stated,
     )
 
 

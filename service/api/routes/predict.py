@@ -38,6 +38,7 @@ FORM_FIELDS = frozenset(
         "compress",
         "min_confidence",
         "chip_stride",
+        "gsd_m",
         "href",
         "stac",
         "assets",
@@ -84,6 +85,13 @@ _MULTIPART_SCHEMA = {
             "type": "integer",
             "minimum": 1,
             "description": "chip classifier scenes: pixels between chips (default: the chip)",
+        },
+        "gsd_m": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "metres per pixel of an image without a usable georeference (no "
+            "CRS): it is then resampled to the model's ground resolution as a georeferenced "
+            "one would be; ignored where the image has a georeference",
         },
     },
 }

@@ -163,6 +163,59 @@ def test_inputs_without_a_usable_georeference_run_as_is(
     assert body["prediction"]["layers"][0]["shape"] == [48, 64]
 
 
+def test_an_image_without_a_georeference_is_resampled_at_the_stated_resolution(
+    server: LiveServer, shared_data: Path, tmp_path: Path
+) -> None:
+    data = _aerial(shared_data, 96, 128)
+    tif = _geotiff(data, from_origin(100, 100, 1, 1), crs=None)
+    resp = _post(server, tif, gsd_m="0.25")
+    assert resp.status_code == 200, resp.text
+    plan = resp.json()["resampling"]
+    assert plan["applied"] is True
+    assert plan["input_gsd_from"] == "request"
+    assert plan["input_gsd_m"] == [0.25, 0.25]
+    assert plan["model_grid"] == {"width": 64, "height": 48}  # the 0.5 m model's grid
+    stated, georef = _prediction(server, resp.json()["job_id"])
+    assert georef["shape"] == (96, 128)
+    assert georef["crs"] is None
+    # The same pixels with a CRS saying 0.25 m answer the same.
+    same = _post(server, _geotiff(data, from_origin(*ORIGIN, 0.25, 0.25), crs="EPSG:32640"))
+    measured, _ = _prediction(server, same.json()["job_id"])
+    np.testing.assert_allclose(stated, measured, atol=1e-5)
+    # As a scene job too: the plan travels with the job.
+    job = _post(server, tif, gsd_m="0.25", **{"async": "true"})
+    assert job.status_code == 202, job.text
+    body, _ = follow(server, job.json()["job_id"])
+    assert body["state"] == "done", body
+    assert body["resampling"]["input_gsd_from"] == "request"
+    pred = download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
+    with rasterio.open(pred) as out:
+        assert out.shape == (96, 128)
+        np.testing.assert_allclose(out.read(1), stated[0], atol=1e-4)
+
+
+def test_a_stated_resolution_does_not_override_a_georeference(
+    server: LiveServer, shared_data: Path
+) -> None:
+    data = _aerial(shared_data, 48, 64)
+    resp = _post(server, _geotiff(data, from_origin(*ORIGIN, 0.5, 0.5)), gsd_m="0.1")
+    assert resp.status_code == 200, resp.text
+    plan = resp.json()["resampling"]
+    assert plan["applied"] is False
+    assert plan["input_gsd_m"] == pytest.approx([0.5, 0.5], rel=1e-3)  # measured
+    assert "input_gsd_from" not in plan
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "abc", "1e9"])
+def test_a_bad_stated_resolution_is_refused(
+    server: LiveServer, shared_data: Path, value: str
+) -> None:
+    data = _aerial(shared_data, 48, 64)
+    resp = _post(server, _geotiff(data, from_origin(100, 100, 1, 1), crs=None), gsd_m=value)
+    assert resp.status_code == 422, resp.text
+    assert "gsd_m must be" in resp.json()["error"]["message"]
+
+
 def test_degrees_are_measured_in_metres(server: LiveServer, shared_data: Path) -> None:
     # 2.5e-6 degrees at 25 N: 0.25 m along a row, 0.28 m down a column.
     deg = 2.5e-6
