@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.attention_unet import build
+from models.attention_unet import EXPORT_DEPTH, build
 from models.data.augment import Radiometry
 from models.data.buildings import SceneConfig, make_batch
 from models.data.footprint_mix import MixConfig, TrainingMix
@@ -233,6 +233,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tile-size and --val-size must be multiples of {multiple} (2**depth)")
     if not 0.0 <= args.synthetic_ratio <= 1.0 or not 0.0 <= args.negative_ratio < 1.0:
         raise SystemExit("--synthetic-ratio and --negative-ratio are shares in 0..1")
+    if args.depth != EXPORT_DEPTH:
+        # Said before the hour of training, not after it, by the exporter.
+        print(
+            f"note: a depth-{args.depth} model trains and is scored, but `attnserve export` "
+            f"takes depth-{EXPORT_DEPTH} footprints models only"
+        )
     set_threads(args.threads)
     rng = seed_everything(args.seed)
     scenes = SceneConfig(snow=args.snow, forest=args.forest, lots=args.lots)

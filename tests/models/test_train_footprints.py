@@ -253,3 +253,14 @@ def test_a_model_trained_on_a_coarser_grid_records_it_and_is_scored_on_it(tmp_pa
 def test_a_model_grid_needs_the_data_resolution(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--model-gsd needs the data's --gsd"):
         main(["train", "footprints", "--tiny", "--model-gsd", "1.0", "--out", str(tmp_path)])
+
+
+def test_a_depth_the_exporter_does_not_take_is_said_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "footprints", "--tiny", "--depth", "3", "--out", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "note: a depth-3 model trains and is scored, but `attnserve export` takes depth-4 "
+        "footprints models only"
+    )
