@@ -142,15 +142,21 @@ def test_uint16_rgbn_image_with_a_value_mask_trains_and_describes_its_bands(
     assert "bottom" in manifest.training["held_out"]
 
 
-@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
-def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None:
-    # Two small Dubai tiles (one with palette masks), a forest negative in each split.
+def _two_dubai_tiles(tmp_path: Path) -> Path:
+    """A folder of the first image of Dubai ``Tile 1`` and ``Tile 2`` (palette masks)."""
     data = tmp_path / "dubai"
     for tile in ("Tile 1", "Tile 2"):
         for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
             (data / tile / sub).mkdir(parents=True)
             src = DUBAI / tile / sub / f"image_part_001{suffix}"
             (data / tile / sub / src.name).symlink_to(src)
+    return data
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
+def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None:
+    # Two small Dubai tiles (one with palette masks), a forest negative in each split.
+    data = _two_dubai_tiles(tmp_path)
     out = tmp_path / "run"
     argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
     argv += [
@@ -231,12 +237,7 @@ def test_one_group_of_several_images_holds_out_its_last_image_whole(tmp_path: Pa
 
 @pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
 def test_a_model_trained_on_a_coarser_grid_records_it_and_is_scored_on_it(tmp_path: Path) -> None:
-    data = tmp_path / "dubai"
-    for tile in ("Tile 1", "Tile 2"):
-        for sub, suffix in (("images", ".jpg"), ("masks", ".png")):
-            (data / tile / sub).mkdir(parents=True)
-            src = DUBAI / tile / sub / f"image_part_001{suffix}"
-            (data / tile / sub / src.name).symlink_to(src)
+    data = _two_dubai_tiles(tmp_path)
     out = tmp_path / "run"
     argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
     argv += ["--holdout", "Tile 1", "--gsd", "0.5", "--model-gsd", "1.0", "--scale", "0.8 1.25"]

@@ -51,17 +51,23 @@ def test_a_raster_job_is_listed_linked_and_served_by_layer(tmp_path: Path) -> No
     run(tmp_path, (FOOTPRINTS,), scenario)
 
 
+async def _series_job(state: AppState, seed: int) -> JobRecord:
+    """A crops job of two random parcels over three dates, run and stored."""
+    served = state.repository.get("crops")
+    bands = len(served.manifest.input.bands)
+    series = np.random.default_rng(seed).uniform(500, 4000, (2, 3, bands))
+    dates = ["2024-03-02", "2024-03-19", "2024-04-08"]
+    request = await state.intake.json(served, validate_json(parcels(series, dates=dates)))
+    stored = await state.jobs.run(request, None)
+    request.held.release()
+    return stored.record
+
+
 def test_a_series_job_stored_with_one_extra_dict_answers_as_it_did(tmp_path: Path) -> None:
     async def scenario(state: AppState) -> None:
-        served = state.repository.get("crops")
-        bands = len(served.manifest.input.bands)
-        series = np.random.default_rng(3).uniform(500, 4000, (2, 3, bands))
-        dates = ["2024-03-02", "2024-03-19", "2024-04-08"]
-        request = await state.intake.json(served, validate_json(parcels(series, dates=dates)))
-        stored = await state.jobs.run(request, None)
-        request.held.release()
+        record = await _series_job(state, seed=3)
         state.store.flush()
-        record = state.store.load(stored.record.id, None)
+        record = state.store.load(record.id, None)
         answer = views.job_json(record, state.store)
         assert answer["prediction"]["items"][1]["id"] == "p1"
         assert not views.has_footprints(record)
@@ -80,14 +86,7 @@ def test_a_series_job_stored_with_one_extra_dict_answers_as_it_did(tmp_path: Pat
 
 def test_one_head_of_a_series_attention_layer_as_json(tmp_path: Path) -> None:
     async def scenario(state: AppState) -> None:
-        served = state.repository.get("crops")
-        bands = len(served.manifest.input.bands)
-        series = np.random.default_rng(4).uniform(500, 4000, (2, 3, bands))
-        dates = ["2024-03-02", "2024-03-19", "2024-04-08"]
-        request = await state.intake.json(served, validate_json(parcels(series, dates=dates)))
-        stored = await state.jobs.run(request, None)
-        request.held.release()
-        record = stored.record
+        record = await _series_job(state, seed=4)
         (layer,) = [x for x in record.layers if x.role == "attention" and x.kind == "temporal"]
         every = views.layer_json(record, state.store, layer.name)
         heads = len(every["items"][0]["weights"])

@@ -54,19 +54,25 @@ class _RunOptionsSpy:
         return self.session.run(names, feed, options)  # type: ignore[attr-defined]
 
 
+def _spied(model_dir: Path, threads: int, warmup: int) -> tuple[ModelSession, _RunOptionsSpy]:
+    """The shipped footprints session, warmed up at ``warmup`` px, its runs spied on."""
+    session = ModelSession(
+        next(model_dir.glob("footprints-*.onnx")),
+        SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=threads),
+    )
+    session.warmup(sizes=(warmup,), measure=False)
+    spy = _RunOptionsSpy(session._session)
+    session._session = spy  # type: ignore[assignment]
+    return session, spy
+
+
 @pytest.mark.skipif(_rss_bytes("VmRSS") is None, reason="needs /proc")
 def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(model_dir: Path) -> None:
     # A scene job's tiles are larger than the warm-up: held, the arena is not
     # shrunk after each of them (the next run reuses it); when the last holder
     # lets go, one run shrinks it. (How much glibc then hands back to the OS
     # depends on the rest of the process: the shrinking runs are what is checked.)
-    session = ModelSession(
-        next(model_dir.glob("footprints-*.onnx")),
-        SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=2),
-    )
-    session.warmup(sizes=(64,), measure=False)
-    spy = _RunOptionsSpy(session._session)
-    session._session = spy  # type: ignore[assignment]
+    session, spy = _spied(model_dir, threads=2, warmup=64)
     feed = session.example_feed(size=512)
     before = _rss_bytes("VmRSS")
     assert before is not None
@@ -87,13 +93,7 @@ def test_a_held_arena_keeps_its_growth_until_the_last_holder_lets_go(model_dir: 
 
 
 def test_a_cpu_instance_keeps_its_arena_after_batches_of_its_share(model_dir: Path) -> None:
-    session = ModelSession(
-        next(model_dir.glob("footprints-*.onnx")),
-        SessionOptions(providers=("CPUExecutionProvider",), intra_op_threads=1),
-    )
-    session.warmup(sizes=(256,), measure=False)
-    spy = _RunOptionsSpy(session._session)
-    session._session = spy  # type: ignore[assignment]
+    session, spy = _spied(model_dir, threads=1, warmup=256)
     session.keep_batches(2)
     for batch in (1, 2, 3):
         session.run(session.example_feed(batch=batch, size=256))
