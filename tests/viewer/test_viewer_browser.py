@@ -397,6 +397,33 @@ def test_a_synchronous_job_has_its_layers_on_a_plain_background(
     assert page.errors == []
 
 
+def test_band_attention_lists_each_bands_weight_from_the_job(
+    server: LiveServer, browser: Any
+) -> None:
+    resp = httpx.post(f"{server.url}/predict", **upload(geotiff(noise(3, 128, seed=7))), timeout=60)
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    (layer,) = [a for a in job["attention"] if a["kind"] == "channel"]
+    page = Page(browser)
+    page.open(f"{server.url}/viewer/{job['job_id']}")
+    p = page.page
+    assert p.get_attribute("body", "data-channels") == layer["name"]
+    assert p.locator("#channels").is_visible()
+    rows = p.locator(f"table.channel[data-layer='{layer['name']}'] tr")
+    assert rows.count() == len(layer["weights"]) == 3
+    widths = {}
+    for band, weight in layer["weights"].items():
+        row = p.locator(f"table.channel tr[data-band='{band}']")
+        assert row.locator("td").nth(2).inner_text() == f"{weight:.3f}"
+        widths[band] = row.locator(".bar").bounding_box()["width"]
+    # Bars are proportional to the weights, the largest filling its cell.
+    top = max(layer["weights"], key=layer["weights"].get)
+    for band, weight in layer["weights"].items():
+        expected = widths[top] * weight / layer["weights"][top]
+        assert abs(widths[band] - expected) <= 1.5, (widths, layer["weights"])
+    assert page.errors == []
+
+
 def test_an_image_without_georeference_is_shown_on_its_pixel_grid(
     server: LiveServer, browser: Any
 ) -> None:

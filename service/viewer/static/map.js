@@ -102,8 +102,33 @@ function visibleOverlays(map, overlays) {
 
 export async function showMap(job) {
   document.getElementById("raster").hidden = false;
+  showChannels(job);
   if (job.georeference?.crs) await showGeoreferenced(job);
   else await showPixels(job);
+}
+
+// Channel attention has no map: one weight per input band for the whole image or
+// scene, drawn as bars scaled to the layer's largest weight, with the values.
+function showChannels(job) {
+  const layers = job.attention.filter((l) => l.kind === "channel" && l.weights);
+  const panel = document.getElementById("channels");
+  for (const layer of layers) {
+    const weights = Object.entries(layer.weights);
+    const top = Math.max(...weights.map(([, w]) => Math.abs(w)), 1e-12);
+    const rows = weights.map(([band, w]) => {
+      const bar = el("span", { class: "bar" });
+      bar.style.width = `${(100 * Math.abs(w)) / top}%`;
+      const row = el("tr", {}, el("td", { text: band }), el("td", { class: "bars" }, bar), el("td", { text: formatValue(w) }));
+      row.dataset.band = band;
+      return row;
+    });
+    const table = el("table", { class: "channel" }, el("tbody", {}, ...rows));
+    table.dataset.layer = layer.name;
+    panel.append(el("p", { class: "name", text: layer.name }), table);
+  }
+  panel.append(el("p", { class: "hint", text: "How strongly the model weighted each band of this image: one number per band, not a place." }));
+  panel.hidden = !layers.length;
+  document.body.dataset.channels = layers.map((l) => l.name).join(",");
 }
 
 async function showGeoreferenced(job) {
