@@ -267,8 +267,14 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(str(exc)) from exc
         synthetic_ratio = args.synthetic_ratio
         parts = sorted({i.group for i in train if not i.negative})
-        data_info = f"{len([i for i in train if not i.negative])} real images (groups " + (
-            ", ".join(parts) + f"), mixed with {synthetic_ratio:.0%} synthetic tiles"
+        mixed = (
+            f"mixed with {synthetic_ratio:.0%} synthetic tiles"
+            if synthetic_ratio
+            else "no synthetic tiles"
+        )
+        n_real = len([i for i in train if not i.negative])
+        data_info = f"{n_real} real image{'s' if n_real != 1 else ''} (groups " + (
+            ", ".join(parts) + f"), {mixed}"
         )
     else:
         val_rng = np.random.default_rng(args.seed + VALIDATION_SEED_OFFSET)

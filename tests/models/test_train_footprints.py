@@ -181,6 +181,7 @@ def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None
     training = torch.load(out / "footprints.pt", weights_only=False)["training"]
     assert training["held_out"] == "whole groups SOAP_061, Tile 1"
     assert "groups Tile 2" in training["data"]
+    assert "mixed with 30% synthetic tiles" in training["data"]
     assert "negatives SOAP_031" in training["data"]
     assert "SOAP_061" not in training["data"]
     onnx_path = tmp_path / "dubai.onnx"
@@ -232,6 +233,7 @@ def test_one_group_of_several_images_holds_out_its_last_image_whole(tmp_path: Pa
     assert main([*argv, "--out", str(out)]) == 0
     training = torch.load(out / "footprints.pt", weights_only=False)["training"]
     assert training["held_out"] == "the whole image image_part_002 of the only group, group"
+    assert training["data"] == "1 real image (groups group), no synthetic tiles"
     assert "pixel_iou" in json.loads((out / "metrics.json").read_text())
 
 
