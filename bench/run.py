@@ -188,7 +188,7 @@ def bench_raw(plan: Plan) -> dict[str, Any]:
     result: dict[str, Any] = {
         "session_options": {k: v for k, v in dataclasses.asdict(options).items() if k != "cuda"}
     }
-    fp = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", options)
+    fp = ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", options)
     tile = fp.manifest.input.tile_size or 512
     server_side = raw.server_input_side(fp.manifest, tile)
     halo_side = tile + 2 * context_px(fp.manifest)
@@ -234,14 +234,14 @@ class RawReference:
         options = session_options(Settings())
         self.plan = plan
         self.sessions = {
-            "footprints": ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", options),
+            "footprints": ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", options),
             "crops": ModelSession(SHIPPED_MODELS / "crops-1.0.0.onnx", options),
         }
         # Two sessions with half the cores each, run side by side: the limit
         # for a server with 2 CPU instances (its default on 2 or more cores).
         half = dataclasses.replace(options, intra_op_threads=max(1, usable_cpus() // INSTANCES))
         self.instances = [
-            ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", half) for _ in range(INSTANCES)
+            ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", half) for _ in range(INSTANCES)
         ]
         fp = self.sessions["footprints"].manifest
         side = raw.server_input_side(fp, fp.input.tile_size or 512)
@@ -343,7 +343,7 @@ def bench_scene(plan: Plan, work: Path) -> dict[str, Any]:
         env = {**COMMON_ENV, **extra, **server_dirs(work / f"jobs-scene-{i}")}
         settings = settings_with(env)
         batch = settings.batching.max_batch_size
-        fp = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
+        fp = ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", session_options(settings))
         say(f"  [{variant}] raw on the scene's tiles (batch {batch})")
         raw_tiles = raw_on_tiles(fp, scene, batch, plan.scene_raw_tiles, plan.raw_min_s)
         del fp

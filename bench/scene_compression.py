@@ -257,7 +257,7 @@ def main() -> int:
             }
         results["side"] = 1024 * args.repeat
         settings = settings_with({**COMMON_ENV, **server_dirs(work / "jobs-raw")})
-        session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
+        session = ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", session_options(settings))
         batch = settings.batching.max_batch_size
         results["raw"] = raw_on_tiles(session, scenes["deflate"], batch, 16, 10.0)
         say(f"raw session: {results['raw']['tiles_per_s']} tiles/s")

@@ -322,7 +322,7 @@ def main() -> int:
         "scenes": [],
     }
     settings = settings_with({**COMMON_ENV, **server_dirs(REPO / "var" / "bench-raw")})
-    session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(settings))
+    session = ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", session_options(settings))
     batch = settings.batching.max_batch_size
 
     def raw(scene: Path) -> float:

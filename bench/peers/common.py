@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "models" / "shipped" / "footprints-2.1.0.onnx"
+MODEL = REPO / "models" / "shipped" / "footprints-2.2.0.onnx"
 SIZE_MULTIPLE = 16
 MEDIA_TYPE = "application/octet-stream"
 # The batch limit of every batching peer: attnserve's default (4 tiles, 5 ms wait).

@@ -105,7 +105,7 @@ def section(peers: dict[str, Any]) -> list[str]:
         "",
         "Written by `python -m bench.peers.run` (`make bench-peers`, also the last step of "
         "`make bench`); figures in `results.json` under `peers`. The same footprints model "
-        "(`footprints-2.1.0.onnx`) and the same upload (" + peers["tile"] + ", multipart "
+        "(`footprints-2.2.0.onnx`) and the same upload (" + peers["tile"] + ", multipart "
         "`model` + `image`) from the same load generator (`bench.load`, closed loop, its own "
         "process), one server after the other on 127.0.0.1; each peer in its own virtual "
         "environment (`.bench-venvs/`).",

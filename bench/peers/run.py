@@ -57,7 +57,7 @@ from service.runtime.cpus import usable_cpus
 from service.runtime.session import ModelSession
 from tests.helpers.server import LiveServer, serve_command
 
-MODEL = SHIPPED_MODELS / "footprints-2.1.0.onnx"
+MODEL = SHIPPED_MODELS / "footprints-2.2.0.onnx"
 PROFILE_DIR = REPO / "bench" / "peers"
 
 

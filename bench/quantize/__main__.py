@@ -32,7 +32,7 @@ from service.runtime.manifest import Manifest
 from service.runtime.session import ModelSession, SessionOptions
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE = REPO / "models" / "shipped" / "footprints-2.1.0.onnx"
+SOURCE = REPO / "models" / "shipped" / "footprints-2.2.0.onnx"
 DUBAI = REPO.parent / "shared" / "data" / "footprints" / "dubai"
 OUT_DIR = Path(__file__).resolve().parent
 # Mask colour of buildings in the Dubai set (#3C1098).
@@ -260,7 +260,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Copies",
         "",
-        "- `int8`: `attnserve quantize models/shipped/footprints-2.1.0.onnx --calibration "
+        "- `int8`: `attnserve quantize models/shipped/footprints-2.2.0.onnx --calibration "
         "DIR --out ...`, DIR holding the Dubai images one folder per tile: every "
         "convolution (the upsamplings as Conv + DepthToSpace), the gates' products and "
         "sums in INT8 (static QDQ, uint8 activations, int8 weights per channel, min-max "

@@ -10,7 +10,7 @@ from service.protocol.oip import DATATYPES, EXTENSIONS, HEADER_LENGTH, PLATFORM
 
 # A shipped model, so that the examples name something a fresh server serves.
 EXAMPLE_MODEL = "footprints"
-EXAMPLE_VERSION = "2.1.0"
+EXAMPLE_VERSION = "2.2.0"
 EXAMPLE_REF = f"{EXAMPLE_MODEL}:{EXAMPLE_VERSION}"
 
 

@@ -27,7 +27,7 @@ CRD_FILES = {
     "ServingRuntime": "serving.kserve.io_servingruntimes.yaml",
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
 }
-MODEL = ROOT / "models" / "shipped" / "footprints-2.1.0.onnx"
+MODEL = ROOT / "models" / "shipped" / "footprints-2.2.0.onnx"
 
 Manifest = dict[str, Any]
 

@@ -188,7 +188,7 @@ def test_large_uploads_run_as_scene_jobs_with_tiles_the_budget_allows(
     start_server: Callable[..., LiveServer],
 ) -> None:
     # Its own server: the jobs started here hold their share of the budget. 1 GiB a
-    # request: footprints 2.1.0 works with about 650 bytes per pixel.
+    # request: footprints 2.2.0 works with about 650 bytes per pixel.
     server = start_server(request_memory_mb="1024")
     # 1024 x 1024 fits one request's memory and is answered at once.
     assert predict(server, geotiff(noise(size=1024))).status_code == 200

@@ -15,7 +15,7 @@ from service.jobs.record import JobRecord
 from service.metrics import Metrics
 from service.pipeline.intake import SyncRequest, UploadOptions
 
-FOOTPRINTS = "footprints-2.1.0.onnx"
+FOOTPRINTS = "footprints-2.2.0.onnx"
 CROPS = "crops-1.0.0.onnx"
 
 

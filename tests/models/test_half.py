@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "shipped"
 REAL = REPO.parent / "shared" / "data" / "geotiff" / "cogeo.tif"
 CPU = SessionOptions(providers=("CPUExecutionProvider",))
-MODELS = ("footprints-2.1.0.onnx", "crops-1.0.0.onnx")
+MODELS = ("footprints-2.2.0.onnx", "crops-1.0.0.onnx")
 
 
 @pytest.fixture(scope="module")

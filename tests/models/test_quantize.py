@@ -67,7 +67,7 @@ def test_a_crop_is_centred_and_a_multiple_of_the_model_s_step() -> None:
 
 
 def test_the_feed_is_what_the_server_gives_the_model() -> None:
-    session = ort.InferenceSession(str(SHIPPED / "footprints-2.1.0.onnx"))
+    session = ort.InferenceSession(str(SHIPPED / "footprints-2.2.0.onnx"))
     footprints = Manifest.from_json(session.get_modelmeta().custom_metadata_map[MANIFEST_KEY])
     crop = np.stack([np.full((32, 32), v, np.float32) for v in (10.0, 20.0, 30.0)])
     feed = model_feed(footprints, crop)
@@ -76,7 +76,7 @@ def test_the_feed_is_what_the_server_gives_the_model() -> None:
 
 
 def test_upsampling_rewritten_for_int8_gives_the_same_float32_outputs(tmp_path: Path) -> None:
-    source = SHIPPED / "footprints-2.1.0.onnx"
+    source = SHIPPED / "footprints-2.2.0.onnx"
     model = onnx.load(str(source))
     assert upsampling_as_depth_to_space(model.graph) == 4
     ops = [n.op_type for n in model.graph.node]
@@ -102,7 +102,7 @@ def test_the_footprints_copy_stays_close_to_float32_on_held_out_tiles(tmp_path: 
         for image in tile.glob("*.jpg"):
             (root / tile.parent.name / image.name).symlink_to(image)
     out = tmp_path / "footprints-int8.onnx"
-    manifest = quantize_model(SHIPPED / "footprints-2.1.0.onnx", out, root)
+    manifest = quantize_model(SHIPPED / "footprints-2.2.0.onnx", out, root)
     q = manifest.quantization
     assert q["holdout"] == ["Tile 7", "Tile 8"]
     assert q["pixel_iou_vs_float32"] >= 0.9

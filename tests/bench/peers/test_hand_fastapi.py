@@ -30,7 +30,7 @@ def test_peer_answers_the_probability_of_the_upload(tmp_path: Path) -> None:
     assert r.headers["x-shape"] == "512,512"
     answer = np.frombuffer(r.content, dtype="<f4").reshape(512, 512)
 
-    session = ModelSession(SHIPPED_MODELS / "footprints-2.1.0.onnx", session_options(Settings()))
+    session = ModelSession(SHIPPED_MODELS / "footprints-2.2.0.onnx", session_options(Settings()))
     with rasterio.open(tile_path) as ds:
         image = ds.read().astype(np.float32)
     expected = session.run(raw.image_feed(session.manifest, image[None]))["probability"][0, 0]

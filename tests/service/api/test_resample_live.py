@@ -191,7 +191,11 @@ def test_an_image_without_a_georeference_is_resampled_at_the_stated_resolution(
     pred = download(server, body["links"]["prediction_geotiff"], tmp_path / "p.tif")
     with rasterio.open(pred) as out:
         assert out.shape == (96, 128)
-        np.testing.assert_allclose(out.read(1), stated[0], atol=1e-4)
+        # Within 1e-3, not bit for bit: a scene tile is the image reflect-padded to
+        # the tile's size, the synchronous run the image alone, so the model's edge
+        # pixels see other context (up to ~1.4e-4 apart in the last two columns with
+        # footprints 2.2.0). A plan not applied would differ everywhere, by far more.
+        np.testing.assert_allclose(out.read(1), stated[0], atol=1e-3)
 
 
 def test_a_stated_resolution_does_not_override_a_georeference(

@@ -127,8 +127,8 @@ def test_gates_kept_in_float32_are_listed(
     ("model", "calibration_dir", "words"),
     [
         ("crops-1.0.0.onnx", "calibration", "is a temporal_classification model"),
-        ("footprints-2.1.0.onnx", "empty", "holds 0 image(s)"),
-        ("footprints-2.1.0.onnx", "missing", "is not a directory of images"),
+        ("footprints-2.2.0.onnx", "empty", "holds 0 image(s)"),
+        ("footprints-2.2.0.onnx", "missing", "is not a directory of images"),
     ],
 )
 def test_what_cannot_be_quantised_is_refused_in_one_line(

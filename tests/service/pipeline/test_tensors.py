@@ -42,7 +42,7 @@ class Models:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Models]:
     directory = tmp_path_factory.mktemp("models")
-    for name in ("footprints-2.1.0.onnx", "crops-1.0.0.onnx"):
+    for name in ("footprints-2.2.0.onnx", "crops-1.0.0.onnx"):
         (directory / name).symlink_to(SHIPPED_MODELS / name)
     served = Models(directory)
     yield served

@@ -25,7 +25,7 @@ def test_float_bands_keep_georeference_descriptions_and_nan_nodata() -> None:
         bands,
         _georef(40, 30),
         ["probability", "gate_1"],
-        tags={"MODEL": "footprints:2.1.0"},
+        tags={"MODEL": "footprints:2.2.0"},
         band_tags=[{"KIND": "prediction"}, {"KIND": "attention"}],
     )
     with MemoryFile(data) as mem, mem.open() as ds:
@@ -33,7 +33,7 @@ def test_float_bands_keep_georeference_descriptions_and_nan_nodata() -> None:
         assert ds.transform == from_origin(500000, 4e6, 0.5, 0.5)
         assert ds.descriptions == ("probability", "gate_1")
         assert np.isnan(ds.nodata)
-        assert ds.tags()["MODEL"] == "footprints:2.1.0"
+        assert ds.tags()["MODEL"] == "footprints:2.2.0"
         assert ds.tags(2)["KIND"] == "attention"
         assert ds.profile["compress"] == "deflate"
         assert not ds.profile.get("tiled", False)  # small: striped

@@ -27,7 +27,7 @@ def test_readiness_lists_models_and_turns_503_when_draining(served: Callable[...
     async def scenario(client: httpx.AsyncClient, state: AppState) -> None:
         ready = (await client.get("/readyz")).json()
         assert ready["ready"] is True
-        assert ready["models"]["footprints:2.1.0"]["providers"] == ["CPUExecutionProvider"]
+        assert ready["models"]["footprints:2.2.0"]["providers"] == ["CPUExecutionProvider"]
         state.draining = True
         draining = await client.get("/readyz")
         assert draining.status_code == 503

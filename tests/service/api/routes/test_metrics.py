@@ -20,6 +20,6 @@ def test_requests_are_counted_by_route_template_not_by_id(served: Callable[..., 
         assert found in lines
         assert 'route="/models/{ref}",status="404"} 1.0' in resp.text
         assert "nope" not in resp.text
-        assert 'attnserve_model_loaded{model="footprints",version="2.1.0"} 1.0' in lines
+        assert 'attnserve_model_loaded{model="footprints",version="2.2.0"} 1.0' in lines
 
     served(scenario)
