@@ -141,7 +141,9 @@ def footprints_scene(server: LiveServer) -> dict[str, Any]:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain JPEG
         with rasterio.open(DUBAI_PHOTO) as src:
             pixels = src.read()
-    data = geotiff(pixels, crs="EPSG:32640", transform=from_origin(326_000.0, 2_788_000.0, 0.5, 0.5))
+    data = geotiff(
+        pixels, crs="EPSG:32640", transform=from_origin(326_000.0, 2_788_000.0, 0.5, 0.5)
+    )
     return _scene(server, **upload(data, **{"async": "true"}))
 
 
