@@ -102,6 +102,30 @@ Infer = Callable[[Tile, np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 Flush = Callable[[int, int, np.ndarray], None]
 
 
+async def to_thread_to_end(call: Callable[..., T], *args: Any) -> T:
+    """``asyncio.to_thread(call, *args)``, whose cancellation waits for ``call`` to return.
+
+    A thread cannot be stopped: a cancelled plain ``to_thread`` lets its caller
+    go on, close the dataset the call is still reading or abort the output it
+    is writing, and the thread then reads freed memory (a job deleted while its
+    first tiles were read crashed the server: "corrupted double-linked list",
+    segmentation fault). Here the cancel is held back until the call is over,
+    then raised.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancel wins over the call's own error
+        raise asyncio.CancelledError
+    return future.result()
+
+
 @dataclass
 class GridPass:
     """One pass over a scene's tiles: the grid, where they blend, and what each tile goes through.
@@ -155,7 +179,7 @@ async def run_grid(
             if work.cancelled():
                 raise JobCancelled
             async with read_lock:
-                got = await asyncio.to_thread(read, tile)
+                got = await to_thread_to_end(read, tile)
             if got is None:
                 return tile, None
             return tile, await infer(tile, *got)
@@ -203,15 +227,15 @@ async def run_grid(
                 tile, out = await landed(current[0])
                 current.pop(0)
                 # Blending on a worker thread, one call at a time.
-                await asyncio.to_thread(blender.add, tile, out)
+                await to_thread_to_end(blender.add, tile, out)
                 gate.release()
                 done += 1
                 work.progress(done, total)
                 windows = blender.pop_final()
-                if await asyncio.to_thread(flush_next, windows):
-                    while await asyncio.to_thread(flush_next, windows):
+                if await to_thread_to_end(flush_next, windows):
+                    while await to_thread_to_end(flush_next, windows):
                         pass
-                    await asyncio.to_thread(work.check_disk, sinks, False)
+                    await to_thread_to_end(work.check_disk, sinks, False)
     finally:
         leftover = [*current, *(t for tasks in pending.values() for t in tasks)]
         for task in leftover:
@@ -238,8 +262,8 @@ async def run_and_finish(work: SceneWork, grid_pass: GridPass, finish: Callable[
             await blend_stored(work, grid_pass, part)
         else:
             await run_grid(work, grid_pass)
-        await asyncio.to_thread(work.check_disk, grid_pass.sinks, True)
-        return await asyncio.to_thread(finish)
+        await to_thread_to_end(work.check_disk, grid_pass.sinks, True)
+        return await to_thread_to_end(finish)
     except BaseException:
         await abort(grid_pass.sinks)
         raise
@@ -252,7 +276,7 @@ async def run_unit(work: SceneWork, grid_pass: GridPass, part: UnitPass) -> None
     rows = range(unit.first, unit.stop)
     await run_grid(work, grid_pass, rows, blender, unit.cols(grid_pass.grid))
     blender.partial.sums = {k: np.asarray(v).copy() for k, v in grid_pass.sums.items()}
-    await asyncio.to_thread(part.save, blender.partial)
+    await to_thread_to_end(part.save, blender.partial)
     raise UnitStored
 
 
@@ -262,12 +286,12 @@ async def blend_stored(work: SceneWork, grid_pass: GridPass, part: FinishPass) -
     while True:
         if work.cancelled():
             raise JobCancelled
-        got = await asyncio.to_thread(next, blocks, None)
+        got = await to_thread_to_end(next, blocks, None)
         if got is None:
             return
         first, col, block = got
-        await asyncio.to_thread(grid_pass.flush, first, col, block)
-        await asyncio.to_thread(work.check_disk, grid_pass.sinks, False)
+        await to_thread_to_end(grid_pass.flush, first, col, block)
+        await to_thread_to_end(work.check_disk, grid_pass.sinks, False)
 
 
 async def abort(sinks: Mapping[str, RasterSink]) -> None:

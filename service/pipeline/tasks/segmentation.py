@@ -10,7 +10,7 @@ import numpy as np
 
 from service.jobs.record import Layer, ResamplingSummary, Tiling
 from service.pipeline.inputs import RasterInput
-from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish
+from service.pipeline.scene_grid import GridPass, SceneWork, run_and_finish, to_thread_to_end
 from service.pipeline.scene_read import all_valid, open_scene, read_tile, scene_band_mean
 from service.pipeline.statistics import coarse_statistics, statistics
 from service.pipeline.tasks.base import Prediction, SyncTask, output_layer
@@ -218,7 +218,7 @@ class ImageSegmentation(SyncTask[RasterInput, SegmentationTask]):
             if model.band_mean_name is None or isinstance(work.part, PlanPass | FinishPass):
                 scene_mean = np.zeros(info.count, np.float32)
             else:
-                scene_mean = await asyncio.to_thread(scene_band_mean, ds, info, valid_everywhere)
+                scene_mean = await to_thread_to_end(scene_band_mean, ds, info, valid_everywhere)
             source = ModelGridSource(ds, plan, valid_everywhere) if plan.applied else None
             back = RowsBack(plan) if plan.applied else None
             # Resampling back to the input's grid takes whole rows of the model's.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +25,7 @@ from service.pipeline.scene_grid import (
     SceneWork,
     run_and_finish,
     run_grid,
+    to_thread_to_end,
 )
 from service.raster.cog import RasterSink
 from service.raster.decode import RasterInfo
@@ -158,6 +161,56 @@ def test_a_cancelled_job_stops_before_reading(tmp_path: Path) -> None:
     with pytest.raises(JobCancelled):
         asyncio.run(run_grid(work, nothing))
     assert seen == []
+
+
+def test_a_job_cancelled_mid_read_returns_only_once_the_read_is_over(tmp_path: Path) -> None:
+    # The caller closes its datasets as soon as the pass returns: a read still
+    # running on its thread then read freed memory (the server crashed).
+    work, _ = _work(tmp_path)
+    grid = TileGrid(SIZE, SIZE, 40, 8)
+    reading = threading.Event()
+    reads_running = [0]
+
+    def slow_read(tile: Tile) -> tuple[np.ndarray, np.ndarray] | None:
+        reads_running[0] += 1
+        reading.set()
+        time.sleep(0.3)
+        reads_running[0] -= 1
+        return _read(tile)
+
+    slow = GridPass(grid, StripBlender(grid, 1), slow_read, _ones, lambda *a: None, {})
+
+    async def cancel_mid_read() -> int:
+        task = asyncio.ensure_future(run_grid(work, slow))
+        await asyncio.to_thread(reading.wait, 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return reads_running[0]
+
+    assert asyncio.run(cancel_mid_read()) == 0
+
+
+def test_to_thread_to_end_holds_a_cancel_until_the_call_returns() -> None:
+    done = threading.Event()
+
+    def call() -> str:
+        time.sleep(0.2)
+        done.set()
+        return "read"
+
+    async def main() -> tuple[bool, bool]:
+        task = asyncio.ensure_future(to_thread_to_end(call))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return True, done.is_set()
+        return False, done.is_set()
+
+    assert asyncio.run(main()) == (True, True)
+    assert asyncio.run(to_thread_to_end(lambda: 7)) == 7
 
 
 def test_a_failing_tile_drops_the_unfinished_outputs(tmp_path: Path) -> None:
