@@ -29,7 +29,13 @@ from rasterio.windows import Window
 from service.errors import InvalidInput
 from service.jobs.record import Layer, Tiling
 from service.jobs.store import FILE_NAME
-from service.pipeline.scene_grid import JobCancelled, SceneOptions, SceneWork, abort
+from service.pipeline.scene_grid import (
+    JobCancelled,
+    SceneOptions,
+    SceneWork,
+    abort,
+    to_thread_to_end,
+)
 from service.pipeline.scene_read import all_valid, open_scene, read_window
 from service.pipeline.tasks.classes import ClassSceneOutputs
 from service.pipeline.units import (
@@ -329,7 +335,7 @@ async def classify_rows(
                 for x in range(0, grid.cols * stride, stride)
             ]
             results = await asyncio.gather(*chips)
-            await asyncio.to_thread(each, row, results)
+            await to_thread_to_end(each, row, results)
             work.progress((row + 1 - rows.start) * grid.cols, len(rows) * grid.cols)
     except BaseException:
         for task in chips:
@@ -359,7 +365,7 @@ async def run_chip_scene(work: SceneWork) -> None:
             done: list[PartialSums] = []
             rows = range(part.unit.first, part.unit.stop)
             await classify_rows(work, ds, grid, rows, lambda _, c: done.append(layout.assemble(c)))
-            await asyncio.to_thread(part.save, ChipRows.stack(rows.start, done))
+            await to_thread_to_end(part.save, ChipRows.stack(rows.start, done))
             raise UnitStored
         mosaic = ChipMosaic(work, info, layout)
         sinks = mosaic.sinks
@@ -373,12 +379,12 @@ async def run_chip_scene(work: SceneWork) -> None:
         try:
             if isinstance(part, FinishPass):
                 for unit in part.units:
-                    stored = await asyncio.to_thread(part.load, unit)
-                    await asyncio.to_thread(mosaic.write, stored)
+                    stored = await to_thread_to_end(part.load, unit)
+                    await to_thread_to_end(mosaic.write, stored)
             else:
                 await classify_rows(work, ds, grid, range(grid.rows), write)
-            await asyncio.to_thread(work.check_disk, sinks, True)
-            record.layers = await asyncio.to_thread(mosaic.finish)
+            await to_thread_to_end(work.check_disk, sinks, True)
+            record.layers = await to_thread_to_end(mosaic.finish)
         except BaseException:
             await abort(sinks)
             raise

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +41,7 @@ from service.pipeline.units import (
     GridPlanned,
     PartialSums,
     PlanPass,
+    Unit,
     UnitPass,
     UnitStored,
     plan_units,
@@ -500,3 +503,66 @@ def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -
     with rasterio.open(store.workspace(whole) / "class.tif") as out:
         assert out.shape == (10, 14)
         assert (out.read(1) != NODATA).sum() > 100
+
+
+def test_a_cancel_while_a_unit_is_loaded_returns_only_once_the_load_is_over(
+    tmp_path: Path,
+) -> None:
+    # The pass aborts its outputs as soon as it is cancelled: a unit still being
+    # loaded or written on its thread would then write into a closed file.
+    models = tmp_path / "models"
+    models.mkdir()
+    _manifest(models)
+    image, mask = _scene(seed=4)
+    scene = tmp_path / "scene.tif"
+    write_geotiff(scene, image[:, :100, :140], mask=mask[:100, :140])
+    store = open_store(Settings(job_dir=tmp_path / "jobs"))
+    record = store.new_record(
+        {"name": "scenes", "version": "1.0.0", "task": "image_classification"}, "raster", None
+    )
+    record.params = {
+        "model": "scenes:1.0.0",
+        "inputs": ["input_0.tif"],
+        "options": SceneOptions(chip_stride=32).to_json(),
+    }
+    store.workspace(record).mkdir(parents=True, exist_ok=True)
+    shutil.copy(scene, store.workspace(record) / "input_0.tif")
+    loading = threading.Event()
+    running = [0]
+
+    def nothing(done: int, total: int) -> None:
+        pass
+
+    async def main() -> int:
+        async with served_from(models, "scenes") as served:
+            runner = SceneRunner(store, timeout_s=30, in_flight_tiles=4)
+            with pytest.raises(GridPlanned) as planned:
+                await runner.run(record, served, nothing, lambda: False, PlanPass())
+            units = plan_units(planned.value.grid, 100)
+            saved: list[bytes] = []
+            with pytest.raises(UnitStored):
+                await runner.run(
+                    record,
+                    served,
+                    nothing,
+                    lambda: False,
+                    UnitPass(units[0], lambda p: saved.append(p.to_bytes())),
+                )
+
+            def slow_load(unit: Unit) -> PartialSums:
+                running[0] += 1
+                loading.set()
+                time.sleep(0.3)
+                running[0] -= 1
+                return PartialSums.from_bytes(saved[0])
+
+            task = asyncio.ensure_future(
+                runner.run(record, served, nothing, lambda: False, FinishPass(units, slow_load))
+            )
+            await asyncio.to_thread(loading.wait, 5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return running[0]
+
+    assert asyncio.run(main()) == 0
