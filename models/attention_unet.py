@@ -53,6 +53,25 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class ContextBlock(nn.Module):
+    """A residual 3x3 conv + batch norm + ReLU with dilation ``dilation``.
+
+    Stacked after the bottleneck, each widens the field of view by
+    ``2 * dilation`` bottleneck cells at little cost: the bottleneck is the
+    smallest map of the network.
+    """
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            channels, channels, 3, padding=dilation, dilation=dilation, bias=False
+        )
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + F.relu(self.norm(self.conv(x)))
+
+
 class BandAttention(nn.Module):
     """Squeeze-and-excitation over the input bands.
 
@@ -121,6 +140,8 @@ class AttentionUNet(nn.Module):
         in_channels: number of input bands ``C``.
         width: channels of the finest level; each coarser level doubles it.
         depth: number of downsamplings; also the number of gated skips.
+        context: dilated residual blocks after the bottleneck (dilations 2, 4,
+            8...), for context beyond the encoder's field of view; 0: none.
         mean: per-band mean of raw input values, applied in the graph.
         std: per-band standard deviation of raw input values.
     """
@@ -130,12 +151,15 @@ class AttentionUNet(nn.Module):
         in_channels: int = 3,
         width: int = 16,
         depth: int = 4,
+        context: int = 0,
         mean: tuple[float, ...] = DEFAULT_MEAN,
         std: tuple[float, ...] = DEFAULT_STD,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if context < 0:
+            raise ValueError(f"context must be 0 or more, got {context}")
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError("mean and std need one value per input band")
         self.in_channels = in_channels
@@ -152,6 +176,9 @@ class AttentionUNet(nn.Module):
             self.encoders.append(_conv_block(cin, w))
             cin = w
         self.bottleneck = _conv_block(widths[-2], widths[-1])
+        self.context = nn.Sequential(
+            *(ContextBlock(widths[-1], 2 ** (i + 1)) for i in range(context))
+        )
         # Decoder modules are listed from the coarsest level to the finest.
         self.ups = nn.ModuleList()
         self.gates = nn.ModuleList()
@@ -210,7 +237,7 @@ class AttentionUNet(nn.Module):
             h = enc(h)
             skips.append(h)
             h = F.max_pool2d(h, 2)
-        h = self.bottleneck(h)
+        h = self.context(self.bottleneck(h))
         gates: list[torch.Tensor] = []
         for up, gate, dec, skip in zip(
             self.ups, self.gates, self.decoders, reversed(skips), strict=True
@@ -248,12 +275,13 @@ def _bands(config: dict[str, Any]) -> list[str]:
 
 
 def build(config: dict[str, Any]) -> AttentionUNet:
-    """The model described by a checkpoint config (``bands``, ``width``, ``depth``...)."""
+    """The model a checkpoint config describes (``bands``, ``width``, ``depth``, ``context``)."""
     bands = _bands(config)
     return AttentionUNet(
         in_channels=len(bands),
         width=int(config.get("width", 16)),
         depth=int(config.get("depth", 4)),
+        context=int(config.get("context", 0)),
         mean=tuple(float(m) for m in config.get("mean", DEFAULT_MEAN)),
         std=tuple(float(s) for s in config.get("std", DEFAULT_STD)),
     )

@@ -158,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--tile-size", type=int, default=128, help="training tile side (px)")
     a("--width", type=int, default=16, help="channels of the finest level")
     a("--depth", type=int, default=4, help="downsamplings (gated skips)")
+    a(
+        "--context",
+        type=int,
+        default=0,
+        help="dilated residual blocks after the bottleneck, for a wider field of view",
+    )
     a("--lr", type=float, default=3e-3, help="peak learning rate")
     a("--seed", type=int, default=0, help="seed of data and weights")
     a("--threads", type=int, default=None, help="torch CPU threads")
@@ -316,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         "version": args.version,
         "width": args.width,
         "depth": args.depth,
+        "context": args.context,
         **{k: v for k, v in spec.items() if v is not None},
     }
     # Channels-last convolutions are oneDNN's fast path on CPU, in float32 and bfloat16.
@@ -356,6 +363,8 @@ def run(args: argparse.Namespace) -> int:
         k: round(v, 4) for k, v in evaluate(model, held_out, spec["gsd_m"], data_gsd).items()
     }
     training = {
+        "network": f"Attention U-Net, width {args.width}, depth {args.depth}"
+        + (f", {args.context} dilated context blocks" if args.context else ""),
         "data": data_info,
         "held_out": held_info,
         "seed": args.seed,

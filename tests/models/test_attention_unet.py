@@ -119,3 +119,30 @@ def test_tiles_given_the_scene_band_mean_get_the_scene_band_weights(model: Atten
             shared = model(tile, mean)[-1]
             assert torch.allclose(shared, whole, atol=1e-6)
             assert not torch.allclose(own, whole, atol=1e-4)
+
+
+def test_context_blocks_widen_the_field_of_view_and_keep_the_outputs() -> None:
+    # With the band attention's whole-image mean held fixed, a pixel's
+    # probability depends on inputs up to about 110 px away in the plain
+    # network and about 200 px with two context blocks (dilations 2 and 4 at
+    # stride 16): a change 150 px away reaches it only through them.
+    torch.manual_seed(0)
+    plain = build({"width": 4}).eval()
+    torch.manual_seed(0)
+    wide = build({"width": 4, "context": 2}).eval()
+    assert [b.conv.dilation for b in wide.context] == [(2, 2), (4, 4)]
+    x = torch.rand(1, 3, 64, 256) * 255
+    y = x.clone()
+    y[:, :, :, 158:] = 0.0
+    band_mean = torch.full((1, 3), 128.0)
+    with torch.no_grad():
+        for model, reaches in ((plain, False), (wide, True)):
+            a, b = model(x, band_mean), model(y, band_mean)
+            assert [t.shape for t in a] == [t.shape for t in plain(x, band_mean)]
+            far = (a[0][..., 8:16] - b[0][..., 8:16]).abs().max()
+            assert (float(far) > 0) is reaches
+
+
+def test_context_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="context must be 0 or more"):
+        build({"context": -1})

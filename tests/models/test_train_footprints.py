@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import rasterio
 import torch
@@ -267,3 +269,28 @@ def test_a_depth_the_exporter_does_not_take_is_said_before_training(
         "note: a depth-3 model trains and is scored, but `attnserve export` takes depth-4 "
         "footprints models only"
     )
+
+
+def test_a_run_with_context_blocks_exports_them_and_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "footprints", "--tiny", "--context", "2", "--out", str(out)]
+    assert main(args) == 0
+    onnx_path = tmp_path / "context.onnx"
+    assert main(["export", str(out / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    manifest = read_manifest(onnx_path)
+    assert manifest.training["network"] == (
+        "Attention U-Net, width 4, depth 4, 2 dilated context blocks"
+    )
+    graph = onnx.load(str(onnx_path)).graph
+    dilations = {
+        tuple(a.ints)
+        for n in graph.node
+        if n.op_type == "Conv"
+        for a in n.attribute
+        if a.name == "dilations"
+    }
+    assert {(2, 2), (4, 4)} <= dilations
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32)
+    probability = session.run(["probability"], {"image": image, "band_mean": image.mean((2, 3))})
+    assert probability[0].shape == (1, 1, 64, 64)
