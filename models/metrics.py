@@ -107,20 +107,27 @@ def footprint_scores(
         truths: the true masks, in the same order and shapes.
 
     Returns:
-        ``pixel_iou``, ``building_f1``, ``precision``, ``recall`` and the counts
-        ``buildings`` (true) and ``predicted_buildings``.
+        ``pixel_iou``, ``building_f1``, ``precision``, ``recall``, the counts
+        ``buildings`` (true) and ``predicted_buildings``, and
+        ``image_iou_mean``: the mean of each tile's own pixel IoU over the tiles
+        with buildings (the pooled figure weighs large, built-up tiles most).
     """
     inter = union = 0
     counts = BuildingCounts()
+    per_image: list[float] = []
     for p, t in zip(preds, truths, strict=True):
         pb, tb = np.asarray(p, dtype=bool), np.asarray(t, dtype=bool)
         if pb.shape != tb.shape:
             raise ValueError(f"mask shapes differ: {pb.shape} vs {tb.shape}")
-        inter += int(np.count_nonzero(pb & tb))
-        union += int(np.count_nonzero(pb | tb))
+        i, u = int(np.count_nonzero(pb & tb)), int(np.count_nonzero(pb | tb))
+        inter += i
+        union += u
+        if tb.any():
+            per_image.append(i / u)
         counts = counts + building_counts(pb, tb, min_iou=min_iou)
     return {
         "pixel_iou": inter / union if union else 1.0,
+        "image_iou_mean": float(np.mean(per_image)) if per_image else 1.0,
         "building_f1": counts.f1,
         "precision": counts.precision,
         "recall": counts.recall,

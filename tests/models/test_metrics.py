@@ -87,11 +87,22 @@ def test_scores_pool_pixels_and_buildings_over_tiles() -> None:
     p2 = np.zeros_like(t2)
     scores = footprint_scores([p1, p2], [t1, t2])
     assert scores["pixel_iou"] == pytest.approx(16 / 32)
+    assert scores["image_iou_mean"] == pytest.approx((1.0 + 0.0) / 2)
     assert scores["precision"] == 1.0
     assert scores["recall"] == 0.5
     assert scores["building_f1"] == pytest.approx(2 / 3)
     assert scores["buildings"] == 2
     assert scores["predicted_buildings"] == 1
+
+
+def test_the_mean_of_tile_ious_skips_tiles_without_buildings() -> None:
+    big = _box(np.zeros((20, 20), np.uint8), 0, 0, 16, 16)
+    small = _box(np.zeros((20, 20), np.uint8), 0, 0, 2, 2)
+    empty = np.zeros((20, 20), np.uint8)
+    false = _box(np.zeros((20, 20), np.uint8), 10, 10, 2, 2)
+    scores = footprint_scores([big, np.zeros_like(small), false], [big, small, empty])
+    assert scores["image_iou_mean"] == pytest.approx(0.5)  # 1.0 and 0.0; the empty tile skipped
+    assert scores["pixel_iou"] == pytest.approx(256 / (256 + 4 + 4))
 
 
 def test_gate_contrast_at_the_masks_resolution() -> None:
