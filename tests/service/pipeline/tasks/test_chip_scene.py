@@ -14,7 +14,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from rio_cogeo.cogeo import cog_validate
 from service.config import Settings
 from service.errors import InvalidInput
 from service.jobs.record import JobRecord
-from service.jobs.store import FILE_NAME, open_store
+from service.jobs.store import FILE_NAME, JobStore, open_store
 from service.pipeline.scene import SceneRunner
 from service.pipeline.scene_grid import SceneOptions
 from service.pipeline.scene_read import open_scene
@@ -449,13 +449,16 @@ def test_chip_options_are_checked_before_a_job_is_accepted(
         chip_stride(Manifest.from_dict(data), SceneOptions())
 
 
-def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -> None:
+def _scene_jobs(
+    tmp_path: Path, seed: int, rows: int, cols: int
+) -> tuple[Path, JobStore, Callable[[], JobRecord]]:
+    """A chip model's folder, a job store and a maker of stride-32 jobs on a real scene."""
     models = tmp_path / "models"
     models.mkdir()
     _manifest(models)
-    image, mask = _scene(seed=3)
+    image, mask = _scene(seed=seed)
     scene = tmp_path / "scene.tif"
-    write_geotiff(scene, image[:, :300, :420], mask=mask[:300, :420])
+    write_geotiff(scene, image[:, :rows, :cols], mask=mask[:rows, :cols])
     store = open_store(Settings(job_dir=tmp_path / "jobs"))
     model = {"name": "scenes", "version": "1.0.0", "task": "image_classification"}
 
@@ -466,6 +469,12 @@ def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -
         store.workspace(record).mkdir(parents=True, exist_ok=True)
         shutil.copy(scene, store.workspace(record) / "input_0.tif")
         return record
+
+    return models, store, job
+
+
+def test_units_of_a_shared_queue_write_what_a_whole_run_writes(tmp_path: Path) -> None:
+    models, store, job = _scene_jobs(tmp_path, seed=3, rows=300, cols=420)
 
     def nothing(done: int, total: int) -> None:
         pass
@@ -510,23 +519,8 @@ def test_a_cancel_while_a_unit_is_loaded_returns_only_once_the_load_is_over(
 ) -> None:
     # The pass aborts its outputs as soon as it is cancelled: a unit still being
     # loaded or written on its thread would then write into a closed file.
-    models = tmp_path / "models"
-    models.mkdir()
-    _manifest(models)
-    image, mask = _scene(seed=4)
-    scene = tmp_path / "scene.tif"
-    write_geotiff(scene, image[:, :100, :140], mask=mask[:100, :140])
-    store = open_store(Settings(job_dir=tmp_path / "jobs"))
-    record = store.new_record(
-        {"name": "scenes", "version": "1.0.0", "task": "image_classification"}, "raster", None
-    )
-    record.params = {
-        "model": "scenes:1.0.0",
-        "inputs": ["input_0.tif"],
-        "options": SceneOptions(chip_stride=32).to_json(),
-    }
-    store.workspace(record).mkdir(parents=True, exist_ok=True)
-    shutil.copy(scene, store.workspace(record) / "input_0.tif")
+    models, store, job = _scene_jobs(tmp_path, seed=4, rows=100, cols=140)
+    record = job()
     loading = threading.Event()
     running = [0]
 
