@@ -239,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--tile-size and --val-size must be multiples of {multiple} (2**depth)")
     if not 0.0 <= args.synthetic_ratio <= 1.0 or not 0.0 <= args.negative_ratio < 1.0:
         raise SystemExit("--synthetic-ratio and --negative-ratio are shares in 0..1")
+    if args.context < 0:
+        raise SystemExit(f"--context is a count of blocks, 0 or more; got {args.context}")
     if args.depth != EXPORT_DEPTH:
         # Said before the hour of training, not after it, by the exporter.
         print(

@@ -200,6 +200,7 @@ def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None
         (["--holdout", "Tile 9"], "'Tile 9' not found; groups are 'Tile 1', 'Tile 2'"),
         (["--mask-color", "#3C1098", "--mask-value", "3"], "not both"),
         ([], "need --mask-value"),
+        (["--context", "-1"], "--context is a count of blocks, 0 or more; got -1"),
     ],
 )
 def test_bad_real_data_options_are_refused_clearly(
