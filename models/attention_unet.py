@@ -144,6 +144,9 @@ class AttentionUNet(nn.Module):
             8...), for context beyond the encoder's field of view; 0: none.
         mean: per-band mean of raw input values, applied in the graph.
         std: per-band standard deviation of raw input values.
+        aux_classes: other classes of the training masks (land, road...)
+            segmented by a second head, for training only: ``K`` classes get
+            ``K + 1`` logits (0: none of them). The exported graph leaves it out.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class AttentionUNet(nn.Module):
         context: int = 0,
         mean: tuple[float, ...] = DEFAULT_MEAN,
         std: tuple[float, ...] = DEFAULT_STD,
+        aux_classes: int = 0,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -189,6 +193,7 @@ class AttentionUNet(nn.Module):
             self.gates.append(AttentionGate(w, w, max(w // 2, 4)))
             self.decoders.append(_conv_block(2 * w, w))
         self.head = nn.Conv2d(widths[0], 1, 1)
+        self.aux_head = nn.Conv2d(widths[0], aux_classes + 1, 1) if aux_classes else None
 
     @property
     def size_multiple(self) -> int:
@@ -224,6 +229,26 @@ class AttentionUNet(nn.Module):
             ValueError: the input is not ``(B, C, H, W)`` with ``H`` and ``W``
                 multiples of ``2**depth``.
         """
+        h, gates, band_weights = self._decode(x, band_mean)
+        return self.head(h), gates, band_weights
+
+    def forward_train(
+        self, x: torch.Tensor, band_mean: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """:meth:`forward_logits` plus the auxiliary head's class logits.
+
+        Returns:
+            ``(logits, gates, aux_logits)``; ``aux_logits`` ``(B, K + 1, H, W)``,
+            or None for a model without an auxiliary head.
+        """
+        h, gates, _ = self._decode(x, band_mean)
+        aux = None if self.aux_head is None else self.aux_head(h)
+        return self.head(h), gates, aux
+
+    def _decode(
+        self, x: torch.Tensor, band_mean: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """The finest decoder features, the gates (finest first) and band weights."""
         # Shapes are symbolic while exporting; the server checks sizes itself.
         if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             self._check_size(x)
@@ -247,7 +272,7 @@ class AttentionUNet(nn.Module):
             h = dec(torch.cat([gated, h], dim=1))
             gates.append(alpha)
         gates.reverse()  # finest first
-        return self.head(h), gates, band_weights
+        return h, gates, band_weights
 
     def forward(
         self, x: torch.Tensor, band_mean: torch.Tensor | None = None
@@ -275,7 +300,11 @@ def _bands(config: dict[str, Any]) -> list[str]:
 
 
 def build(config: dict[str, Any]) -> AttentionUNet:
-    """The model a checkpoint config describes (``bands``, ``width``, ``depth``, ``context``)."""
+    """The model a checkpoint config describes.
+
+    Keys: ``bands``, ``width``, ``depth``, ``context``, ``mean``, ``std`` and
+    ``aux_classes`` (names of the auxiliary head's classes).
+    """
     bands = _bands(config)
     return AttentionUNet(
         in_channels=len(bands),
@@ -284,6 +313,7 @@ def build(config: dict[str, Any]) -> AttentionUNet:
         context=int(config.get("context", 0)),
         mean=tuple(float(m) for m in config.get("mean", DEFAULT_MEAN)),
         std=tuple(float(s) for s in config.get("std", DEFAULT_STD)),
+        aux_classes=len(config.get("aux_classes", ())),
     )
 
 

@@ -55,9 +55,17 @@ class ImagePyramid:
         image: ``(C, H, W)`` uint8 or uint16 raw values.
         mask: ``(H, W)`` uint8, 1 on buildings.
         levels: number of levels (level ``k`` is downsampled by ``2**k``).
+        classes: ``(H, W)`` uint8 map of other classes, or None; its levels
+            take every ``2**k``-th pixel (class indices do not average).
     """
 
-    def __init__(self, image: np.ndarray, mask: np.ndarray, levels: int) -> None:
+    def __init__(
+        self,
+        image: np.ndarray,
+        mask: np.ndarray,
+        levels: int,
+        classes: np.ndarray | None = None,
+    ) -> None:
         self.dtype = image.dtype
         im = torch.from_numpy(image.astype(np.float32))[None]
         m = torch.from_numpy(mask.astype(np.float32) * _MASK_ONE)[None, None]
@@ -69,6 +77,12 @@ class ImagePyramid:
             im, m = F.avg_pool2d(im, 2), F.avg_pool2d(m, 2)
             self.images.append(im[0].round().numpy().astype(image.dtype))
             self.masks.append(m[0, 0].round().numpy().astype(np.uint8))
+        self.classes: list[np.ndarray] | None = None
+        if classes is not None:
+            self.classes = [
+                np.ascontiguousarray(classes[:: 2**k, :: 2**k][: m.shape[0], : m.shape[1]])
+                for k, m in enumerate(self.masks)
+            ]
 
     @property
     def pixels(self) -> int:
@@ -77,12 +91,13 @@ class ImagePyramid:
 
     def crop(
         self, rng: np.random.Generator, size: int, scale: tuple[float, float]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A random ``size`` x ``size`` crop at a random scale, rotation and flip.
 
         Returns:
-            Raw values ``(C, size, size)`` float32 and the building mask
-            ``(size, size)`` float32 in {0, 1}.
+            Raw values ``(C, size, size)`` float32, the building mask
+            ``(size, size)`` float32 in {0, 1}, and the class map ``(size,
+            size)`` int64 (nearest pixel) or None when the image has none.
         """
         lo, hi = math.log(scale[0]), math.log(scale[1])
         factor = math.exp(rng.uniform(lo, hi)) if hi > lo else scale[0]
@@ -113,7 +128,21 @@ class ImagePyramid:
         out = F.grid_sample(
             src, grid, mode="bilinear", padding_mode="reflection", align_corners=False
         )[0]
-        return out[:-1], (out[-1] >= _MASK_ONE / 2).float()
+        classes = None
+        if self.classes is not None:
+            win_c = torch.from_numpy(self.classes[level][y0:y1, x0:x1].astype(np.float32))
+            classes = (
+                F.grid_sample(
+                    win_c[None, None],
+                    grid,
+                    mode="nearest",
+                    padding_mode="reflection",
+                    align_corners=False,
+                )[0, 0]
+                .round()
+                .long()
+            )
+        return out[:-1], (out[-1] >= _MASK_ONE / 2).float(), classes
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

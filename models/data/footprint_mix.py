@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,8 +59,22 @@ def _levels(scale: tuple[float, float]) -> int:
     return max(1, round(math.log2(max(scale[1], 1.0))) + 1)
 
 
+# Class-map value of pixels whose other class is unknown (negatives, synthetic
+# tiles, images without a class map): the auxiliary loss skips them.
+UNKNOWN_CLASS = -100
+
+
+class Batch(NamedTuple):
+    """Raw values ``(B, C, S, S)`` float32, building masks ``(B, 1, S, S)`` and
+    class maps ``(B, S, S)`` int64 (:data:`UNKNOWN_CLASS` where not known)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: torch.Tensor
+
+
 class TrainingMix:
-    """Draws ``(x, y)`` batches: raw values ``(B, C, S, S)`` and masks ``(B, 1, S, S)``."""
+    """Draws :class:`Batch` es of augmented crops."""
 
     def __init__(
         self,
@@ -70,7 +85,9 @@ class TrainingMix:
         if not positives and config.synthetic_ratio < 1.0:
             raise ValueError("real training needs at least one image with buildings")
         self.config = config
-        self.positives = [ImagePyramid(i.image, i.mask, _levels(config.scale)) for i in positives]
+        self.positives = [
+            ImagePyramid(i.image, i.mask, _levels(config.scale), i.classes) for i in positives
+        ]
         self.negatives = [
             ImagePyramid(i.image, i.mask, _levels(config.negative_scale)) for i in negatives
         ]
@@ -94,27 +111,34 @@ class TrainingMix:
                 px[names == name] /= px[names == name].sum()
         return px / px.sum()
 
-    def _crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crop(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         u = rng.random()
         if self.negatives and u < c.negative_ratio:
             pyr = self.negatives[int(rng.choice(len(self.negatives), p=self._n_weights))]
-            return pyr.crop(rng, c.tile_size, c.negative_scale)
-        if u < c.negative_ratio + c.synthetic_ratio or not self.positives:
+            x, y, classes = pyr.crop(rng, c.tile_size, c.negative_scale)
+        elif u < c.negative_ratio + c.synthetic_ratio or not self.positives:
             im, m = make_batch(rng, 1, c.tile_size, c.scenes)
-            return torch.from_numpy(im[0].astype(np.float32)), torch.from_numpy(
-                m[0].astype(np.float32)
+            x, y = (
+                torch.from_numpy(im[0].astype(np.float32)),
+                torch.from_numpy(m[0].astype(np.float32)),
             )
-        pyr = self.positives[int(rng.choice(len(self.positives), p=self._p_weights))]
-        return pyr.crop(rng, c.tile_size, c.scale)
+            classes = None
+        else:
+            pyr = self.positives[int(rng.choice(len(self.positives), p=self._p_weights))]
+            x, y, classes = pyr.crop(rng, c.tile_size, c.scale)
+        if classes is None:
+            classes = torch.full(y.shape, UNKNOWN_CLASS, dtype=torch.long)
+        return x, y, classes
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``size`` augmented crops: ``(B, C, S, S)`` float32 raw values, ``(B, 1, S, S)`` masks."""
-        xs, ys = [], []
+    def batch(self, rng: np.random.Generator, size: int) -> Batch:
+        """``size`` augmented crops."""
+        xs, ys, cs = [], [], []
         for _ in range(size):
-            x, y = self._crop(rng)
+            x, y, classes = self._crop(rng)
             if self.config.radiometry is not None:
                 x = radiometric(rng, x, self.config.value_range, self.config.radiometry)
             xs.append(x)
             ys.append(y)
-        return torch.stack(xs), torch.stack(ys)[:, None]
+            cs.append(classes)
+        return Batch(torch.stack(xs), torch.stack(ys)[:, None], torch.stack(cs))

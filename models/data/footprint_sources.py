@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data.rasters import IMAGE_SUFFIXES, MaskRule, RasterDataError, read_image, read_mask
+from models.data.rasters import (
+    IMAGE_SUFFIXES,
+    MaskRule,
+    RasterDataError,
+    read_image,
+    read_mask,
+    read_masks,
+)
 
 IMAGE_DIRS = ("images", "image", "imgs")
 MASK_DIRS = ("masks", "mask", "labels", "gt")
@@ -32,6 +39,8 @@ class LabelledImage:
         name: a short name for messages and metrics.
         negative: True for an image known to hold no buildings.
         gsd_m: metres per pixel when the file says so, else None.
+        classes: ``(H, W)`` uint8 map of other classes (1..K, 0: none of them)
+            for the auxiliary task; None: not known (negatives, GeoJSON labels).
     """
 
     image: np.ndarray
@@ -40,6 +49,7 @@ class LabelledImage:
     name: str
     negative: bool = False
     gsd_m: float | None = None
+    classes: np.ndarray | None = None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -53,11 +63,20 @@ def _find_dir(parent: Path, names: Iterable[str]) -> Path | None:
     return None
 
 
-def load_pair(image_path: Path, mask_path: Path, rule: MaskRule, group: str) -> LabelledImage:
-    """Read one image and its mask raster."""
+def load_pair(
+    image_path: Path,
+    mask_path: Path,
+    rule: MaskRule,
+    group: str,
+    others: Sequence[MaskRule] = (),
+) -> LabelledImage:
+    """Read one image and its mask raster (and the mask's other classes, if named)."""
     image, gsd = read_image(image_path)
-    mask = read_mask(mask_path, rule, image.shape[1:])
-    return LabelledImage(image, mask, group, image_path.stem, gsd_m=gsd)
+    if not others:
+        mask = read_mask(mask_path, rule, image.shape[1:])
+        return LabelledImage(image, mask, group, image_path.stem, gsd_m=gsd)
+    mask, classes = read_masks(mask_path, rule, image.shape[1:], others)
+    return LabelledImage(image, mask, group, image_path.stem, gsd_m=gsd, classes=classes)
 
 
 def pair_folder(root: Path) -> list[tuple[Path, Path, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,18 +114,43 @@ def _palette_to_rgb(path: Path, raw: np.ndarray) -> np.ndarray:
     return np.moveaxis(lut[raw[0]], -1, 0)
 
 
-def read_mask(path: Path, rule: MaskRule, shape: tuple[int, int]) -> np.ndarray:
-    """A building mask ``(H, W)`` uint8 (1 = building) that must be ``shape``.
-
-    A palette mask (one band of indices plus a colour table, as some PNG class
-    maps are saved) is matched by colour through its table, like an RGB mask.
-    """
+def _mask_raw(path: Path, colour: bool, shape: tuple[int, int]) -> np.ndarray:
+    """A mask raster ``(K, H, W)`` that must be ``shape``, palette masks as RGB when by colour."""
     raw, _ = _read(path)
-    if rule.color is not None and raw.shape[0] == 1 and raw.dtype == np.uint8:
+    if colour and raw.shape[0] == 1 and raw.dtype == np.uint8:
         raw = _palette_to_rgb(path, raw)
     if raw.shape[1:] != shape:
         raise RasterDataError(
             f"mask {path.name} is {raw.shape[2]}x{raw.shape[1]}, its image "
             f"{shape[1]}x{shape[0]}; they must match pixel for pixel"
         )
-    return rule.apply(raw, path.name)
+    return raw
+
+
+def read_mask(path: Path, rule: MaskRule, shape: tuple[int, int]) -> np.ndarray:
+    """A building mask ``(H, W)`` uint8 (1 = building) that must be ``shape``.
+
+    A palette mask (one band of indices plus a colour table, as some PNG class
+    maps are saved) is matched by colour through its table, like an RGB mask.
+    """
+    return rule.apply(_mask_raw(path, rule.color is not None, shape), path.name)
+
+
+def read_masks(
+    path: Path, rule: MaskRule, shape: tuple[int, int], others: Sequence[MaskRule]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The building mask and a map of other classes, from one class-map raster.
+
+    Args:
+        others: the rules of other classes (land, road, water...), in order.
+
+    Returns:
+        ``(mask, classes)``: the building mask as :func:`read_mask`; ``classes``
+        ``(H, W)`` uint8, ``k`` where ``others[k - 1]`` matches (the first that
+        does) and 0 where none does (buildings, unlabelled pixels).
+    """
+    raw = _mask_raw(path, rule.color is not None or any(o.color for o in others), shape)
+    classes = np.zeros(shape, dtype=np.uint8)
+    for k, other in reversed(list(enumerate(others, start=1))):
+        classes[other.apply(raw, path.name) == 1] = k
+    return rule.apply(raw, path.name), classes

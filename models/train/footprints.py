@@ -35,11 +35,11 @@ from tqdm import tqdm
 from models.attention_unet import EXPORT_DEPTH, build
 from models.data.augment import Radiometry
 from models.data.buildings import SceneConfig, make_batch
-from models.data.footprint_mix import MixConfig, TrainingMix
+from models.data.footprint_mix import UNKNOWN_CLASS, MixConfig, TrainingMix
 from models.data.footprint_sources import LabelledImage, load_negatives
 from models.data.rasters import RasterDataError
 from models.train.common import save_checkpoint, seed_everything, set_threads, write_metrics
-from models.train.footprints_data import data_spec, real_images, split
+from models.train.footprints_data import aux_rules, data_spec, real_images, split
 from models.train.footprints_eval import evaluate
 
 # Validation scenes come from this offset of the training seed, so they are
@@ -153,6 +153,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="weight of the loss pulling each attention gate to the building mask",
     )
+    a(
+        "--aux-class",
+        action="append",
+        default=[],
+        metavar="NAME=COLOUR",
+        help="another class of the mask rasters (e.g. road='#6EC1E4', or water=2 with "
+        "--mask-value), segmented by a second head during training only: it teaches the "
+        "model what the non-building ground is; repeatable",
+    )
+    a("--aux-loss", type=float, default=0.5, help="weight of the --aux-class loss")
     a("--steps", type=int, default=1500, help="optimiser steps")
     a("--batch-size", type=int, default=16, help="tiles per step")
     a("--tile-size", type=int, default=128, help="training tile side (px)")
@@ -198,12 +208,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _loss(
-    logits: torch.Tensor, target: torch.Tensor, gates: Sequence[torch.Tensor], gate_weight: float
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gates: Sequence[torch.Tensor],
+    gate_weight: float,
+    aux: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """BCE plus soft Dice (keeps small buildings), plus the gates' pull to the mask.
 
     Each gate ``(B, 1, h, w)`` is compared with the building fraction of the
-    mask at its own resolution, squeezed into ``(floor, 1 - floor)``.
+    mask at its own resolution, squeezed into ``(floor, 1 - floor)``. ``aux``:
+    ``(class logits, class map, weight)`` adds the weighted cross-entropy of
+    the auxiliary head over the pixels whose class is known.
     """
     bce = F.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
@@ -218,6 +234,12 @@ def _loss(
             goal = GATE_TARGET_FLOOR + (1 - 2 * GATE_TARGET_FLOOR) * frac
             terms.append(F.binary_cross_entropy(g.clamp(1e-6, 1 - 1e-6), goal))
         loss = loss + gate_weight * torch.stack(terms).mean()
+    if aux is not None:
+        aux_logits, classes, aux_weight = aux
+        if bool((classes != UNKNOWN_CLASS).any()):
+            loss = loss + aux_weight * F.cross_entropy(
+                aux_logits, classes, ignore_index=UNKNOWN_CLASS
+            )
     return loss
 
 
@@ -241,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--synthetic-ratio and --negative-ratio are shares in 0..1")
     if args.context < 0:
         raise SystemExit(f"--context is a count of blocks, 0 or more; got {args.context}")
+    if args.aux_loss < 0:
+        raise SystemExit(f"--aux-loss is a weight, 0 or more; got {args.aux_loss}")
     if args.depth != EXPORT_DEPTH:
         # Said before the hour of training, not after it, by the exporter.
         print(
@@ -327,6 +351,9 @@ def run(args: argparse.Namespace) -> int:
         "context": args.context,
         **{k: v for k, v in spec.items() if v is not None},
     }
+    aux_names = [name for name, _ in aux_rules(args)] if real else []
+    if aux_names:
+        config["aux_classes"] = aux_names
     # Channels-last convolutions are oneDNN's fast path on CPU, in float32 and bfloat16.
     # (torch accepts memory_format in Module.to; its type stubs do not list it.)
     model = build(config).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -347,10 +374,13 @@ def run(args: argparse.Namespace) -> int:
             break
         for group in opt.param_groups:
             group["lr"] = _learning_rate(args.lr, progress)
-        x, y = mix.batch(rng, args.batch_size)
+        x, y, classes = mix.batch(rng, args.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            logits, gates, _ = model.forward_logits(x.contiguous(memory_format=torch.channels_last))
-        loss = _loss(logits.float(), y, [g.float() for g in gates], args.gate_loss)
+            logits, gates, aux_logits = model.forward_train(
+                x.contiguous(memory_format=torch.channels_last)
+            )
+        aux = None if aux_logits is None else (aux_logits.float(), classes, args.aux_loss)
+        loss = _loss(logits.float(), y, [g.float() for g in gates], args.gate_loss, aux)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -383,7 +413,12 @@ def run(args: argparse.Namespace) -> int:
         ),
         "lr": args.lr,
         "loss": "binary cross-entropy + soft Dice"
-        + (f" + {args.gate_loss:g} x gate-to-mask BCE" if args.gate_loss else ""),
+        + (f" + {args.gate_loss:g} x gate-to-mask BCE" if args.gate_loss else "")
+        + (
+            f" + {args.aux_loss:g} x auxiliary cross-entropy over {', '.join(aux_names)}"
+            if aux_names
+            else ""
+        ),
         "optimizer": "AdamW, linear warm-up then cosine decay",
         "wall_time_s": round(wall, 1),
         "threads": torch.get_num_threads(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from models.data.footprint_sources import (
     pair_folder,
     split_groups,
 )
-from models.data.rasters import MaskRule, parse_colour
+from models.data.rasters import MaskRule, RasterDataError, parse_colour
 
 # Fraction of a single real image's rows (at the bottom) kept out of training.
 HOLDOUT_FRACTION = 0.2
@@ -32,9 +33,36 @@ def mask_rule(args: argparse.Namespace) -> MaskRule:
     raise SystemExit("mask rasters need --mask-value (one-band masks) or --mask-color (RGB)")
 
 
+def aux_rules(args: argparse.Namespace) -> list[tuple[str, MaskRule]]:
+    """``(name, rule)`` of each ``--aux-class NAME=COLOUR`` (or ``NAME=VALUE``)."""
+    out: list[tuple[str, MaskRule]] = []
+    for text in args.aux_class:
+        name, _, spec = text.rpartition("=")
+        name, spec = (name or spec).strip(), spec.strip()
+        try:
+            if args.mask_color is not None:
+                rule = MaskRule(color=parse_colour(spec))
+            elif args.mask_value is not None:
+                rule = MaskRule(value=float(spec))
+            else:
+                raise SystemExit("--aux-class needs mask rasters (--mask-value or --mask-color)")
+        except (RasterDataError, ValueError) as exc:
+            raise SystemExit(f"--aux-class {text!r}: {exc}") from exc
+        if rule == mask_rule(args):
+            raise SystemExit(f"--aux-class {text!r} is the building class itself")
+        out.append((name, rule))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names) or len(names) > 200:
+        raise SystemExit("--aux-class names must differ (and be at most 200)")
+    return out
+
+
 def real_images(args: argparse.Namespace) -> list[LabelledImage]:
     """Every labelled real image the arguments name (none for synthetic runs)."""
     items: list[LabelledImage] = []
+    others = [rule for _, rule in aux_rules(args)]
+    if others and (args.labels is not None or (args.mask is None and not args.data)):
+        raise SystemExit("--aux-class reads the classes of mask rasters (--mask or --data)")
     if args.image is not None:
         if (args.labels is None) == (args.mask is None):
             raise SystemExit("--image goes with either --labels (GeoJSON) or --mask (raster)")
@@ -44,7 +72,7 @@ def real_images(args: argparse.Namespace) -> list[LabelledImage]:
             image, mask = read_footprints(args.image, args.labels, bands=3)
             items.append(LabelledImage(image, mask, args.image.stem, args.image.stem))
         else:
-            items.append(load_pair(args.image, args.mask, mask_rule(args), args.image.stem))
+            items.append(load_pair(args.image, args.mask, mask_rule(args), args.image.stem, others))
     elif args.labels is not None or args.mask is not None:
         raise SystemExit("--labels and --mask need --image")
     if args.data:
@@ -52,7 +80,7 @@ def real_images(args: argparse.Namespace) -> list[LabelledImage]:
         for folder in args.data:
             pairs = pair_folder(folder)
             for image, mask, group in tqdm(pairs, desc=f"read {folder.name}", leave=False):
-                items.append(load_pair(image, mask, rule, group))
+                items.append(load_pair(image, mask, rule, group, others))
     return items
 
 
@@ -69,9 +97,19 @@ def split(
     if len(groups) == 1 and args.holdout is None:
         (item,) = items
         split = int(item.image.shape[1] * (1.0 - HOLDOUT_FRACTION))
-        top = LabelledImage(item.image[:, :split], item.mask[:split], item.group, item.name)
-        bottom = LabelledImage(
-            item.image[:, split:], item.mask[split:], item.group, item.name + " (bottom)"
+        classes = item.classes
+        top = replace(
+            item,
+            image=item.image[:, :split],
+            mask=item.mask[:split],
+            classes=None if classes is None else classes[:split],
+        )
+        bottom = replace(
+            item,
+            image=item.image[:, split:],
+            mask=item.mask[split:],
+            classes=None if classes is None else classes[split:],
+            name=item.name + " (bottom)",
         )
         info = f"the bottom {item.image.shape[1] - split} rows of {item.name}"
         return [top, *negatives], [bottom], info

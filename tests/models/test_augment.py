@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from models.data.augment import ImagePyramid, Radiometry, radiometric
 from models.data.buildings import SceneConfig
-from models.data.footprint_mix import MixConfig, TrainingMix
+from models.data.footprint_mix import UNKNOWN_CLASS, MixConfig, TrainingMix
 from models.data.footprint_sources import LabelledImage
 
 
@@ -31,12 +31,30 @@ def test_rotated_and_rescaled_crops_keep_the_mask_on_the_buildings(
     pyramid = ImagePyramid(image, mask, levels=3)
     rng = np.random.default_rng(1)
     for _ in range(6):
-        x, y = pyramid.crop(rng, 64, scale)
+        x, y, _ = pyramid.crop(rng, 64, scale)
         assert x.shape == (3, 64, 64)
         assert y.shape == (64, 64)
         bright = x[0] > 125
         # Resampling blurs edges by a pixel or so; everything else must agree.
         assert (bright == (y > 0)).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("scale", [(1.0, 1.0), (3.0, 3.0)])
+def test_crops_carry_the_class_map_on_the_same_grid(scale: tuple[float, float]) -> None:
+    image, mask = _scene()
+    classes = np.where(mask == 1, 0, 1 + (np.arange(200) >= 100)[None, :]).astype(np.uint8)
+    pyramid = ImagePyramid(image, mask, levels=3, classes=classes)
+    assert pyramid.classes is not None
+    assert [c.shape for c in pyramid.classes] == [m.shape for m in pyramid.masks]
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        _, y, c = pyramid.crop(rng, 64, scale)
+        assert c is not None
+        assert c.dtype == torch.int64
+        assert set(c.unique().tolist()) <= {0, 1, 2}
+        # Nearest-pixel classes against the area-averaged mask: only edges differ.
+        assert ((c == 0) == (y > 0)).float().mean() > 0.9
+    assert ImagePyramid(image, mask, levels=2).crop(rng, 32, (1.0, 1.0))[2] is None
 
 
 def _mean_building_area(masks: list[torch.Tensor]) -> float:
@@ -97,15 +115,32 @@ def test_a_mix_draws_synthetic_negative_and_real_crops_in_its_shares() -> None:
             scenes=SceneConfig(),
         ),
     )
-    x, y = mix.batch(np.random.default_rng(0), 200)
+    x, y, classes = mix.batch(np.random.default_rng(0), 200)
     assert x.shape == (200, 3, 32, 32)
     assert y.shape == (200, 1, 32, 32)
+    # Neither the real image here nor negatives nor synthetic tiles have classes.
+    assert classes.shape == (200, 32, 32)
+    assert bool((classes == UNKNOWN_CLASS).all())
     flat_negative = ((x - 77).abs() < 0.5).flatten(1).all(dim=1)
     near = ((x - 30).abs() < 0.5) | ((x - 220).abs() < 0.5)
     two_tone = near.flatten(1).float().mean(dim=1) > 0.5
     assert 40 <= int(flat_negative.sum()) <= 80
     assert 60 <= int(two_tone.sum()) <= 110
     assert float(y[flat_negative].sum()) == 0.0
+
+
+def test_a_mix_knows_the_classes_of_real_crops_only() -> None:
+    image, mask = _scene()
+    classes = (1 - mask).astype(np.uint8)
+    real = LabelledImage(image, mask, "g", "g", classes=classes)
+    negative = LabelledImage(image, np.zeros_like(mask), "n", "n", negative=True)
+    config = MixConfig(tile_size=32, negative_ratio=0.5, radiometry=None)
+    _, y, c = TrainingMix([real], [negative], config).batch(np.random.default_rng(5), 60)
+    known = (c != UNKNOWN_CLASS).flatten(1).all(dim=1)
+    unknown = (c == UNKNOWN_CLASS).flatten(1).all(dim=1)
+    assert bool((known | unknown).all())
+    assert 15 <= int(known.sum()) <= 45
+    assert ((c[known] == 0) == (y[known, 0] > 0)).float().mean() > 0.9
 
 
 def test_a_mix_without_images_with_buildings_is_refused() -> None:
@@ -126,7 +161,7 @@ def test_groups_can_be_drawn_as_often_as_each_other_whatever_their_size(
         for n in ("s1", "s2")
     ]
     config = MixConfig(tile_size=16, negative_ratio=0.0, radiometry=None, balance=balance)
-    x, _ = TrainingMix([big, *small], [], config).batch(np.random.default_rng(1), 200)
+    x, _, _ = TrainingMix([big, *small], [], config).batch(np.random.default_rng(1), 200)
     from_small = int((x.flatten(1).mean(dim=1) < 100).sum())
     assert low <= from_small <= high
 

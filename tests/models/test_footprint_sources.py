@@ -19,7 +19,14 @@ from models.data.footprint_sources import (
     pair_folder,
     split_groups,
 )
-from models.data.rasters import MaskRule, RasterDataError, parse_colour, read_image, read_mask
+from models.data.rasters import (
+    MaskRule,
+    RasterDataError,
+    parse_colour,
+    read_image,
+    read_mask,
+    read_masks,
+)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "footprints"
 DUBAI = DATA / "dubai"
@@ -68,6 +75,30 @@ def test_an_rgb_class_map_by_colour_and_a_value_rule_refuses_it(tmp_path: Path) 
     assert mask[5, 5] == 0
     with pytest.raises(RasterDataError, match="one-band mask"):
         read_mask(path, MaskRule(value=1), (6, 6))
+
+
+def test_a_class_map_gives_the_building_mask_and_the_other_classes(tmp_path: Path) -> None:
+    raw = np.zeros((3, 6, 6), np.uint8)  # black: unlabelled
+    raw[:, :2] = np.array([60, 16, 152])[:, None, None]  # building
+    raw[:, 2:4] = np.array([132, 41, 246])[:, None, None]  # land
+    raw[:, 4:, :3] = np.array([110, 193, 228])[:, None, None]  # road
+    path = _write(tmp_path / "classes.png", raw)
+    others = [MaskRule(color=(132, 41, 246)), MaskRule(color=(110, 193, 228))]
+    mask, classes = read_masks(path, MaskRule(color=(60, 16, 152)), (6, 6), others)
+    assert np.array_equal(mask, read_mask(path, MaskRule(color=(60, 16, 152)), (6, 6)))
+    assert classes.dtype == np.uint8
+    assert (classes[:2] == 0).all()  # buildings are none of the other classes
+    assert (classes[2:4] == 1).all()
+    assert (classes[4:, :3] == 2).all()
+    assert (classes[4:, 3:] == 0).all()  # unlabelled
+    # Values in one-band masks, and pairs loaded with their classes.
+    image = _write(tmp_path / "i.png", np.full((3, 6, 6), 9, np.uint8))
+    values = _write(tmp_path / "v.png", (np.arange(36, dtype=np.uint8) % 3).reshape(1, 6, 6))
+    item = load_pair(image, values, MaskRule(value=2), "g", [MaskRule(value=0)])
+    assert item.classes is not None
+    assert np.array_equal(item.classes == 1, (np.arange(36) % 3 == 0).reshape(6, 6))
+    assert np.array_equal(item.mask == 1, (np.arange(36) % 3 == 2).reshape(6, 6))
+    assert load_pair(image, values, MaskRule(value=2), "g").classes is None
 
 
 def test_a_mask_of_another_size_is_refused(tmp_path: Path) -> None:

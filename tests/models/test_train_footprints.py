@@ -201,6 +201,10 @@ def test_tiny_run_on_real_folders_holds_out_whole_groups(tmp_path: Path) -> None
         (["--mask-color", "#3C1098", "--mask-value", "3"], "not both"),
         ([], "need --mask-value"),
         (["--context", "-1"], "--context is a count of blocks, 0 or more; got -1"),
+        (["--aux-class", "road=#3C1098"], "'road=#3C1098' is the building class itself"),
+        (["--aux-class", "road=grey"], "'road=grey': mask colour 'grey' is neither"),
+        (["--aux-class", "a=#6EC1E4", "--aux-class", "a=#FEDD3A"], "names must differ"),
+        (["--aux-class", "road=#6EC1E4", "--aux-loss", "-1"], "--aux-loss is a weight"),
     ],
 )
 def test_bad_real_data_options_are_refused_clearly(
@@ -295,3 +299,52 @@ def test_a_run_with_context_blocks_exports_them_and_says_so(tmp_path: Path) -> N
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32)
     probability = session.run(["probability"], {"image": image, "band_mean": image.mean((2, 3))})
     assert probability[0].shape == (1, 1, 64, 64)
+
+
+@pytest.mark.skipif(not DUBAI.exists(), reason="shared footprints data not present")
+def test_other_mask_classes_train_a_second_head_that_the_export_leaves_out(
+    tmp_path: Path,
+) -> None:
+    data = _two_dubai_tiles(tmp_path)
+    out = tmp_path / "run"
+    argv = ["train", "footprints", "--tiny", "--data", str(data), "--mask-color", "#3C1098"]
+    argv += ["--holdout", "Tile 1", "--aux-class", "land=#8429F6", "--aux-class", "road=#6EC1E4"]
+    assert main([*argv, "--aux-loss", "0.3", "--out", str(out)]) == 0
+    ckpt = torch.load(out / "footprints.pt", weights_only=False)
+    assert ckpt["config"]["aux_classes"] == ["land", "road"]
+    assert ckpt["state_dict"]["aux_head.weight"].shape[0] == 3  # land, road, none of them
+    assert ckpt["training"]["loss"].endswith("+ 0.3 x auxiliary cross-entropy over land, road")
+    onnx_path = tmp_path / "aux.onnx"
+    assert main(["export", str(out / "footprints.pt"), "--out", str(onnx_path)]) == 0
+    graph = onnx.load(str(onnx_path)).graph
+    assert [o.name for o in graph.output] == [
+        "probability",
+        "gate_1",
+        "gate_2",
+        "gate_3",
+        "gate_4",
+        "band_weights",
+    ]
+    assert not any("aux_head" in i.name for i in graph.initializer)
+
+
+def test_the_auxiliary_loss_counts_known_classes_only() -> None:
+    from models.train.footprints import _loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8, generator=gen)
+    target = (torch.rand(2, 1, 8, 8, generator=gen) > 0.5).float()
+    aux_logits = torch.randn(2, 3, 8, 8, generator=gen)
+    plain = _loss(logits, target, [], 0.0)
+    unknown = torch.full((2, 8, 8), -100, dtype=torch.long)
+    assert torch.equal(_loss(logits, target, [], 0.0, (aux_logits, unknown, 1.0)), plain)
+    half = unknown.clone()
+    half[0] = 2
+    expected = torch.nn.functional.cross_entropy(aux_logits[:1], half[:1])
+    got = _loss(logits, target, [], 0.0, (aux_logits, half, 0.5))
+    assert torch.isclose(got, plain + 0.5 * expected)
+
+
+def test_other_classes_need_mask_rasters(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--aux-class needs mask rasters"):
+        main(["train", "footprints", "--tiny", "--aux-class", "road=2", "--out", str(tmp_path)])
