@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
 from service.config import Settings
 from service.errors import InvalidInput, PayloadTooLarge
@@ -58,6 +59,7 @@ TILE_SIZES = (64, 4096)
 OVERLAPS = (0, 2048)
 CHIP_STRIDES = (1, 4096)
 COMPRESSIONS = ("deflate", "zstd")
+Held = TypeVar("Held")
 
 
 def flag(value: str | None, name: str) -> bool:
@@ -199,6 +201,32 @@ def check_min_confidence(served: ServedModel, asked: float | None) -> None:
         )
 
 
+async def _holding(call: Callable[..., Held], *args: Any) -> Held:
+    """``asyncio.to_thread(call, *args)`` for a call that may reserve memory.
+
+    A thread cannot be stopped: when the awaiting request is cancelled (the
+    server shutting down), the call still runs to its end and returns a
+    reservation nobody would release. Here a cancel returns at once and the
+    reservation the call makes is released when it ends.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_release_result)
+        raise
+
+
+def _release_result(future: asyncio.Future[Any]) -> None:
+    """Release the reservation a finished call returned, if it returned one."""
+    if future.cancelled() or future.exception() is not None:
+        return  # its error was the request's to report; the request is gone
+    result = future.result()
+    held = result.held if isinstance(result, SyncRequest) else result
+    if isinstance(held, Reservation):
+        held.release()
+
+
 def _itemsize(info: RasterInfo) -> int:
     return max(1, info.decoded_bytes // max(1, info.width * info.height * info.count))
 
@@ -237,12 +265,12 @@ class Intake:
         if not served.task.dated:
             if len(parts) != 1:
                 raise InvalidInput(f"model {manifest.name} takes one image, got {len(parts)}")
-            image = await asyncio.to_thread(self._image, served, parts[0], options)
+            image = await _holding(self._image, served, parts[0], options)
             if isinstance(image, SyncRequest):
                 return image
             info, plan = image
             return self.scene_request(served, parts, options, [info], plan)
-        dated = await asyncio.to_thread(self._series, served, parts, options)
+        dated = await _holding(self._series, served, parts, options)
         if isinstance(dated, SyncRequest):
             return dated
         return self.scene_request(served, parts, options, dated, None)
@@ -418,5 +446,5 @@ class Intake:
             bands, h, w = inp.data.shape
             need = image_bytes(served, h * w, bands, 4)
             what = f"a {w}x{h} image"
-        held = await asyncio.to_thread(self.budget.reserve, need, what)
+        held = await _holding(self.budget.reserve, need, what)
         return SyncRequest(served, inp, held)

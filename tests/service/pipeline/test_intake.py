@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,6 +101,41 @@ def test_a_small_upload_is_opened_once_decoded_and_its_memory_held(
         assert not got.input.resampling.applied
         assert state.budget.in_use == got.held.nbytes > 0
         got.held.release()
+        assert state.budget.in_use == 0
+
+    run(tmp_path, (FOOTPRINTS,), scenario)
+
+
+def test_a_cancelled_upload_releases_the_memory_its_decoding_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decode runs on a thread that a cancel cannot stop; when it ends, the
+    # reservation it made must go back, although nobody awaits it any more.
+    decoding, finish = threading.Event(), threading.Event()
+    read = intake_module.uploads.read_open_image
+
+    def slow_read(*args: Any) -> RasterInput:
+        decoding.set()
+        finish.wait(10)
+        return read(*args)
+
+    monkeypatch.setattr(intake_module.uploads, "read_open_image", slow_read)
+
+    async def scenario(state: AppState) -> None:
+        served = state.repository.get("footprints")
+        task = asyncio.create_task(
+            state.intake.upload(served, [geotiff(noise(3, 64))], UploadOptions())
+        )
+        await asyncio.to_thread(decoding.wait, 10)
+        assert state.budget.in_use > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task  # at once, with the decode still running
+        finish.set()
+        for _ in range(200):
+            if state.budget.in_use == 0:
+                break
+            await asyncio.sleep(0.01)
         assert state.budget.in_use == 0
 
     run(tmp_path, (FOOTPRINTS,), scenario)
