@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import json
 import logging
 import multiprocessing
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -304,12 +303,23 @@ class FootprintService:
             daemon=True,
         )
         self.extractions += 1
+        # A cancel (the server shutting down) cannot stop a thread: each call
+        # below runs to its end, and the pipe closes only once none of them is
+        # still inside it. Executor futures, not tasks: a shutdown cancels every
+        # task, and a cancelled task would no longer say when its thread ends.
+        loop = asyncio.get_running_loop()
+        threads: list[asyncio.Future[Any]] = []
+
+        def in_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            threads.append(loop.run_in_executor(None, call, *args))
+            return asyncio.shield(threads[-1])
+
         try:
-            await asyncio.to_thread(process.start)
+            await in_thread(process.start)
             sender.close()
-            if not await asyncio.to_thread(receiver.poll, limits.timeout_s + _GRACE_S):
+            if not await in_thread(receiver.poll, limits.timeout_s + _GRACE_S):
                 raise InvalidInput(TOO_SLOW)
-            message = await asyncio.to_thread(receiver.recv)
+            message = await in_thread(receiver.recv)
         except EOFError:
             log.error(
                 "footprints worker of job %s died (exit code %s)", job.id[:6], process.exitcode
@@ -319,11 +329,19 @@ class FootprintService:
                 "retry with a higher threshold or min_area_px"
             ) from None
         finally:
-            # Killed at the deadline, or once it answered; never left behind.
-            if process.is_alive():
-                process.kill()
-            with contextlib.suppress(ValueError):  # never started
+            await asyncio.wait(threads[:1])  # a start under way ends first
+            sender.close()
+            # Killed at the deadline, on a cancel, or once it answered; never left
+            # behind. The kill also ends a poll or read still waiting on it.
+            if process.pid is not None:
+                if process.is_alive():
+                    process.kill()
                 await asyncio.to_thread(process.join)
+            if threads:
+                await asyncio.wait(threads)
+            for done in threads:
+                if not done.cancelled():
+                    done.exception()  # raised above already, or the request is gone
             receiver.close()
         if message[0] == "ok":
             data: bytes = message[1]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -209,3 +211,70 @@ def test_files_of_many_polygons_are_encoded_off_the_loop(tmp_path: Path) -> None
     features, lag = asyncio.run(run())
     assert features > 10_000
     assert lag < 0.08, (features, lag)
+
+
+class _WatchedPipe:
+    """The receiving end of a pipe that counts the threads inside it when it is closed.
+
+    ``poll`` lingers after its answer, as a busy machine's thread may.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.inside = 0
+        self.closed_with: list[int] = []
+
+    def poll(self, timeout: float) -> bool:
+        self.inside += 1
+        try:
+            return bool(self.conn.poll(timeout))
+        finally:
+            time.sleep(0.5)
+            self.inside -= 1
+
+    def recv(self) -> Any:
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self.closed_with.append(self.inside)
+        self.conn.close()
+
+
+def test_an_extraction_cancelled_by_a_shutdown_stops_its_worker_and_closes_the_pipe_last(
+    tmp_path: Path,
+) -> None:
+    store = LocalJobStore(tmp_path, ttl_s=60, fsync=False)
+    job = _job(store, _noise(2048))  # seconds of polygonising
+    service = FootprintService(store, FootprintLimits(max_features=10**7, timeout_s=60))
+    context = service._context
+    pipes: list[_WatchedPipe] = []
+
+    class Context:
+        Process = context.Process
+
+        @staticmethod
+        def Pipe(duplex: bool) -> tuple[_WatchedPipe, Any]:  # noqa: N802 (multiprocessing's name)
+            receiver, sender = context.Pipe(duplex=duplex)
+            pipes.append(_WatchedPipe(receiver))
+            return pipes[-1], sender
+
+    service._context = Context()  # type: ignore[assignment]
+    options = FootprintOptions(threshold=0.5, min_area_px=0, simplify_px=0)
+
+    async def run() -> float:
+        work = asyncio.ensure_future(service.geojson(job, options))
+        while not pipes or not pipes[0].inside:
+            await asyncio.sleep(0.01)
+        flights = list(service._flights.values())
+        began = time.perf_counter()
+        # As the event loop's shutdown does: every task is cancelled, at once.
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        await asyncio.wait([work, *flights])
+        assert all(task.cancelled() for task in (work, *flights))
+        return time.perf_counter() - began
+
+    took = asyncio.run(run())
+    assert took < 10  # the worker was killed, not waited for
+    assert pipes[0].closed_with == [0]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("footprints")]
