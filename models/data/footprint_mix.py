@@ -74,7 +74,7 @@ class Batch(NamedTuple):
 
 
 class TrainingMix:
-    """Draws :class:`Batch` es of augmented crops."""
+    """Draws batches (:class:`Batch`) of augmented crops."""
 
     def __init__(
         self,
