@@ -40,6 +40,7 @@ from service.jobs.record import JobRecord
 from service.jobs.store import JobStore, open_reader
 from service.pipeline import views
 from service.pipeline.layers import LayerReader
+from service.pipeline.threads import thread_future
 from service.raster.footprints import TOO_SLOW, FootprintOptions, extract_footprints
 from service.raster.gdal_env import reserve_block_cache
 from service.raster.vectors import VECTOR_FORMATS, VectorFormat, encode, vector_format
@@ -305,13 +306,11 @@ class FootprintService:
         self.extractions += 1
         # A cancel (the server shutting down) cannot stop a thread: each call
         # below runs to its end, and the pipe closes only once none of them is
-        # still inside it. Executor futures, not tasks: a shutdown cancels every
-        # task, and a cancelled task would no longer say when its thread ends.
-        loop = asyncio.get_running_loop()
+        # still inside it.
         threads: list[asyncio.Future[Any]] = []
 
         def in_thread(call: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-            threads.append(loop.run_in_executor(None, call, *args))
+            threads.append(thread_future(call, *args))
             return asyncio.shield(threads[-1])
 
         try:

@@ -30,6 +30,7 @@ from service.pipeline.scene_check import check_scene
 from service.pipeline.scene_grid import SceneOptions
 from service.pipeline.stac_inputs import ReferenceQuery
 from service.pipeline.tasks import task_for
+from service.pipeline.threads import thread_future
 from service.raster.decode import (
     RasterInfo,
     RasterLimits,
@@ -209,7 +210,7 @@ async def _holding(call: Callable[..., Held], *args: Any) -> Held:
     reservation nobody would release. Here a cancel returns at once and the
     reservation the call makes is released when it ends.
     """
-    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    future = thread_future(call, *args)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from service.jobs.record import JobRecord
+from service.pipeline.threads import thread_future
 from service.pipeline.units import (
     FinishPass,
     GridPlanned,
@@ -112,7 +113,7 @@ async def to_thread_to_end(call: Callable[..., T], *args: Any) -> T:
     segmentation fault). Here the cancel is held back until the call is over,
     then raised.
     """
-    future = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    future = thread_future(call, *args)
     cancelled = False
     while not future.done():
         try:
